@@ -1,0 +1,948 @@
+//! TOML configuration: raw text -> validated, typed [`Config`].
+//!
+//! Everything is checked here, before any network I/O, in one pass that reports every
+//! problem with its file, line and column (and the rule it belongs to), not only the first.
+//! The CLI turns a [`ConfigErrors`] into exit status 64 (`EX_USAGE`), as linkerd does.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{Item, TableLike, Value};
+use url::Url;
+
+/// Exit status for a configuration that cannot be used.
+pub const EXIT_BAD_CONFIG: i32 = 64;
+
+/// Most topics one notification channel may carry (facts sheet B.3).
+pub const TOPICS_PER_CHANNEL: usize = 1000;
+/// Most channels one OAuth client may hold; a 21st evicts the oldest (facts sheet B.3).
+pub const MAX_CHANNELS: usize = 20;
+
+/// Default participant attribute that carries the bot intent.
+pub const DEFAULT_INTENT_ATTRIBUTE: &str = "Bot.Intent";
+
+/// Environment variable holding the OAuth client secret (the name the Genesys tools use).
+pub const SECRET_ENV: &str = "GENESYSCLOUD_OAUTHCLIENT_SECRET";
+
+/// Messaging `type` values of a participant (facts sheet C.1); a rule filter must use one.
+pub const MESSAGE_TYPES: &[&str] = &[
+    "unknown",
+    "sms",
+    "twitter",
+    "facebook",
+    "line",
+    "viber",
+    "wechat",
+    "whatsapp",
+    "telegram",
+    "kakao",
+    "webmessaging",
+    "open",
+    "instagram",
+    "apple",
+];
+
+/// Region keys (SDK `PureCloudRegionHosts`, with `-` or `_`) and their domains.
+const REGIONS: &[(&str, &str)] = &[
+    ("us-east-1", "mypurecloud.com"),
+    ("eu-west-1", "mypurecloud.ie"),
+    ("ap-southeast-2", "mypurecloud.com.au"),
+    ("ap-northeast-1", "mypurecloud.jp"),
+    ("eu-central-1", "mypurecloud.de"),
+    ("us-west-2", "usw2.pure.cloud"),
+    ("ca-central-1", "cac1.pure.cloud"),
+    ("ap-northeast-2", "apne2.pure.cloud"),
+    ("eu-west-2", "euw2.pure.cloud"),
+    ("ap-south-1", "aps1.pure.cloud"),
+    ("us-east-2", "use2.us-gov-pure.cloud"),
+    ("sa-east-1", "sae1.pure.cloud"),
+    ("me-central-1", "mec1.pure.cloud"),
+    ("ap-northeast-3", "apne3.pure.cloud"),
+    ("eu-central-2", "euc2.pure.cloud"),
+    ("mx-central-1", "mxc1.pure.cloud"),
+    ("ap-southeast-1", "apse1.pure.cloud"),
+    ("eusc-de-east-1", "edee1.eusc-pure.cloud"),
+];
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// File the configuration came from (for messages; `<built-in>` for the demo).
+    pub source: PathBuf,
+    /// Where and as whom to talk to Genesys.
+    pub genesys: GenesysConfig,
+    /// Which topics to watch and how to keep the socket alive.
+    pub stream: StreamConfig,
+    /// Global dry run: decide and log, send nothing.
+    pub dry_run: bool,
+    /// Attribute that carries the intent when a rule names none.
+    pub intent_attribute: String,
+    /// Log format and level.
+    pub log: LogConfig,
+    /// Rules in file order; the first that matches decides.
+    pub rules: Vec<RuleConfig>,
+}
+
+/// Genesys endpoints and the OAuth client.
+#[derive(Debug, Clone)]
+pub struct GenesysConfig {
+    /// Base URL of the Platform API, e.g. `https://api.mypurecloud.com`.
+    pub api_url: Url,
+    /// Base URL of the login service; the token endpoint is `{login_url}/oauth/token`.
+    pub login_url: Url,
+    /// OAuth client id (not secret).
+    pub client_id: String,
+    /// Where the client secret is read from at start-up.
+    pub secret: SecretSource,
+}
+
+/// Where the OAuth client secret comes from. The secret itself never sits in [`Config`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `client_secret_file = "/path"` in the config.
+    File(PathBuf),
+    /// systemd `LoadCredential=client_secret:...`, found in `$CREDENTIALS_DIRECTORY`.
+    Credential(PathBuf),
+    /// The environment variable [`SECRET_ENV`].
+    Env,
+}
+
+/// Notification stream settings.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    /// Queue ids: `v2.routing.queues.{id}.conversations.messages`.
+    pub queues: Vec<String>,
+    /// User ids: `v2.users.{id}.conversations.messages`.
+    pub users: Vec<String>,
+    /// No frame at all for this long means the socket is dead, whatever TCP says.
+    pub heartbeat_timeout: Duration,
+    /// After this long without a frame we send `{"message":"ping"}` to provoke a pong.
+    pub ping_after: Duration,
+    /// First reconnect delay.
+    pub backoff_min: Duration,
+    /// Reconnect delays never exceed this.
+    pub backoff_max: Duration,
+    /// A connection must stay live this long before the backoff resets.
+    pub healthy_after: Duration,
+}
+
+impl StreamConfig {
+    /// Every topic to subscribe, queues first, in config order.
+    pub fn topics(&self) -> Vec<String> {
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| format!("v2.routing.queues.{q}.conversations.messages"));
+        let users = self
+            .users
+            .iter()
+            .map(|u| format!("v2.users.{u}.conversations.messages"));
+        queues.chain(users).collect()
+    }
+
+    /// Channels needed for all topics at [`TOPICS_PER_CHANNEL`] each.
+    pub fn channels_needed(&self) -> usize {
+        (self.queues.len() + self.users.len()).div_ceil(TOPICS_PER_CHANNEL)
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `json` for journald and log shippers, `human` for a terminal.
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `genesys_closer=debug`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line with stable field names.
+    Json,
+    /// Coloured, aligned text for people.
+    Human,
+}
+
+/// How a matched conversation is ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectMode {
+    /// `PATCH /api/v2/conversations/messages/{id}` `{"state":"disconnected"}`.
+    Conversation,
+    /// `PATCH /api/v2/conversations/messages/{id}/participants/{customer}` `{"state":"disconnected"}`.
+    Customer,
+}
+
+/// One `[[rule]]`.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// Unique name, logged with every decision.
+    pub name: String,
+    /// Exact intent values that match.
+    pub intents: Vec<String>,
+    /// Participant attribute to read; `None` means the global `intent_attribute`.
+    pub attribute: Option<String>,
+    /// Only conversations routed to one of these queues (empty: any).
+    pub queues: Vec<String>,
+    /// Only these messaging types, e.g. `webmessaging` (empty: any).
+    pub message_types: Vec<String>,
+    /// Per-rule dry run (the global one wins when set).
+    pub dry_run: bool,
+    /// What the disconnect step ends.
+    pub disconnect: DisconnectMode,
+    /// How long to wait for the confirming event before reading and escalating.
+    pub confirm_timeout: Duration,
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// File it was found in.
+    pub file: PathBuf,
+    /// 1-based line, 0 when the problem has no position (e.g. a missing environment variable).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Rule the problem belongs to, if any.
+    pub rule: Option<String>,
+    /// What is wrong and, where it helps, what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}:{}", self.line, self.column)?;
+        }
+        write!(f, ": ")?;
+        if let Some(rule) = &self.rule {
+            write!(f, "rule \"{rule}\": ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a config file; never empty.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigIssue>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} configuration error{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for issue in &self.0 {
+            writeln!(f, "  {issue}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) => Err(ConfigErrors(vec![ConfigIssue {
+                file: path.to_path_buf(),
+                line: 0,
+                column: 0,
+                rule: None,
+                message: format!("cannot read the file: {e}"),
+            }])),
+        }
+    }
+
+    /// Validates config text; `file` is only used in messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+        let mut cx = Checker {
+            src: text,
+            file,
+            issues: Vec::new(),
+            rule: None,
+        };
+        let doc = match toml_edit::Document::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                cx.at(
+                    e.span(),
+                    format!("TOML syntax error: {}", e.message().trim()),
+                );
+                return Err(ConfigErrors(cx.issues));
+            }
+        };
+        let config = cx.document(doc.as_item());
+        match config {
+            Some(c) if cx.issues.is_empty() => Ok(c),
+            _ => Err(ConfigErrors(cx.issues)),
+        }
+    }
+}
+
+/// Accumulates issues while walking the TOML tree.
+struct Checker<'a> {
+    src: &'a str,
+    file: &'a Path,
+    issues: Vec<ConfigIssue>,
+    /// Rule being checked, so that its issues carry its name.
+    rule: Option<String>,
+}
+
+impl Checker<'_> {
+    fn at(&mut self, span: Option<Range<usize>>, message: String) {
+        let (line, column) = match span {
+            Some(s) => line_col(self.src, s.start),
+            None => (0, 0),
+        };
+        self.issues.push(ConfigIssue {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            rule: self.rule.clone(),
+            message,
+        });
+    }
+
+    /// Reports keys of `table` that are not in `allowed`.
+    fn unknown_keys(&mut self, table: &dyn TableLike, section: &str, allowed: &[&str]) {
+        for (key, _) in table.iter() {
+            if !allowed.contains(&key) {
+                let span = table.key(key).and_then(|k| k.span());
+                let hint = if key == "client_secret" {
+                    format!(
+                        "`client_secret` is not accepted in a config file; set {SECRET_ENV}, \
+                         `client_secret_file`, or systemd LoadCredential=client_secret"
+                    )
+                } else {
+                    format!(
+                        "unknown key `{key}` in {section} (expected one of: {})",
+                        allowed.join(", ")
+                    )
+                };
+                self.at(span, hint);
+            }
+        }
+    }
+
+    fn document(&mut self, root: &Item) -> Option<Config> {
+        let root = root.as_table_like()?;
+        self.unknown_keys(
+            root,
+            "the top level",
+            &[
+                "dry_run",
+                "intent_attribute",
+                "genesys",
+                "stream",
+                "log",
+                "rule",
+            ],
+        );
+        let dry_run = self.bool(root, "dry_run").unwrap_or(false);
+        let intent_attribute = self
+            .nonempty_string(root, "intent_attribute")
+            .unwrap_or_else(|| DEFAULT_INTENT_ATTRIBUTE.to_string());
+        let genesys = self.genesys(root);
+        let stream = self.stream(root);
+        let log = self.log(root);
+        let rules = self.rules(root);
+        Some(Config {
+            source: self.file.to_path_buf(),
+            genesys: genesys?,
+            stream: stream?,
+            dry_run,
+            intent_attribute,
+            log,
+            rules,
+        })
+    }
+
+    /// A `[name]` table and the span of its header, for "missing key" messages.
+    fn section<'t>(
+        &mut self,
+        root: &'t dyn TableLike,
+        name: &str,
+    ) -> Option<(&'t dyn TableLike, Option<Range<usize>>)> {
+        let item = root.get(name)?;
+        let span = root.key(name).and_then(|k| k.span()).or(item.span());
+        match item.as_table_like() {
+            Some(t) => Some((t, span)),
+            None => {
+                self.at(item.span(), format!("`{name}` must be a table ([{name}])"));
+                None
+            }
+        }
+    }
+
+    fn genesys(&mut self, root: &dyn TableLike) -> Option<GenesysConfig> {
+        let Some((t, here)) = self.section(root, "genesys") else {
+            self.at(
+                None,
+                "missing section [genesys] (region and client_id)".into(),
+            );
+            return None;
+        };
+        self.unknown_keys(
+            t,
+            "[genesys]",
+            &[
+                "region",
+                "api_url",
+                "login_url",
+                "client_id",
+                "client_secret_file",
+            ],
+        );
+        let client_id = self.nonempty_string(t, "client_id");
+        if client_id.is_none() && t.get("client_id").is_none() {
+            self.at(here.clone(), "[genesys] needs `client_id`".into());
+        }
+        let region = self.nonempty_string(t, "region").and_then(|r| {
+            let domain = region_domain(&r);
+            if domain.is_none() {
+                let span = t.get("region").and_then(Item::span);
+                self.at(
+                    span,
+                    format!(
+                        "unknown region `{r}`: use a region key such as us-east-1 or eu-west-1, \
+                         or a domain such as mypurecloud.ie"
+                    ),
+                );
+            }
+            domain
+        });
+        let api_url = self.url(t, "api_url");
+        let login_url = self.url(t, "login_url");
+        let (api_url, login_url) = match (api_url, login_url, region) {
+            (Some(a), Some(l), _) => (a, l),
+            (a, l, Some(domain)) => {
+                let a = a.or_else(|| Url::parse(&format!("https://api.{domain}")).ok());
+                let l = l.or_else(|| Url::parse(&format!("https://login.{domain}")).ok());
+                (a?, l?)
+            }
+            (_, _, None) => {
+                // A bad URL or region was reported already; only report what is missing.
+                let both_urls = t.contains_key("api_url") && t.contains_key("login_url");
+                if t.get("region").is_none() && !both_urls {
+                    self.at(
+                        here.clone(),
+                        "[genesys] needs `region` (or both `api_url` and `login_url`)".into(),
+                    );
+                }
+                return None;
+            }
+        };
+        let secret = match self.string(t, "client_secret_file") {
+            Some(p) => SecretSource::File(PathBuf::from(p)),
+            None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) if Path::new(&dir).join("client_secret").is_file() => {
+                    SecretSource::Credential(Path::new(&dir).join("client_secret"))
+                }
+                _ => SecretSource::Env,
+            },
+        };
+        Some(GenesysConfig {
+            api_url,
+            login_url,
+            client_id: client_id?,
+            secret,
+        })
+    }
+
+    fn stream(&mut self, root: &dyn TableLike) -> Option<StreamConfig> {
+        let Some((t, here)) = self.section(root, "stream") else {
+            self.at(
+                None,
+                "missing section [stream] (queues and/or users to watch)".into(),
+            );
+            return None;
+        };
+        self.unknown_keys(
+            t,
+            "[stream]",
+            &[
+                "queues",
+                "users",
+                "heartbeat_timeout",
+                "ping_after",
+                "backoff_min",
+                "backoff_max",
+                "healthy_after",
+            ],
+        );
+        let queues = self.id_list(t, "queues");
+        let users = self.id_list(t, "users");
+        if queues.is_empty() && users.is_empty() {
+            self.at(
+                here.clone(),
+                "[stream] watches nothing: list at least one queue id in `queues` or user id in `users`"
+                    .into(),
+            );
+        }
+        let topics = queues.len() + users.len();
+        if topics > TOPICS_PER_CHANNEL * MAX_CHANNELS {
+            self.at(
+                here.clone(),
+                format!(
+                    "{topics} topics need more than {MAX_CHANNELS} channels of {TOPICS_PER_CHANNEL} topics, \
+                     the most one OAuth client may hold"
+                ),
+            );
+        }
+        let heartbeat_timeout = self
+            .duration(t, "heartbeat_timeout")
+            .unwrap_or(Duration::from_secs(75));
+        let ping_after = self
+            .duration(t, "ping_after")
+            .unwrap_or(heartbeat_timeout / 2);
+        if ping_after >= heartbeat_timeout {
+            let span = t.get("ping_after").and_then(Item::span);
+            self.at(
+                span,
+                "`ping_after` must be shorter than `heartbeat_timeout`".into(),
+            );
+        }
+        let backoff_min = self
+            .duration(t, "backoff_min")
+            .unwrap_or(Duration::from_secs(1));
+        let backoff_max = self
+            .duration(t, "backoff_max")
+            .unwrap_or(Duration::from_secs(60));
+        if backoff_min > backoff_max {
+            let span = t.get("backoff_min").and_then(Item::span);
+            self.at(span, "`backoff_min` must not exceed `backoff_max`".into());
+        }
+        let healthy_after = self
+            .duration(t, "healthy_after")
+            .unwrap_or(Duration::from_secs(60));
+        Some(StreamConfig {
+            queues,
+            users,
+            heartbeat_timeout,
+            ping_after,
+            backoff_min,
+            backoff_max,
+            healthy_after,
+        })
+    }
+
+    fn log(&mut self, root: &dyn TableLike) -> LogConfig {
+        let mut log = LogConfig {
+            format: LogFormat::Json,
+            level: "info".into(),
+        };
+        let Some((t, _)) = self.section(root, "log") else {
+            return log;
+        };
+        self.unknown_keys(t, "[log]", &["format", "level"]);
+        if let Some(f) = self.string(t, "format") {
+            match f.as_str() {
+                "json" => log.format = LogFormat::Json,
+                "human" => log.format = LogFormat::Human,
+                other => {
+                    let span = t.get("format").and_then(Item::span);
+                    self.at(
+                        span,
+                        format!("log format `{other}` is not `json` or `human`"),
+                    );
+                }
+            }
+        }
+        if let Some(level) = self.nonempty_string(t, "level") {
+            if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+                let span = t.get("level").and_then(Item::span);
+                self.at(span, format!("log level `{level}` is not a valid filter"));
+            }
+            log.level = level;
+        }
+        log
+    }
+
+    fn rules(&mut self, root: &dyn TableLike) -> Vec<RuleConfig> {
+        let Some(item) = root.get("rule") else {
+            self.at(None, "no [[rule]]: nothing would ever be closed".into());
+            return Vec::new();
+        };
+        let Some(array) = item.as_array_of_tables() else {
+            self.at(
+                item.span(),
+                "`rule` must be an array of tables ([[rule]])".into(),
+            );
+            return Vec::new();
+        };
+        let mut rules = Vec::new();
+        let mut names = HashSet::new();
+        for (i, table) in array.iter().enumerate() {
+            self.rule = Some(format!("#{}", i + 1));
+            let name = self.nonempty_string(table, "name");
+            if let Some(n) = &name {
+                self.rule = Some(n.clone());
+                if !names.insert(n.clone()) {
+                    let span = table.get("name").and_then(Item::span);
+                    self.at(span, "another rule already has this name".into());
+                }
+            } else if table.get("name").is_none() {
+                self.at(table.span(), "a rule needs a `name`".into());
+            }
+            if let Some(rule) = self.rule_body(table, name) {
+                rules.push(rule);
+            }
+        }
+        self.rule = None;
+        rules
+    }
+
+    fn rule_body(&mut self, t: &toml_edit::Table, name: Option<String>) -> Option<RuleConfig> {
+        self.unknown_keys(
+            t,
+            "[[rule]]",
+            &[
+                "name",
+                "intents",
+                "attribute",
+                "queues",
+                "message_types",
+                "dry_run",
+                "disconnect",
+                "confirm_timeout",
+            ],
+        );
+        let intents = self.string_list(t, "intents");
+        if intents.is_empty() {
+            let span = t.get("intents").and_then(Item::span).or(t.span());
+            self.at(
+                span,
+                "`intents` must list at least one intent value, e.g. intents = [\"Goodbye\"]"
+                    .into(),
+            );
+        }
+        let attribute = self.nonempty_string(t, "attribute");
+        let queues = self.id_list(t, "queues");
+        let message_types = self.string_list(t, "message_types");
+        for mt in &message_types {
+            if !MESSAGE_TYPES.contains(&mt.as_str()) {
+                let span = t.get("message_types").and_then(Item::span);
+                self.at(
+                    span,
+                    format!(
+                        "unknown message type `{mt}` (expected one of: {})",
+                        MESSAGE_TYPES.join(", ")
+                    ),
+                );
+            }
+        }
+        let dry_run = self.bool(t, "dry_run").unwrap_or(false);
+        let disconnect = match self.string(t, "disconnect").as_deref() {
+            None | Some("conversation") => DisconnectMode::Conversation,
+            Some("customer") => DisconnectMode::Customer,
+            Some(other) => {
+                let span = t.get("disconnect").and_then(Item::span);
+                self.at(
+                    span,
+                    format!("disconnect `{other}` is not `conversation` or `customer`"),
+                );
+                DisconnectMode::Conversation
+            }
+        };
+        let confirm_timeout = self
+            .duration(t, "confirm_timeout")
+            .unwrap_or(Duration::from_secs(10));
+        Some(RuleConfig {
+            name: name?,
+            intents,
+            attribute,
+            queues,
+            message_types,
+            dry_run,
+            disconnect,
+            confirm_timeout,
+        })
+    }
+
+    // ---- typed value readers: each reports a wrong type at the value's position ----
+
+    fn value<'t>(&mut self, t: &'t dyn TableLike, key: &str) -> Option<&'t Value> {
+        let item = t.get(key)?;
+        match item.as_value() {
+            Some(v) => Some(v),
+            None => {
+                self.at(item.span(), format!("`{key}` must be a value, not a table"));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, t: &dyn TableLike, key: &str) -> Option<String> {
+        let v = self.value(t, key)?;
+        match v.as_str() {
+            Some(s) => Some(s.to_string()),
+            None => {
+                self.at(v.span(), format!("`{key}` must be a string"));
+                None
+            }
+        }
+    }
+
+    fn nonempty_string(&mut self, t: &dyn TableLike, key: &str) -> Option<String> {
+        let s = self.string(t, key)?;
+        if s.trim().is_empty() {
+            let span = t.get(key).and_then(Item::span);
+            self.at(span, format!("`{key}` must not be empty"));
+            return None;
+        }
+        Some(s)
+    }
+
+    fn bool(&mut self, t: &dyn TableLike, key: &str) -> Option<bool> {
+        let v = self.value(t, key)?;
+        match v.as_bool() {
+            Some(b) => Some(b),
+            None => {
+                self.at(v.span(), format!("`{key}` must be true or false"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &dyn TableLike, key: &str) -> Option<Duration> {
+        let v = self.value(t, key)?;
+        let parsed = v.as_str().map(humantime::parse_duration);
+        match parsed {
+            Some(Ok(d)) if !d.is_zero() => Some(d),
+            _ => {
+                self.at(
+                    v.span(),
+                    format!(
+                        "`{key}` must be a positive duration string such as \"10s\" or \"500ms\""
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, t: &dyn TableLike, key: &str) -> Vec<String> {
+        let Some(v) = self.value(t, key) else {
+            return Vec::new();
+        };
+        let Some(array) = v.as_array() else {
+            self.at(v.span(), format!("`{key}` must be an array of strings"));
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for elem in array.iter() {
+            match elem.as_str() {
+                Some(s) if !s.trim().is_empty() => out.push(s.to_string()),
+                Some(_) => self.at(elem.span(), format!("`{key}` has an empty string")),
+                None => self.at(elem.span(), format!("`{key}` must contain only strings")),
+            }
+        }
+        out
+    }
+
+    /// A list of Genesys ids; they become parts of topic names and URL paths, so only
+    /// characters that ids use are accepted.
+    fn id_list(&mut self, t: &dyn TableLike, key: &str) -> Vec<String> {
+        let ids = self.string_list(t, key);
+        for id in &ids {
+            if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                let span = t.get(key).and_then(Item::span);
+                self.at(
+                    span,
+                    format!("`{key}` entry `{id}` is not an id (letters, digits and '-' only)"),
+                );
+            }
+        }
+        ids
+    }
+
+    fn url(&mut self, t: &dyn TableLike, key: &str) -> Option<Url> {
+        let raw = self.nonempty_string(t, key)?;
+        let span = t.get(key).and_then(Item::span);
+        let url = match Url::parse(&raw) {
+            Ok(u) => u,
+            Err(e) => {
+                self.at(span, format!("`{key}` is not a URL: {e}"));
+                return None;
+            }
+        };
+        match url.scheme() {
+            "https" => Some(url),
+            "http" if is_loopback(&url) => Some(url),
+            "http" => {
+                self.at(
+                    span,
+                    format!(
+                        "`{key}` uses plain http to a remote host ({}); only https is allowed \
+                         except for loopback addresses",
+                        url.host_str().unwrap_or("?")
+                    ),
+                );
+                None
+            }
+            other => {
+                self.at(span, format!("`{key}` has scheme `{other}`; use https"));
+                None
+            }
+        }
+    }
+}
+
+/// Whether a URL points at this machine (where plain http is acceptable).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// Region key (`us-east-1` or `us_east_1`) or bare domain -> domain.
+fn region_domain(region: &str) -> Option<String> {
+    let key = region.trim().to_ascii_lowercase().replace('_', "-");
+    if let Some((_, domain)) = REGIONS.iter().find(|(k, _)| *k == key) {
+        return Some((*domain).to_string());
+    }
+    let looks_like_domain = key.contains('.')
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    looks_like_domain.then_some(key)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let before = &src[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[genesys]
+region = "eu-west-1"
+client_id = "abc"
+
+[stream]
+queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
+
+[[rule]]
+name = "goodbye"
+intents = ["Goodbye", "CancelSubscription"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, Path::new("t.toml"))
+    }
+
+    #[test]
+    fn good_config_gets_defaults() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.genesys.api_url.as_str(), "https://api.mypurecloud.ie/");
+        assert_eq!(
+            c.genesys.login_url.as_str(),
+            "https://login.mypurecloud.ie/"
+        );
+        assert_eq!(c.intent_attribute, "Bot.Intent");
+        assert_eq!(c.rules[0].confirm_timeout, Duration::from_secs(10));
+        assert_eq!(c.rules[0].disconnect, DisconnectMode::Conversation);
+        assert_eq!(
+            c.stream.topics(),
+            vec!["v2.routing.queues.8f14e45f-ceea-467a-9575-3b9d1c2e4a77.conversations.messages"]
+        );
+        assert_eq!(c.stream.channels_needed(), 1);
+    }
+
+    #[test]
+    fn region_forms() {
+        assert_eq!(
+            region_domain("us_east_1").as_deref(),
+            Some("mypurecloud.com")
+        );
+        assert_eq!(
+            region_domain("mypurecloud.de").as_deref(),
+            Some("mypurecloud.de")
+        );
+        assert_eq!(region_domain("mars-1"), None);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_position_and_rule() {
+        let text = r#"
+[genesys]
+region = "eu-west-1"
+client_id = "abc"
+colour = "blue"
+
+[stream]
+queues = ["q1"]
+
+[[rule]]
+name = "empty"
+intents = []
+
+[[rule]]
+name = "typed"
+intents = ["A"]
+confirm_timeout = "soon"
+"#;
+        let errs = parse(text).unwrap_err().0;
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert_eq!((errs[0].line, errs[0].column), (5, 1));
+        assert!(errs[0].message.contains("unknown key `colour`"));
+        assert_eq!(errs[1].rule.as_deref(), Some("empty"));
+        assert_eq!(errs[1].line, 12);
+        assert!(errs[1].message.contains("at least one intent"));
+        assert_eq!(errs[2].rule.as_deref(), Some("typed"));
+        assert!(errs[2].message.contains("confirm_timeout"));
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let remote = GOOD.replace(
+            "region = \"eu-west-1\"",
+            "api_url = \"http://api.example.com\"\nlogin_url = \"http://127.0.0.1:9\"",
+        );
+        let errs = parse(&remote).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].message.contains("plain http to a remote host"));
+        let local = GOOD.replace(
+            "region = \"eu-west-1\"",
+            "api_url = \"http://localhost:8080\"\nlogin_url = \"http://[::1]:9\"",
+        );
+        assert!(parse(&local).is_ok());
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let errs = parse("[genesys\nregion = 1").unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, 1);
+        assert!(errs[0].message.starts_with("TOML syntax error"));
+    }
+
+    #[test]
+    fn secret_in_file_is_refused_with_advice() {
+        let text = GOOD.replace(
+            "client_id = \"abc\"",
+            "client_id = \"abc\"\nclient_secret = \"x\"",
+        );
+        let errs = parse(&text).unwrap_err().0;
+        assert!(errs[0].message.contains(SECRET_ENV));
+    }
+}

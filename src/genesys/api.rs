@@ -1,0 +1,410 @@
+//! Typed REST calls to the Genesys Platform API, with its error body and retry policy.
+//!
+//! Only operations from the facts sheet are used (every path here is in
+//! `openapi-subset.json`). The policy follows the official .NET SDK: 429 waits
+//! `Retry-After` (giving up past 180 s), 5xx and transport errors back off with jitter,
+//! 401 renews the token once and retries, any other 4xx is returned at once.
+
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use super::auth::{AuthError, TokenSource};
+use super::frames::{ConversationEvent, parse_conversation_body};
+
+/// Attempts per call for 429/5xx/transport failures (the first try included).
+const MAX_ATTEMPTS: usize = 4;
+/// A `Retry-After` beyond this means a daily quota, not a burst: give up (as the .NET SDK does).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(180);
+/// Used when a 429 carries no `Retry-After` (the .NET SDK's default).
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
+/// Per-request deadline, so a hung connection cannot stall a close sequence.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A failed API call.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Genesys answered with an error status.
+    #[error("{method} {path} -> HTTP {status}{}: {message}{}", code.as_deref().map(|c| format!(" {c}")).unwrap_or_default(), correlation_id.as_deref().map(|c| format!(" (correlation id {c})")).unwrap_or_default())]
+    Status {
+        /// HTTP method.
+        method: Method,
+        /// Path without host.
+        path: String,
+        /// HTTP status.
+        status: u16,
+        /// ErrorBody `code`.
+        code: Option<String>,
+        /// ErrorBody `message`, or the raw body's start.
+        message: String,
+        /// `ININ-Correlation-Id` header or ErrorBody `contextId`, for support cases.
+        correlation_id: Option<String>,
+    },
+    /// No answer: connection refused, reset, timed out.
+    #[error("{method} {path} failed: {reason}")]
+    Transport {
+        /// HTTP method.
+        method: Method,
+        /// Path without host.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A 2xx whose body is not what the API documents.
+    #[error("{method} {path}: unexpected response body: {reason}")]
+    Decode {
+        /// HTTP method.
+        method: Method,
+        /// Path without host.
+        path: String,
+        /// What could not be read.
+        reason: String,
+    },
+    /// No token could be obtained.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl ApiError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Status { status, .. } => *status == 429 || *status >= 500,
+            ApiError::Transport { .. } => true,
+            ApiError::Decode { .. } => false,
+            ApiError::Auth(e) => e.is_retryable(),
+        }
+    }
+
+    /// Genesys's correlation id, when the failure came with one.
+    pub fn correlation_id(&self) -> Option<&str> {
+        match self {
+            ApiError::Status { correlation_id, .. } => correlation_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// HTTP status, when Genesys answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// `Channel` (facts sheet B.1).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Channel {
+    /// Channel id, e.g. `streaming-0-...`.
+    pub id: String,
+    /// WebSocket URI, used verbatim.
+    #[serde(rename = "connectUri")]
+    pub connect_uri: String,
+    /// Expiry (ISO-8601), when sent.
+    #[serde(default)]
+    pub expires: Option<String>,
+}
+
+/// `ChannelTopic`: the outcome of subscribing one topic.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChannelTopic {
+    /// The topic.
+    pub id: String,
+    /// `Permitted` or `Rejected`.
+    #[serde(default)]
+    pub state: Option<String>,
+    /// Why it was rejected.
+    #[serde(rename = "rejectionReason", default)]
+    pub rejection_reason: Option<String>,
+    /// Permissions the client lacks for it.
+    #[serde(rename = "missingPermissions", default)]
+    pub missing_permissions: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Listing<T> {
+    #[serde(default = "Vec::new")]
+    entities: Vec<T>,
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(rename = "contextId", default)]
+    context_id: Option<String>,
+}
+
+/// A successful answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status (2xx).
+    pub status: u16,
+    /// `ININ-Correlation-Id`, when sent.
+    pub correlation_id: Option<String>,
+    /// Raw body.
+    pub body: bytes::Bytes,
+}
+
+/// The Platform API client. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    tokens: TokenSource,
+}
+
+impl ApiClient {
+    /// A client for `api_url`, authenticating with `tokens`.
+    pub fn new(http: reqwest::Client, api_url: Url, tokens: TokenSource) -> Self {
+        ApiClient {
+            http,
+            base: api_url,
+            tokens,
+        }
+    }
+
+    /// Builds the shared HTTP client (rustls with the ring provider, no OpenSSL).
+    pub fn http_client() -> Result<reqwest::Client, ApiError> {
+        crate::install_crypto_provider();
+        reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("genesys-closer/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Transport {
+                method: Method::GET,
+                path: String::new(),
+                reason: format!("cannot build the HTTP client: {e}"),
+            })
+    }
+
+    /// A token now, e.g. to check credentials at start-up.
+    pub async fn token(&self) -> Result<SecretString, ApiError> {
+        Ok(self.tokens.token().await?)
+    }
+
+    /// `POST /api/v2/notifications/channels`.
+    pub async fn create_channel(&self) -> Result<Channel, ApiError> {
+        let path = "/api/v2/notifications/channels";
+        let a = self.send(Method::POST, path, None).await?;
+        decode(&Method::POST, path, &a.body)
+    }
+
+    /// `HEAD /api/v2/notifications/channels/{id}`: whether the channel still exists.
+    pub async fn channel_exists(&self, channel_id: &str) -> Result<bool, ApiError> {
+        let path = format!("/api/v2/notifications/channels/{channel_id}");
+        match self.send(Method::HEAD, &path, None).await {
+            Ok(_) => Ok(true),
+            Err(ApiError::Status { status: 404, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT /api/v2/notifications/channels/{id}/subscriptions`: replaces the channel's topics.
+    pub async fn put_subscriptions(
+        &self,
+        channel_id: &str,
+        topics: &[String],
+    ) -> Result<Vec<ChannelTopic>, ApiError> {
+        let path = format!("/api/v2/notifications/channels/{channel_id}/subscriptions");
+        let body: Vec<_> = topics.iter().map(|t| json!({ "id": t })).collect();
+        let a = self
+            .send(Method::PUT, &path, Some(serde_json::Value::Array(body)))
+            .await?;
+        let listing: Listing<ChannelTopic> = decode(&Method::PUT, &path, &a.body)?;
+        Ok(listing.entities)
+    }
+
+    /// `PATCH /api/v2/conversations/messages/{id}` `{"state":"disconnected"}`:
+    /// "disconnecting all of the participants".
+    pub async fn disconnect_conversation(&self, conversation_id: &str) -> Result<Answer, ApiError> {
+        let path = format!("/api/v2/conversations/messages/{conversation_id}");
+        self.send(
+            Method::PATCH,
+            &path,
+            Some(json!({ "state": "disconnected" })),
+        )
+        .await
+    }
+
+    /// `PATCH /api/v2/conversations/messages/{id}/participants/{pid}` `{"state":"disconnected"}`.
+    pub async fn disconnect_participant(
+        &self,
+        conversation_id: &str,
+        participant_id: &str,
+    ) -> Result<Answer, ApiError> {
+        let path = format!(
+            "/api/v2/conversations/messages/{conversation_id}/participants/{participant_id}"
+        );
+        self.send(
+            Method::PATCH,
+            &path,
+            Some(json!({ "state": "disconnected" })),
+        )
+        .await
+    }
+
+    /// `POST /api/v2/conversations/{id}/disconnect`: full teardown, the documented last resort.
+    pub async fn teardown(&self, conversation_id: &str) -> Result<Answer, ApiError> {
+        let path = format!("/api/v2/conversations/{conversation_id}/disconnect");
+        self.send(Method::POST, &path, None).await
+    }
+
+    /// `GET /api/v2/conversations/messages/{id}`, read as the same event shape the socket
+    /// delivers, so the state map can apply it like any other event.
+    pub async fn get_conversation(
+        &self,
+        conversation_id: &str,
+        wanted_attributes: &[Box<str>],
+    ) -> Result<ConversationEvent, ApiError> {
+        let path = format!("/api/v2/conversations/messages/{conversation_id}");
+        let a = self.send(Method::GET, &path, None).await?;
+        let text = std::str::from_utf8(&a.body).map_err(|e| ApiError::Decode {
+            method: Method::GET,
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        parse_conversation_body(text, a.correlation_id.as_deref(), wanted_attributes).map_err(|e| {
+            ApiError::Decode {
+                method: Method::GET,
+                path,
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// Sends one call under the retry policy.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Answer, ApiError> {
+        let mut url = self.base.clone();
+        let base_path = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base_path}{path}"));
+        let mut backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let mut renewed = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let token = self.tokens.token().await?;
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(token.expose_secret());
+            if let Some(b) = &body {
+                req = req.json(b);
+            }
+            let result = req.send().await;
+            let (err, wait) = match result {
+                Err(e) => {
+                    let err = ApiError::Transport {
+                        method: method.clone(),
+                        path: path.to_string(),
+                        reason: e.without_url().to_string(),
+                    };
+                    (err, None)
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let correlation_id = header(&resp, "inin-correlation-id");
+                    let retry_after = header(&resp, "retry-after")
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let bytes = resp.bytes().await.unwrap_or_default();
+                    if status.is_success() {
+                        return Ok(Answer {
+                            status: status.as_u16(),
+                            correlation_id,
+                            body: bytes,
+                        });
+                    }
+                    let err = status_error(&method, path, status, correlation_id, &bytes);
+                    if status == StatusCode::UNAUTHORIZED && !renewed {
+                        // The token may have been revoked or expired early: renew once.
+                        renewed = true;
+                        tracing::warn!(%method, path, "HTTP 401: renewing the access token and retrying once");
+                        self.tokens.invalidate(&token).await;
+                        continue;
+                    }
+                    let wait = (status == StatusCode::TOO_MANY_REQUESTS)
+                        .then(|| retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
+                    (err, wait)
+                }
+            };
+            if !err.is_retryable() || attempt >= MAX_ATTEMPTS {
+                return Err(err);
+            }
+            let delay = match wait {
+                Some(w) if w > MAX_RETRY_AFTER => return Err(err),
+                Some(w) => w,
+                None => backoff.next().unwrap_or(Duration::from_secs(10)),
+            };
+            tracing::warn!(
+                %method, path, attempt, delay_ms = delay.as_millis() as u64, error = %err,
+                "API call failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn status_error(
+    method: &Method,
+    path: &str,
+    status: StatusCode,
+    correlation_id: Option<String>,
+    body: &[u8],
+) -> ApiError {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let message = parsed.message.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text: String = text.chars().take(200).collect();
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("").to_string()
+        } else {
+            text
+        }
+    });
+    ApiError::Status {
+        method: method.clone(),
+        path: path.to_string(),
+        status: status.as_u16(),
+        code: parsed.code,
+        message,
+        correlation_id: correlation_id.or(parsed.context_id),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Decode {
+        method: method.clone(),
+        path: path.to_string(),
+        reason: e.to_string(),
+    })
+}

@@ -1,0 +1,417 @@
+//! Notification frames: the text the WebSocket pushes, read tolerantly into [`Frame`].
+//!
+//! Unknown fields are ignored, missing ones defaulted, unknown topics kept by name and
+//! counted upstream. Only what state, rules and confirmation need is kept from a
+//! conversation event (ids, participant states, the attributes rules read, queue and
+//! message type), so a tracked conversation stays small whatever the frame size.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One frame from the notification socket.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    /// `channel.metadata` "WebSocket Heartbeat": the server is alive.
+    Heartbeat,
+    /// `channel.metadata` "pong": the answer to our `{"message":"ping"}`.
+    Pong,
+    /// `v2.system.socket_closing`: the server will close this socket in about a minute.
+    SocketClosing {
+        /// Free text from Genesys.
+        message: String,
+    },
+    /// Any other `v2.system.*` frame (`no_longer_subscribed`, `token_revoked`, ...).
+    System {
+        /// Full topic name.
+        topic: String,
+        /// `systemTopicType` when present.
+        kind: Option<String>,
+        /// `reason` when present.
+        reason: Option<String>,
+        /// `message` when present.
+        message: Option<String>,
+    },
+    /// A messaging conversation update from a queue or user topic.
+    Conversation(ConversationEvent),
+    /// A reply to a socket-level request, e.g. `{"result":"404"}` when the channel is gone.
+    Reply {
+        /// The `result` code as sent (a string such as "200" or "404").
+        result: String,
+        /// The `status` text, if any.
+        status: Option<String>,
+    },
+    /// A well-formed frame on a topic this daemon does not handle.
+    Unknown {
+        /// The topic name.
+        topic: String,
+    },
+}
+
+/// What a conversation topic frame says about one conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConversationEvent {
+    /// Conversation id.
+    pub conversation_id: Box<str>,
+    /// Genesys's `metadata.CorrelationId`, for support cases.
+    pub correlation_id: Option<Box<str>>,
+    /// Participants as this frame shows them.
+    pub participants: Vec<ParticipantUpdate>,
+}
+
+/// One participant in a conversation event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantUpdate {
+    /// Participant id.
+    pub id: Box<str>,
+    /// `purpose`: `customer`, `agent`, `acd`, `workflow`, ... (free text in the model).
+    pub purpose: Box<str>,
+    /// `disconnected` or `terminated`, or an `endTime` is set.
+    pub ended: bool,
+    /// `queue.id`, when the participant has one.
+    pub queue_id: Option<Box<str>>,
+    /// Messaging `type` (`webmessaging`, `open`, ...).
+    pub message_type: Option<Box<str>>,
+    /// Only the attributes that some rule reads, as `(name, value)`.
+    pub attributes: Vec<(Box<str>, Box<str>)>,
+}
+
+/// Why a text could not be read as a frame.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// Not JSON, or not the envelope shape.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A conversation topic whose body has no conversation id.
+    #[error("conversation frame on {topic} has no eventBody.id")]
+    MissingId {
+        /// The topic it came on.
+        topic: String,
+    },
+}
+
+impl FrameError {
+    /// Frame errors come from the server's data; retrying the same text cannot help.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "topicName", borrow, default)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(rename = "eventBody", borrow, default)]
+    body: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<Metadata<'a>>,
+    #[serde(borrow, default)]
+    result: Option<StrOrNum<'a>>,
+    #[serde(borrow, default)]
+    status: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(rename = "CorrelationId", borrow, default)]
+    correlation_id: Option<Cow<'a, str>>,
+}
+
+/// `result` is documented as a string ("404") but be lenient about a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StrOrNum<'a> {
+    Str(#[serde(borrow)] Cow<'a, str>),
+    Num(i64),
+}
+
+#[derive(Deserialize, Default)]
+struct MessageBody<'a> {
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+    #[serde(rename = "systemTopicType", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ConversationBody<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    participants: Vec<ParticipantBody<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ParticipantBody<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    purpose: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    state: Option<Cow<'a, str>>,
+    #[serde(rename = "endTime", borrow, default)]
+    end_time: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    queue: Option<EntityRef<'a>>,
+    #[serde(rename = "type", borrow, default)]
+    message_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    attributes: Option<HashMap<Cow<'a, str>, Cow<'a, str>>>,
+}
+
+#[derive(Deserialize)]
+struct EntityRef<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+}
+
+/// Which topic family a topic name belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopicKind {
+    /// `channel.metadata`.
+    ChannelMetadata,
+    /// `v2.system.*`.
+    System,
+    /// `v2.routing.queues.{id}.conversations.messages` or `v2.users.{id}.conversations.messages`.
+    MessagingConversation,
+    /// Anything else.
+    Other,
+}
+
+/// Classifies a topic name, case-insensitively as the official .NET handler does.
+pub fn topic_kind(topic: &str) -> TopicKind {
+    let lower = |prefix: &str| {
+        topic.len() >= prefix.len() && topic[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let ends = |suffix: &str| {
+        topic.len() >= suffix.len()
+            && topic[topic.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    if topic.eq_ignore_ascii_case("channel.metadata") {
+        TopicKind::ChannelMetadata
+    } else if lower("v2.system.") {
+        TopicKind::System
+    } else if (lower("v2.routing.queues.") || lower("v2.users.")) && ends(".conversations.messages")
+    {
+        TopicKind::MessagingConversation
+    } else {
+        TopicKind::Other
+    }
+}
+
+/// Reads one socket text frame. `wanted_attributes` are the participant attribute names
+/// some rule reads; all others are dropped here.
+pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, FrameError> {
+    let env: Envelope<'_> = serde_json::from_str(text)?;
+    let Some(topic) = env.topic else {
+        return Ok(match env.result {
+            Some(r) => Frame::Reply {
+                result: match r {
+                    StrOrNum::Str(s) => s.into_owned(),
+                    StrOrNum::Num(n) => n.to_string(),
+                },
+                status: env.status.map(Cow::into_owned),
+            },
+            None => Frame::Unknown {
+                topic: String::new(),
+            },
+        });
+    };
+    match topic_kind(&topic) {
+        TopicKind::ChannelMetadata => {
+            let body = message_body(env.body)?;
+            let msg = body.message.unwrap_or_default();
+            Ok(if msg.eq_ignore_ascii_case("pong") {
+                Frame::Pong
+            } else {
+                // Heartbeats are documented as "WebSocket Heartbeat"; any other metadata
+                // text still proves the socket is alive, so treat it the same.
+                Frame::Heartbeat
+            })
+        }
+        TopicKind::System => {
+            let body = message_body(env.body)?;
+            if topic.eq_ignore_ascii_case("v2.system.socket_closing") {
+                Ok(Frame::SocketClosing {
+                    message: body.message.unwrap_or_default().into_owned(),
+                })
+            } else {
+                Ok(Frame::System {
+                    topic: topic.into_owned(),
+                    kind: body.kind.map(Cow::into_owned),
+                    reason: body.reason.map(Cow::into_owned),
+                    message: body.message.map(Cow::into_owned),
+                })
+            }
+        }
+        TopicKind::MessagingConversation => {
+            let raw = env.body.map_or("{}", RawValue::get);
+            let correlation = env.metadata.and_then(|m| m.correlation_id);
+            parse_conversation_body(raw, correlation.as_deref(), wanted_attributes)
+                .map(Frame::Conversation)
+                .map_err(|e| match e {
+                    FrameError::MissingId { .. } => FrameError::MissingId {
+                        topic: topic.into_owned(),
+                    },
+                    other => other,
+                })
+        }
+        TopicKind::Other => Ok(Frame::Unknown {
+            topic: topic.into_owned(),
+        }),
+    }
+}
+
+/// Reads a conversation object (an event body, or the answer of
+/// `GET /api/v2/conversations/messages/{id}`, which has the same participant fields).
+pub fn parse_conversation_body(
+    raw: &str,
+    correlation_id: Option<&str>,
+    wanted_attributes: &[Box<str>],
+) -> Result<ConversationEvent, FrameError> {
+    let body: ConversationBody<'_> = serde_json::from_str(raw)?;
+    let Some(id) = body.id.filter(|id| !id.is_empty()) else {
+        return Err(FrameError::MissingId {
+            topic: String::new(),
+        });
+    };
+    let participants = body
+        .participants
+        .into_iter()
+        .filter_map(|p| participant(p, wanted_attributes))
+        .collect();
+    Ok(ConversationEvent {
+        conversation_id: id.into(),
+        correlation_id: correlation_id.map(Into::into),
+        participants,
+    })
+}
+
+fn message_body(raw: Option<&RawValue>) -> Result<MessageBody<'_>, FrameError> {
+    match raw {
+        Some(raw) => Ok(serde_json::from_str(raw.get())?),
+        None => Ok(MessageBody::default()),
+    }
+}
+
+/// A participant without an id cannot be tracked across events; it is skipped.
+fn participant(p: ParticipantBody<'_>, wanted: &[Box<str>]) -> Option<ParticipantUpdate> {
+    let id = p.id.filter(|id| !id.is_empty())?;
+    let ended = p.end_time.is_some_and(|t| !t.is_empty())
+        || p.state.as_deref().is_some_and(|s| {
+            s.eq_ignore_ascii_case("disconnected") || s.eq_ignore_ascii_case("terminated")
+        });
+    let attributes = p
+        .attributes
+        .map(|attrs| {
+            attrs
+                .into_iter()
+                .filter(|(k, _)| wanted.iter().any(|w| **w == **k))
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(ParticipantUpdate {
+        id: id.into(),
+        purpose: p.purpose.unwrap_or_default().into(),
+        ended,
+        queue_id: p.queue.and_then(|q| q.id).map(Into::into),
+        message_type: p.message_type.map(Into::into),
+        attributes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted() -> Vec<Box<str>> {
+        vec!["Bot.Intent".into()]
+    }
+
+    #[test]
+    fn heartbeat_pong_and_closing() {
+        let w = wanted();
+        let hb =
+            r#"{"topicName":"channel.metadata","eventBody":{"message":"WebSocket Heartbeat"}}"#;
+        assert_eq!(parse_frame(hb, &w).unwrap(), Frame::Heartbeat);
+        let pong = r#"{"topicName":"channel.metadata","eventBody":{"message":"pong"}}"#;
+        assert_eq!(parse_frame(pong, &w).unwrap(), Frame::Pong);
+        let closing = r#"{"topicName":"v2.system.socket_closing","version":"2","eventBody":{"message":"bye"},"metadata":{"CorrelationId":"c"}}"#;
+        assert_eq!(
+            parse_frame(closing, &w).unwrap(),
+            Frame::SocketClosing {
+                message: "bye".into()
+            }
+        );
+    }
+
+    #[test]
+    fn system_and_reply_and_unknown() {
+        let w = wanted();
+        let s = r#"{"topicName":"v2.system.no_longer_subscribed.x","eventBody":{"systemTopicType":"no_longer_subscribed","reason":"another_channel_subscribed"}}"#;
+        match parse_frame(s, &w).unwrap() {
+            Frame::System { kind, reason, .. } => {
+                assert_eq!(kind.as_deref(), Some("no_longer_subscribed"));
+                assert_eq!(reason.as_deref(), Some("another_channel_subscribed"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse_frame(r#"{"result":"404"}"#, &w).unwrap(),
+            Frame::Reply {
+                result: "404".into(),
+                status: None
+            }
+        );
+        assert_eq!(
+            parse_frame(r#"{"topicName":"v2.users.u.presence","eventBody":{}}"#, &w).unwrap(),
+            Frame::Unknown {
+                topic: "v2.users.u.presence".into()
+            }
+        );
+    }
+
+    #[test]
+    fn conversation_keeps_only_wanted_attributes_and_tolerates_unknown_fields() {
+        let text = r#"{"topicName":"V2.ROUTING.QUEUES.q.CONVERSATIONS.MESSAGES","novel":1,
+          "eventBody":{"id":"c1","participants":[
+            {"id":"p1","purpose":"customer","state":"connected","type":"webmessaging","newField":{"x":1},
+             "attributes":{"Bot.Intent":"Goodbye","Other":"x"}},
+            {"id":"p2","purpose":"acd","state":"connected","queue":{"id":"q"}},
+            {"purpose":"ghost"},
+            {"id":"p3","purpose":"workflow","state":"connected","endTime":"2026-01-01T00:00:00.000Z"}]}}"#;
+        let Frame::Conversation(ev) = parse_frame(text, &wanted()).unwrap() else {
+            panic!("not a conversation");
+        };
+        assert_eq!(&*ev.conversation_id, "c1");
+        assert_eq!(ev.participants.len(), 3, "participant without id dropped");
+        assert_eq!(
+            ev.participants[0].attributes,
+            vec![("Bot.Intent".into(), "Goodbye".into())]
+        );
+        assert_eq!(ev.participants[1].queue_id.as_deref(), Some("q"));
+        assert!(!ev.participants[0].ended);
+        assert!(ev.participants[2].ended, "endTime means ended");
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        let w = wanted();
+        assert!(parse_frame("not json", &w).is_err());
+        assert!(parse_frame("[1,2]", &w).is_err());
+        let no_id =
+            r#"{"topicName":"v2.users.u.conversations.messages","eventBody":{"participants":[]}}"#;
+        assert!(matches!(
+            parse_frame(no_id, &w),
+            Err(FrameError::MissingId { .. })
+        ));
+        let wrong_types =
+            r#"{"topicName":"v2.users.u.conversations.messages","eventBody":{"id":5}}"#;
+        assert!(parse_frame(wrong_types, &w).is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! Everything that speaks Genesys Cloud's protocols: OAuth, REST, notification frames
+//! and the notification socket.
+
+pub mod api;
+pub mod auth;
+pub mod frames;
+pub mod stream;

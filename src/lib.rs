@@ -1,0 +1,32 @@
+//! # genesys-closer
+//!
+//! Ends Genesys Cloud messaging conversations from the backend when a bot intent matches
+//! a rule, and confirms each closure from the pushed notification events, never by polling.
+//!
+//! A frame travels one way through the modules:
+//! [`genesys::stream`] (channel and socket state machine) reads it, [`genesys::frames`]
+//! parses it tolerantly, the event loop in [`daemon`] applies it to [`state`] (the
+//! conversation map, which it alone writes), [`rules`] decide on it, and [`closer`] runs
+//! the close sequence through [`genesys::api`] (authenticated by [`genesys::auth`]),
+//! learning of the confirming event through a waiter that the event loop fires.
+//! [`config`] validates the TOML before any I/O; [`telemetry`] holds logs and counters.
+//!
+//! [`sim`] is a Genesys simulator (REST, socket, conversation generator) for the demo,
+//! the tests and the benchmarks; no daemon module imports it. [`demo`] runs both on
+//! loopback.
+
+pub mod closer;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod genesys;
+pub mod rules;
+pub mod sim;
+pub mod state;
+pub mod telemetry;
+
+/// Installs rustls's ring provider as the process default (no OpenSSL, no aws-lc).
+/// Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,275 @@
+//! The `genesys-closer` command: parses the command line and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use genesys_closer::config::{Config, EXIT_BAD_CONFIG, SecretSource};
+use genesys_closer::{daemon, demo, genesys, sim, telemetry};
+use tokio_util::sync::CancellationToken;
+
+/// Ends Genesys Cloud messaging conversations when a bot intent matches a rule.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon against Genesys Cloud.
+    Run {
+        /// Path to the TOML config.
+        #[arg(long, default_value = "/etc/genesys-closer/config.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config and print what would run; no network I/O.
+    Check {
+        /// Path to the TOML config.
+        #[arg(long, default_value = "/etc/genesys-closer/config.toml")]
+        config: PathBuf,
+    },
+    /// Run the built-in simulator and the daemon together on loopback.
+    Demo {
+        /// Stop after this many conversations and print a JSON summary as the last line.
+        #[arg(long)]
+        conversations: Option<u64>,
+        /// New conversations per second.
+        #[arg(long, default_value_t = 20.0)]
+        rate: f64,
+    },
+    /// Run the Genesys simulator alone (for pointing a daemon at it by hand).
+    Sim {
+        /// Address to listen on (loopback).
+        #[arg(long, default_value = "127.0.0.1:8900")]
+        listen: std::net::SocketAddr,
+        /// New conversations per second from the built-in generator (0: none).
+        #[arg(long, default_value_t = 1.0)]
+        rate: f64,
+        /// Heartbeat interval, e.g. "30s".
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        heartbeat: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Check { config } => check(&config),
+            Command::Run { config } => run(&config).await,
+            Command::Demo {
+                conversations,
+                rate,
+            } => run_demo(conversations, rate).await,
+            Command::Sim {
+                listen,
+                rate,
+                heartbeat,
+            } => run_sim(listen, rate, heartbeat).await,
+        }
+    })
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(EXIT_BAD_CONFIG as u8)
+    })
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let topics = config.stream.topics();
+    println!("{}: OK", path.display());
+    println!(
+        "api: {}  login: {}",
+        config.genesys.api_url, config.genesys.login_url
+    );
+    println!("client id: {}", config.genesys.client_id);
+    let secret = match &config.genesys.secret {
+        SecretSource::File(p) => format!("file {}", p.display()),
+        SecretSource::Credential(p) => format!("systemd credential {}", p.display()),
+        SecretSource::Env => format!(
+            "environment variable {}",
+            genesys_closer::config::SECRET_ENV
+        ),
+    };
+    let found = genesys::auth::load_secret(&config.genesys.secret).is_ok();
+    println!(
+        "client secret: from {secret} ({})",
+        if found {
+            "present"
+        } else {
+            "NOT FOUND: `run` would refuse to start"
+        }
+    );
+    println!(
+        "channels needed: {} for {} topic(s):",
+        config.stream.channels_needed(),
+        topics.len()
+    );
+    for t in &topics {
+        println!("  {t}");
+    }
+    println!("global dry run: {}", config.dry_run);
+    println!("rules ({}), first match wins:", config.rules.len());
+    for r in &config.rules {
+        let attribute = r.attribute.as_deref().unwrap_or(&config.intent_attribute);
+        let mut line = format!("  {}: {} in {:?}", r.name, attribute, r.intents);
+        if !r.queues.is_empty() {
+            line += &format!(", queues {:?}", r.queues);
+        }
+        if !r.message_types.is_empty() {
+            line += &format!(", types {:?}", r.message_types);
+        }
+        line += &format!(
+            ", disconnect {}, confirm within {}",
+            match r.disconnect {
+                genesys_closer::config::DisconnectMode::Conversation => "conversation",
+                genesys_closer::config::DisconnectMode::Customer => "customer",
+            },
+            humantime::format_duration(r.confirm_timeout)
+        );
+        if r.dry_run || config.dry_run {
+            line += " (dry run)";
+        }
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn run(path: &std::path::Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let secret = match genesys::auth::load_secret(&config.genesys.secret) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    telemetry::init_logging(&config.log);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let opts = daemon::RunOptions {
+        shutdown,
+        drain_timeout: Duration::from_secs(20),
+        reports: None,
+        notify_systemd: true,
+    };
+    match daemon::run(&config, secret, opts).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "daemon stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_demo(conversations: Option<u64>, rate: f64) -> ExitCode {
+    if !(rate.is_finite() && rate > 0.0) {
+        eprintln!("error: --rate must be a positive number");
+        return ExitCode::from(EXIT_BAD_CONFIG as u8);
+    }
+    let shutdown = CancellationToken::new();
+    tokio::spawn(wait_for_signal(shutdown.clone()));
+    match demo::run(
+        demo::DemoOptions {
+            conversations,
+            rate,
+        },
+        shutdown,
+    )
+    .await
+    {
+        Ok(summary) => {
+            match serde_json::to_string(&summary) {
+                Ok(line) => println!("{line}"),
+                Err(e) => eprintln!("error: cannot print the summary: {e}"),
+            }
+            if summary.failed == 0 && summary.missing == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_sim(listen: std::net::SocketAddr, rate: f64, heartbeat: Duration) -> ExitCode {
+    telemetry::init_logging(&genesys_closer::config::LogConfig {
+        format: genesys_closer::config::LogFormat::Human,
+        level: "info".into(),
+    });
+    let cfg = sim::SimConfig {
+        listen,
+        heartbeat_interval: heartbeat,
+        ..sim::SimConfig::default()
+    };
+    let generator = (rate > 0.0).then(|| sim::GeneratorConfig {
+        total: None,
+        rate_per_sec: rate,
+        queue_ids: demo::DEMO_QUEUES.iter().map(|q| q.to_string()).collect(),
+        intent_attribute: "Bot.Intent".into(),
+        intents: vec![
+            Some("Goodbye".into()),
+            Some("CancelSubscription".into()),
+            Some("TalkToAgent".into()),
+            None,
+        ],
+        customer_leaves_after: Duration::from_secs(30),
+    });
+    match sim::serve_forever(cfg, generator).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: simulator failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (systemd stop) or SIGINT (Ctrl-C) starts a graceful shutdown.
+async fn wait_for_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}

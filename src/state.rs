@@ -1,0 +1,311 @@
+//! Live state of every messaging conversation the stream has shown us.
+//!
+//! One writer: only the event loop calls [`Store::apply`] and [`Store::evict`]; the closer
+//! and telemetry only read. A conversation is closed once every participant it has ever
+//! shown is `disconnected` or `terminated` (or has an `endTime`). Closed is sticky and so
+//! is a participant's end: a duplicate or older event can neither reopen a conversation nor
+//! make a close run twice. Only what rules and confirmation need is kept, not frames.
+
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use crate::genesys::frames::ConversationEvent;
+
+/// What the map keeps of one conversation.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    /// Every participant ever seen: id, purpose and whether it has ended.
+    participants: Vec<Participant>,
+    /// Attributes rules read (`Bot.Intent`...). The customer participant's value wins.
+    attributes: Vec<(Box<str>, Box<str>)>,
+    /// Latest queue the conversation was routed to.
+    queue_id: Option<Box<str>>,
+    /// Messaging type of the customer (`webmessaging`, `open`...).
+    message_type: Option<Box<str>>,
+    /// The customer participant, for a customer-only disconnect.
+    customer_id: Option<Box<str>>,
+    /// When the event that closed it was applied.
+    closed_at: Option<Instant>,
+    /// A rule has decided on this conversation; it is never decided again.
+    decided: bool,
+    /// Last event applied, for evicting conversations that went silent.
+    last_event: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Participant {
+    id: Box<str>,
+    ended: bool,
+}
+
+impl Conversation {
+    fn new(now: Instant) -> Self {
+        Conversation {
+            participants: Vec::new(),
+            attributes: Vec::new(),
+            queue_id: None,
+            message_type: None,
+            customer_id: None,
+            closed_at: None,
+            decided: false,
+            last_event: now,
+        }
+    }
+
+    /// Whether every participant has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed_at.is_some()
+    }
+
+    /// Value of a participant attribute that some rule reads.
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| &**k == name)
+            .map(|(_, v)| &**v)
+    }
+
+    /// Queue the conversation was last routed to.
+    pub fn queue_id(&self) -> Option<&str> {
+        self.queue_id.as_deref()
+    }
+
+    /// Messaging type of the customer participant.
+    pub fn message_type(&self) -> Option<&str> {
+        self.message_type.as_deref()
+    }
+
+    /// The customer participant's id.
+    pub fn customer_id(&self) -> Option<&str> {
+        self.customer_id.as_deref()
+    }
+
+    /// Whether a rule already decided on it.
+    pub fn is_decided(&self) -> bool {
+        self.decided
+    }
+
+    fn merge(&mut self, ev: &ConversationEvent, now: Instant) {
+        self.last_event = now;
+        for p in &ev.participants {
+            let is_customer = &*p.purpose == "customer";
+            match self.participants.iter_mut().find(|q| q.id == p.id) {
+                // An end is final: an older frame showing it connected changes nothing.
+                Some(q) => q.ended |= p.ended,
+                None => self.participants.push(Participant {
+                    id: p.id.clone(),
+                    ended: p.ended,
+                }),
+            }
+            if is_customer {
+                self.customer_id.get_or_insert_with(|| p.id.clone());
+                if p.message_type.is_some() {
+                    self.message_type.clone_from(&p.message_type);
+                }
+            } else if self.message_type.is_none() {
+                self.message_type.clone_from(&p.message_type);
+            }
+            if p.queue_id.is_some() {
+                self.queue_id.clone_from(&p.queue_id);
+            }
+            for (k, v) in &p.attributes {
+                match self.attributes.iter_mut().find(|(name, _)| name == k) {
+                    Some(slot) if is_customer => slot.1 = v.clone(),
+                    Some(_) => {}
+                    None => self.attributes.push((k.clone(), v.clone())),
+                }
+            }
+        }
+        if self.closed_at.is_none()
+            && !self.participants.is_empty()
+            && self.participants.iter().all(|p| p.ended)
+        {
+            self.closed_at = Some(now);
+        }
+    }
+}
+
+/// What applying one event changed.
+#[derive(Debug)]
+pub struct Applied<D> {
+    /// This event closed the conversation (it was open before).
+    pub closed_now: bool,
+    /// The decision the `decide` callback returned, if it was asked and said yes.
+    pub decision: Option<D>,
+}
+
+/// The conversation map.
+#[derive(Debug, Default)]
+pub struct Store {
+    map: DashMap<Box<str>, Conversation>,
+}
+
+impl Store {
+    /// An empty map.
+    pub fn new() -> Self {
+        Store::default()
+    }
+
+    /// Applies `ev`, then, if no rule has decided on the conversation yet, asks `decide`;
+    /// a `Some` marks the conversation decided so it is never asked again. Event loop only.
+    pub fn apply<D>(
+        &self,
+        ev: &ConversationEvent,
+        now: Instant,
+        decide: impl FnOnce(&Conversation) -> Option<D>,
+    ) -> Applied<D> {
+        let mut entry = self
+            .map
+            .entry(ev.conversation_id.clone())
+            .or_insert_with(|| Conversation::new(now));
+        let was_closed = entry.is_closed();
+        entry.merge(ev, now);
+        let closed_now = !was_closed && entry.is_closed();
+        let decision = if entry.decided {
+            None
+        } else {
+            let d = decide(&entry);
+            entry.decided = d.is_some();
+            d
+        };
+        Applied {
+            closed_now,
+            decision,
+        }
+    }
+
+    /// Whether the conversation is known and closed.
+    pub fn is_closed(&self, conversation_id: &str) -> bool {
+        self.map.get(conversation_id).is_some_and(|c| c.is_closed())
+    }
+
+    /// A copy of one conversation (for tests and diagnostics).
+    pub fn get(&self, conversation_id: &str) -> Option<Conversation> {
+        self.map.get(conversation_id).map(|c| c.clone())
+    }
+
+    /// Number of tracked conversations.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Forgets conversations closed longer than `closed_grace` ago, and open ones silent for
+    /// longer than `idle_max` (their end was missed). Returns how many went. Event loop only.
+    pub fn evict(&self, now: Instant, closed_grace: Duration, idle_max: Duration) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, c| match c.closed_at {
+            Some(at) => now.saturating_duration_since(at) < closed_grace,
+            None => now.saturating_duration_since(c.last_event) < idle_max,
+        });
+        before - self.map.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genesys::frames::ParticipantUpdate;
+
+    fn p(id: &str, purpose: &str, ended: bool) -> ParticipantUpdate {
+        ParticipantUpdate {
+            id: id.into(),
+            purpose: purpose.into(),
+            ended,
+            queue_id: None,
+            message_type: Some("webmessaging".into()),
+            attributes: Vec::new(),
+        }
+    }
+
+    fn ev(ps: Vec<ParticipantUpdate>) -> ConversationEvent {
+        ConversationEvent {
+            conversation_id: "c1".into(),
+            correlation_id: None,
+            participants: ps,
+        }
+    }
+
+    #[test]
+    fn closes_when_every_participant_ended_and_never_reopens() {
+        let s = Store::new();
+        let t = Instant::now();
+        let open = ev(vec![p("a", "customer", false), p("b", "acd", false)]);
+        assert!(!s.apply(&open, t, |_| None::<()>).closed_now);
+        let closed = ev(vec![p("a", "customer", true), p("b", "acd", true)]);
+        assert!(s.apply(&closed, t, |_| None::<()>).closed_now);
+        // A duplicate close and an older, still-connected frame change nothing.
+        assert!(!s.apply(&closed, t, |_| None::<()>).closed_now);
+        assert!(!s.apply(&open, t, |_| None::<()>).closed_now);
+        assert!(s.is_closed("c1"));
+    }
+
+    #[test]
+    fn a_participant_end_is_sticky_across_out_of_order_frames() {
+        let s = Store::new();
+        let t = Instant::now();
+        s.apply(
+            &ev(vec![p("a", "customer", true), p("b", "acd", false)]),
+            t,
+            |_| None::<()>,
+        );
+        // An older frame arriving late, where `a` was still connected.
+        s.apply(
+            &ev(vec![p("a", "customer", false), p("b", "acd", false)]),
+            t,
+            |_| None::<()>,
+        );
+        assert!(!s.is_closed("c1"), "b is still connected");
+        let applied = s.apply(&ev(vec![p("b", "acd", true)]), t, |_| None::<()>);
+        assert!(applied.closed_now, "a stayed ended, b ended now");
+    }
+
+    #[test]
+    fn decides_at_most_once() {
+        let s = Store::new();
+        let t = Instant::now();
+        let e = ev(vec![p("a", "customer", false)]);
+        assert_eq!(s.apply(&e, t, |_| Some(1)).decision, Some(1));
+        assert_eq!(s.apply(&e, t, |_| Some(2)).decision, None);
+        assert!(s.get("c1").unwrap().is_decided());
+    }
+
+    #[test]
+    fn customer_attribute_wins_and_queue_is_tracked() {
+        let s = Store::new();
+        let t = Instant::now();
+        let mut acd = p("b", "acd", false);
+        acd.queue_id = Some("q1".into());
+        acd.attributes = vec![("Bot.Intent".into(), "FromAcd".into())];
+        let mut cust = p("a", "customer", false);
+        cust.attributes = vec![("Bot.Intent".into(), "Goodbye".into())];
+        s.apply(&ev(vec![acd, cust]), t, |_| None::<()>);
+        let c = s.get("c1").unwrap();
+        assert_eq!(c.attribute("Bot.Intent"), Some("Goodbye"));
+        assert_eq!(c.queue_id(), Some("q1"));
+        assert_eq!(c.customer_id(), Some("a"));
+    }
+
+    #[test]
+    fn eviction_keeps_recent_and_open() {
+        let s = Store::new();
+        let t0 = Instant::now();
+        s.apply(&ev(vec![p("a", "customer", true)]), t0, |_| None::<()>);
+        let later = t0 + Duration::from_secs(120);
+        assert_eq!(
+            s.evict(later, Duration::from_secs(300), Duration::from_secs(3600)),
+            0
+        );
+        assert_eq!(
+            s.evict(later, Duration::from_secs(60), Duration::from_secs(3600)),
+            1
+        );
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,66 @@
+//! Logs and counters.
+//!
+//! Logs are JSON lines for journald and shippers, or human text for a terminal. Field
+//! names are stable: `conversation_id`, `rule`, `intent`, `queue_id`, `outcome`,
+//! `latency_ms`, `requests`, `correlation_id`, `channel_id`, `stream`, `reason`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds one.
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Daemon-wide counters, shared by the streams, the event loop and the closer.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Text frames read from any socket.
+    pub frames: Counter,
+    /// Frames that could not be read (skipped, logged).
+    pub malformed_frames: Counter,
+    /// Well-formed frames on topics we do not handle.
+    pub unknown_topics: Counter,
+    /// Conversation events handed to the event loop.
+    pub conversation_events: Counter,
+    /// Rule decisions made.
+    pub decisions: Counter,
+    /// Conversations seen closing.
+    pub closed_seen: Counter,
+}
+
+/// Installs the global log subscriber. `RUST_LOG`, when set, overrides the configured level.
+/// Calling it twice is harmless (the second call keeps the first subscriber).
+pub fn init_logging(log: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Human => builder.with_target(false).compact().try_init(),
+    };
+    // Already installed (tests, demo): keep the existing one.
+    let _ = result;
+}

@@ -1,0 +1,146 @@
+//! The binary's config handling: `check` on good and bad files, exit statuses, messages.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const GOOD: &str = r#"
+[genesys]
+region = "eu-west-1"
+client_id = "abc"
+
+[stream]
+queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
+users = ["1d7c4e92-8a5b-4c3f-b6e0-f93a2d5c7e18"]
+
+[[rule]]
+name = "goodbye"
+intents = ["Goodbye", "CancelSubscription"]
+"#;
+
+fn run(args: &[&str], config_text: &str) -> (Output, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config_text).expect("write config");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_genesys-closer"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(&path)
+        .env_remove("GENESYSCLOUD_OAUTHCLIENT_SECRET")
+        .env_remove("CREDENTIALS_DIRECTORY");
+    let out = cmd.output().expect("binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text.replace(&*path.to_string_lossy(), "CONFIG"))
+}
+
+#[test]
+fn check_prints_what_would_run() {
+    let (out, text) = run(&["check"], GOOD);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("https://api.mypurecloud.ie/"), "{text}");
+    assert!(
+        text.contains(
+            "v2.routing.queues.8f14e45f-ceea-467a-9575-3b9d1c2e4a77.conversations.messages"
+        )
+    );
+    assert!(text.contains("v2.users.1d7c4e92-8a5b-4c3f-b6e0-f93a2d5c7e18.conversations.messages"));
+    assert!(text.contains("channels needed: 1 for 2 topic(s)"), "{text}");
+    assert!(
+        text.contains("goodbye: Bot.Intent in [\"Goodbye\", \"CancelSubscription\"]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("NOT FOUND"),
+        "missing secret is flagged: {text}"
+    );
+}
+
+/// Each bad file: (what to change, expected line:column, expected message part).
+#[test]
+fn bad_configs_exit_64_with_file_line_column_and_message() {
+    let cases: &[(&str, String, &str, &str)] = &[
+        (
+            "syntax error",
+            GOOD.replace("[stream]", "[stream"),
+            "CONFIG:6:",
+            "TOML syntax error",
+        ),
+        (
+            "unknown key",
+            GOOD.replace("client_id = \"abc\"", "client_id = \"abc\"\nclientid = \"typo\""),
+            "CONFIG:5:1: unknown key `clientid` in [genesys]",
+            "expected one of",
+        ),
+        (
+            "empty intents",
+            GOOD.replace("intents = [\"Goodbye\", \"CancelSubscription\"]", "intents = []"),
+            "CONFIG:12:11: rule \"goodbye\": `intents` must list at least one intent",
+            "intents = [",
+        ),
+        (
+            "http to a remote host",
+            GOOD.replace(
+                "region = \"eu-west-1\"",
+                "api_url = \"http://api.mypurecloud.ie\"\nlogin_url = \"https://login.mypurecloud.ie\"",
+            ),
+            "CONFIG:3:11: `api_url` uses plain http to a remote host (api.mypurecloud.ie)",
+            "only https is allowed",
+        ),
+    ];
+    for (what, text, location, message) in cases {
+        for sub in ["check", "run"] {
+            let (out, output) = run(&[sub], text);
+            assert_eq!(out.status.code(), Some(64), "{what} ({sub}): {output}");
+            assert!(
+                output.contains(location),
+                "{what} ({sub}): want {location:?} in:\n{output}"
+            );
+            assert!(
+                output.contains(message),
+                "{what} ({sub}): want {message:?} in:\n{output}"
+            );
+        }
+    }
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let text = GOOD
+        .replace("client_id = \"abc\"", "client_id = \"abc\"\ncolour = 1")
+        .replace(
+            "intents = [\"Goodbye\", \"CancelSubscription\"]",
+            "intents = []\ndisconnect = \"guest\"",
+        );
+    let (out, output) = run(&["check"], &text);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(output.starts_with("3 configuration errors:"), "{output}");
+    assert!(output.contains("unknown key `colour`"));
+    assert!(output.contains("`intents` must list"));
+    assert!(output.contains("disconnect `guest` is not `conversation` or `customer`"));
+}
+
+#[test]
+fn run_without_a_secret_refuses_before_any_network_io() {
+    // The config points at a port nothing listens on; the refusal must come first.
+    let text = GOOD.replace(
+        "region = \"eu-west-1\"",
+        "api_url = \"http://127.0.0.1:9\"\nlogin_url = \"http://127.0.0.1:9\"",
+    );
+    let (out, output) = run(&["run"], &text);
+    assert_eq!(out.status.code(), Some(64), "{output}");
+    assert!(
+        output.contains("GENESYSCLOUD_OAUTHCLIENT_SECRET"),
+        "{output}"
+    );
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let text = std::fs::read_to_string(example).expect("config.example.toml exists");
+    let (out, output) = run(&["check"], &text);
+    assert_eq!(out.status.code(), Some(0), "{output}");
+}

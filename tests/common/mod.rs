@@ -1,0 +1,132 @@
+//! Shared harness: the simulator plus the daemon on loopback, driven through the library.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::Path;
+use std::time::Duration;
+
+use genesys_closer::closer::CloseReport;
+use genesys_closer::config::Config;
+use genesys_closer::daemon::{self, RunOptions};
+use genesys_closer::sim::{self, ConversationSpec, RecordedRequest, SimConfig, SimHandle};
+use secrecy::SecretString;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
+
+/// A config for the simulator; `api_url` may differ from the simulator (a proxy).
+pub fn config(api_url: &str, login_url: &str, rule_extra: &str) -> Config {
+    let text = format!(
+        r#"
+[genesys]
+api_url = "{api_url}"
+login_url = "{login_url}"
+client_id = "sim-client"
+
+[stream]
+queues = ["{QUEUE}"]
+heartbeat_timeout = "5s"
+ping_after = "2s"
+backoff_min = "50ms"
+backoff_max = "500ms"
+
+[log]
+format = "human"
+level = "genesys_closer=debug,warn"
+
+[[rule]]
+name = "goodbye"
+intents = ["Goodbye", "CancelSubscription"]
+{rule_extra}
+"#
+    );
+    Config::parse(&text, Path::new("test.toml")).expect("test config is valid")
+}
+
+/// A running daemon and its report stream.
+pub struct Running {
+    pub reports: mpsc::UnboundedReceiver<CloseReport>,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<Result<daemon::Summary, daemon::DaemonError>>,
+}
+
+impl Running {
+    /// The next close report, or a panic after `within`.
+    pub async fn next_report(&mut self, within: Duration) -> CloseReport {
+        tokio::time::timeout(within, self.reports.recv())
+            .await
+            .expect("a close report in time")
+            .expect("report channel open")
+    }
+
+    /// Asserts no further report arrives within `quiet`.
+    pub async fn assert_no_report(&mut self, quiet: Duration) {
+        if let Ok(Some(r)) = tokio::time::timeout(quiet, self.reports.recv()).await {
+            panic!("unexpected close report: {r:?}");
+        }
+    }
+
+    pub async fn shutdown(self) -> daemon::Summary {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task did not panic")
+            .expect("daemon ran")
+    }
+}
+
+pub async fn start_sim(cfg: SimConfig) -> SimHandle {
+    sim::start(cfg).await.expect("simulator starts")
+}
+
+/// Starts the daemon and waits until its socket is connected to the simulator.
+pub async fn start_daemon(config: Config, sim: &SimHandle) -> Running {
+    genesys_closer::telemetry::init_logging(&config.log);
+    let (tx, reports) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let opts = RunOptions {
+        shutdown: stop.clone(),
+        drain_timeout: Duration::from_secs(10),
+        reports: Some(tx),
+        notify_systemd: false,
+    };
+    let secret = SecretString::from("sim-secret".to_string());
+    let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
+    wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 1).await;
+    Running {
+        reports,
+        stop,
+        task,
+    }
+}
+
+pub async fn wait_for(within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn conversation(intent: Option<&str>) -> ConversationSpec {
+    ConversationSpec {
+        queue_id: QUEUE.into(),
+        intent_attribute: "Bot.Intent".into(),
+        intent: intent.map(str::to_string),
+        agent_user_id: None,
+    }
+}
+
+/// Requests the daemon made about one conversation, as "METHOD path".
+pub fn calls_for(sim: &SimHandle, conversation_id: &str) -> Vec<String> {
+    sim.requests()
+        .into_iter()
+        .filter(|r: &RecordedRequest| r.path.contains(conversation_id))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}

@@ -1,0 +1,225 @@
+//! The whole loop on loopback: simulator frames in, REST closes out, confirmation from
+//! the pushed events. Real clock, real sockets, the built-in simulator as Genesys.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use genesys_closer::closer::{ConfirmedBy, Outcome};
+use genesys_closer::sim::{Faults, SimConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matched_intent_is_closed_with_one_request_and_confirmed_by_the_event() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let mut d = start_daemon(config(&url, &url, ""), &sim).await;
+
+    let other = sim.create_conversation(conversation(Some("TalkToAgent")));
+    let silent = sim.create_conversation(conversation(None));
+    let bye = sim.create_conversation(conversation(Some("Goodbye")));
+
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, bye.as_str());
+    assert_eq!(r.outcome, Outcome::Confirmed);
+    assert_eq!(r.confirmed_by, Some(ConfirmedBy::Event));
+    assert_eq!(&*r.rule, "goodbye");
+    assert_eq!(&*r.intent, "Goodbye");
+    assert_eq!(r.queue_id.as_deref(), Some(QUEUE));
+    assert_eq!(r.requests, 1);
+    assert_eq!(sim.is_closed(&bye), Some(true));
+
+    // Exactly one disconnect and no polling read for the happy path.
+    assert_eq!(
+        calls_for(&sim, &bye),
+        vec![format!("PATCH /api/v2/conversations/messages/{bye}")]
+    );
+    let reads = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/api/v2/conversations"))
+        .count();
+    assert_eq!(reads, 0, "the happy path must not poll");
+
+    // Conversations without a matching intent are untouched.
+    d.assert_no_report(Duration::from_millis(300)).await;
+    assert!(calls_for(&sim, &other).is_empty());
+    assert!(calls_for(&sim, &silent).is_empty());
+    assert_eq!(sim.is_closed(&other), Some(false));
+    assert_eq!(sim.is_closed(&silent), Some(false));
+
+    // The same conversation closing again (duplicate frames) is not decided twice.
+    sim.customer_leaves(&bye);
+    d.assert_no_report(Duration::from_millis(300)).await;
+
+    let summary = d.shutdown().await;
+    assert_eq!(summary.decisions, 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_confirmation_reads_once_then_escalates_to_teardown() {
+    let sim = start_sim(SimConfig::default()).await;
+    sim.set_faults(Faults {
+        ignore_disconnect: true,
+        ignore_teardown: false,
+    });
+    let url = sim.base_url();
+    let mut d = start_daemon(config(&url, &url, "confirm_timeout = \"400ms\""), &sim).await;
+
+    let id = sim.create_conversation(conversation(Some("CancelSubscription")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(r.outcome, Outcome::EscalatedConfirmed, "{r:?}");
+    assert_eq!(r.requests, 3);
+    assert_eq!(
+        calls_for(&sim, &id),
+        vec![
+            format!("PATCH /api/v2/conversations/messages/{id}"),
+            format!("GET /api/v2/conversations/messages/{id}"),
+            format!("POST /api/v2/conversations/{id}/disconnect"),
+        ]
+    );
+    assert!(r.latency >= Duration::from_millis(400));
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_that_never_happens_is_reported_failed_with_the_reason() {
+    let sim = start_sim(SimConfig::default()).await;
+    sim.set_faults(Faults {
+        ignore_disconnect: true,
+        ignore_teardown: true,
+    });
+    let url = sim.base_url();
+    let mut d = start_daemon(config(&url, &url, "confirm_timeout = \"300ms\""), &sim).await;
+
+    let id = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert_eq!(r.requests, 3);
+    let reason = r.reason.expect("a failure says why");
+    assert!(reason.contains("after the full teardown"), "{reason}");
+    assert_eq!(calls_for(&sim, &id).len(), 3);
+    assert_eq!(sim.is_closed(&id), Some(false));
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn already_closed_before_the_decision_sends_nothing() {
+    let sim = start_sim(SimConfig::default()).await;
+    // Created while no daemon listens: its first frame reaches nobody.
+    let id = sim.create_conversation(conversation(Some("Goodbye")));
+    let url = sim.base_url();
+    let mut d = start_daemon(config(&url, &url, ""), &sim).await;
+
+    // The guest leaves; the daemon's first sight of it is closed, with the intent set.
+    sim.customer_leaves(&id);
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, id.as_str());
+    assert_eq!(r.outcome, Outcome::AlreadyClosed);
+    assert_eq!(r.requests, 0);
+    assert!(calls_for(&sim, &id).is_empty());
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_decides_and_sends_nothing() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let mut d = start_daemon(config(&url, &url, "dry_run = true"), &sim).await;
+    let id = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(r.outcome, Outcome::DryRun);
+    assert_eq!(r.requests, 0);
+    assert!(calls_for(&sim, &id).is_empty());
+    assert_eq!(sim.is_closed(&id), Some(false));
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_mode_disconnects_only_the_customer_participant() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let mut d = start_daemon(config(&url, &url, "disconnect = \"customer\""), &sim).await;
+    let id = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(r.outcome, Outcome::Confirmed);
+    let calls = calls_for(&sim, &id);
+    assert_eq!(calls.len(), 1);
+    assert!(
+        calls[0].starts_with(&format!(
+            "PATCH /api/v2/conversations/messages/{id}/participants/"
+        )),
+        "{calls:?}"
+    );
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_dropped_sockets_planned_closes_and_revoked_tokens() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let mut d = start_daemon(config(&url, &url, ""), &sim).await;
+
+    // An abrupt drop: the daemon backs off and reconnects on its own.
+    sim.drop_sockets();
+    wait_for(WAIT, || sim.connected_sockets() == 0).await;
+    wait_for(WAIT, || sim.connected_sockets() == 1).await;
+    let a = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(
+        (&*r.conversation_id, r.outcome),
+        (a.as_str(), Outcome::Confirmed)
+    );
+
+    // A planned close: reconnect to the same channel at once.
+    let channels_before = count(&sim, "POST", "/api/v2/notifications/channels");
+    sim.send_socket_closing();
+    wait_for(WAIT, || sim.connected_sockets() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for(WAIT, || sim.connected_sockets() == 1).await;
+    assert_eq!(
+        count(&sim, "POST", "/api/v2/notifications/channels"),
+        channels_before,
+        "socket_closing reuses the channel"
+    );
+
+    // A revoked token: the 401 renews the token once and the close still goes through.
+    let tokens_before = count(&sim, "POST", "/oauth/token");
+    sim.revoke_tokens();
+    let b = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(
+        (&*r.conversation_id, r.outcome),
+        (b.as_str(), Outcome::Confirmed)
+    );
+    assert_eq!(count(&sim, "POST", "/oauth/token"), tokens_before + 1);
+    let statuses: Vec<u16> = sim
+        .requests()
+        .iter()
+        .filter(|q| q.path.contains(&b))
+        .map(|q| q.status)
+        .collect();
+    assert_eq!(statuses.first(), Some(&401));
+    assert_eq!(
+        statuses.last().map(|s| *s < 300),
+        Some(true),
+        "{statuses:?}"
+    );
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+fn count(sim: &genesys_closer::sim::SimHandle, method: &str, path: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == method && r.path == path)
+        .count()
+}
