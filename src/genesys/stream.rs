@@ -136,10 +136,14 @@ impl ChannelStream {
                             tracing::info!(stream = self.index, channel_id = %ch.id, "channel lost its subscriptions; subscribing again");
                             State::Subscribing(ch)
                         }
+                        // Through backoff, so a server that keeps dropping channels is not
+                        // answered with a tight loop of channel creations.
                         LiveEnd::ChannelGone(reason) => {
                             self.down(&reason).await;
-                            tracing::warn!(stream = self.index, %reason, "channel gone; creating a new one");
-                            State::Connecting
+                            State::Backoff(
+                                None,
+                                format!("channel unusable ({reason}); a new one will be created"),
+                            )
                         }
                         LiveEnd::Failed(ch, reason) => {
                             self.down(&reason).await;
@@ -221,6 +225,18 @@ impl ChannelStream {
     }
 
     async fn live(&self, ch: Channel) -> LiveEnd {
+        // The same rule as for configured URLs: plain ws:// only to this machine.
+        match url::Url::parse(&ch.connect_uri) {
+            Ok(u) if u.scheme() == "wss" || crate::config::is_loopback(&u) => {}
+            Ok(u) => {
+                let reason = format!(
+                    "refusing connectUri with scheme {} to a remote host",
+                    u.scheme()
+                );
+                return LiveEnd::ChannelGone(reason);
+            }
+            Err(e) => return LiveEnd::ChannelGone(format!("connectUri is not a URL: {e}")),
+        }
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME_BYTES))
             .max_frame_size(Some(MAX_FRAME_BYTES));

@@ -1,0 +1,202 @@
+//! Conversation lifecycle: creation, the guest leaving, and the delayed effect of
+//! accepted disconnect requests (Genesys answers first and ends the conversation
+//! a moment later, which the daemon must confirm from the pushed event).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::ConversationSpec;
+use super::model::{Conversation, EndCause, Role};
+use super::world::{World, lock};
+
+/// Closed conversations kept for `is_closed` and REST reads; older ones are
+/// forgotten so a generator running for days does not grow memory without bound.
+const CLOSED_KEEP: usize = 100_000;
+
+/// The conversation store.
+#[derive(Default)]
+pub(crate) struct Conversations {
+    map: HashMap<String, Conversation>,
+    /// Ids in the order they closed, to forget the oldest first.
+    closed_order: VecDeque<String>,
+}
+
+impl Conversations {
+    fn note_if_closed(&mut self, id: &str) {
+        if self.map.get(id).is_some_and(Conversation::is_closed) {
+            self.closed_order.push_back(id.to_owned());
+            while self.closed_order.len() > CLOSED_KEEP {
+                if let Some(old) = self.closed_order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// A delayed change to apply to a conversation.
+enum Effect {
+    EndAll(EndCause),
+    EndOne(String),
+}
+
+/// What an accepted participant PATCH found.
+pub(crate) enum ParticipantRequest {
+    UnknownConversation,
+    UnknownParticipant,
+    Accepted,
+}
+
+impl World {
+    /// Creates a conversation and pushes its first frame(s).
+    pub(crate) fn create_conversation(&self, spec: &ConversationSpec) -> String {
+        let conv = Conversation::new(spec, &self.division_id);
+        let id = conv.id.clone();
+        let mut convs = lock(&self.conversations);
+        // Published under the store lock so frames of one conversation leave in order.
+        self.publish_conversation(&conv);
+        convs.map.insert(id.clone(), conv);
+        id
+    }
+
+    fn publish_conversation(&self, conv: &Conversation) {
+        let body = conv.event_body();
+        for topic in conv.topics() {
+            let frame = World::conversation_frame(&topic, body.clone());
+            self.publish(&topic, frame);
+        }
+    }
+
+    /// The guest ends the conversation: everyone still connected is disconnected now.
+    pub(crate) fn customer_leaves(&self, id: &str) {
+        let mut convs = lock(&self.conversations);
+        let Some(c) = convs.map.get_mut(id) else {
+            return;
+        };
+        if c.end_all(EndCause::CustomerLeft) {
+            self.publish_conversation(c);
+            convs.note_if_closed(id);
+        }
+    }
+
+    pub(crate) fn is_closed(&self, id: &str) -> Option<bool> {
+        lock(&self.conversations)
+            .map
+            .get(id)
+            .map(Conversation::is_closed)
+    }
+
+    /// Still open (nobody has ended it yet), for the generator.
+    pub(crate) fn is_open(&self, id: &str) -> bool {
+        self.is_closed(id) == Some(false)
+    }
+
+    /// `GET /api/v2/conversations/messages/{id}`.
+    pub(crate) fn rest_view(&self, id: &str) -> Option<Value> {
+        lock(&self.conversations)
+            .map
+            .get(id)
+            .map(Conversation::rest_body)
+    }
+
+    /// `PATCH /api/v2/conversations/messages/{id}` with `state: disconnected`;
+    /// `None` if unknown, else the answer body.
+    pub(crate) fn request_disconnect(self: &Arc<Self>, id: &str) -> Option<Value> {
+        let mut convs = lock(&self.conversations);
+        let c = convs.map.get_mut(id)?;
+        let answer = c.patch_answer();
+        if !self.faults().ignore_disconnect && !c.is_closed() && !c.close_pending {
+            c.close_pending = true;
+            self.schedule(
+                self.close_delay,
+                id,
+                Effect::EndAll(EndCause::ApiDisconnect),
+            );
+        }
+        Some(answer)
+    }
+
+    /// `PATCH .../participants/{pid}`; `disconnect` is whether the body asked for it.
+    pub(crate) fn request_participant_disconnect(
+        self: &Arc<Self>,
+        id: &str,
+        pid: &str,
+        disconnect: bool,
+    ) -> ParticipantRequest {
+        let mut convs = lock(&self.conversations);
+        let Some(c) = convs.map.get_mut(id) else {
+            return ParticipantRequest::UnknownConversation;
+        };
+        let Some(p) = c.participants.iter().find(|p| p.id == pid) else {
+            return ParticipantRequest::UnknownParticipant;
+        };
+        if !disconnect || self.faults().ignore_disconnect || !p.is_connected() {
+            return ParticipantRequest::Accepted;
+        }
+        if p.role == Role::Customer {
+            // Without its guest a messaging conversation ends for everyone.
+            if !c.close_pending {
+                c.close_pending = true;
+                self.schedule(
+                    self.close_delay,
+                    id,
+                    Effect::EndAll(EndCause::ApiDisconnect),
+                );
+            }
+        } else {
+            self.schedule(self.close_delay, id, Effect::EndOne(pid.to_owned()));
+        }
+        ParticipantRequest::Accepted
+    }
+
+    /// `POST /api/v2/conversations/{id}/disconnect`; `false` if unknown.
+    pub(crate) fn request_teardown(self: &Arc<Self>, id: &str) -> bool {
+        let convs = lock(&self.conversations);
+        let Some(c) = convs.map.get(id) else {
+            return false;
+        };
+        // Scheduled even when a PATCH is pending: the teardown is the escalation
+        // for a PATCH that did not take, and ending is idempotent anyway.
+        if !self.faults().ignore_teardown && !c.is_closed() {
+            self.schedule(self.teardown_delay, id, Effect::EndAll(EndCause::Teardown));
+        }
+        true
+    }
+
+    fn schedule(self: &Arc<Self>, delay: Duration, id: &str, effect: Effect) {
+        let world = Arc::clone(self);
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                // Shutdown: the effect is simply dropped.
+                _ = world.cancel.cancelled() => {}
+                _ = tokio::time::sleep(delay) => world.apply(&id, effect),
+            }
+        });
+    }
+
+    fn apply(&self, id: &str, effect: Effect) {
+        let mut convs = lock(&self.conversations);
+        let Some(c) = convs.map.get_mut(id) else {
+            return;
+        };
+        let changed = match effect {
+            Effect::EndAll(cause) => c.end_all(cause),
+            Effect::EndOne(pid) => {
+                let now = SystemTime::now();
+                c.participants
+                    .iter_mut()
+                    .find(|p| p.id == pid)
+                    .is_some_and(|p| p.end(now, "client"))
+            }
+        };
+        // No change (already ended by someone else) means no frame, like Genesys.
+        if changed {
+            self.publish_conversation(c);
+            convs.note_if_closed(id);
+        }
+    }
+}

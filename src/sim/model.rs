@@ -1,0 +1,426 @@
+//! The simulated conversation and its two renderings: the notification `eventBody`
+//! (queue/user `conversations.messages` topics) and the REST `MessageConversation`.
+//!
+//! Both renderings use only fields that exist in the shared schemas
+//! (`additionalProperties:false`), so a test can validate every frame.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Map, Value, json};
+
+use super::ConversationSpec;
+use super::ids::{hex32, rfc3339, uuid_v4};
+
+/// What a participant stands for; decides its `purpose` and how it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Customer,
+    Workflow,
+    Acd,
+    Agent,
+}
+
+impl Role {
+    fn purpose(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Workflow => "workflow",
+            Role::Acd => "acd",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+/// Why participants are being disconnected; picks the `disconnectType` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EndCause {
+    /// The guest left: the customer is "client", everyone else "peer".
+    CustomerLeft,
+    /// PATCH by the API client: shaped like the example frame 03 (customer "peer", others "client").
+    ApiDisconnect,
+    /// `POST .../disconnect`: the platform tears everything down ("system").
+    Teardown,
+}
+
+impl EndCause {
+    fn disconnect_type(self, role: Role) -> &'static str {
+        match (self, role) {
+            (EndCause::CustomerLeft, Role::Customer) => "client",
+            (EndCause::CustomerLeft, _) => "peer",
+            (EndCause::ApiDisconnect, Role::Customer) => "peer",
+            (EndCause::ApiDisconnect, _) => "client",
+            (EndCause::Teardown, _) => "system",
+        }
+    }
+}
+
+/// One message reference on a participant (the text itself is never in events).
+#[derive(Clone, Debug)]
+pub(crate) struct MessageRef {
+    id: String,
+    time: SystemTime,
+    status: &'static str,
+}
+
+/// One participant of a simulated messaging conversation.
+#[derive(Clone, Debug)]
+pub(crate) struct Participant {
+    pub(crate) id: String,
+    pub(crate) role: Role,
+    name: String,
+    address: Option<String>,
+    start: SystemTime,
+    connected: SystemTime,
+    end: Option<SystemTime>,
+    initial_state: &'static str,
+    disconnect_type: Option<&'static str>,
+    wrapup_required: bool,
+    queue_id: Option<String>,
+    user_id: Option<String>,
+    attributes: Map<String, Value>,
+    messages: Vec<MessageRef>,
+}
+
+impl Participant {
+    /// Connected means "not yet ended"; the sim never un-ends a participant.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.end.is_none()
+    }
+
+    /// Ends the participant now unless it already ended (ending is idempotent
+    /// so a late duplicate request cannot move `endTime`).
+    pub(crate) fn end(&mut self, now: SystemTime, disconnect_type: &'static str) -> bool {
+        if self.end.is_some() {
+            return false;
+        }
+        self.end = Some(now);
+        self.disconnect_type = Some(disconnect_type);
+        true
+    }
+
+    fn state(&self) -> &'static str {
+        if self.is_connected() {
+            "connected"
+        } else {
+            "disconnected"
+        }
+    }
+
+    fn event_json(&self) -> Value {
+        let mut p = Map::new();
+        p.insert("id".into(), json!(self.id));
+        p.insert("name".into(), json!(self.name));
+        if let Some(a) = &self.address {
+            p.insert("address".into(), json!(a));
+        }
+        self.times_into(&mut p);
+        p.insert("purpose".into(), json!(self.role.purpose()));
+        p.insert("state".into(), json!(self.state()));
+        p.insert("initialState".into(), json!(self.initial_state));
+        p.insert("direction".into(), json!("inbound"));
+        if let Some(d) = self.disconnect_type {
+            p.insert("disconnectType".into(), json!(d));
+        }
+        p.insert("held".into(), json!(false));
+        p.insert("wrapupRequired".into(), json!(self.wrapup_required));
+        self.agent_fields_into(&mut p);
+        if let Some(u) = &self.user_id {
+            p.insert("user".into(), json!({ "id": u }));
+        }
+        if let Some(q) = &self.queue_id {
+            p.insert("queue".into(), json!({ "id": q }));
+        }
+        p.insert("attributes".into(), Value::Object(self.attributes.clone()));
+        p.insert("provider".into(), json!("PureCloud Messaging"));
+        p.insert("type".into(), json!("webmessaging"));
+        if let Some(q) = &self.queue_id {
+            p.insert(
+                "conversationRoutingData".into(),
+                json!({ "queue": { "id": q }, "priority": 0, "skills": [], "scoredAgents": [] }),
+            );
+        }
+        if self.role == Role::Acd {
+            p.insert(
+                "queueMediaSettings".into(),
+                json!({ "alertingTimeoutSeconds": 30, "enableAutoAnswer": false }),
+            );
+        }
+        // Events name a message as `message{id}`.
+        let msgs: Vec<Value> = self
+            .messages
+            .iter()
+            .map(|m| {
+                json!({ "message": { "id": m.id }, "messageTime": rfc3339(m.time),
+                        "messageStatus": m.status, "messageSegmentCount": 1 })
+            })
+            .collect();
+        p.insert("messages".into(), Value::Array(msgs));
+        Value::Object(p)
+    }
+
+    /// `MessageMediaParticipant` of the REST API: no `initialState`, references carry
+    /// `selfUri`, messages are `MessageDetails{messageId,...}`.
+    fn rest_json(&self) -> Value {
+        let mut p = Map::new();
+        p.insert("id".into(), json!(self.id));
+        p.insert("name".into(), json!(self.name));
+        if let Some(a) = &self.address {
+            p.insert("address".into(), json!(a));
+        }
+        self.times_into(&mut p);
+        p.insert("purpose".into(), json!(self.role.purpose()));
+        p.insert("state".into(), json!(self.state()));
+        p.insert("direction".into(), json!("inbound"));
+        if let Some(d) = self.disconnect_type {
+            p.insert("disconnectType".into(), json!(d));
+        }
+        p.insert("held".into(), json!(false));
+        p.insert("wrapupRequired".into(), json!(self.wrapup_required));
+        self.agent_fields_into(&mut p);
+        if let Some(u) = &self.user_id {
+            p.insert(
+                "user".into(),
+                json!({ "id": u, "selfUri": format!("/api/v2/users/{u}") }),
+            );
+        }
+        if let Some(q) = &self.queue_id {
+            let uri = format!("/api/v2/routing/queues/{q}");
+            p.insert("queue".into(), json!({ "id": q, "selfUri": uri }));
+        }
+        p.insert("attributes".into(), Value::Object(self.attributes.clone()));
+        p.insert("provider".into(), json!("PureCloud Messaging"));
+        let msgs: Vec<Value> = self
+            .messages
+            .iter()
+            .map(|m| {
+                json!({ "messageId": m.id, "messageTime": rfc3339(m.time),
+                        "messageStatus": m.status, "messageSegmentCount": 1 })
+            })
+            .collect();
+        p.insert("messages".into(), Value::Array(msgs));
+        p.insert("type".into(), json!("webmessaging"));
+        Value::Object(p)
+    }
+
+    /// The `Participant` shape inside the PATCH answer's `Conversation`: that model has
+    /// no `state` field, so only identity and times.
+    fn summary_json(&self) -> Value {
+        let mut p = Map::new();
+        p.insert("id".into(), json!(self.id));
+        p.insert("name".into(), json!(self.name));
+        p.insert("purpose".into(), json!(self.role.purpose()));
+        self.times_into(&mut p);
+        Value::Object(p)
+    }
+
+    fn times_into(&self, p: &mut Map<String, Value>) {
+        p.insert("startTime".into(), json!(rfc3339(self.start)));
+        p.insert("connectedTime".into(), json!(rfc3339(self.connected)));
+        if let Some(e) = self.end {
+            p.insert("endTime".into(), json!(rfc3339(e)));
+        }
+    }
+
+    fn agent_fields_into(&self, p: &mut Map<String, Value>) {
+        if self.role == Role::Agent {
+            p.insert("wrapupPrompt".into(), json!("mandatory"));
+            p.insert("wrapupTimeoutMs".into(), json!(60_000));
+            p.insert("alertingTimeoutMs".into(), json!(30_000));
+        }
+    }
+}
+
+/// A simulated messaging conversation.
+#[derive(Clone, Debug)]
+pub(crate) struct Conversation {
+    pub(crate) id: String,
+    queue_id: String,
+    agent_user_id: Option<String>,
+    division_id: String,
+    start: SystemTime,
+    pub(crate) participants: Vec<Participant>,
+    /// A disconnect was accepted and its delayed effect is scheduled; further
+    /// requests are answered without scheduling a second one.
+    pub(crate) close_pending: bool,
+}
+
+fn before(now: SystemTime, ms: u64) -> SystemTime {
+    now.checked_sub(Duration::from_millis(ms)).unwrap_or(now)
+}
+
+impl Conversation {
+    /// Builds the conversation as it looks when the bot flow has just handed it to the queue.
+    pub(crate) fn new(spec: &ConversationSpec, division_id: &str) -> Self {
+        let now = SystemTime::now();
+        // The guest arrived ~25 s ago, talked to the bot, then the flow transferred to ACD.
+        let cust_start = before(now, 25_000);
+        let flow_start = before(now, 24_870);
+        let flow_end = before(now, 20);
+        let mut attrs = Map::new();
+        attrs.insert("Bot.Name".into(), json!("Support Bot"));
+        if let Some(intent) = &spec.intent {
+            attrs.insert(spec.intent_attribute.clone(), json!(intent));
+        }
+        attrs.insert("Customer.Locale".into(), json!("en-US"));
+        let customer = Participant {
+            id: uuid_v4(),
+            role: Role::Customer,
+            name: "Guest".into(),
+            address: Some(uuid_v4()),
+            start: cust_start,
+            connected: flow_start,
+            end: None,
+            initial_state: "connected",
+            disconnect_type: None,
+            wrapup_required: false,
+            queue_id: None,
+            user_id: None,
+            attributes: attrs,
+            messages: vec![MessageRef {
+                id: hex32(),
+                time: before(now, 24_800),
+                status: "received",
+            }],
+        };
+        let workflow = Participant {
+            id: uuid_v4(),
+            role: Role::Workflow,
+            name: "Support Inbound Message Flow".into(),
+            address: None,
+            start: flow_start,
+            connected: before(now, 24_850),
+            end: Some(flow_end),
+            initial_state: "connected",
+            disconnect_type: Some("transfer"),
+            wrapup_required: false,
+            queue_id: None,
+            user_id: None,
+            attributes: Map::new(),
+            messages: vec![MessageRef {
+                id: hex32(),
+                time: before(now, 24_100),
+                status: "sent",
+            }],
+        };
+        let acd = Participant {
+            id: uuid_v4(),
+            role: Role::Acd,
+            name: "Support Messaging".into(),
+            address: None,
+            start: before(now, 30),
+            connected: before(now, 10),
+            end: None,
+            initial_state: "connected",
+            disconnect_type: None,
+            wrapup_required: false,
+            queue_id: Some(spec.queue_id.clone()),
+            user_id: None,
+            attributes: Map::new(),
+            messages: Vec::new(),
+        };
+        let mut participants = vec![customer, workflow, acd];
+        if let Some(user) = &spec.agent_user_id {
+            participants.push(Participant {
+                id: uuid_v4(),
+                role: Role::Agent,
+                name: "Sim Agent".into(),
+                address: None,
+                start: before(now, 5),
+                connected: now,
+                end: None,
+                initial_state: "alerting",
+                disconnect_type: None,
+                wrapup_required: true,
+                queue_id: Some(spec.queue_id.clone()),
+                user_id: Some(user.clone()),
+                attributes: Map::new(),
+                messages: Vec::new(),
+            });
+        }
+        Conversation {
+            id: uuid_v4(),
+            queue_id: spec.queue_id.clone(),
+            agent_user_id: spec.agent_user_id.clone(),
+            division_id: division_id.to_owned(),
+            start: cust_start,
+            participants,
+            close_pending: false,
+        }
+    }
+
+    /// Closed means every participant has ended: the rule the daemon confirms by.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.participants.iter().all(|p| !p.is_connected())
+    }
+
+    /// Ends every still-connected participant; returns whether anything changed
+    /// (no change means no frame, as Genesys sends none for a no-op).
+    pub(crate) fn end_all(&mut self, cause: EndCause) -> bool {
+        let now = SystemTime::now();
+        let mut changed = false;
+        for p in &mut self.participants {
+            changed |= p.end(now, cause.disconnect_type(p.role));
+        }
+        self.close_pending = false;
+        changed
+    }
+
+    /// The topics this conversation is published on: its queue, plus the agent's user.
+    pub(crate) fn topics(&self) -> Vec<String> {
+        let mut t = vec![format!(
+            "v2.routing.queues.{}.conversations.messages",
+            self.queue_id
+        )];
+        if let Some(u) = &self.agent_user_id {
+            t.push(format!("v2.users.{u}.conversations.messages"));
+        }
+        t
+    }
+
+    fn divisions(&self) -> Value {
+        json!([{ "division": { "id": self.division_id }, "entities": [{ "id": self.queue_id }] }])
+    }
+
+    /// The notification `eventBody`.
+    pub(crate) fn event_body(&self) -> Value {
+        let parts: Vec<Value> = self
+            .participants
+            .iter()
+            .map(Participant::event_json)
+            .collect();
+        json!({ "id": self.id, "participants": parts, "otherMediaUris": [], "divisions": self.divisions() })
+    }
+
+    /// The REST `MessageConversation`.
+    pub(crate) fn rest_body(&self) -> Value {
+        let parts: Vec<Value> = self
+            .participants
+            .iter()
+            .map(Participant::rest_json)
+            .collect();
+        json!({
+            "id": self.id,
+            "participants": parts,
+            "otherMediaUris": [],
+            "divisions": self.divisions(),
+            "selfUri": format!("/api/v2/conversations/messages/{}", self.id),
+        })
+    }
+
+    /// The `Conversation` answered by an accepted PATCH (its `startTime` and
+    /// `participants` are required by the model).
+    pub(crate) fn patch_answer(&self) -> Value {
+        let parts: Vec<Value> = self
+            .participants
+            .iter()
+            .map(Participant::summary_json)
+            .collect();
+        json!({
+            "id": self.id,
+            "startTime": rfc3339(self.start),
+            "state": "disconnected",
+            "participants": parts,
+            "selfUri": format!("/api/v2/conversations/{}", self.id),
+        })
+    }
+}
