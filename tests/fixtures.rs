@@ -78,3 +78,28 @@ fn fixtures_say_what_they_show() {
             .any(|p| &*p.purpose == "agent" && !p.ended)
     );
 }
+
+/// Truncated, corrupted and retyped frames give an error or a frame, never a panic.
+#[test]
+fn damaged_frames_never_panic() {
+    let text = std::fs::read_to_string(events_dir().join("02-user-agent-connected.json"))
+        .expect("fixture readable");
+    let wanted = ["Bot.Intent".into()];
+    let mut errors = 0;
+    for cut in 0..text.len() {
+        if let Some(prefix) = text.get(..cut) {
+            errors += usize::from(parse_frame(prefix, &wanted).is_err());
+        }
+    }
+    assert!(errors > text.len() / 2, "truncated frames are refused");
+    // Every value of one kind swapped for another.
+    for (from, to) in [
+        ("\"connected\"", "7"),
+        ("\"attributes\": {", "\"attributes\": [{"),
+        ("\"participants\": [", "\"participants\": {\"x\":["),
+        ("\"id\":", "\"id\": null, \"_\":"),
+        ("true", "\"true\""),
+    ] {
+        let _ = parse_frame(&text.replace(from, to), &wanted);
+    }
+}

@@ -184,12 +184,14 @@ pub enum TopicKind {
 
 /// Classifies a topic name, case-insensitively as the official .NET handler does.
 pub fn topic_kind(topic: &str) -> TopicKind {
+    // Byte-wise, so a topic with multi-byte characters cannot split a char and panic.
+    let t = topic.as_bytes();
     let lower = |prefix: &str| {
-        topic.len() >= prefix.len() && topic[..prefix.len()].eq_ignore_ascii_case(prefix)
+        t.len() >= prefix.len() && t[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     };
     let ends = |suffix: &str| {
-        topic.len() >= suffix.len()
-            && topic[topic.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        t.len() >= suffix.len()
+            && t[t.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
     };
     if topic.eq_ignore_ascii_case("channel.metadata") {
         TopicKind::ChannelMetadata
@@ -413,5 +415,18 @@ mod tests {
         let wrong_types =
             r#"{"topicName":"v2.users.u.conversations.messages","eventBody":{"id":5}}"#;
         assert!(parse_frame(wrong_types, &w).is_err());
+        // Multi-byte characters where a topic prefix or suffix would end.
+        for topic in [
+            "v2.systé",
+            "é",
+            "v2.routing.queuesé.conversations.messagé",
+            "ü.conversations.messages",
+        ] {
+            let text = format!(r#"{{"topicName":"{topic}","eventBody":{{}}}}"#);
+            assert!(
+                matches!(parse_frame(&text, &w), Ok(Frame::Unknown { .. })),
+                "{topic}"
+            );
+        }
     }
 }
