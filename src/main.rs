@@ -4,6 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::fmt::Write as _;
+use std::io::Write as _;
+
 use clap::{Parser, Subcommand};
 use genesys_closer::config::{Config, EXIT_BAD_CONFIG, SecretSource};
 use genesys_closer::{daemon, demo, genesys, sim, telemetry};
@@ -96,12 +99,14 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     let topics = config.stream.topics();
-    println!("{}: OK", path.display());
-    println!(
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: OK", path.display());
+    let _ = writeln!(
+        out,
         "api: {}  login: {}",
         config.genesys.api_url, config.genesys.login_url
     );
-    println!("client id: {}", config.genesys.client_id);
+    let _ = writeln!(out, "client id: {}", config.genesys.client_id);
     let secret = match &config.genesys.secret {
         SecretSource::File(p) => format!("file {}", p.display()),
         SecretSource::Credential(p) => format!("systemd credential {}", p.display()),
@@ -111,7 +116,8 @@ fn check(path: &std::path::Path) -> ExitCode {
         ),
     };
     let found = genesys::auth::load_secret(&config.genesys.secret).is_ok();
-    println!(
+    let _ = writeln!(
+        out,
         "client secret: from {secret} ({})",
         if found {
             "present"
@@ -119,16 +125,17 @@ fn check(path: &std::path::Path) -> ExitCode {
             "NOT FOUND: `run` would refuse to start"
         }
     );
-    println!(
+    let _ = writeln!(
+        out,
         "channels needed: {} for {} topic(s):",
         config.stream.channels_needed(),
         topics.len()
     );
     for t in &topics {
-        println!("  {t}");
+        let _ = writeln!(out, "  {t}");
     }
-    println!("global dry run: {}", config.dry_run);
-    println!("rules ({}), first match wins:", config.rules.len());
+    let _ = writeln!(out, "global dry run: {}", config.dry_run);
+    let _ = writeln!(out, "rules ({}), first match wins:", config.rules.len());
     for r in &config.rules {
         let attribute = r.attribute.as_deref().unwrap_or(&config.intent_attribute);
         let mut line = format!("  {}: {} in {:?}", r.name, attribute, r.intents);
@@ -149,9 +156,17 @@ fn check(path: &std::path::Path) -> ExitCode {
         if r.dry_run || config.dry_run {
             line += " (dry run)";
         }
-        println!("{line}");
+        let _ = writeln!(out, "{line}");
     }
+    print_out(&out);
     ExitCode::SUCCESS
+}
+
+/// Prints to stdout; a closed pipe (`check | head`) is not an error worth a panic.
+fn print_out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
 }
 
 async fn run(path: &std::path::Path) -> ExitCode {
@@ -202,7 +217,7 @@ async fn run_demo(conversations: Option<u64>, rate: f64) -> ExitCode {
     {
         Ok(summary) => {
             match serde_json::to_string(&summary) {
-                Ok(line) => println!("{line}"),
+                Ok(line) => print_out(&format!("{line}\n")),
                 Err(e) => eprintln!("error: cannot print the summary: {e}"),
             }
             if summary.failed == 0 && summary.missing == 0 {

@@ -351,6 +351,9 @@ fn instructions(url: &str, client_id: &str, secret: &str, g: Option<&GeneratorCo
         toml_str(url)
     );
     out += &format!("client_id = {}\n\n", toml_str(client_id));
+    if queues.is_empty() {
+        out += "# No generator runs: list the queue ids your conversations will use.\n";
+    }
     out += &format!("[stream]\nqueues = [{}]\n", list(&queues));
     if !intents.is_empty() {
         out += &format!(
