@@ -127,6 +127,7 @@ async fn every_request_the_daemon_sends_conforms_to_the_openapi_subset() {
     sim.set_faults(Faults {
         ignore_disconnect: true,
         ignore_teardown: false,
+        ..Faults::default()
     });
     let b = sim.create_conversation(conversation(Some("Goodbye")));
     let r = d.next_report(Duration::from_secs(15)).await;

@@ -65,6 +65,7 @@ async fn missing_confirmation_reads_once_then_escalates_to_teardown() {
     sim.set_faults(Faults {
         ignore_disconnect: true,
         ignore_teardown: false,
+        ..Faults::default()
     });
     let url = sim.base_url();
     let mut d = start_daemon(config(&url, &url, "confirm_timeout = \"400ms\""), &sim).await;
@@ -92,6 +93,7 @@ async fn a_close_that_never_happens_is_reported_failed_with_the_reason() {
     sim.set_faults(Faults {
         ignore_disconnect: true,
         ignore_teardown: true,
+        ..Faults::default()
     });
     let url = sim.base_url();
     let mut d = start_daemon(config(&url, &url, "confirm_timeout = \"300ms\""), &sim).await;
@@ -222,4 +224,48 @@ fn count(sim: &genesys_closer::sim::SimHandle, method: &str, path: &str) -> usiz
         .iter()
         .filter(|r| r.method == method && r.path == path)
         .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_declared_dead_and_replaced() {
+    // Heartbeats every 100 ms while healthy; the daemon pings after 300 ms of silence
+    // and gives up after 700 ms.
+    let sim = start_sim(SimConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        ..SimConfig::default()
+    })
+    .await;
+    let url = sim.base_url();
+    let mut cfg = config(&url, &url, "");
+    cfg.stream.ping_after = Duration::from_millis(300);
+    cfg.stream.heartbeat_timeout = Duration::from_millis(700);
+    let mut d = start_daemon(cfg, &sim).await;
+
+    // Healthy heartbeats keep one socket for a while: no reconnect.
+    let upgrades = || {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.starts_with("/channels/"))
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(upgrades(), 1, "heartbeats keep the socket alive");
+
+    // The socket goes quiet but stays open: only the daemon's own deadline can notice.
+    sim.set_faults(Faults {
+        silent_sockets: true,
+        ..Faults::default()
+    });
+    wait_for(WAIT, || upgrades() >= 2).await;
+    sim.set_faults(Faults::default());
+    wait_for(WAIT, || sim.connected_sockets() == 1).await;
+
+    let id = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(
+        (&*r.conversation_id, r.outcome),
+        (id.as_str(), Outcome::Confirmed)
+    );
+    d.shutdown().await;
+    sim.shutdown().await;
 }

@@ -93,6 +93,9 @@ pub struct Faults {
     pub ignore_disconnect: bool,
     /// `POST .../disconnect` is answered 202, but nothing changes.
     pub ignore_teardown: bool,
+    /// Sockets stay open but go quiet: no heartbeats and no pongs (a half-dead
+    /// connection that TCP does not notice).
+    pub silent_sockets: bool,
 }
 
 /// A conversation to create with `SimHandle::create_conversation`.

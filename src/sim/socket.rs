@@ -90,10 +90,20 @@ async fn run(
                 None => break End::Abrupt,
             },
             // Genesys sends a heartbeat on every socket, subscribed or not.
-            _ = heartbeat.tick() => channel_metadata(&world, "WebSocket Heartbeat"),
+            _ = heartbeat.tick() => {
+                if world.faults().silent_sockets {
+                    continue;
+                }
+                channel_metadata(&world, "WebSocket Heartbeat")
+            }
             // What the client sends: ping gets pong, close ends, the rest is ignored.
             incoming = stream.next() => match incoming {
-                Some(Ok(Message::Text(t))) if is_ping(&t) => channel_metadata(&world, "pong"),
+                Some(Ok(Message::Text(t))) if is_ping(&t) => {
+                    if world.faults().silent_sockets {
+                        continue;
+                    }
+                    channel_metadata(&world, "pong")
+                }
                 Some(Ok(Message::Close(_))) => break End::Polite,
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => break End::Abrupt,

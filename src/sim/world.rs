@@ -78,6 +78,7 @@ pub(crate) struct World {
     pub(crate) division_id: String,
     ignore_disconnect: AtomicBool,
     ignore_teardown: AtomicBool,
+    silent_sockets: AtomicBool,
     next_conn: AtomicU64,
     next_request: AtomicU64,
     tokens: Mutex<HashMap<String, Instant>>,
@@ -101,6 +102,7 @@ impl World {
             division_id: uuid_v4(),
             ignore_disconnect: AtomicBool::new(false),
             ignore_teardown: AtomicBool::new(false),
+            silent_sockets: AtomicBool::new(false),
             next_conn: AtomicU64::new(1),
             next_request: AtomicU64::new(1),
             tokens: Mutex::new(HashMap::new()),
@@ -130,12 +132,15 @@ impl World {
             .store(f.ignore_disconnect, Ordering::Relaxed);
         self.ignore_teardown
             .store(f.ignore_teardown, Ordering::Relaxed);
+        self.silent_sockets
+            .store(f.silent_sockets, Ordering::Relaxed);
     }
 
     pub(crate) fn faults(&self) -> Faults {
         Faults {
             ignore_disconnect: self.ignore_disconnect.load(Ordering::Relaxed),
             ignore_teardown: self.ignore_teardown.load(Ordering::Relaxed),
+            silent_sockets: self.silent_sockets.load(Ordering::Relaxed),
         }
     }
 
