@@ -96,8 +96,9 @@ pub struct CloseReport {
     pub outcome: Outcome,
     /// Decision to confirmation (or to giving up).
     pub latency: Duration,
-    /// REST calls this sequence made (retries of one call count once).
-    pub requests: u32,
+    /// REST calls this sequence made, in order (retries of one call count once):
+    /// `patch_conversation`, `patch_customer`, `get_conversation`, `teardown`.
+    pub sent: Vec<&'static str>,
     /// Evidence for a confirmed outcome.
     pub confirmed_by: Option<ConfirmedBy>,
     /// Genesys correlation id of the last failed call, for support cases.
@@ -110,6 +111,13 @@ pub struct CloseReport {
 #[derive(Debug, Default)]
 pub struct Waiters {
     map: DashMap<Box<str>, oneshot::Sender<Instant>>,
+}
+
+impl CloseReport {
+    /// Number of REST calls the sequence made.
+    pub fn requests(&self) -> usize {
+        self.sent.len()
+    }
 }
 
 impl Waiters {
@@ -182,7 +190,7 @@ impl Closer {
             queue_id: d.queue_id.clone(),
             outcome: Outcome::Failed,
             latency: Duration::ZERO,
-            requests: 0,
+            sent: Vec::new(),
             confirmed_by: None,
             correlation_id: None,
             reason: None,
@@ -205,12 +213,13 @@ impl Closer {
             r.outcome = Outcome::AlreadyClosed;
             return r;
         }
-        r.requests += 1;
         let sent = match (rule.disconnect, d.customer_id.as_deref()) {
             (DisconnectMode::Customer, Some(customer)) => {
+                r.sent.push("patch_customer");
                 self.api.disconnect_participant(id, customer).await
             }
             (DisconnectMode::Customer, None) => {
+                r.sent.push("patch_conversation");
                 tracing::warn!(
                     conversation_id = id,
                     rule = &*rule.name,
@@ -218,7 +227,10 @@ impl Closer {
                 );
                 self.api.disconnect_conversation(id).await
             }
-            (DisconnectMode::Conversation, _) => self.api.disconnect_conversation(id).await,
+            (DisconnectMode::Conversation, _) => {
+                r.sent.push("patch_conversation");
+                self.api.disconnect_conversation(id).await
+            }
         };
         match sent {
             Ok(_) => {
@@ -241,7 +253,7 @@ impl Closer {
         }
 
         // Step 2: one read. Feed it to the event loop so state (and any waiter) sees it.
-        r.requests += 1;
+        r.sent.push("get_conversation");
         match self.api.get_conversation(id, &self.wanted_attributes).await {
             Ok(ev) => {
                 let closed = !ev.participants.is_empty() && ev.participants.iter().all(|p| p.ended);
@@ -267,7 +279,7 @@ impl Closer {
             r.latency = d.decided_at.elapsed();
             return r;
         }
-        r.requests += 1;
+        r.sent.push("teardown");
         tracing::warn!(
             conversation_id = id,
             rule = &*rule.name,
@@ -331,7 +343,8 @@ fn log_report(r: &CloseReport) {
                 queue_id = r.queue_id.as_deref(),
                 outcome = r.outcome.as_str(),
                 latency_ms,
-                requests = r.requests,
+                requests = r.sent.len(),
+                sent = %r.sent.join(","),
                 confirmed_by,
                 correlation_id = r.correlation_id.as_deref(),
                 reason = r.reason.as_deref(),

@@ -28,7 +28,7 @@ async fn matched_intent_is_closed_with_one_request_and_confirmed_by_the_event() 
     assert_eq!(&*r.rule, "goodbye");
     assert_eq!(&*r.intent, "Goodbye");
     assert_eq!(r.queue_id.as_deref(), Some(QUEUE));
-    assert_eq!(r.requests, 1);
+    assert_eq!(r.requests(), 1);
     assert_eq!(sim.is_closed(&bye), Some(true));
 
     // Exactly one disconnect and no polling read for the happy path.
@@ -73,7 +73,7 @@ async fn missing_confirmation_reads_once_then_escalates_to_teardown() {
     let id = sim.create_conversation(conversation(Some("CancelSubscription")));
     let r = d.next_report(WAIT).await;
     assert_eq!(r.outcome, Outcome::EscalatedConfirmed, "{r:?}");
-    assert_eq!(r.requests, 3);
+    assert_eq!(r.sent, ["patch_conversation", "get_conversation", "teardown"]);
     assert_eq!(
         calls_for(&sim, &id),
         vec![
@@ -101,7 +101,7 @@ async fn a_close_that_never_happens_is_reported_failed_with_the_reason() {
     let id = sim.create_conversation(conversation(Some("Goodbye")));
     let r = d.next_report(WAIT).await;
     assert_eq!(r.outcome, Outcome::Failed);
-    assert_eq!(r.requests, 3);
+    assert_eq!(r.requests(), 3);
     let reason = r.reason.expect("a failure says why");
     assert!(reason.contains("after the full teardown"), "{reason}");
     assert_eq!(calls_for(&sim, &id).len(), 3);
@@ -123,7 +123,7 @@ async fn already_closed_before_the_decision_sends_nothing() {
     let r = d.next_report(WAIT).await;
     assert_eq!(&*r.conversation_id, id.as_str());
     assert_eq!(r.outcome, Outcome::AlreadyClosed);
-    assert_eq!(r.requests, 0);
+    assert_eq!(r.requests(), 0);
     assert!(calls_for(&sim, &id).is_empty());
     d.shutdown().await;
     sim.shutdown().await;
@@ -137,7 +137,7 @@ async fn dry_run_decides_and_sends_nothing() {
     let id = sim.create_conversation(conversation(Some("Goodbye")));
     let r = d.next_report(WAIT).await;
     assert_eq!(r.outcome, Outcome::DryRun);
-    assert_eq!(r.requests, 0);
+    assert_eq!(r.requests(), 0);
     assert!(calls_for(&sim, &id).is_empty());
     assert_eq!(sim.is_closed(&id), Some(false));
     d.shutdown().await;
