@@ -261,6 +261,7 @@ impl Closer {
                     tracing::debug!(conversation_id = id, "event loop gone; resync dropped");
                 }
                 if closed {
+                    self.waiters.cancel(id);
                     r.outcome = Outcome::Confirmed;
                     r.confirmed_by = Some(ConfirmedBy::Read);
                     r.latency = d.decided_at.elapsed();
