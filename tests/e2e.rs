@@ -73,7 +73,10 @@ async fn missing_confirmation_reads_once_then_escalates_to_teardown() {
     let id = sim.create_conversation(conversation(Some("CancelSubscription")));
     let r = d.next_report(WAIT).await;
     assert_eq!(r.outcome, Outcome::EscalatedConfirmed, "{r:?}");
-    assert_eq!(r.sent, ["patch_conversation", "get_conversation", "teardown"]);
+    assert_eq!(
+        r.sent,
+        ["patch_conversation", "get_conversation", "teardown"]
+    );
     assert_eq!(
         calls_for(&sim, &id),
         vec![
