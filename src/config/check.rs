@@ -1,12 +1,7 @@
-//! TOML configuration: raw text -> validated, typed [`Config`].
-//!
-//! Everything is checked here, before any network I/O, in one pass that reports every
-//! problem with its file, line and column (and the rule it belongs to), not only the first.
-//! The CLI turns a [`ConfigErrors`] into exit status 64 (`EX_USAGE`), as linkerd does.
+//! The one-pass walker that turns the TOML tree into a [`Config`], collecting every
+//! problem with its position instead of stopping at the first.
 
 use std::collections::HashSet;
-use std::fmt;
-use std::net::IpAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,37 +9,7 @@ use std::time::Duration;
 use toml_edit::{Item, TableLike, Value};
 use url::Url;
 
-/// Exit status for a configuration that cannot be used.
-pub const EXIT_BAD_CONFIG: i32 = 64;
-
-/// Most topics one notification channel may carry (facts sheet B.3).
-pub const TOPICS_PER_CHANNEL: usize = 1000;
-/// Most channels one OAuth client may hold; a 21st evicts the oldest (facts sheet B.3).
-pub const MAX_CHANNELS: usize = 20;
-
-/// Default participant attribute that carries the bot intent.
-pub const DEFAULT_INTENT_ATTRIBUTE: &str = "Bot.Intent";
-
-/// Environment variable holding the OAuth client secret (the name the Genesys tools use).
-pub const SECRET_ENV: &str = "GENESYSCLOUD_OAUTHCLIENT_SECRET";
-
-/// Messaging `type` values of a participant (facts sheet C.1); a rule filter must use one.
-pub const MESSAGE_TYPES: &[&str] = &[
-    "unknown",
-    "sms",
-    "twitter",
-    "facebook",
-    "line",
-    "viber",
-    "wechat",
-    "whatsapp",
-    "telegram",
-    "kakao",
-    "webmessaging",
-    "open",
-    "instagram",
-    "apple",
-];
+use super::*;
 
 /// Region keys (SDK `PureCloudRegionHosts`, with `-` or `_`) and their domains.
 const REGIONS: &[(&str, &str)] = &[
@@ -68,222 +33,28 @@ const REGIONS: &[(&str, &str)] = &[
     ("eusc-de-east-1", "edee1.eusc-pure.cloud"),
 ];
 
-/// The whole, validated configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// File the configuration came from (for messages; `<built-in>` for the demo).
-    pub source: PathBuf,
-    /// Where and as whom to talk to Genesys.
-    pub genesys: GenesysConfig,
-    /// Which topics to watch and how to keep the socket alive.
-    pub stream: StreamConfig,
-    /// Global dry run: decide and log, send nothing.
-    pub dry_run: bool,
-    /// Attribute that carries the intent when a rule names none.
-    pub intent_attribute: String,
-    /// Log format and level.
-    pub log: LogConfig,
-    /// Rules in file order; the first that matches decides.
-    pub rules: Vec<RuleConfig>,
-}
-
-/// Genesys endpoints and the OAuth client.
-#[derive(Debug, Clone)]
-pub struct GenesysConfig {
-    /// Base URL of the Platform API, e.g. `https://api.mypurecloud.com`.
-    pub api_url: Url,
-    /// Base URL of the login service; the token endpoint is `{login_url}/oauth/token`.
-    pub login_url: Url,
-    /// OAuth client id (not secret).
-    pub client_id: String,
-    /// Where the client secret is read from at start-up.
-    pub secret: SecretSource,
-}
-
-/// Where the OAuth client secret comes from. The secret itself never sits in [`Config`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// `client_secret_file = "/path"` in the config.
-    File(PathBuf),
-    /// systemd `LoadCredential=client_secret:...`, found in `$CREDENTIALS_DIRECTORY`.
-    Credential(PathBuf),
-    /// The environment variable [`SECRET_ENV`].
-    Env,
-}
-
-/// Notification stream settings.
-#[derive(Debug, Clone)]
-pub struct StreamConfig {
-    /// Queue ids: `v2.routing.queues.{id}.conversations.messages`.
-    pub queues: Vec<String>,
-    /// User ids: `v2.users.{id}.conversations.messages`.
-    pub users: Vec<String>,
-    /// No frame at all for this long means the socket is dead, whatever TCP says.
-    pub heartbeat_timeout: Duration,
-    /// After this long without a frame we send `{"message":"ping"}` to provoke a pong.
-    pub ping_after: Duration,
-    /// First reconnect delay.
-    pub backoff_min: Duration,
-    /// Reconnect delays never exceed this.
-    pub backoff_max: Duration,
-    /// A connection must stay live this long before the backoff resets.
-    pub healthy_after: Duration,
-}
-
-impl StreamConfig {
-    /// Every topic to subscribe, queues first, in config order.
-    pub fn topics(&self) -> Vec<String> {
-        let queues = self
-            .queues
-            .iter()
-            .map(|q| format!("v2.routing.queues.{q}.conversations.messages"));
-        let users = self
-            .users
-            .iter()
-            .map(|u| format!("v2.users.{u}.conversations.messages"));
-        queues.chain(users).collect()
-    }
-
-    /// Channels needed for all topics at [`TOPICS_PER_CHANNEL`] each.
-    pub fn channels_needed(&self) -> usize {
-        (self.queues.len() + self.users.len()).div_ceil(TOPICS_PER_CHANNEL)
-    }
-}
-
-/// Log output.
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    /// `json` for journald and log shippers, `human` for a terminal.
-    pub format: LogFormat,
-    /// A `tracing` filter directive such as `info` or `genesys_closer=debug`.
-    pub level: String,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line with stable field names.
-    Json,
-    /// Coloured, aligned text for people.
-    Human,
-}
-
-/// How a matched conversation is ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisconnectMode {
-    /// `PATCH /api/v2/conversations/messages/{id}` `{"state":"disconnected"}`.
-    Conversation,
-    /// `PATCH /api/v2/conversations/messages/{id}/participants/{customer}` `{"state":"disconnected"}`.
-    Customer,
-}
-
-/// One `[[rule]]`.
-#[derive(Debug, Clone)]
-pub struct RuleConfig {
-    /// Unique name, logged with every decision.
-    pub name: String,
-    /// Exact intent values that match.
-    pub intents: Vec<String>,
-    /// Participant attribute to read; `None` means the global `intent_attribute`.
-    pub attribute: Option<String>,
-    /// Only conversations routed to one of these queues (empty: any).
-    pub queues: Vec<String>,
-    /// Only these messaging types, e.g. `webmessaging` (empty: any).
-    pub message_types: Vec<String>,
-    /// Per-rule dry run (the global one wins when set).
-    pub dry_run: bool,
-    /// What the disconnect step ends.
-    pub disconnect: DisconnectMode,
-    /// How long to wait for the confirming event before reading and escalating.
-    pub confirm_timeout: Duration,
-}
-
-/// One problem in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
-    /// File it was found in.
-    pub file: PathBuf,
-    /// 1-based line, 0 when the problem has no position (e.g. a missing environment variable).
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// Rule the problem belongs to, if any.
-    pub rule: Option<String>,
-    /// What is wrong and, where it helps, what would be right.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
-        if self.line > 0 {
-            write!(f, ":{}:{}", self.line, self.column)?;
+/// Validates config text; `file` is only used in messages.
+pub(super) fn check(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    let mut cx = Checker {
+        src: text,
+        file,
+        issues: Vec::new(),
+        rule: None,
+    };
+    let doc = match toml_edit::Document::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            cx.at(
+                e.span(),
+                format!("TOML syntax error: {}", e.message().trim()),
+            );
+            return Err(ConfigErrors(cx.issues));
         }
-        write!(f, ": ")?;
-        if let Some(rule) = &self.rule {
-            write!(f, "rule \"{rule}\": ")?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-/// Every problem found in a config file; never empty.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigIssue>);
-
-impl fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        writeln!(
-            f,
-            "{n} configuration error{}:",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for issue in &self.0 {
-            writeln!(f, "  {issue}")?;
-        }
-        Ok(())
-    }
-}
-
-impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text, path),
-            Err(e) => Err(ConfigErrors(vec![ConfigIssue {
-                file: path.to_path_buf(),
-                line: 0,
-                column: 0,
-                rule: None,
-                message: format!("cannot read the file: {e}"),
-            }])),
-        }
-    }
-
-    /// Validates config text; `file` is only used in messages.
-    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
-        let mut cx = Checker {
-            src: text,
-            file,
-            issues: Vec::new(),
-            rule: None,
-        };
-        let doc = match toml_edit::Document::parse(text) {
-            Ok(doc) => doc,
-            Err(e) => {
-                cx.at(
-                    e.span(),
-                    format!("TOML syntax error: {}", e.message().trim()),
-                );
-                return Err(ConfigErrors(cx.issues));
-            }
-        };
-        let config = cx.document(doc.as_item());
-        match config {
-            Some(c) if cx.issues.is_empty() => Ok(c),
-            _ => Err(ConfigErrors(cx.issues)),
-        }
+    };
+    let config = cx.document(doc.as_item());
+    match config {
+        Some(c) if cx.issues.is_empty() => Ok(c),
+        _ => Err(ConfigErrors(cx.issues)),
     }
 }
 
@@ -796,18 +567,8 @@ impl Checker<'_> {
     }
 }
 
-/// Whether a URL points at this machine (where plain http is acceptable).
-pub fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
-}
-
 /// Region key (`us-east-1` or `us_east_1`) or bare domain -> domain.
-fn region_domain(region: &str) -> Option<String> {
+pub(super) fn region_domain(region: &str) -> Option<String> {
     let key = region.trim().to_ascii_lowercase().replace('_', "-");
     if let Some((_, domain)) = REGIONS.iter().find(|(k, _)| *k == key) {
         return Some((*domain).to_string());
@@ -826,122 +587,4 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     (line, column)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GOOD: &str = r#"
-[genesys]
-region = "eu-west-1"
-client_id = "abc"
-
-[stream]
-queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
-
-[[rule]]
-name = "goodbye"
-intents = ["Goodbye", "CancelSubscription"]
-"#;
-
-    fn parse(text: &str) -> Result<Config, ConfigErrors> {
-        Config::parse(text, Path::new("t.toml"))
-    }
-
-    #[test]
-    fn good_config_gets_defaults() {
-        let c = parse(GOOD).expect("valid");
-        assert_eq!(c.genesys.api_url.as_str(), "https://api.mypurecloud.ie/");
-        assert_eq!(
-            c.genesys.login_url.as_str(),
-            "https://login.mypurecloud.ie/"
-        );
-        assert_eq!(c.intent_attribute, "Bot.Intent");
-        assert_eq!(c.rules[0].confirm_timeout, Duration::from_secs(10));
-        assert_eq!(c.rules[0].disconnect, DisconnectMode::Conversation);
-        assert_eq!(
-            c.stream.topics(),
-            vec!["v2.routing.queues.8f14e45f-ceea-467a-9575-3b9d1c2e4a77.conversations.messages"]
-        );
-        assert_eq!(c.stream.channels_needed(), 1);
-    }
-
-    #[test]
-    fn region_forms() {
-        assert_eq!(
-            region_domain("us_east_1").as_deref(),
-            Some("mypurecloud.com")
-        );
-        assert_eq!(
-            region_domain("mypurecloud.de").as_deref(),
-            Some("mypurecloud.de")
-        );
-        assert_eq!(region_domain("mars-1"), None);
-    }
-
-    #[test]
-    fn every_error_is_reported_with_position_and_rule() {
-        let text = r#"
-[genesys]
-region = "eu-west-1"
-client_id = "abc"
-colour = "blue"
-
-[stream]
-queues = ["q1"]
-
-[[rule]]
-name = "empty"
-intents = []
-
-[[rule]]
-name = "typed"
-intents = ["A"]
-confirm_timeout = "soon"
-"#;
-        let errs = parse(text).unwrap_err().0;
-        assert_eq!(errs.len(), 3, "{errs:?}");
-        assert_eq!((errs[0].line, errs[0].column), (5, 1));
-        assert!(errs[0].message.contains("unknown key `colour`"));
-        assert_eq!(errs[1].rule.as_deref(), Some("empty"));
-        assert_eq!(errs[1].line, 12);
-        assert!(errs[1].message.contains("at least one intent"));
-        assert_eq!(errs[2].rule.as_deref(), Some("typed"));
-        assert!(errs[2].message.contains("confirm_timeout"));
-    }
-
-    #[test]
-    fn plain_http_only_to_loopback() {
-        let remote = GOOD.replace(
-            "region = \"eu-west-1\"",
-            "api_url = \"http://api.example.com\"\nlogin_url = \"http://127.0.0.1:9\"",
-        );
-        let errs = parse(&remote).unwrap_err().0;
-        assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].message.contains("plain http to a remote host"));
-        let local = GOOD.replace(
-            "region = \"eu-west-1\"",
-            "api_url = \"http://localhost:8080\"\nlogin_url = \"http://[::1]:9\"",
-        );
-        assert!(parse(&local).is_ok());
-    }
-
-    #[test]
-    fn syntax_error_has_position() {
-        let errs = parse("[genesys\nregion = 1").unwrap_err().0;
-        assert_eq!(errs.len(), 1);
-        assert_eq!(errs[0].line, 1);
-        assert!(errs[0].message.starts_with("TOML syntax error"));
-    }
-
-    #[test]
-    fn secret_in_file_is_refused_with_advice() {
-        let text = GOOD.replace(
-            "client_id = \"abc\"",
-            "client_id = \"abc\"\nclient_secret = \"x\"",
-        );
-        let errs = parse(&text).unwrap_err().0;
-        assert!(errs[0].message.contains(SECRET_ENV));
-    }
 }

@@ -1,0 +1,117 @@
+//! Config validation: good files, every error at once, positions and rules.
+
+use super::check::region_domain;
+use super::*;
+
+const GOOD: &str = r#"
+[genesys]
+region = "eu-west-1"
+client_id = "abc"
+
+[stream]
+queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
+
+[[rule]]
+name = "goodbye"
+intents = ["Goodbye", "CancelSubscription"]
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::parse(text, Path::new("t.toml"))
+}
+
+#[test]
+fn good_config_gets_defaults() {
+    let c = parse(GOOD).expect("valid");
+    assert_eq!(c.genesys.api_url.as_str(), "https://api.mypurecloud.ie/");
+    assert_eq!(
+        c.genesys.login_url.as_str(),
+        "https://login.mypurecloud.ie/"
+    );
+    assert_eq!(c.intent_attribute, "Bot.Intent");
+    assert_eq!(c.rules[0].confirm_timeout, Duration::from_secs(10));
+    assert_eq!(c.rules[0].disconnect, DisconnectMode::Conversation);
+    assert_eq!(
+        c.stream.topics(),
+        vec!["v2.routing.queues.8f14e45f-ceea-467a-9575-3b9d1c2e4a77.conversations.messages"]
+    );
+    assert_eq!(c.stream.channels_needed(), 1);
+}
+
+#[test]
+fn region_forms() {
+    assert_eq!(
+        region_domain("us_east_1").as_deref(),
+        Some("mypurecloud.com")
+    );
+    assert_eq!(
+        region_domain("mypurecloud.de").as_deref(),
+        Some("mypurecloud.de")
+    );
+    assert_eq!(region_domain("mars-1"), None);
+}
+
+#[test]
+fn every_error_is_reported_with_position_and_rule() {
+    let text = r#"
+[genesys]
+region = "eu-west-1"
+client_id = "abc"
+colour = "blue"
+
+[stream]
+queues = ["q1"]
+
+[[rule]]
+name = "empty"
+intents = []
+
+[[rule]]
+name = "typed"
+intents = ["A"]
+confirm_timeout = "soon"
+"#;
+    let errs = parse(text).unwrap_err().0;
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_eq!((errs[0].line, errs[0].column), (5, 1));
+    assert!(errs[0].message.contains("unknown key `colour`"));
+    assert_eq!(errs[1].rule.as_deref(), Some("empty"));
+    assert_eq!(errs[1].line, 12);
+    assert!(errs[1].message.contains("at least one intent"));
+    assert_eq!(errs[2].rule.as_deref(), Some("typed"));
+    assert!(errs[2].message.contains("confirm_timeout"));
+}
+
+#[test]
+fn plain_http_only_to_loopback() {
+    let remote = GOOD.replace(
+        "region = \"eu-west-1\"",
+        "api_url = \"http://api.example.com\"\nlogin_url = \"http://127.0.0.1:9\"",
+    );
+    let errs = parse(&remote).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("plain http to a remote host"));
+    let local = GOOD.replace(
+        "region = \"eu-west-1\"",
+        "api_url = \"http://localhost:8080\"\nlogin_url = \"http://[::1]:9\"",
+    );
+    assert!(parse(&local).is_ok());
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let errs = parse("[genesys\nregion = 1").unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, 1);
+    assert!(errs[0].message.starts_with("TOML syntax error"));
+}
+
+#[test]
+fn secret_in_file_is_refused_with_advice() {
+    let text = GOOD.replace(
+        "client_id = \"abc\"",
+        "client_id = \"abc\"\nclient_secret = \"x\"",
+    );
+    let errs = parse(&text).unwrap_err().0;
+    assert!(errs[0].message.contains(SECRET_ENV));
+}
