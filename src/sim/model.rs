@@ -106,7 +106,8 @@ impl Participant {
         }
     }
 
-    fn event_json(&self) -> Value {
+    /// Fields the event and REST participant models share, with the same meaning.
+    fn shared_fields(&self) -> Map<String, Value> {
         let mut p = Map::new();
         p.insert("id".into(), json!(self.id));
         p.insert("name".into(), json!(self.name));
@@ -116,7 +117,6 @@ impl Participant {
         self.times_into(&mut p);
         p.insert("purpose".into(), json!(self.role.purpose()));
         p.insert("state".into(), json!(self.state()));
-        p.insert("initialState".into(), json!(self.initial_state));
         p.insert("direction".into(), json!("inbound"));
         if let Some(d) = self.disconnect_type {
             p.insert("disconnectType".into(), json!(d));
@@ -124,6 +124,13 @@ impl Participant {
         p.insert("held".into(), json!(false));
         p.insert("wrapupRequired".into(), json!(self.wrapup_required));
         self.agent_fields_into(&mut p);
+        p
+    }
+
+    fn event_json(&self) -> Value {
+        let mut p = self.shared_fields();
+        // Only the event model has `initialState`.
+        p.insert("initialState".into(), json!(self.initial_state));
         if let Some(u) = &self.user_id {
             p.insert("user".into(), json!({ "id": u }));
         }
@@ -161,22 +168,7 @@ impl Participant {
     /// `MessageMediaParticipant` of the REST API: no `initialState`, references carry
     /// `selfUri`, messages are `MessageDetails{messageId,...}`.
     fn rest_json(&self) -> Value {
-        let mut p = Map::new();
-        p.insert("id".into(), json!(self.id));
-        p.insert("name".into(), json!(self.name));
-        if let Some(a) = &self.address {
-            p.insert("address".into(), json!(a));
-        }
-        self.times_into(&mut p);
-        p.insert("purpose".into(), json!(self.role.purpose()));
-        p.insert("state".into(), json!(self.state()));
-        p.insert("direction".into(), json!("inbound"));
-        if let Some(d) = self.disconnect_type {
-            p.insert("disconnectType".into(), json!(d));
-        }
-        p.insert("held".into(), json!(false));
-        p.insert("wrapupRequired".into(), json!(self.wrapup_required));
-        self.agent_fields_into(&mut p);
+        let mut p = self.shared_fields();
         if let Some(u) = &self.user_id {
             p.insert(
                 "user".into(),
