@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::DisconnectMode;
 use crate::genesys::api::{ApiClient, ApiError};
-use crate::genesys::frames::ConversationEvent;
+use crate::genesys::frames::{ConversationEvent, Source};
+use crate::genesys::subscriptions::Subscriptions;
 use crate::rules::Verdict;
 use crate::state::Store;
 
@@ -36,7 +37,16 @@ pub struct Decision {
     pub already_closed: bool,
     /// When the event that led to the decision was received.
     pub decided_at: Instant,
+    /// Which source's event (or call) led to the decision.
+    pub source: Source,
+    /// No queue or user topic shows the conversation: its per-conversation topics must
+    /// be subscribed before the disconnect, or its end would go unseen.
+    pub watch: bool,
 }
+
+/// How long a close waits for its confirming topic before disconnecting anyway (and
+/// relying on the read after `confirm_timeout`).
+const ENSURE_WITHIN: Duration = Duration::from_secs(5);
 
 /// How a close sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +102,8 @@ pub struct CloseReport {
     pub intent: Box<str>,
     /// Queue, when known.
     pub queue_id: Option<Box<str>>,
+    /// Which source led to the decision.
+    pub source: Source,
     /// How it ended.
     pub outcome: Outcome,
     /// Decision to confirmation (or to giving up).
@@ -168,6 +180,8 @@ pub struct Closer {
     pub reports: mpsc::UnboundedSender<CloseReport>,
     /// Tracks running sequences so shutdown can drain them.
     pub tracker: TaskTracker,
+    /// Per-conversation subscriptions, for conversations only detail topics show.
+    pub subs: Subscriptions,
 }
 
 impl Closer {
@@ -188,6 +202,7 @@ impl Closer {
             rule: Arc::clone(&rule.name),
             intent: d.verdict.intent.clone(),
             queue_id: d.queue_id.clone(),
+            source: d.source,
             outcome: Outcome::Failed,
             latency: Duration::ZERO,
             sent: Vec::new(),
@@ -204,6 +219,15 @@ impl Closer {
             r.outcome = Outcome::DryRun;
             r.reason = Some("dry run: would disconnect".into());
             return r;
+        }
+
+        // Step 0 (bot phase): the confirming topic must be live before the disconnect.
+        if d.watch {
+            if let Err(e) = self.subs.ensure(id, ENSURE_WITHIN).await {
+                tracing::warn!(conversation_id = id, rule = &*rule.name, reason = %e,
+                    "confirming topic not subscribed; disconnecting anyway (the close will be \
+                     confirmed by a read if no event arrives)");
+            }
         }
 
         // Step 1: disconnect, with the waiter in place first.
@@ -342,6 +366,7 @@ fn log_report(r: &CloseReport) {
                 rule = &*r.rule,
                 intent = &*r.intent,
                 queue_id = r.queue_id.as_deref(),
+                source = r.source.as_str(),
                 outcome = r.outcome.as_str(),
                 latency_ms,
                 requests = r.sent.len(),

@@ -118,6 +118,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             drain_timeout: Duration::from_secs(10),
             reports: Some(reports_tx),
             notify_systemd: false,
+            intake_token: None,
+            intake_bound: None,
         };
         let config = config.clone();
         tokio::spawn(async move { daemon::run(&config, secret, opts).await })

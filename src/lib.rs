@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod genesys;
+pub mod intake;
 pub mod rules;
 pub mod sim;
 pub mod state;

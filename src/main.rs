@@ -28,11 +28,15 @@ enum Command {
         #[arg(long, default_value = "/etc/genesys-closer/config.toml")]
         config: PathBuf,
     },
-    /// Validate a config and print what would run; no network I/O.
+    /// Validate a config and print what would run; no network I/O unless --online.
     Check {
         /// Path to the TOML config.
         #[arg(long, default_value = "/etc/genesys-closer/config.toml")]
         config: PathBuf,
+        /// Also log in and check every topic family the config uses against
+        /// GET /api/v2/notifications/availabletopics; exit 1 if one cannot work.
+        #[arg(long)]
+        online: bool,
     },
     /// Run the built-in simulator and the daemon together on loopback.
     Demo {
@@ -71,7 +75,14 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Check { config } => check(&config),
+            Command::Check { config, online } => {
+                let code = check(&config);
+                if online && code == ExitCode::SUCCESS {
+                    check_online(&config).await
+                } else {
+                    code
+                }
+            }
             Command::Run { config } => run(&config).await,
             Command::Demo {
                 conversations,
@@ -134,6 +145,24 @@ fn check(path: &std::path::Path) -> ExitCode {
     for t in &topics {
         let _ = writeln!(out, "  {t}");
     }
+    match &config.intake {
+        None => {
+            let _ = writeln!(out, "intake: off");
+        }
+        Some(i) => {
+            let token = match genesys_closer::intake::load_token(&i.token) {
+                Ok(_) => "present".to_string(),
+                Err(e) => format!("NOT USABLE ({e}): `run` would refuse to start"),
+            };
+            let _ = writeln!(
+                out,
+                "intake: POST {}://{}/v1/intents, credential {token}, verify {}",
+                if i.tls.is_some() { "https" } else { "http" },
+                i.listen,
+                i.verify
+            );
+        }
+    }
     let _ = writeln!(out, "global dry run: {}", config.dry_run);
     let _ = writeln!(out, "rules ({}), first match wins:", config.rules.len());
     for r in &config.rules {
@@ -169,6 +198,55 @@ fn print_out(text: &str) {
     let _ = stdout.flush();
 }
 
+/// `check --online`: log in, ask `availabletopics`, print one line per topic family.
+async fn check_online(path: &std::path::Path) -> ExitCode {
+    let Ok(config) = Config::load(path) else {
+        return ExitCode::from(EXIT_BAD_CONFIG as u8);
+    };
+    let secret = match genesys::auth::load_secret(&config.genesys.secret) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EXIT_BAD_CONFIG as u8);
+        }
+    };
+    let http = match genesys::api::ApiClient::http_client() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tokens = genesys::auth::TokenSource::new(
+        http.clone(),
+        &config.genesys.login_url,
+        config.genesys.client_id.clone(),
+        secret,
+    );
+    let api = genesys::api::ApiClient::new(http, config.genesys.api_url.clone(), tokens);
+    let mut out = String::from("online check (GET /api/v2/notifications/availabletopics):\n");
+    let code = match genesys::topics::check(&api, &config).await {
+        Err(e) => {
+            let _ = writeln!(out, "  error: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(reports) => {
+            for r in &reports {
+                let _ = writeln!(out, "  {r}");
+            }
+            if reports.iter().all(|r| r.usable()) {
+                let _ = writeln!(out, "online: OK");
+                ExitCode::SUCCESS
+            } else {
+                let _ = writeln!(out, "online: PROBLEMS (see the error lines)");
+                ExitCode::FAILURE
+            }
+        }
+    };
+    print_out(&out);
+    code
+}
+
 async fn run(path: &std::path::Path) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
@@ -181,6 +259,16 @@ async fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG as u8);
         }
     };
+    let intake_token = match &config.intake {
+        None => None,
+        Some(i) => match genesys_closer::intake::load_token(&i.token) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::from(EXIT_BAD_CONFIG as u8);
+            }
+        },
+    };
     telemetry::init_logging(&config.log);
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
@@ -189,6 +277,8 @@ async fn run(path: &std::path::Path) -> ExitCode {
         drain_timeout: Duration::from_secs(20),
         reports: None,
         notify_systemd: true,
+        intake_token,
+        intake_bound: None,
     };
     match daemon::run(&config, secret, opts).await {
         Ok(_) => ExitCode::SUCCESS,

@@ -78,7 +78,7 @@ impl Rules {
     /// The first rule that matches `conv`, with the intent it matched.
     pub fn evaluate(&self, conv: &Conversation) -> Option<Verdict> {
         self.rules.iter().find_map(|rule| {
-            let intent = conv.attribute(&rule.attribute)?;
+            let intent = conv.intent(&rule.attribute)?;
             if !rule.intents.iter().any(|i| &**i == intent) {
                 return None;
             }
@@ -125,7 +125,7 @@ fn compile_rule(r: &RuleConfig, config: &Config) -> Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::genesys::frames::{ConversationEvent, ParticipantUpdate};
+    use crate::genesys::frames::{ConversationEvent, ParticipantUpdate, Source};
     use crate::state::Store;
     use std::path::Path;
     use tokio::time::Instant;
@@ -146,30 +146,27 @@ queues = ["q1", "q2"]
 
     fn conversation(intent: Option<&str>, queue: &str, mtype: &str) -> Conversation {
         let store = Store::new();
-        let ev = ConversationEvent {
-            conversation_id: "c".into(),
-            correlation_id: None,
-            participants: vec![
-                ParticipantUpdate {
-                    id: "cust".into(),
-                    purpose: "customer".into(),
-                    ended: false,
-                    queue_id: None,
-                    message_type: Some(mtype.into()),
-                    attributes: intent
-                        .map(|i| vec![("Bot.Intent".into(), i.into())])
-                        .unwrap_or_default(),
-                },
-                ParticipantUpdate {
-                    id: "acd".into(),
-                    purpose: "acd".into(),
-                    ended: false,
-                    queue_id: Some(queue.into()),
-                    message_type: Some(mtype.into()),
-                    attributes: vec![],
-                },
-            ],
-        };
+        let mut ev = ConversationEvent::empty("c".into(), Source::Queue);
+        ev.participants = vec![
+            ParticipantUpdate {
+                id: "cust".into(),
+                purpose: "customer".into(),
+                ended: false,
+                queue_id: None,
+                message_type: Some(mtype.into()),
+                attributes: intent
+                    .map(|i| vec![("Bot.Intent".into(), i.into())])
+                    .unwrap_or_default(),
+            },
+            ParticipantUpdate {
+                id: "acd".into(),
+                purpose: "acd".into(),
+                ended: false,
+                queue_id: Some(queue.into()),
+                message_type: Some(mtype.into()),
+                attributes: vec![],
+            },
+        ];
         store.apply(&ev, Instant::now(), |_| None::<()>);
         store.get("c").unwrap()
     }

@@ -1,35 +1,63 @@
-//! Live state of every messaging conversation the stream has shown us.
+//! Live state of every messaging conversation the daemon has heard of.
 //!
-//! One writer: only the event loop calls [`Store::apply`] and [`Store::evict`]; the closer
-//! and telemetry only read. A conversation is closed once every participant it has ever
-//! shown is `disconnected` or `terminated` (or has an `endTime`). Closed is sticky and so
-//! is a participant's end: a duplicate or older event can neither reopen a conversation nor
-//! make a close run twice. Only what rules and confirmation need is kept, not frames.
+//! One writer: only the event loop calls [`Store::apply`], [`Store::evict`] and the other
+//! `&self` mutators; the closer and telemetry only read. Every source (queue and user
+//! topics, per-conversation detail events, flow metrics, the intake endpoint, REST reads)
+//! updates the same entry, so a conversation first seen in the bot phase carries its
+//! history along when it later reaches a queue: one entry, one decision, whichever
+//! source spoke first. Only what rules and confirmation need is kept, not frames.
+//!
+//! ## What "closed" means
+//! - A conversation that a *full view* has shown (a queue or user topic frame, or a REST
+//!   read, each listing every participant) is closed once every participant it has ever
+//!   shown is `disconnected` or `terminated` (or has an `endTime`).
+//! - A conversation seen only through detail events and the intake (the bot phase: no
+//!   queue or user topic shows it) is closed by `.customer.end` (a messaging
+//!   conversation is over once its guest's participant has ended), or by a `.flow.end`
+//!   whose `exitReason` is a disconnect (`DISCONNECT`, `FLOW_DISCONNECT`, ...). A
+//!   `.flow.end` with `TRANSFER` does not close it: the conversation moves to a queue.
+//! - A participant's end is sticky and so is closed: a duplicate or older event can
+//!   neither reopen a conversation nor make a close run twice.
 
 use std::time::Duration;
 
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::genesys::frames::ConversationEvent;
+use crate::genesys::frames::{ConversationEvent, Source};
 
 /// What the map keeps of one conversation.
 #[derive(Debug, Clone)]
 pub struct Conversation {
     /// Every participant ever seen: id, purpose and whether it has ended.
     participants: Vec<Participant>,
-    /// Attributes rules read (`Bot.Intent`...). The customer participant's value wins.
+    /// Attributes rules read (`Bot.Intent`...). The customer participant's value wins
+    /// over other participants'; detail events and the intake overwrite (latest wins).
     attributes: Vec<(Box<str>, Box<str>)>,
+    /// Intent supplied by the intake endpoint, used when the attribute is unknown.
+    intake_intent: Option<Box<str>>,
     /// Latest queue the conversation was routed to.
     queue_id: Option<Box<str>>,
     /// Messaging type of the customer (`webmessaging`, `open`...).
     message_type: Option<Box<str>>,
     /// The customer participant, for a customer-only disconnect.
     customer_id: Option<Box<str>>,
+    /// A queue or user frame, or a REST read, has listed every participant.
+    full_view: bool,
+    /// The customer's participant ended (`.customer.end`, or a full view).
+    customer_ended: bool,
+    /// A `.flow.end` said the flow disconnected the conversation.
+    flow_disconnected: bool,
     /// When the event that closed it was applied.
     closed_at: Option<Instant>,
     /// A rule has decided on this conversation; it is never decided again.
     decided: bool,
+    /// Its per-conversation detail topics are (being) subscribed.
+    watched: bool,
+    /// The source that first told us of it.
+    first_source: Source,
+    /// When we first heard of it.
+    first_seen: Instant,
     /// Last event applied, for evicting conversations that went silent.
     last_event: Instant,
 }
@@ -41,20 +69,27 @@ struct Participant {
 }
 
 impl Conversation {
-    fn new(now: Instant) -> Self {
+    fn new(now: Instant, source: Source) -> Self {
         Conversation {
             participants: Vec::new(),
             attributes: Vec::new(),
+            intake_intent: None,
             queue_id: None,
             message_type: None,
             customer_id: None,
+            full_view: false,
+            customer_ended: false,
+            flow_disconnected: false,
             closed_at: None,
             decided: false,
+            watched: false,
+            first_source: source,
+            first_seen: now,
             last_event: now,
         }
     }
 
-    /// Whether every participant has ended.
+    /// Whether the conversation is closed (see the module doc for the exact meaning).
     pub fn is_closed(&self) -> bool {
         self.closed_at.is_some()
     }
@@ -65,6 +100,12 @@ impl Conversation {
             .iter()
             .find(|(k, _)| &**k == name)
             .map(|(_, v)| &**v)
+    }
+
+    /// The intent a rule reading `attribute` sees: the attribute as Genesys holds it,
+    /// else the intent the intake endpoint supplied.
+    pub fn intent(&self, attribute: &str) -> Option<&str> {
+        self.attribute(attribute).or(self.intake_intent.as_deref())
     }
 
     /// Queue the conversation was last routed to.
@@ -87,8 +128,31 @@ impl Conversation {
         self.decided
     }
 
+    /// Whether a queue or user topic (or a read) has shown every participant; when not,
+    /// only per-conversation detail topics can confirm its end.
+    pub fn has_full_view(&self) -> bool {
+        self.full_view
+    }
+
+    /// Whether its per-conversation topics are subscribed (or being subscribed).
+    pub fn is_watched(&self) -> bool {
+        self.watched
+    }
+
+    /// The source that first told us of it.
+    pub fn first_source(&self) -> Source {
+        self.first_source
+    }
+
+    /// When we first heard of it.
+    pub fn first_seen(&self) -> Instant {
+        self.first_seen
+    }
+
     fn merge(&mut self, ev: &ConversationEvent, now: Instant) {
         self.last_event = now;
+        self.full_view |= ev.full_view;
+        self.flow_disconnected |= ev.flow_disconnected;
         for p in &ev.participants {
             let is_customer = &*p.purpose == "customer";
             match self.participants.iter_mut().find(|q| q.id == p.id) {
@@ -101,6 +165,7 @@ impl Conversation {
             }
             if is_customer {
                 self.customer_id.get_or_insert_with(|| p.id.clone());
+                self.customer_ended |= p.ended;
                 if p.message_type.is_some() {
                     self.message_type.clone_from(&p.message_type);
                 }
@@ -118,11 +183,27 @@ impl Conversation {
                 }
             }
         }
-        if self.closed_at.is_none()
-            && !self.participants.is_empty()
-            && self.participants.iter().all(|p| p.ended)
-        {
+        for (k, v) in &ev.attributes {
+            match self.attributes.iter_mut().find(|(name, _)| name == k) {
+                Some(slot) => slot.1 = v.clone(),
+                None => self.attributes.push((k.clone(), v.clone())),
+            }
+        }
+        if ev.intent.is_some() {
+            self.intake_intent.clone_from(&ev.intent);
+        }
+        if self.closed_at.is_none() && self.ended() {
             self.closed_at = Some(now);
+        }
+    }
+
+    /// The closing rule of the module doc.
+    fn ended(&self) -> bool {
+        let all_ended = !self.participants.is_empty() && self.participants.iter().all(|p| p.ended);
+        if self.full_view {
+            all_ended
+        } else {
+            all_ended || self.customer_ended || self.flow_disconnected
         }
     }
 }
@@ -132,6 +213,8 @@ impl Conversation {
 pub struct Applied<D> {
     /// This event closed the conversation (it was open before).
     pub closed_now: bool,
+    /// The conversation was unknown before this event.
+    pub new: bool,
     /// The decision the `decide` callback returned, if it was asked and said yes.
     pub decision: Option<D>,
 }
@@ -156,10 +239,14 @@ impl Store {
         now: Instant,
         decide: impl FnOnce(&Conversation) -> Option<D>,
     ) -> Applied<D> {
+        let mut new = false;
         let mut entry = self
             .map
             .entry(ev.conversation_id.clone())
-            .or_insert_with(|| Conversation::new(now));
+            .or_insert_with(|| {
+                new = true;
+                Conversation::new(now, ev.source)
+            });
         let was_closed = entry.is_closed();
         entry.merge(ev, now);
         let closed_now = !was_closed && entry.is_closed();
@@ -172,7 +259,20 @@ impl Store {
         };
         Applied {
             closed_now,
+            new,
             decision,
+        }
+    }
+
+    /// Marks the conversation as watched (or not); returns whether that changed
+    /// anything. Unknown conversations are left alone. Event loop only.
+    pub fn set_watched(&self, conversation_id: &str, watched: bool) -> bool {
+        match self.map.get_mut(conversation_id) {
+            Some(mut c) if c.watched != watched => {
+                c.watched = watched;
+                true
+            }
+            _ => false,
         }
     }
 
@@ -186,6 +286,11 @@ impl Store {
         self.map.get(conversation_id).map(|c| c.clone())
     }
 
+    /// Reads one conversation under its guard (no await inside `f`).
+    pub fn with<R>(&self, conversation_id: &str, f: impl FnOnce(&Conversation) -> R) -> Option<R> {
+        self.map.get(conversation_id).map(|c| f(&c))
+    }
+
     /// Number of tracked conversations.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -197,21 +302,35 @@ impl Store {
     }
 
     /// Forgets conversations closed longer than `closed_grace` ago, and open ones silent for
-    /// longer than `idle_max` (their end was missed). Returns how many went. Event loop only.
-    pub fn evict(&self, now: Instant, closed_grace: Duration, idle_max: Duration) -> usize {
+    /// longer than `idle_max` (their end was missed). Returns the ids of evicted
+    /// conversations that were still watched (their topics must be removed) and how many
+    /// went in all. Event loop only.
+    pub fn evict(
+        &self,
+        now: Instant,
+        closed_grace: Duration,
+        idle_max: Duration,
+    ) -> (Vec<Box<str>>, usize) {
         let before = self.map.len();
-        self.map.retain(|_, c| match c.closed_at {
-            Some(at) => now.saturating_duration_since(at) < closed_grace,
-            None => now.saturating_duration_since(c.last_event) < idle_max,
+        let mut watched = Vec::new();
+        self.map.retain(|id, c| {
+            let keep = match c.closed_at {
+                Some(at) => now.saturating_duration_since(at) < closed_grace,
+                None => now.saturating_duration_since(c.last_event) < idle_max,
+            };
+            if !keep && c.watched {
+                watched.push(id.clone());
+            }
+            keep
         });
-        before - self.map.len()
+        (watched, before - self.map.len())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::genesys::frames::ParticipantUpdate;
+    use crate::genesys::frames::{ParticipantUpdate, Source};
 
     fn p(id: &str, purpose: &str, ended: bool) -> ParticipantUpdate {
         ParticipantUpdate {
@@ -225,11 +344,9 @@ mod tests {
     }
 
     fn ev(ps: Vec<ParticipantUpdate>) -> ConversationEvent {
-        ConversationEvent {
-            conversation_id: "c1".into(),
-            correlation_id: None,
-            participants: ps,
-        }
+        let mut e = ConversationEvent::empty("c1".into(), Source::Queue);
+        e.participants = ps;
+        e
     }
 
     #[test]
@@ -299,11 +416,13 @@ mod tests {
         s.apply(&ev(vec![p("a", "customer", true)]), t0, |_| None::<()>);
         let later = t0 + Duration::from_secs(120);
         assert_eq!(
-            s.evict(later, Duration::from_secs(300), Duration::from_secs(3600)),
+            s.evict(later, Duration::from_secs(300), Duration::from_secs(3600))
+                .1,
             0
         );
         assert_eq!(
-            s.evict(later, Duration::from_secs(60), Duration::from_secs(3600)),
+            s.evict(later, Duration::from_secs(60), Duration::from_secs(3600))
+                .1,
             1
         );
         assert!(s.is_empty());

@@ -41,6 +41,12 @@ pub struct Stats {
     pub decisions: Counter,
     /// Conversations seen closing.
     pub closed_seen: Counter,
+    /// Conversations first learned of from a flow-metrics record.
+    pub discovered: Counter,
+    /// Intake calls handed to the event loop.
+    pub intake_calls: Counter,
+    /// REST reads to catch up on a watched conversation (or to verify an intake intent).
+    pub catchup_reads: Counter,
 }
 
 /// Installs the global log subscriber. `RUST_LOG`, when set, overrides the configured level.

@@ -114,6 +114,7 @@ impl Checker<'_> {
                 "genesys",
                 "stream",
                 "log",
+                "intake",
                 "rule",
             ],
         );
@@ -122,7 +123,8 @@ impl Checker<'_> {
             .nonempty_string(root, "intent_attribute")
             .unwrap_or_else(|| DEFAULT_INTENT_ATTRIBUTE.to_string());
         let genesys = self.genesys(root);
-        let stream = self.stream(root);
+        let intake = self.intake(root);
+        let stream = self.stream(root, intake.is_some());
         let log = self.log(root);
         let rules = self.rules(root);
         Some(Config {
@@ -132,6 +134,7 @@ impl Checker<'_> {
             dry_run,
             intent_attribute,
             log,
+            intake,
             rules,
         })
     }
@@ -228,7 +231,112 @@ impl Checker<'_> {
         })
     }
 
-    fn stream(&mut self, root: &dyn TableLike) -> Option<StreamConfig> {
+    fn intake(&mut self, root: &dyn TableLike) -> Option<IntakeConfig> {
+        let (t, _) = self.section(root, "intake")?;
+        self.unknown_keys(
+            t,
+            "[intake]",
+            &[
+                "enabled",
+                "listen",
+                "token_file",
+                "basic_user",
+                "tls_cert",
+                "tls_key",
+                "verify",
+                "max_connections",
+                "request_timeout",
+            ],
+        );
+        let enabled = self.bool(t, "enabled").unwrap_or(false);
+        let listen_span = t.get("listen").and_then(Item::span);
+        let listen = match self.string(t, "listen") {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.at(
+                        listen_span.clone(),
+                        format!(
+                            "`listen` = \"{text}\" is not an address such as \"127.0.0.1:8443\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        let cert = self.nonempty_string(t, "tls_cert").map(PathBuf::from);
+        let key = self.nonempty_string(t, "tls_key").map(PathBuf::from);
+        let tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                let span = t.get("tls_cert").or(t.get("tls_key")).and_then(Item::span);
+                self.at(
+                    span,
+                    "`tls_cert` and `tls_key` go together: set both or neither".into(),
+                );
+                None
+            }
+        };
+        if let Some(a) = listen {
+            if !a.ip().is_loopback() && tls.is_none() && enabled {
+                self.at(
+                    listen_span,
+                    format!(
+                        "the intake would listen on {a} without TLS: set `tls_cert` and `tls_key`, \
+                         or listen on loopback behind a reverse proxy that terminates TLS"
+                    ),
+                );
+            }
+        }
+        let token = match self.nonempty_string(t, "token_file") {
+            Some(p) => TokenSource::File(PathBuf::from(p)),
+            None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) if Path::new(&dir).join(INTAKE_TOKEN_CREDENTIAL).is_file() => {
+                    TokenSource::Credential(Path::new(&dir).join(INTAKE_TOKEN_CREDENTIAL))
+                }
+                _ => TokenSource::Env,
+            },
+        };
+        let basic_user = self.nonempty_string(t, "basic_user");
+        if basic_user.as_deref().is_some_and(|u| u.contains(':')) {
+            let span = t.get("basic_user").and_then(Item::span);
+            self.at(span, "`basic_user` must not contain ':'".into());
+        }
+        let verify = self.bool(t, "verify").unwrap_or(false);
+        let max_connections = match t.get("max_connections").and_then(Item::as_integer) {
+            Some(n) if (1..=65_536).contains(&n) => n as usize,
+            Some(_) => {
+                let span = t.get("max_connections").and_then(Item::span);
+                self.at(span, "`max_connections` must be between 1 and 65536".into());
+                256
+            }
+            None => {
+                if let Some(item) = t.get("max_connections") {
+                    self.at(item.span(), "`max_connections` must be an integer".into());
+                }
+                256
+            }
+        };
+        let request_timeout = self
+            .duration(t, "request_timeout")
+            .unwrap_or(Duration::from_secs(5));
+        if !enabled {
+            return None;
+        }
+        Some(IntakeConfig {
+            listen: listen?,
+            token,
+            basic_user,
+            tls,
+            verify,
+            max_connections,
+            request_timeout,
+        })
+    }
+
+    fn stream(&mut self, root: &dyn TableLike, intake: bool) -> Option<StreamConfig> {
         let Some((t, here)) = self.section(root, "stream") else {
             self.at(
                 None,
@@ -242,6 +350,11 @@ impl Checker<'_> {
             &[
                 "queues",
                 "users",
+                "flows",
+                "check_topics",
+                "subscribe_window",
+                "unsubscribe_window",
+                "catchup_after",
                 "heartbeat_timeout",
                 "ping_after",
                 "backoff_min",
@@ -251,14 +364,16 @@ impl Checker<'_> {
         );
         let queues = self.id_list(t, "queues");
         let users = self.id_list(t, "users");
-        if queues.is_empty() && users.is_empty() {
+        let flows = self.id_list(t, "flows");
+        if queues.is_empty() && users.is_empty() && flows.is_empty() && !intake {
             self.at(
                 here.clone(),
-                "[stream] watches nothing: list at least one queue id in `queues` or user id in `users`"
+                "[stream] watches nothing: list at least one queue id in `queues`, user id in \
+                 `users` or flow id in `flows`, or enable [intake]"
                     .into(),
             );
         }
-        let topics = queues.len() + users.len();
+        let topics = queues.len() + users.len() + flows.len();
         if topics > TOPICS_PER_CHANNEL * MAX_CHANNELS {
             self.at(
                 here.clone(),
@@ -294,9 +409,24 @@ impl Checker<'_> {
         let healthy_after = self
             .duration(t, "healthy_after")
             .unwrap_or(Duration::from_secs(60));
+        let check_topics = self.bool(t, "check_topics").unwrap_or(true);
+        let subscribe_window = self
+            .duration(t, "subscribe_window")
+            .unwrap_or(Duration::from_secs(1));
+        let unsubscribe_window = self
+            .duration(t, "unsubscribe_window")
+            .unwrap_or(Duration::from_secs(10));
+        let catchup_after = self
+            .duration(t, "catchup_after")
+            .unwrap_or(Duration::from_secs(2));
         Some(StreamConfig {
             queues,
             users,
+            flows,
+            check_topics,
+            subscribe_window,
+            unsubscribe_window,
+            catchup_after,
             heartbeat_timeout,
             ping_after,
             backoff_min,

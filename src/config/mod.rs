@@ -5,7 +5,7 @@
 //! The CLI turns a [`ConfigErrors`] into exit status 64 (`EX_USAGE`), as linkerd does.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +28,12 @@ pub const DEFAULT_INTENT_ATTRIBUTE: &str = "Bot.Intent";
 
 /// Environment variable holding the OAuth client secret (the name the Genesys tools use).
 pub const SECRET_ENV: &str = "GENESYSCLOUD_OAUTHCLIENT_SECRET";
+
+/// Environment variable holding the intake endpoint's credential.
+pub const INTAKE_TOKEN_ENV: &str = "GENESYS_CLOSER_INTAKE_TOKEN";
+
+/// systemd credential name (`LoadCredential=intake_token:...`) of the intake credential.
+pub const INTAKE_TOKEN_CREDENTIAL: &str = "intake_token";
 
 /// Messaging `type` values of a participant (facts sheet C.1); a rule filter must use one.
 pub const MESSAGE_TYPES: &[&str] = &[
@@ -62,6 +68,8 @@ pub struct Config {
     pub intent_attribute: String,
     /// Log format and level.
     pub log: LogConfig,
+    /// The intake endpoint the bot flow's data action calls; `None` when off.
+    pub intake: Option<IntakeConfig>,
     /// Rules in file order; the first that matches decides.
     pub rules: Vec<RuleConfig>,
 }
@@ -90,6 +98,48 @@ pub enum SecretSource {
     Env,
 }
 
+/// Where the intake credential comes from; like the client secret, never the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `token_file = "/path"` in `[intake]`.
+    File(PathBuf),
+    /// systemd `LoadCredential=intake_token:...`, found in `$CREDENTIALS_DIRECTORY`.
+    Credential(PathBuf),
+    /// The environment variable [`INTAKE_TOKEN_ENV`].
+    Env,
+}
+
+/// `[intake]`: the HTTP endpoint the bot flow's data action (or a Process Automation
+/// workflow) calls with a conversation id and, optionally, its intent or attributes.
+#[derive(Debug, Clone)]
+pub struct IntakeConfig {
+    /// Where to listen; loopback unless TLS is configured.
+    pub listen: SocketAddr,
+    /// Where the shared credential is read from.
+    pub token: TokenSource,
+    /// Also accept HTTP Basic with this user name and the credential as password (for a
+    /// data-action integration whose credential type is Basic Auth).
+    pub basic_user: Option<String>,
+    /// Serve HTTPS with this certificate chain and key (PEM files).
+    pub tls: Option<TlsFiles>,
+    /// Read the conversation once before acting on an intake intent and require that
+    /// Genesys holds it in the rule's attribute.
+    pub verify: bool,
+    /// Most connections served at once; more are answered 503 at once.
+    pub max_connections: usize,
+    /// A request (headers and body) must arrive within this.
+    pub request_timeout: Duration,
+}
+
+/// PEM files for the intake's TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
 /// Notification stream settings.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
@@ -97,6 +147,17 @@ pub struct StreamConfig {
     pub queues: Vec<String>,
     /// User ids: `v2.users.{id}.conversations.messages`.
     pub users: Vec<String>,
+    /// Flow ids: `v2.analytics.flow.{id}.metrics`, to discover bot-phase conversations.
+    pub flows: Vec<String>,
+    /// Check the topic families in use against `GET .../availabletopics` at start-up.
+    pub check_topics: bool,
+    /// Per-conversation topics to add are gathered this long into one request.
+    pub subscribe_window: Duration,
+    /// Per-conversation topics to remove are gathered this long into one request.
+    pub unsubscribe_window: Duration,
+    /// A watched conversation whose topics went live longer than this after we first
+    /// heard of it is read once, in case its intent was set in between.
+    pub catchup_after: Duration,
     /// No frame at all for this long means the socket is dead, whatever TCP says.
     pub heartbeat_timeout: Duration,
     /// After this long without a frame we send `{"message":"ping"}` to provoke a pong.
@@ -120,12 +181,19 @@ impl StreamConfig {
             .users
             .iter()
             .map(|u| format!("v2.users.{u}.conversations.messages"));
-        queues.chain(users).collect()
+        let flows = self
+            .flows
+            .iter()
+            .map(|f| format!("v2.analytics.flow.{f}.metrics"));
+        queues.chain(users).chain(flows).collect()
     }
 
-    /// Channels needed for all topics at [`TOPICS_PER_CHANNEL`] each.
+    /// Channels needed for all configured topics at [`TOPICS_PER_CHANNEL`] each (at
+    /// least one: per-conversation topics need a channel even with none configured).
     pub fn channels_needed(&self) -> usize {
-        (self.queues.len() + self.users.len()).div_ceil(TOPICS_PER_CHANNEL)
+        (self.queues.len() + self.users.len() + self.flows.len())
+            .div_ceil(TOPICS_PER_CHANNEL)
+            .max(1)
     }
 }
 

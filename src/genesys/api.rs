@@ -127,6 +127,20 @@ pub struct ChannelTopic {
     pub missing_permissions: Vec<String>,
 }
 
+/// `AvailableTopic`: what the notification service offers (only the fields read here).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AvailableTopic {
+    /// The topic template, e.g. `v2.routing.queues.{id}.conversations.messages`.
+    pub id: String,
+    /// "Transports that support events for the topic": `All`, `Websocket`,
+    /// `EventBridge`, `ProcessAutomation`.
+    #[serde(default)]
+    pub transports: Vec<String>,
+    /// "Permissions required to subscribe to the topic".
+    #[serde(rename = "requiresPermissions", default)]
+    pub requires_permissions: Vec<String>,
+}
+
 #[derive(Deserialize)]
 struct Listing<T> {
     #[serde(default = "Vec::new")]
@@ -208,18 +222,48 @@ impl ApiClient {
         }
     }
 
-    /// `PUT /api/v2/notifications/channels/{id}/subscriptions`: replaces the channel's topics.
+    /// `PUT /api/v2/notifications/channels/{id}/subscriptions?ignoreErrors=true`: replaces
+    /// the channel's topics. `ignoreErrors` keeps one topic the client may not see from
+    /// failing the whole request with 403; such a topic comes back `Rejected`.
     pub async fn put_subscriptions(
         &self,
         channel_id: &str,
         topics: &[String],
     ) -> Result<Vec<ChannelTopic>, ApiError> {
-        let path = format!("/api/v2/notifications/channels/{channel_id}/subscriptions");
+        self.subscriptions(Method::PUT, channel_id, topics).await
+    }
+
+    /// `POST /api/v2/notifications/channels/{id}/subscriptions?ignoreErrors=true`: adds
+    /// topics to the channel's.
+    pub async fn post_subscriptions(
+        &self,
+        channel_id: &str,
+        topics: &[String],
+    ) -> Result<Vec<ChannelTopic>, ApiError> {
+        self.subscriptions(Method::POST, channel_id, topics).await
+    }
+
+    async fn subscriptions(
+        &self,
+        method: Method,
+        channel_id: &str,
+        topics: &[String],
+    ) -> Result<Vec<ChannelTopic>, ApiError> {
+        let path =
+            format!("/api/v2/notifications/channels/{channel_id}/subscriptions?ignoreErrors=true");
         let body: Vec<_> = topics.iter().map(|t| json!({ "id": t })).collect();
         let a = self
-            .send(Method::PUT, &path, Some(serde_json::Value::Array(body)))
+            .send(method.clone(), &path, Some(serde_json::Value::Array(body)))
             .await?;
-        let listing: Listing<ChannelTopic> = decode(&Method::PUT, &path, &a.body)?;
+        let listing: Listing<ChannelTopic> = decode(&method, &path, &a.body)?;
+        Ok(listing.entities)
+    }
+
+    /// `GET /api/v2/notifications/availabletopics?expand=transports,requiresPermissions`.
+    pub async fn available_topics(&self) -> Result<Vec<AvailableTopic>, ApiError> {
+        let path = "/api/v2/notifications/availabletopics?expand=transports,requiresPermissions";
+        let a = self.send(Method::GET, path, None).await?;
+        let listing: Listing<AvailableTopic> = decode(&Method::GET, path, &a.body)?;
         Ok(listing.entities)
     }
 
@@ -290,7 +334,13 @@ impl ApiClient {
     ) -> Result<Answer, ApiError> {
         let mut url = self.base.clone();
         let base_path = url.path().trim_end_matches('/').to_string();
+        // `path` may carry a query (`?ignoreErrors=true`); it is kept out of the path.
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
         url.set_path(&format!("{base_path}{path}"));
+        url.set_query(query);
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(10))

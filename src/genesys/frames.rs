@@ -34,8 +34,11 @@ pub enum Frame {
         /// `message` when present.
         message: Option<String>,
     },
-    /// A messaging conversation update from a queue or user topic.
+    /// A conversation update: a queue or user topic (the whole conversation), or a
+    /// per-conversation detail-event topic (one fact about it).
     Conversation(ConversationEvent),
+    /// `v2.analytics.flow.{flowId}.metrics`: a conversation is running a watched flow.
+    FlowMetric(FlowMetric),
     /// A reply to a socket-level request, e.g. `{"result":"404"}` when the channel is gone.
     Reply {
         /// The `result` code as sent (a string such as "200" or "404").
@@ -50,15 +53,87 @@ pub enum Frame {
     },
 }
 
-/// What a conversation topic frame says about one conversation.
+/// Where an event about a conversation came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// `v2.routing.queues.{id}.conversations.messages`.
+    Queue,
+    /// `v2.users.{id}.conversations.messages`.
+    User,
+    /// `v2.detail.events.conversation.{id}.*` (the bot phase).
+    Detail,
+    /// `v2.analytics.flow.{flowId}.metrics` (flow discovery).
+    Flow,
+    /// The intake endpoint (the bot flow's data action, or a Process Automation workflow).
+    Intake,
+    /// A REST read of the conversation.
+    Read,
+}
+
+impl Source {
+    /// Stable name used in logs, reports and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Queue => "queue",
+            Source::User => "user",
+            Source::Detail => "detail",
+            Source::Flow => "flow",
+            Source::Intake => "intake",
+            Source::Read => "read",
+        }
+    }
+}
+
+/// What one frame (or REST read, or intake call) says about one conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConversationEvent {
     /// Conversation id.
     pub conversation_id: Box<str>,
     /// Genesys's `metadata.CorrelationId`, for support cases.
     pub correlation_id: Option<Box<str>>,
-    /// Participants as this frame shows them.
+    /// Which kind of source spoke.
+    pub source: Source,
+    /// The event lists every participant (queue and user topics, REST reads); a detail
+    /// event names one participant at most.
+    pub full_view: bool,
+    /// Participants as this event shows them.
     pub participants: Vec<ParticipantUpdate>,
+    /// Attributes not tied to a known participant (detail `.attributes` events, intake
+    /// calls); only those rules read. Latest wins.
+    pub attributes: Vec<(Box<str>, Box<str>)>,
+    /// An intent supplied by the intake endpoint (rules match it when the attribute
+    /// they read is unknown).
+    pub intent: Option<Box<str>>,
+    /// A `.flow.end` whose `exitReason` ends the conversation (`*DISCONNECT`), as
+    /// opposed to a transfer or an exit to another flow.
+    pub flow_disconnected: bool,
+}
+
+impl ConversationEvent {
+    /// An event from `source` that says nothing yet.
+    pub fn empty(conversation_id: Box<str>, source: Source) -> Self {
+        ConversationEvent {
+            conversation_id,
+            correlation_id: None,
+            source,
+            full_view: matches!(source, Source::Queue | Source::User | Source::Read),
+            participants: Vec::new(),
+            attributes: Vec::new(),
+            intent: None,
+            flow_disconnected: false,
+        }
+    }
+}
+
+/// A flow-metrics record: the conversation it names, and which metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowMetric {
+    /// The conversation running the flow.
+    pub conversation_id: Box<str>,
+    /// The flow.
+    pub flow_id: Option<Box<str>>,
+    /// `nFlow` (the flow started), `tFlow`, `tFlowExit`, ... (it ended).
+    pub metric: Option<Box<str>>,
 }
 
 /// One participant in a conversation event.
@@ -160,7 +235,32 @@ struct ParticipantBody<'a> {
     #[serde(rename = "type", borrow, default)]
     message_type: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    attributes: Option<HashMap<Cow<'a, str>, Cow<'a, str>>>,
+    attributes: Option<HashMap<Cow<'a, str>, &'a RawValue>>,
+}
+
+/// The fields the daemon reads from any `v2.detail.events.conversation.{id}.*` body.
+#[derive(Deserialize, Default)]
+struct DetailBody<'a> {
+    #[serde(rename = "conversationId", borrow, default)]
+    conversation_id: Option<Cow<'a, str>>,
+    #[serde(rename = "participantId", borrow, default)]
+    participant_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    attributes: Option<HashMap<Cow<'a, str>, &'a RawValue>>,
+    #[serde(rename = "messageType", borrow, default)]
+    message_type: Option<Cow<'a, str>>,
+    #[serde(rename = "exitReason", borrow, default)]
+    exit_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct FlowMetricBody<'a> {
+    #[serde(rename = "conversationId", borrow, default)]
+    conversation_id: Option<Cow<'a, str>>,
+    #[serde(rename = "flowId", borrow, default)]
+    flow_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    metric: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -176,10 +276,40 @@ pub enum TopicKind {
     ChannelMetadata,
     /// `v2.system.*`.
     System,
-    /// `v2.routing.queues.{id}.conversations.messages` or `v2.users.{id}.conversations.messages`.
-    MessagingConversation,
+    /// `v2.routing.queues.{id}.conversations.messages`.
+    QueueConversation,
+    /// `v2.users.{id}.conversations.messages`.
+    UserConversation,
+    /// `v2.detail.events.conversation.{id}.{kind}`.
+    Detail(DetailKind),
+    /// `v2.analytics.flow.{flowId}.metrics`.
+    FlowMetrics,
     /// Anything else.
     Other,
+}
+
+/// Which detail event a `v2.detail.events.conversation.{id}.*` topic carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DetailKind {
+    /// `.attributes`: participant data set (by the bot flow, say).
+    Attributes,
+    /// `.customer.start`: the guest arrived.
+    CustomerStart,
+    /// `.customer.end`: the guest's participant ended.
+    CustomerEnd,
+    /// `.flow.end`: a flow ended (transfer, exit or disconnect).
+    FlowEnd,
+    /// Any other detail event (`.flow.start`, `.acd.start`, ...): kept alive, no state.
+    Other,
+}
+
+/// The three per-conversation topics the daemon subscribes for a bot-phase conversation:
+/// the intent (`.attributes`) and the two ends (`.customer.end`, `.flow.end`).
+pub const WATCH_SUFFIXES: [&str; 3] = ["attributes", "customer.end", "flow.end"];
+
+/// The per-conversation topics watched for `conversation_id`.
+pub fn watch_topics(conversation_id: &str) -> [String; 3] {
+    WATCH_SUFFIXES.map(|s| format!("v2.detail.events.conversation.{conversation_id}.{s}"))
 }
 
 /// Classifies a topic name, case-insensitively as the official .NET handler does.
@@ -197,9 +327,24 @@ pub fn topic_kind(topic: &str) -> TopicKind {
         TopicKind::ChannelMetadata
     } else if lower("v2.system.") {
         TopicKind::System
-    } else if (lower("v2.routing.queues.") || lower("v2.users.")) && ends(".conversations.messages")
-    {
-        TopicKind::MessagingConversation
+    } else if lower("v2.routing.queues.") && ends(".conversations.messages") {
+        TopicKind::QueueConversation
+    } else if lower("v2.users.") && ends(".conversations.messages") {
+        TopicKind::UserConversation
+    } else if lower("v2.detail.events.conversation.") {
+        TopicKind::Detail(if ends(".attributes") {
+            DetailKind::Attributes
+        } else if ends(".customer.start") {
+            DetailKind::CustomerStart
+        } else if ends(".customer.end") {
+            DetailKind::CustomerEnd
+        } else if ends(".flow.end") {
+            DetailKind::FlowEnd
+        } else {
+            DetailKind::Other
+        })
+    } else if lower("v2.analytics.flow.") && ends(".metrics") {
+        TopicKind::FlowMetrics
     } else {
         TopicKind::Other
     }
@@ -223,7 +368,8 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
             },
         });
     };
-    match topic_kind(&topic) {
+    let kind = topic_kind(&topic);
+    match kind {
         TopicKind::ChannelMetadata => {
             let body = message_body(env.body)?;
             let msg = body.message.unwrap_or_default();
@@ -250,11 +396,38 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
                 })
             }
         }
-        TopicKind::MessagingConversation => {
+        TopicKind::Detail(kind) => {
             let raw = env.body.map_or("{}", RawValue::get);
             let correlation = env.metadata.and_then(|m| m.correlation_id);
+            parse_detail_body(&topic, kind, raw, correlation.as_deref(), wanted_attributes)
+        }
+        TopicKind::FlowMetrics => {
+            let raw = env.body.map_or("{}", RawValue::get);
+            let body: FlowMetricBody<'_> = serde_json::from_str(raw)?;
+            match body.conversation_id.filter(|c| !c.is_empty()) {
+                Some(id) => Ok(Frame::FlowMetric(FlowMetric {
+                    conversation_id: id.into(),
+                    flow_id: body.flow_id.map(Into::into),
+                    metric: body.metric.map(Into::into),
+                })),
+                None => Err(FrameError::MissingId {
+                    topic: topic.into_owned(),
+                }),
+            }
+        }
+        TopicKind::QueueConversation | TopicKind::UserConversation => {
+            let raw = env.body.map_or("{}", RawValue::get);
+            let correlation = env.metadata.and_then(|m| m.correlation_id);
+            let source = if kind == TopicKind::QueueConversation {
+                Source::Queue
+            } else {
+                Source::User
+            };
             parse_conversation_body(raw, correlation.as_deref(), wanted_attributes)
-                .map(Frame::Conversation)
+                .map(|mut ev| {
+                    ev.source = source;
+                    Frame::Conversation(ev)
+                })
                 .map_err(|e| match e {
                     FrameError::MissingId { .. } => FrameError::MissingId {
                         topic: topic.into_owned(),
@@ -286,11 +459,103 @@ pub fn parse_conversation_body(
         .into_iter()
         .filter_map(|p| participant(p, wanted_attributes))
         .collect();
-    Ok(ConversationEvent {
-        conversation_id: id.into(),
-        correlation_id: correlation_id.map(Into::into),
-        participants,
-    })
+    let mut ev = ConversationEvent::empty(id.into(), Source::Read);
+    ev.correlation_id = correlation_id.map(Into::into);
+    ev.participants = participants;
+    Ok(ev)
+}
+
+/// `exitReason` values of `.flow.end` after which the conversation is over, rather than
+/// handed on (`TRANSFER`) or continued in another flow (`*_EXIT`).
+fn exit_ends_conversation(reason: &str) -> bool {
+    reason.to_ascii_uppercase().ends_with("DISCONNECT")
+}
+
+/// Reads a detail-event body into the one fact it carries about its conversation.
+fn parse_detail_body(
+    topic: &str,
+    kind: DetailKind,
+    raw: &str,
+    correlation_id: Option<&str>,
+    wanted: &[Box<str>],
+) -> Result<Frame, FrameError> {
+    let body: DetailBody<'_> = serde_json::from_str(raw)?;
+    // The body names the conversation; the topic does too, as a fallback.
+    let from_topic = topic
+        .get("v2.detail.events.conversation.".len()..)
+        .and_then(|rest| rest.split('.').next())
+        .filter(|id| !id.is_empty());
+    let id = match body.conversation_id.as_deref().filter(|c| !c.is_empty()) {
+        Some(id) => id,
+        None => from_topic.ok_or_else(|| FrameError::MissingId {
+            topic: topic.to_string(),
+        })?,
+    };
+    let mut ev = ConversationEvent::empty(id.into(), Source::Detail);
+    ev.correlation_id = correlation_id.map(Into::into);
+    let message_type = body
+        .message_type
+        .as_deref()
+        .map(|t| t.to_ascii_lowercase().into_boxed_str());
+    let participant_id = body.participant_id.filter(|p| !p.is_empty());
+    match kind {
+        DetailKind::Attributes => {
+            ev.attributes = wanted_attributes(body.attributes, wanted);
+        }
+        DetailKind::CustomerStart | DetailKind::CustomerEnd => {
+            if let Some(pid) = participant_id {
+                ev.participants.push(ParticipantUpdate {
+                    id: pid.into(),
+                    purpose: "customer".into(),
+                    ended: kind == DetailKind::CustomerEnd,
+                    queue_id: None,
+                    message_type,
+                    attributes: Vec::new(),
+                });
+            }
+        }
+        DetailKind::FlowEnd => {
+            ev.flow_disconnected = body
+                .exit_reason
+                .as_deref()
+                .is_some_and(exit_ends_conversation);
+            if let Some(pid) = participant_id {
+                ev.participants.push(ParticipantUpdate {
+                    id: pid.into(),
+                    purpose: FLOW_PURPOSE.into(),
+                    ended: true,
+                    queue_id: None,
+                    message_type,
+                    attributes: Vec::new(),
+                });
+            }
+        }
+        DetailKind::Other => {}
+    }
+    Ok(Frame::Conversation(ev))
+}
+
+/// Purpose given to a participant known only from `.flow.end`: the sources leave open
+/// whether Genesys calls it `workflow` or `botflow` (facts sheet H.2).
+pub const FLOW_PURPOSE: &str = "flow";
+
+/// Keeps only the attributes rules read; a value that is not a string is ignored rather
+/// than failing the whole frame (the rest of the frame may carry what matters).
+fn wanted_attributes(
+    attrs: Option<HashMap<Cow<'_, str>, &RawValue>>,
+    wanted: &[Box<str>],
+) -> Vec<(Box<str>, Box<str>)> {
+    let Some(attrs) = attrs else {
+        return Vec::new();
+    };
+    attrs
+        .into_iter()
+        .filter(|(k, _)| wanted.iter().any(|w| **w == **k))
+        .filter_map(|(k, v)| {
+            let v: Cow<'_, str> = serde_json::from_str(v.get()).ok()?;
+            Some((k.into(), v.into()))
+        })
+        .collect()
 }
 
 fn message_body(raw: Option<&RawValue>) -> Result<MessageBody<'_>, FrameError> {
@@ -307,16 +572,7 @@ fn participant(p: ParticipantBody<'_>, wanted: &[Box<str>]) -> Option<Participan
         || p.state.as_deref().is_some_and(|s| {
             s.eq_ignore_ascii_case("disconnected") || s.eq_ignore_ascii_case("terminated")
         });
-    let attributes = p
-        .attributes
-        .map(|attrs| {
-            attrs
-                .into_iter()
-                .filter(|(k, _)| wanted.iter().any(|w| **w == **k))
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let attributes = wanted_attributes(p.attributes, wanted);
     Some(ParticipantUpdate {
         id: id.into(),
         purpose: p.purpose.unwrap_or_default().into(),

@@ -5,3 +5,5 @@ pub mod api;
 pub mod auth;
 pub mod frames;
 pub mod stream;
+pub mod subscriptions;
+pub mod topics;

@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiClient, Channel};
-use super::frames::{ConversationEvent, Frame, parse_frame};
+use super::frames::{ConversationEvent, FlowMetric, Frame, parse_frame};
+use super::subscriptions::{Slot, log_rejections};
 use crate::config::StreamConfig;
 use crate::telemetry::Stats;
 
@@ -36,6 +37,10 @@ const CHANNEL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 pub enum StreamEvent {
     /// A conversation update, stamped when its frame was read.
     Conversation(ConversationEvent, Instant),
+    /// A flow-metrics record named a conversation running a watched flow.
+    Discovered(FlowMetric, Instant),
+    /// These conversations' per-conversation topics went live for the first time.
+    Watching(Vec<Box<str>>, Instant),
     /// The stream is subscribed and reading (first time or after a reconnect).
     Live {
         /// Index of the stream (one per channel).
@@ -83,8 +88,9 @@ enum LiveEnd {
 pub struct ChannelStream {
     /// Index among the daemon's channels, for logs.
     pub index: usize,
-    /// Topics this channel carries (at most 1,000).
-    pub topics: Vec<String>,
+    /// Topics this channel carries (at most 1,000): configured ones and, shared with
+    /// the subscription manager, those of watched conversations.
+    pub slot: Arc<Slot>,
     /// REST client.
     pub api: Arc<ApiClient>,
     /// Timing settings.
@@ -109,7 +115,11 @@ impl ChannelStream {
                 return;
             }
             state = match state {
-                State::Connecting => match self.api.create_channel().await {
+                State::Connecting => match {
+                    // Whatever the old channel carried goes on the new one's PUT.
+                    self.slot.lost_channel();
+                    self.api.create_channel().await
+                } {
                     Ok(ch) => {
                         tracing::info!(stream = self.index, channel_id = %ch.id, expires = ch.expires.as_deref(), "channel created; subscribing");
                         State::Subscribing(ch)
@@ -200,27 +210,39 @@ impl ChannelStream {
         }
     }
 
+    /// `PUT`s the slot's whole set: configured topics and every watched conversation's.
     async fn subscribe(&self, ch: &Channel) -> Result<(), String> {
+        let (topics, ids, removals) = self.slot.snapshot();
         let answer = self
             .api
-            .put_subscriptions(&ch.id, &self.topics)
+            .put_subscriptions(&ch.id, &topics)
             .await
             .map_err(|e| format!("cannot subscribe: {e}"))?;
-        let mut permitted = 0;
-        for t in &answer {
-            if t.state.as_deref() == Some("Rejected") {
-                tracing::error!(stream = self.index, channel_id = %ch.id, topic = %t.id,
-                    rejection_reason = t.rejection_reason.as_deref(),
-                    missing_permissions = ?t.missing_permissions,
-                    "topic subscription rejected");
-            } else {
-                permitted += 1;
-            }
+        log_rejections(self.index, &ch.id, &answer);
+        let rejected = answer
+            .iter()
+            .filter(|t| t.state.as_deref() == Some("Rejected"))
+            .count();
+        let statics = self.slot.static_len();
+        let static_rejected = answer
+            .iter()
+            .filter(|t| {
+                t.state.as_deref() == Some("Rejected")
+                    && !t.id.to_ascii_lowercase().starts_with("v2.detail.events.")
+            })
+            .count();
+        if statics > 0 && static_rejected >= statics {
+            return Err("every configured topic was rejected".into());
         }
-        if permitted == 0 && !self.topics.is_empty() {
-            return Err("every topic was rejected".into());
+        let synced = self.slot.synced(&ch.id, &ids, removals, &answer);
+        tracing::info!(stream = self.index, channel_id = %ch.id, topics = topics.len() - rejected,
+            watched_conversations = ids.len() - synced.rejected, "subscribed");
+        if !synced.newly_live.is_empty() {
+            let _ = self
+                .events
+                .send(StreamEvent::Watching(synced.newly_live, Instant::now()))
+                .await;
         }
-        tracing::info!(stream = self.index, channel_id = %ch.id, topics = permitted, "subscribed");
         Ok(())
     }
 
@@ -358,6 +380,11 @@ impl ChannelStream {
                 {
                     tracing::debug!("event loop gone");
                 }
+                None
+            }
+            Frame::FlowMetric(m) => {
+                self.stats.conversation_events.inc();
+                let _ = self.events.send(StreamEvent::Discovered(m, received)).await;
                 None
             }
             Frame::SocketClosing { message } => {

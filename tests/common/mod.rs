@@ -91,6 +91,8 @@ pub async fn start_daemon(config: Config, sim: &SimHandle) -> Running {
         drain_timeout: Duration::from_secs(10),
         reports: Some(tx),
         notify_systemd: false,
+        intake_token: None,
+        intake_bound: None,
     };
     let secret = SecretString::from("sim-secret".to_string());
     let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });

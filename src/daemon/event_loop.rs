@@ -1,0 +1,279 @@
+//! The event loop's work: the only writer of the state map.
+//!
+//! Every source turns what it learns into the same [`ConversationEvent`]: queue and user
+//! frames, per-conversation detail frames, REST reads (catch-up, verify, the closer's
+//! read) and intake calls. Flow-metrics records and intake calls without an intent only
+//! make a conversation known and watched. Nothing here awaits: reads and closes run in
+//! their own tasks and come back as events.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::closer::{Closer, Decision, Waiters};
+use crate::genesys::api::ApiClient;
+use crate::genesys::frames::{ConversationEvent, FlowMetric, Source};
+use crate::genesys::subscriptions::Subscriptions;
+use crate::intake::{IntakeAnswer, IntakeCall};
+use crate::rules::Rules;
+use crate::state::Store;
+use crate::telemetry::Stats;
+
+/// Closed conversations stay this long so late duplicates find them closed and decided.
+const CLOSED_GRACE: Duration = Duration::from_secs(600);
+/// Open conversations with no event for this long are dropped (their end was missed).
+const IDLE_MAX: Duration = Duration::from_secs(48 * 3600);
+
+/// The event loop's state and collaborators.
+pub(crate) struct EventLoop {
+    /// The conversation map; written only here.
+    pub store: Arc<Store>,
+    /// Compiled rules.
+    pub rules: Rules,
+    /// Close sequences waiting for a closing event.
+    pub waiters: Arc<Waiters>,
+    /// Starts close sequences.
+    pub closer: Closer,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Per-conversation subscriptions (bot phase).
+    pub subs: Subscriptions,
+    /// For catch-up and verify reads.
+    pub api: Arc<ApiClient>,
+    /// Attribute names rules read.
+    pub wanted: Arc<[Box<str>]>,
+    /// Where reads come back, to be applied like events.
+    pub reads: mpsc::Sender<ConversationEvent>,
+    /// A watched conversation live later than this after first heard of gets a read.
+    pub catchup_after: Duration,
+    /// `[intake] verify`: an intake intent is only acted on once Genesys shows it.
+    pub verify: bool,
+    /// Shutting down: no new decisions.
+    pub draining: bool,
+    /// Conversations owed a catch-up read when their topics go live (discovered late).
+    pub owed_catchup: HashSet<Box<str>>,
+    /// Conversations with a verify read in flight.
+    pub verifying: HashSet<Box<str>>,
+}
+
+impl EventLoop {
+    /// Applies one event and acts on what changed. The map guard is released inside
+    /// `Store::apply`, before waiters are notified or a close starts.
+    /// Returns whether a rule decided on it now.
+    pub fn on_event(&mut self, ev: &ConversationEvent, received: Instant) -> bool {
+        let draining = self.draining;
+        let rules = &self.rules;
+        let applied = self.store.apply(ev, received, |conv| {
+            if draining {
+                return None;
+            }
+            let verdict = rules.evaluate(conv)?;
+            Some(Decision {
+                conversation_id: ev.conversation_id.clone(),
+                verdict,
+                queue_id: conv.queue_id().map(Into::into),
+                customer_id: conv.customer_id().map(Into::into),
+                already_closed: conv.is_closed(),
+                decided_at: received,
+                source: ev.source,
+                watch: !conv.has_full_view(),
+            })
+        });
+        if ev.source == Source::Read {
+            self.verifying.remove(&ev.conversation_id);
+        }
+        if applied.closed_now {
+            self.stats.closed_seen.inc();
+            self.waiters.notify(&ev.conversation_id, received);
+            // Confirmed: its per-conversation topics go in the next removal batch.
+            if self.store.set_watched(&ev.conversation_id, false) {
+                self.subs.unwatch(&ev.conversation_id);
+            }
+            self.owed_catchup.remove(&ev.conversation_id);
+        }
+        if let Some(d) = applied.decision {
+            self.stats.decisions.inc();
+            tracing::info!(
+                conversation_id = &*d.conversation_id,
+                rule = &*d.verdict.rule.name,
+                intent = &*d.verdict.intent,
+                queue_id = d.queue_id.as_deref(),
+                source = d.source.as_str(),
+                correlation_id = ev.correlation_id.as_deref(),
+                "rule matched"
+            );
+            if d.watch && !d.already_closed && self.subs.enabled() {
+                // The closer subscribes its confirming topic before the disconnect;
+                // remember it so the topics are removed once it closes.
+                self.store.set_watched(&d.conversation_id, true);
+            }
+            self.closer.start(d);
+            return true;
+        }
+        false
+    }
+
+    /// A flow-metrics record named a conversation: watch it if it is new to us.
+    pub fn on_discovered(&mut self, m: &FlowMetric, received: Instant) {
+        let known = self.store.with(&m.conversation_id, |c| {
+            c.is_decided() || c.is_closed() || c.is_watched()
+        });
+        if known == Some(true) {
+            return;
+        }
+        self.stats.discovered.inc();
+        // `nFlow` is counted when the flow starts; any other metric comes later, so the
+        // intent may already be set: read once when the topics are live.
+        let late = m.metric.as_deref() != Some("nFlow");
+        tracing::debug!(
+            conversation_id = &*m.conversation_id,
+            flow_id = m.flow_id.as_deref(),
+            metric = m.metric.as_deref(),
+            late,
+            "conversation discovered in a watched flow"
+        );
+        self.on_event(
+            &ConversationEvent::empty(m.conversation_id.clone(), Source::Flow),
+            received,
+        );
+        if late {
+            self.owed_catchup.insert(m.conversation_id.clone());
+        }
+        self.watch(&m.conversation_id);
+    }
+
+    /// Starts watching a conversation's detail topics (batched) unless it already is.
+    fn watch(&mut self, id: &str) {
+        if self.subs.enabled()
+            && self.store.with(id, |c| c.is_closed()) == Some(false)
+            && self.store.set_watched(id, true)
+        {
+            self.subs.watch(id);
+        }
+    }
+
+    /// These conversations' topics just went live: read the ones whose intent may have
+    /// been set before we could see it.
+    pub fn on_watching(&mut self, ids: &[Box<str>], at: Instant) {
+        for id in ids {
+            let owed = self.owed_catchup.remove(id);
+            let late = self.store.with(id, |c| {
+                let open = !c.is_decided() && !c.is_closed();
+                open && (owed || at.saturating_duration_since(c.first_seen()) > self.catchup_after)
+            });
+            if late == Some(true) {
+                self.read(
+                    id,
+                    "catch-up: topics went live after the intent may have been set",
+                );
+            }
+        }
+    }
+
+    /// Reads the conversation once, in the background; the answer comes back as an event.
+    fn read(&self, id: &str, why: &'static str) {
+        self.stats.catchup_reads.inc();
+        tracing::debug!(conversation_id = id, why, "reading the conversation");
+        let api = Arc::clone(&self.api);
+        let wanted = Arc::clone(&self.wanted);
+        let reads = self.reads.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            match api.get_conversation(&id, &wanted).await {
+                Ok(ev) => {
+                    let _ = reads.send(ev).await;
+                }
+                Err(e) => tracing::warn!(conversation_id = %id, error = %e,
+                    correlation_id = e.correlation_id(), why, "conversation read failed"),
+            }
+        });
+    }
+
+    /// An intake call: decide, watch, or verify, and answer at once.
+    pub fn on_intake(&mut self, call: IntakeCall) {
+        self.stats.intake_calls.inc();
+        let answer = self.intake_answer(&call);
+        tracing::info!(
+            conversation_id = &*call.conversation_id,
+            intent = call.intent.as_deref(),
+            attributes = call.attributes.len(),
+            result = answer.as_str(),
+            "intake call"
+        );
+        let _ = call.reply.send(answer);
+    }
+
+    fn intake_answer(&mut self, call: &IntakeCall) -> IntakeAnswer {
+        let id = &call.conversation_id;
+        let seen = self.store.with(id, |c| (c.is_decided(), c.is_closed()));
+        match seen {
+            Some((true, _)) => return IntakeAnswer::Duplicate,
+            Some((false, true)) => return IntakeAnswer::AlreadyClosed,
+            _ => {}
+        }
+        if self.draining {
+            return IntakeAnswer::ShuttingDown;
+        }
+        let attributes: Vec<(Box<str>, Box<str>)> = call
+            .attributes
+            .iter()
+            .filter(|(k, _)| self.wanted.iter().any(|w| **w == **k))
+            .cloned()
+            .collect();
+        let has_intent = call.intent.is_some() || !attributes.is_empty();
+        if self.verify && has_intent {
+            // The caller's word is not enough: Genesys's own attribute decides.
+            self.on_event(
+                &ConversationEvent::empty(id.clone(), Source::Intake),
+                call.received,
+            );
+            self.watch(id);
+            if self.verifying.insert(id.clone()) {
+                self.read(
+                    id,
+                    "verify: the intake's intent must be in Genesys's attribute",
+                );
+            }
+            return IntakeAnswer::Verifying;
+        }
+        let mut ev = ConversationEvent::empty(id.clone(), Source::Intake);
+        ev.intent.clone_from(&call.intent);
+        ev.attributes = attributes;
+        if self.on_event(&ev, call.received) {
+            return IntakeAnswer::Close;
+        }
+        if has_intent {
+            return IntakeAnswer::NoRule;
+        }
+        if !self.subs.enabled() {
+            tracing::warn!(
+                conversation_id = &**id,
+                reason = self.subs.disabled_reason(),
+                "intake call without an intent, but per-conversation topics cannot be used: \
+                 the conversation cannot be watched"
+            );
+            return IntakeAnswer::NoRule;
+        }
+        self.watch(id);
+        IntakeAnswer::Watching
+    }
+
+    /// Forgets old conversations; watched ones lose their topics.
+    pub fn evict(&mut self) {
+        let (watched, gone) = self.store.evict(Instant::now(), CLOSED_GRACE, IDLE_MAX);
+        for id in &watched {
+            self.subs.unwatch(id);
+            self.owed_catchup.remove(id);
+        }
+        if gone > 0 {
+            tracing::debug!(
+                evicted = gone,
+                tracked = self.store.len(),
+                "evicted conversations"
+            );
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Wires the loop together and runs the event loop, the only writer of the state map.
+//!
+//! ```text
+//! streams --StreamEvent--> event loop --apply--> state --decide--> rules --Decision--> closer
+//! intake ---IntakeCall---> |  ^  |                 \--closed--> waiters --> closer
+//!                          |  |  \--watch/unwatch--> subscriptions (batched) --> streams
+//!                          |  \------ REST reads (catch-up, verify, closer) ----/
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::closer::{CloseReport, Closer, Waiters};
+use crate::config::{Config, TOPICS_PER_CHANNEL};
+use crate::genesys::api::{ApiClient, ApiError};
+use crate::genesys::auth::TokenSource;
+use crate::genesys::frames::ConversationEvent;
+use crate::genesys::stream::{ChannelStream, StreamEvent};
+use crate::genesys::subscriptions::{Manager, Slot, Subscriptions};
+use crate::genesys::topics::{self, Family};
+use crate::intake::{self, IntakeCall};
+use crate::rules::Rules;
+use crate::state::Store;
+use crate::telemetry::Stats;
+
+mod event_loop;
+
+use event_loop::EventLoop;
+
+/// How often eviction runs.
+const EVICT_EVERY: Duration = Duration::from_secs(30);
+/// Room for bursts between the sockets and the event loop.
+const EVENT_QUEUE: usize = 8192;
+
+/// Options for one run.
+pub struct RunOptions {
+    /// Cancel to stop: no new decisions, in-flight closes drain, then streams stop.
+    pub shutdown: CancellationToken,
+    /// How long in-flight closes may take to finish after shutdown.
+    pub drain_timeout: Duration,
+    /// Every close report also goes here (demo, tests).
+    pub reports: Option<mpsc::UnboundedSender<CloseReport>>,
+    /// Tell systemd READY=1 / STOPPING=1 (no-op when not under systemd).
+    pub notify_systemd: bool,
+    /// The intake credential, when `[intake]` is on (the CLI reads it before any I/O).
+    pub intake_token: Option<SecretString>,
+    /// Told the intake's bound address once it listens (tests, demo: port 0).
+    pub intake_bound: Option<oneshot::Sender<SocketAddr>>,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Genesys refused the credentials: an operator must fix them, retrying won't.
+    #[error("cannot start: {0}")]
+    Credentials(ApiError),
+    /// Local set-up failed.
+    #[error("cannot start: {0}")]
+    Setup(String),
+    /// No configured source of conversations can work in this org.
+    #[error("cannot start: {0}")]
+    NoSource(String),
+}
+
+/// Counts at the end of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Frames read.
+    pub frames: u64,
+    /// Conversation events applied.
+    pub events: u64,
+    /// Decisions made.
+    pub decisions: u64,
+    /// Close sequences still running when the drain deadline passed.
+    pub abandoned: usize,
+    /// Conversations discovered through flow metrics.
+    pub discovered: u64,
+    /// Intake calls answered.
+    pub intake_calls: u64,
+    /// Catch-up and verify reads.
+    pub catchup_reads: u64,
+}
+
+/// Which sources survived the `availabletopics` check.
+struct Usable {
+    /// Topics of the configured families that can be used.
+    topics: Vec<String>,
+    /// Per-conversation detail topics can be used; else why not.
+    detail: Result<(), String>,
+}
+
+/// Asks `availabletopics` (when `check_topics`) and drops what cannot work, one error
+/// line per family; refuses to start when nothing can.
+async fn usable_sources(config: &Config, api: &ApiClient) -> Result<Usable, DaemonError> {
+    let all = config.stream.topics();
+    let mut usable = Usable {
+        topics: all.clone(),
+        detail: Ok(()),
+    };
+    if !config.stream.check_topics || topics::families_in_use(config).is_empty() {
+        return Ok(usable);
+    }
+    let reports = match topics::check(api, config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, correlation_id = e.correlation_id(),
+                "cannot read availabletopics; using every configured topic family unchecked");
+            return Ok(usable);
+        }
+    };
+    let mut bad = Vec::new();
+    for r in &reports {
+        if r.usable() {
+            tracing::info!(topic_family = r.family.template(), "{r}");
+        } else {
+            tracing::error!(topic_family = r.family.template(), "{r}");
+            bad.push(r.family);
+        }
+    }
+    let prefix = |f: Family| match f {
+        Family::Queue => Some("v2.routing.queues."),
+        Family::User => Some("v2.users."),
+        Family::FlowMetrics => Some("v2.analytics.flow."),
+        _ => None,
+    };
+    let mut drop_prefixes: Vec<&str> = bad.iter().filter_map(|f| prefix(*f)).collect();
+    if let Some(f) = bad.iter().find(|f| f.is_detail()) {
+        usable.detail = Err(format!(
+            "{} cannot be used over the WebSocket",
+            f.template()
+        ));
+        if !config.stream.flows.is_empty() {
+            tracing::error!("flow discovery needs the per-conversation detail topics: it is off");
+            drop_prefixes.push("v2.analytics.flow.");
+        }
+    }
+    usable
+        .topics
+        .retain(|t| !drop_prefixes.iter().any(|p| t.starts_with(p)));
+    if usable.topics.is_empty() && config.intake.is_none() {
+        return Err(DaemonError::NoSource(
+            "none of the configured topic families can be used over the WebSocket (see the \
+             error lines above); fix the org or the config"
+                .into(),
+        ));
+    }
+    Ok(usable)
+}
+
+/// Runs the daemon until `opts.shutdown` is cancelled.
+pub async fn run(
+    config: &Config,
+    secret: SecretString,
+    opts: RunOptions,
+) -> Result<Summary, DaemonError> {
+    let http = ApiClient::http_client().map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let tokens = TokenSource::new(
+        http.clone(),
+        &config.genesys.login_url,
+        config.genesys.client_id.clone(),
+        secret,
+    );
+    let api = Arc::new(ApiClient::new(http, config.genesys.api_url.clone(), tokens));
+    // Fail fast on refused credentials; an unreachable login service is retried by the streams.
+    match api.token().await {
+        Ok(_) => {}
+        Err(e) if !e.is_retryable() => return Err(DaemonError::Credentials(e)),
+        Err(e) => tracing::warn!(error = %e, "login service not reachable yet; will keep trying"),
+    }
+    let usable = usable_sources(config, &api).await?;
+
+    let rules = Rules::compile(config);
+    let wanted: Arc<[Box<str>]> = rules.attributes().into();
+    let stats = Arc::new(Stats::default());
+    let store = Arc::new(Store::new());
+    let waiters = Arc::new(Waiters::default());
+    let (events_tx, mut events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (reads_tx, mut reads_rx) = mpsc::channel::<ConversationEvent>(256);
+    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel::<CloseReport>();
+    let (live_tx, mut live_rx) = mpsc::channel::<Vec<Box<str>>>(256);
+    let closes = TaskTracker::new();
+    let stop_streams = CancellationToken::new();
+    let streams = TaskTracker::new();
+
+    // One slot per channel; the manager may add slots (and streams) for conversations.
+    let slots: Vec<Arc<Slot>> = {
+        let chunks: Vec<Vec<String>> = usable
+            .topics
+            .chunks(TOPICS_PER_CHANNEL)
+            .map(<[String]>::to_vec)
+            .collect();
+        if chunks.is_empty() {
+            vec![Slot::new(Vec::new())]
+        } else {
+            chunks.into_iter().map(Slot::new).collect()
+        }
+    };
+    let channels = slots.len();
+    let spawn_stream = {
+        let api = Arc::clone(&api);
+        let stream_config = config.stream.clone();
+        let wanted = Arc::clone(&wanted);
+        let events = events_tx.clone();
+        let stats = Arc::clone(&stats);
+        let cancel = stop_streams.clone();
+        let streams = streams.clone();
+        move |index: usize, slot: Arc<Slot>| {
+            let s = ChannelStream {
+                index,
+                slot,
+                api: Arc::clone(&api),
+                config: stream_config.clone(),
+                wanted_attributes: Arc::clone(&wanted),
+                events: events.clone(),
+                stats: Arc::clone(&stats),
+                cancel: cancel.clone(),
+            };
+            streams.spawn(s.run());
+        }
+    };
+    for (index, slot) in slots.iter().enumerate() {
+        spawn_stream(index, Arc::clone(slot));
+    }
+    let subs = match &usable.detail {
+        Ok(()) => Manager {
+            slots,
+            api: Arc::clone(&api),
+            subscribe_window: config.stream.subscribe_window,
+            unsubscribe_window: config.stream.unsubscribe_window,
+            spawn: Box::new(spawn_stream),
+            live: live_tx,
+            cancel: stop_streams.clone(),
+        }
+        .start(),
+        Err(why) => Subscriptions::disabled(why),
+    };
+    drop(events_tx);
+
+    let closer = Closer {
+        api: Arc::clone(&api),
+        store: Arc::clone(&store),
+        waiters: Arc::clone(&waiters),
+        resync: reads_tx.clone(),
+        wanted_attributes: Arc::clone(&wanted),
+        reports: reports_tx,
+        tracker: closes.clone(),
+        subs: subs.clone(),
+    };
+    // Forward reports to the observer; the closer already logged them.
+    let observer = opts.reports;
+    let forward = tokio::spawn(async move {
+        while let Some(r) = reports_rx.recv().await {
+            if let Some(o) = &observer {
+                let _ = o.send(r);
+            }
+        }
+    });
+
+    // The intake listens only once everything it feeds exists.
+    let (intake_tx, mut intake_rx) = mpsc::channel::<IntakeCall>(intake::QUEUE);
+    let stop_intake = CancellationToken::new();
+    if let Some(icfg) = &config.intake {
+        let token = match opts.intake_token {
+            Some(t) => t,
+            None => {
+                intake::load_token(&icfg.token).map_err(|e| DaemonError::Setup(e.to_string()))?
+            }
+        };
+        let bound = intake::start(icfg, token, intake_tx.clone(), stop_intake.clone())
+            .await
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        if let Some(tell) = opts.intake_bound {
+            let _ = tell.send(bound.addr);
+        }
+    }
+    drop(intake_tx);
+
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.source.display(),
+        channels,
+        topics = usable.topics.len(),
+        rules = config.rules.len(),
+        intake = config.intake.is_some(),
+        per_conversation_topics = subs.enabled(),
+        dry_run = config.dry_run,
+        "genesys-closer started"
+    );
+
+    let mut lp = EventLoop {
+        store: Arc::clone(&store),
+        rules,
+        waiters: Arc::clone(&waiters),
+        closer,
+        stats: Arc::clone(&stats),
+        subs,
+        api: Arc::clone(&api),
+        wanted: Arc::clone(&wanted),
+        reads: reads_tx,
+        catchup_after: config.stream.catchup_after,
+        verify: config.intake.as_ref().is_some_and(|i| i.verify),
+        draining: false,
+        owed_catchup: Default::default(),
+        verifying: Default::default(),
+    };
+    let mut live = vec![false; channels];
+    let mut ready_sent = false;
+    let mut drain_deadline = None::<Instant>;
+    let mut evict = tokio::time::interval(EVICT_EVERY);
+    evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Shutdown: stop deciding, let running closes finish (they still need events).
+            _ = opts.shutdown.cancelled(), if !lp.draining => {
+                lp.draining = true;
+                stop_intake.cancel();
+                drain_deadline = Some(Instant::now() + opts.drain_timeout);
+                closes.close();
+                if opts.notify_systemd {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                }
+                tracing::info!(in_flight = closes.len(), "shutting down: draining in-flight closes");
+            }
+            _ = closes.wait(), if lp.draining => break,
+            _ = sleep_until_opt(drain_deadline), if lp.draining => {
+                tracing::error!(in_flight = closes.len(), "drain deadline passed; closes abandoned");
+                break;
+            }
+            Some(ev) = events_rx.recv() => match ev {
+                StreamEvent::Conversation(ev, received) => {
+                    lp.on_event(&ev, received);
+                }
+                StreamEvent::Discovered(m, received) => lp.on_discovered(&m, received),
+                StreamEvent::Watching(ids, at) => lp.on_watching(&ids, at),
+                StreamEvent::Live { stream, channel_id } => {
+                    if stream >= live.len() {
+                        // A stream the subscription manager added; readiness is about
+                        // the configured ones, so it counts as live from the start.
+                        live.resize(stream + 1, true);
+                    }
+                    live[stream] = true;
+                    if !ready_sent && live.iter().all(|l| *l) {
+                        ready_sent = true;
+                        tracing::info!(%channel_id, "all channels live: ready");
+                        if opts.notify_systemd {
+                            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                        }
+                    }
+                }
+                StreamEvent::Down { stream, reason } => {
+                    if let Some(l) = live.get_mut(stream) {
+                        *l = false;
+                    }
+                    tracing::debug!(stream, %reason, "stream down");
+                }
+            },
+            Some(ids) = live_rx.recv() => lp.on_watching(&ids, Instant::now()),
+            Some(call) = intake_rx.recv() => lp.on_intake(call),
+            // A REST read (catch-up, verify, or the closer's): applied like an event.
+            Some(ev) = reads_rx.recv() => {
+                lp.on_event(&ev, Instant::now());
+            }
+            _ = evict.tick() => lp.evict(),
+        }
+    }
+    let abandoned = closes.len();
+    stop_intake.cancel();
+    stop_streams.cancel();
+    // Closed only now: the subscription manager may open streams while running.
+    streams.close();
+    streams.wait().await;
+    drop(lp);
+    if abandoned == 0 {
+        let _ = forward.await;
+    } else {
+        // Abandoned sequences still hold report senders; don't wait for them.
+        forward.abort();
+    }
+    let summary = Summary {
+        frames: stats.frames.get(),
+        events: stats.conversation_events.get(),
+        decisions: stats.decisions.get(),
+        abandoned,
+        discovered: stats.discovered.get(),
+        intake_calls: stats.intake_calls.get(),
+        catchup_reads: stats.catchup_reads.get(),
+    };
+    tracing::info!(
+        frames = summary.frames,
+        malformed_frames = stats.malformed_frames.get(),
+        unknown_topics = stats.unknown_topics.get(),
+        events = summary.events,
+        decisions = summary.decisions,
+        discovered = summary.discovered,
+        intake_calls = summary.intake_calls,
+        catchup_reads = summary.catchup_reads,
+        abandoned,
+        "stopped"
+    );
+    Ok(summary)
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,624 @@
+//! The intake endpoint: the HTTP listener the bot flow's data action (or a Process
+//! Automation workflow) calls with a conversation id and, optionally, its intent or
+//! attributes, so the daemon learns of a conversation no queue or user topic shows.
+//!
+//! `POST /v1/intents` `{"conversationId":"<uuid>","intent":"<value>","attributes":{...}}`
+//! - authenticates every call (bearer token, or HTTP Basic with the token as password),
+//!   comparing in constant time; a failure is a bare 401;
+//! - bounds what it reads: 16 KiB bodies, a deadline for headers and body, at most
+//!   `max_connections` connections (more get 503 at once), and a bounded queue to the
+//!   event loop (full: 503 with `Retry-After`);
+//! - answers bad input with a JSON error that names the field, and closes nothing;
+//! - answers at once with `202 {"result": ...}`: it hands the call to the event loop,
+//!   which decides (rules still decide; the intake only supplies an intent), and never
+//!   waits for the close itself.
+//!
+//! It serves plain HTTP on loopback (behind a reverse proxy) or HTTPS itself (rustls).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{IntakeConfig, TlsFiles, TokenSource};
+
+/// Largest request body read.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Longest intent value accepted.
+pub const MAX_INTENT: usize = 256;
+/// Most attributes one call may carry.
+pub const MAX_ATTRIBUTES: usize = 64;
+/// Longest attribute name or value.
+const MAX_ATTRIBUTE_TEXT: usize = 1024;
+/// Calls queued for the event loop before new ones get 503.
+pub const QUEUE: usize = 4096;
+/// How long a call waits for the event loop's answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(2);
+/// A connection is asked to close after this long, so idle keep-alive connections
+/// cannot hold the connection slots forever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// One accepted intake call, handed to the event loop.
+#[derive(Debug)]
+pub struct IntakeCall {
+    /// The conversation (a UUID, checked).
+    pub conversation_id: Box<str>,
+    /// The intent the flow recognised, if the call carries one.
+    pub intent: Option<Box<str>>,
+    /// Attributes the call carries (a trigger on `.attributes` with the `Json` format).
+    pub attributes: Vec<(Box<str>, Box<str>)>,
+    /// When the request was read.
+    pub received: Instant,
+    /// Where the event loop answers.
+    pub reply: oneshot::Sender<IntakeAnswer>,
+}
+
+/// What the event loop made of an intake call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IntakeAnswer {
+    /// A rule matched: the close sequence has started.
+    Close,
+    /// No rule matches what the call says.
+    NoRule,
+    /// This conversation was already decided (a retried call, say): nothing more.
+    Duplicate,
+    /// The conversation is already closed: nothing sent.
+    AlreadyClosed,
+    /// No intent yet: the conversation is watched and decided when its intent appears.
+    Watching,
+    /// `verify` is on: the conversation is read once, and Genesys's own attribute decides.
+    Verifying,
+    /// The daemon is shutting down and takes no new work.
+    ShuttingDown,
+}
+
+impl IntakeAnswer {
+    /// The `result` value in the answer body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IntakeAnswer::Close => "close",
+            IntakeAnswer::NoRule => "no_rule",
+            IntakeAnswer::Duplicate => "duplicate",
+            IntakeAnswer::AlreadyClosed => "already_closed",
+            IntakeAnswer::Watching => "watching",
+            IntakeAnswer::Verifying => "verifying",
+            IntakeAnswer::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// Why the intake could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The credential could not be read.
+    #[error("intake credential: {0}")]
+    Token(String),
+    /// The TLS files could not be used.
+    #[error("intake TLS: {0}")]
+    Tls(String),
+    /// The address could not be bound.
+    #[error("intake cannot listen on {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// Reads the intake credential from where the config says.
+pub fn load_token(source: &TokenSource) -> Result<SecretString, IntakeError> {
+    let text = match source {
+        TokenSource::File(p) | TokenSource::Credential(p) => std::fs::read_to_string(p)
+            .map_err(|e| IntakeError::Token(format!("cannot read {}: {e}", p.display())))?,
+        TokenSource::Env => std::env::var(crate::config::INTAKE_TOKEN_ENV).map_err(|_| {
+            IntakeError::Token(format!(
+                "[intake] is enabled but no credential is set: use `token_file`, systemd \
+                 LoadCredential={}, or the environment variable {}",
+                crate::config::INTAKE_TOKEN_CREDENTIAL,
+                crate::config::INTAKE_TOKEN_ENV
+            ))
+        })?,
+    };
+    let token = text.trim();
+    if token.len() < 16 {
+        return Err(IntakeError::Token(
+            "the intake credential must be at least 16 characters".into(),
+        ));
+    }
+    Ok(SecretString::from(token.to_string()))
+}
+
+fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, IntakeError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    crate::install_crypto_provider();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| IntakeError::Tls(format!("{}: {e}", files.cert.display())))?;
+    if certs.is_empty() {
+        return Err(IntakeError::Tls(format!(
+            "{}: no certificate found",
+            files.cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| IntakeError::Tls(format!("{}: {e}", files.key.display())))?;
+    let mut cfg = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| IntakeError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// The credential check, holding only digests of what is accepted.
+struct Credentials {
+    bearer: [u8; 32],
+    basic: Option<[u8; 32]>,
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Equality whose time does not depend on where the inputs differ: both sides are
+/// fixed-size digests, so neither length nor content leaks through timing.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+impl Credentials {
+    fn new(token: &SecretString, basic_user: Option<&str>) -> Self {
+        let t = token.expose_secret();
+        Credentials {
+            bearer: digest(t.as_bytes()),
+            basic: basic_user.map(|u| digest(format!("{u}:{t}").as_bytes())),
+        }
+    }
+
+    fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let Some((scheme, rest)) = value.trim().split_once(' ') else {
+            return false;
+        };
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") {
+            same(&digest(rest.as_bytes()), &self.bearer)
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let Some(basic) = &self.basic else {
+                return false;
+            };
+            match base64::engine::general_purpose::STANDARD.decode(rest) {
+                Ok(raw) => same(&digest(&raw), basic),
+                Err(_) => false,
+            }
+        } else {
+            false
+        }
+    }
+}
+
+struct Shared {
+    credentials: Credentials,
+    calls: mpsc::Sender<IntakeCall>,
+    request_timeout: Duration,
+}
+
+/// A running intake listener.
+pub struct Intake {
+    /// The bound address (useful when the config asked for port 0).
+    pub addr: SocketAddr,
+}
+
+/// Binds and starts serving; calls go to `calls`. Stops when `cancel` fires.
+pub async fn start(
+    cfg: &IntakeConfig,
+    token: SecretString,
+    calls: mpsc::Sender<IntakeCall>,
+    cancel: CancellationToken,
+) -> Result<Intake, IntakeError> {
+    let tls = cfg.tls.as_ref().map(load_tls).transpose()?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|error| IntakeError::Bind {
+            addr: cfg.listen,
+            error,
+        })?;
+    let addr = listener.local_addr().map_err(|error| IntakeError::Bind {
+        addr: cfg.listen,
+        error,
+    })?;
+    let shared = Arc::new(Shared {
+        credentials: Credentials::new(&token, cfg.basic_user.as_deref()),
+        calls,
+        request_timeout: cfg.request_timeout,
+    });
+    let app = router(shared);
+    let permits = Arc::new(Semaphore::new(cfg.max_connections));
+    let timeout = cfg.request_timeout;
+    tracing::info!(%addr, tls = tls.is_some(), max_connections = cfg.max_connections,
+        "intake listening (POST /v1/intents)");
+    tokio::spawn(accept_loop(listener, tls, app, permits, timeout, cancel));
+    Ok(Intake { addr })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    permits: Arc<Semaphore>,
+    timeout: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors, say: pause instead of spinning.
+                    tracing::warn!(error = %e, "intake: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            // Full: say so at once rather than queueing, so a flood cannot pile up.
+            // (Over TLS a plain answer would be noise: just close.)
+            let plain = tls.is_none();
+            tokio::spawn(async move {
+                let body = r#"{"error":"too many connections; retry later"}"#;
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                     retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                if plain {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(1),
+                        stream.write_all(answer.as_bytes()),
+                    )
+                    .await;
+                }
+                drop(stream);
+            });
+            tracing::debug!(%peer, "intake: connection limit reached");
+            continue;
+        };
+        let app = app.clone();
+        let tls = tls.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => serve_connection(stream, app, timeout, cancel).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_connection(s, app, timeout, cancel).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "intake: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "intake: TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection<S>(io: S, app: Router, timeout: Duration, cancel: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(64 * 1024);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+        _ = cancel.cancelled() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(timeout, conn).await;
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/intents", post(intents))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, None, "not found: POST /v1/intents") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                "method not allowed: POST /v1/intents",
+            )
+        })
+        .with_state(shared)
+}
+
+/// A JSON error naming the field at fault, if one is.
+fn error(status: StatusCode, field: Option<&str>, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message, "field": field });
+    let mut resp = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+#[derive(Deserialize)]
+struct CallBody<'a> {
+    #[serde(rename = "conversationId", borrow, default)]
+    conversation_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    intent: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    attributes: Option<&'a RawValue>,
+}
+
+/// A field-level problem: the field and what is wrong with it.
+type BadField = (&'static str, String);
+
+/// Whether `s` is a UUID in the 8-4-4-4-12 hex form Genesys ids take.
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Validates a call's body into its parts.
+fn parse_call(
+    bytes: &[u8],
+) -> Result<(Box<str>, Option<Box<str>>, Vec<(Box<str>, Box<str>)>), BadField> {
+    // serde would also read a struct from an array; only an object is a call.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(("body", "must be a JSON object".into()));
+    }
+    let body: CallBody<'_> =
+        serde_json::from_slice(bytes).map_err(|e| ("body", format!("not a JSON object: {e}")))?;
+    let id_raw = body
+        .conversation_id
+        .ok_or(("conversationId", "required".to_string()))?;
+    let id: String = serde_json::from_str(id_raw.get())
+        .map_err(|_| ("conversationId", "must be a string".to_string()))?;
+    if !is_uuid(&id) {
+        return Err((
+            "conversationId",
+            "must be a conversation UUID (8-4-4-4-12 hex digits)".into(),
+        ));
+    }
+    let intent = match body.intent {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => {
+            let s: String = serde_json::from_str(raw.get())
+                .map_err(|_| ("intent", "must be a string".to_string()))?;
+            if s.len() > MAX_INTENT {
+                return Err(("intent", format!("longer than {MAX_INTENT} bytes")));
+            }
+            // An empty template variable means "no intent yet".
+            let s = s.trim();
+            (!s.is_empty()).then(|| s.into())
+        }
+    };
+    let mut attributes = Vec::new();
+    if let Some(raw) = body.attributes.filter(|r| r.get() != "null") {
+        let map: std::collections::HashMap<String, &RawValue> = serde_json::from_str(raw.get())
+            .map_err(|_| ("attributes", "must be an object of strings".to_string()))?;
+        if map.len() > MAX_ATTRIBUTES {
+            return Err((
+                "attributes",
+                format!("more than {MAX_ATTRIBUTES} attributes"),
+            ));
+        }
+        for (k, v) in map {
+            let v: String = serde_json::from_str(v.get())
+                .map_err(|_| ("attributes", format!("value of {k:?} must be a string")))?;
+            if k.len() > MAX_ATTRIBUTE_TEXT || v.len() > MAX_ATTRIBUTE_TEXT {
+                return Err((
+                    "attributes",
+                    format!("names and values are limited to {MAX_ATTRIBUTE_TEXT} bytes"),
+                ));
+            }
+            attributes.push((k.into(), v.into()));
+        }
+    }
+    Ok((id.into(), intent, attributes))
+}
+
+async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let received = Instant::now();
+    let (parts, body) = req.into_parts();
+    if !shared.credentials.admits(&parts.headers) {
+        return error(StatusCode::UNAUTHORIZED, None, "unauthorized");
+    }
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
+    let bytes = match tokio::time::timeout(
+        shared.request_timeout,
+        axum::body::to_bytes(Body::new(body), MAX_BODY),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b,
+        // `to_bytes` fails past the limit (or on a broken body).
+        Ok(Err(_)) => return too_large(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                Some("body"),
+                "the body did not arrive in time",
+            );
+        }
+    };
+    let (conversation_id, intent, attributes) = match parse_call(&bytes) {
+        Ok(p) => p,
+        Err((field, message)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                Some(field),
+                &format!("{field}: {message}"),
+            );
+        }
+    };
+    let (reply, answer) = oneshot::channel();
+    let call = IntakeCall {
+        conversation_id: conversation_id.clone(),
+        intent,
+        attributes,
+        received,
+        reply,
+    };
+    if shared.calls.try_send(call).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "busy: too many calls queued; retry later",
+        );
+    }
+    match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+        Ok(Ok(IntakeAnswer::ShuttingDown)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "shutting down; retry later",
+        ),
+        Ok(Ok(a)) => {
+            let body =
+                serde_json::json!({ "result": a.as_str(), "conversationId": &*conversation_id });
+            (StatusCode::ACCEPTED, axum::Json(body)).into_response()
+        }
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "busy: no answer in time; retry later",
+        ),
+    }
+}
+
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Some("body"),
+        &format!("body larger than {MAX_BODY} bytes"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids() {
+        assert!(is_uuid("5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38"));
+        assert!(!is_uuid("5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b3"));
+        assert!(!is_uuid("5d2b8c1e99a47-4f3e-b6d0-7e1c2a9f4b38"));
+        assert!(!is_uuid("../../etc/passwd"));
+    }
+
+    #[test]
+    fn bodies_name_the_bad_field() {
+        let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
+        let ok =
+            parse_call(format!(r#"{{"conversationId":"{id}","intent":"Bye","x":1}}"#).as_bytes())
+                .expect("valid");
+        assert_eq!(ok.1.as_deref(), Some("Bye"));
+        let field = |b: &str| parse_call(b.as_bytes()).err().map(|e| e.0);
+        assert_eq!(field("{"), Some("body"));
+        assert_eq!(field("[]"), Some("body"));
+        assert_eq!(field(r#"{"intent":"x"}"#), Some("conversationId"));
+        assert_eq!(field(r#"{"conversationId":5}"#), Some("conversationId"));
+        assert_eq!(field(r#"{"conversationId":"abc"}"#), Some("conversationId"));
+        let long = "x".repeat(MAX_INTENT + 1);
+        assert_eq!(
+            field(&format!(r#"{{"conversationId":"{id}","intent":"{long}"}}"#)),
+            Some("intent")
+        );
+        assert_eq!(
+            field(&format!(
+                r#"{{"conversationId":"{id}","attributes":{{"a":1}}}}"#
+            )),
+            Some("attributes")
+        );
+        let empty = parse_call(format!(r#"{{"conversationId":"{id}","intent":""}}"#).as_bytes())
+            .expect("valid");
+        assert_eq!(empty.1, None, "an empty intent is no intent");
+    }
+
+    #[test]
+    fn credentials_are_checked_by_digest() {
+        let c = Credentials::new(
+            &SecretString::from("s3cret-token-0123456789".to_string()),
+            Some("genesys"),
+        );
+        let mut h = HeaderMap::new();
+        assert!(!c.admits(&h));
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret-token-0123456789"),
+        );
+        assert!(c.admits(&h));
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cret-token-012345678"),
+        );
+        assert!(!c.admits(&h));
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode("genesys:s3cret-token-0123456789");
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {basic}")).unwrap(),
+        );
+        assert!(c.admits(&h));
+        let wrong =
+            base64::engine::general_purpose::STANDARD.encode("other:s3cret-token-0123456789");
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {wrong}")).unwrap(),
+        );
+        assert!(!c.admits(&h));
+    }
+}
