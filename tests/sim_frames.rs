@@ -5,7 +5,10 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use genesys_closer::sim::{self, ConversationSpec, Faults, GeneratorConfig, SimConfig, SimHandle};
+use genesys_closer::sim::{
+    self, BotConversationSpec, BotPurpose, ConversationSpec, DataAction, Faults, FlowMetricsMode,
+    GeneratorConfig, SimConfig, SimHandle,
+};
 use jsonschema::{Draft, Validator};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
@@ -44,8 +47,22 @@ struct Schemas {
     queue: Validator,
     user: Validator,
     metadata: Validator,
+    flow_metrics: Validator,
+    /// Detail-event validators by topic suffix (`customer.start`, `attributes`, ...).
+    detail: Vec<(&'static str, Validator)>,
     openapi: Value,
 }
+
+/// The detail-event families the simulator publishes, with their schema files.
+const DETAIL_SCHEMAS: [(&str, &str); 7] = [
+    ("customer.start", "detail-customer-start"),
+    ("customer.end", "detail-customer-end"),
+    ("flow.start", "detail-flow-start"),
+    ("flow.end", "detail-flow-end"),
+    ("attributes", "detail-attributes"),
+    ("acd.start", "detail-acd-start"),
+    ("acd.end", "detail-acd-end"),
+];
 
 impl Schemas {
     fn load() -> Self {
@@ -62,6 +79,11 @@ impl Schemas {
             queue: event("queue-conversations-messages.schema.json"),
             user: event("user-conversations-messages.schema.json"),
             metadata: event("channel-metadata.schema.json"),
+            flow_metrics: event("flow-metrics.schema.json"),
+            detail: DETAIL_SCHEMAS
+                .iter()
+                .map(|(suffix, file)| (*suffix, event(&format!("{file}.schema.json"))))
+                .collect(),
             openapi,
         }
     }
@@ -75,6 +97,14 @@ impl Schemas {
             &self.queue
         } else if topic.starts_with("v2.users.") {
             &self.user
+        } else if topic.starts_with("v2.analytics.flow.") {
+            &self.flow_metrics
+        } else if let Some(v) = topic
+            .strip_prefix("v2.detail.events.conversation.")
+            .and_then(|rest| rest.split_once('.'))
+            .and_then(|(_, suffix)| self.detail.iter().find(|(s, _)| *s == suffix))
+        {
+            &v.1
         } else {
             return vec![format!("no schema for topic {topic:?}")];
         };
@@ -705,6 +735,373 @@ async fn sockets_reconnect_and_subscriptions_are_limited() -> TestResult {
     Ok(())
 }
 
+/// What the data-action endpoint received: `(Authorization, Content-Type, body)`.
+type Hooked = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>, Value)>>>;
+
+/// A stand-in for the daemon's intake endpoint on loopback: records each POST to
+/// `/v1/intents` and answers 200. Returns its URL, the record and the server task.
+async fn start_hook()
+-> Result<(String, Hooked, tokio::task::JoinHandle<()>), Box<dyn std::error::Error>> {
+    let hooked = Hooked::default();
+    let store = hooked.clone();
+    let header = |h: &axum::http::HeaderMap, name: &str| {
+        h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    };
+    let handler = move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let entry = (
+            header(&h, "authorization"),
+            header(&h, "content-type"),
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+        );
+        store.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+        async { axum::http::StatusCode::OK }
+    };
+    let app = axum::Router::new().route("/v1/intents", axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/intents", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, hooked, server))
+}
+
+fn hooked_now(h: &Hooked) -> Vec<(Option<String>, Option<String>, Value)> {
+    h.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn detail_topic(conversation: &str, suffix: &str) -> String {
+    format!("v2.detail.events.conversation.{conversation}.{suffix}")
+}
+
+fn bot_spec(purpose: BotPurpose, intent: &str, after_ms: u64) -> BotConversationSpec {
+    BotConversationSpec {
+        flow_id: FLOW.into(),
+        purpose,
+        intent_attribute: "Bot.Intent".into(),
+        intent: Some(intent.into()),
+        intent_after: Duration::from_millis(after_ms),
+        transfer: None,
+        post_on_start: false,
+        post_on_intent: false,
+    }
+}
+
+const FLOW: &str = "a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93";
+
+#[tokio::test]
+async fn bot_phase_frames_match_the_schemas_and_reach_only_subscribers() -> TestResult {
+    let refused = "v2.detail.events.conversation.{id}.flow.start";
+    let schemas = Schemas::load();
+    let (hook_url, hooked, hook) = start_hook().await?;
+    let cfg = SimConfig {
+        flow_metrics: FlowMetricsMode::AtStart,
+        data_action: Some(DataAction {
+            url: hook_url,
+            authorization: Some("Bearer hook-token".into()),
+        }),
+        refused_transports: vec![refused.into()],
+        ..SimConfig::default()
+    };
+    assert!(
+        !format!("{cfg:?}").contains("hook-token"),
+        "credential in Debug"
+    );
+    let sim = sim::start(cfg).await?;
+    let api = Api::login(&sim).await?;
+
+    // Discovery: every family the daemon may use, the refused one EventBridge-only.
+    let expand = "description,transports,requiresPermissions,topicParameters,visibility";
+    let listing = api
+        .call(
+            "GET",
+            &format!("/api/v2/notifications/availabletopics?expand={expand}"),
+            "",
+        )
+        .await;
+    assert_eq!(listing.status, 200);
+    no_errors(schemas.rest_errors("AvailableTopicEntityListing", &listing.body));
+    let entities = listing.body["entities"].as_array().ok_or("no entities")?;
+    let find = |id: &str| entities.iter().find(|e| e["id"] == id);
+    let mut families: Vec<String> = DETAIL_SCHEMAS
+        .iter()
+        .chain(&[("user.start", ""), ("user.end", "")])
+        .map(|(suffix, _)| format!("v2.detail.events.conversation.{{id}}.{suffix}"))
+        .collect();
+    families.extend([
+        "v2.routing.queues.{id}.conversations.messages".to_owned(),
+        "v2.users.{id}.conversations.messages".to_owned(),
+        "v2.analytics.flow.{id}.metrics".to_owned(),
+    ]);
+    for family in &families {
+        let e = find(family).ok_or_else(|| format!("{family} not listed"))?;
+        let transports = if family == refused {
+            "EventBridge"
+        } else {
+            "All"
+        };
+        assert_eq!(
+            (&e["transports"], &e["topicParameters"], &e["visibility"]),
+            (&json!([transports]), &json!(["id"]), &json!("Public")),
+            "{family}"
+        );
+        assert!(e["description"].is_string() && e["requiresPermissions"].is_array());
+    }
+
+    // The flow-metrics and queue topics can be subscribed before any conversation exists.
+    let ch = api
+        .call("POST", "/api/v2/notifications/channels", "")
+        .await
+        .body;
+    let channel_id = ch["id"].as_str().ok_or("no channel id")?.to_owned();
+    let uri = ch["connectUri"].as_str().ok_or("no connectUri")?.to_owned();
+    let subs = format!("/api/v2/notifications/channels/{channel_id}/subscriptions");
+    let metrics_topic = format!("v2.analytics.flow.{FLOW}.metrics");
+    let initial = json!([{ "id": metrics_topic }, { "id": queue_topic(QUEUE) }]);
+    assert_eq!(
+        api.call("PUT", &subs, &initial.to_string()).await.status,
+        200
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(uri.as_str()).await?;
+
+    // A: stays with the bot, tells the data action twice, is closed by PATCH.
+    let a = sim.create_bot_conversation(BotConversationSpec {
+        post_on_start: true,
+        post_on_intent: true,
+        ..bot_spec(BotPurpose::Workflow, "CancelSubscription", 200)
+    });
+    // Its detail topics, as a daemon subscribes once it learnt the id (its start
+    // events are gone by then); the refused family comes back Rejected.
+    let a_topics: Vec<Value> = ["attributes", "customer.end", "flow.end", "flow.start"]
+        .iter()
+        .map(|s| json!({ "id": detail_topic(&a, s) }))
+        .collect();
+    let added = api
+        .call("POST", &subs, &Value::Array(a_topics).to_string())
+        .await;
+    assert_eq!(added.status, 200);
+    no_errors(schemas.rest_errors("ChannelTopicEntityListing", &added.body));
+    let states: Vec<&Value> = added.body["entities"]
+        .as_array()
+        .ok_or("no entities")?
+        .iter()
+        .map(|e| &e["state"])
+        .collect();
+    assert_eq!(states, ["Permitted", "Permitted", "Permitted", "Rejected"]);
+    assert!(added.body["entities"][3]["rejectionReason"].is_string());
+    assert_eq!(sim.channel_topic_counts(), [(channel_id.clone(), 5)]);
+    let listed = sim.channel_topics(&channel_id).ok_or("no channel")?;
+    assert!(listed.contains(&detail_topic(&a, "customer.end")));
+    assert!(!listed.contains(&detail_topic(&a, "flow.start")));
+
+    // B: a `botflow` that transfers to the queue; nobody subscribes to its detail topics.
+    let b = sim.create_bot_conversation(BotConversationSpec {
+        transfer: Some((QUEUE.into(), Duration::from_millis(50))),
+        ..bot_spec(BotPurpose::Botflow, "TalkToAgent", 50)
+    });
+
+    let mut got = Vec::new();
+    read_until(&mut ws, &mut got, |fs| {
+        let started = |c: &str| {
+            fs.iter()
+                .any(|f| f["topicName"] == metrics_topic && f["eventBody"]["conversationId"] == c)
+        };
+        let attrs = fs
+            .iter()
+            .any(|f| f["topicName"] == detail_topic(&a, "attributes"));
+        started(&a) && started(&b) && attrs && !frames_of(fs, &b).is_empty()
+    })
+    .await;
+    let by_topic = |fs: &[Value], t: &str| fs.iter().find(|f| f["topicName"] == t).cloned();
+    let attrs = by_topic(&got, &detail_topic(&a, "attributes")).ok_or("no attributes")?;
+    assert_eq!(
+        attrs["eventBody"]["attributes"]["Bot.Intent"],
+        "CancelSubscription"
+    );
+    assert_eq!(
+        attrs["eventBody"]["communications"][0]["mediaType"],
+        "MESSAGE"
+    );
+    let metric_purpose = |c: &str| {
+        got.iter()
+            .find(|f| f["eventBody"]["conversationId"] == c && f["topicName"] == metrics_topic)
+            .map(|f| {
+                (
+                    f["eventBody"]["metric"].clone(),
+                    f["eventBody"]["purpose"].clone(),
+                )
+            })
+    };
+    assert_eq!(
+        metric_purpose(&a),
+        Some((json!("nFlow"), json!("workflow")))
+    );
+    assert_eq!(metric_purpose(&b), Some((json!("nFlow"), json!("botflow"))));
+    let queued = frames_of(&got, &b)[0];
+    assert_eq!(participant(queued, "acd")["queue"]["id"], QUEUE);
+    assert_eq!(participant(queued, "botflow")["disconnectType"], "transfer");
+    assert_eq!(
+        participant(queued, "customer")["attributes"]["Bot.Intent"],
+        "TalkToAgent"
+    );
+
+    // REST: the bot phase and after the transfer, both `MessageConversation`s.
+    let rest_a = api.call("GET", &conv_path(&a), "").await;
+    assert_eq!(rest_a.status, 200);
+    no_errors(schemas.rest_errors("MessageConversation", &rest_a.body));
+    assert_millis_z(&rest_a.body);
+    let customer = participant(&rest_a.body, "customer");
+    assert_eq!(customer["attributes"]["Bot.Intent"], "CancelSubscription");
+    assert_eq!(customer["id"], attrs["eventBody"]["participantId"]);
+    assert_eq!(participant(&rest_a.body, "workflow")["state"], "connected");
+    assert_eq!(
+        rest_a.body["participants"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let rest_b = api.call("GET", &conv_path(&b), "").await;
+    no_errors(schemas.rest_errors("MessageConversation", &rest_b.body));
+    assert_eq!(
+        rest_b.body["participants"].as_array().map(Vec::len),
+        Some(3)
+    );
+
+    // Closing A by PATCH: `.customer.end` and `.flow.end` arrive; a second PATCH adds nothing.
+    let patch = api.call("PATCH", &conv_path(&a), DISCONNECT).await;
+    assert_eq!(patch.status, 200);
+    let (a_cust_end, a_flow_end) = (
+        detail_topic(&a, "customer.end"),
+        detail_topic(&a, "flow.end"),
+    );
+    read_until(&mut ws, &mut got, |fs| {
+        by_topic(fs, &a_cust_end).is_some() && by_topic(fs, &a_flow_end).is_some()
+    })
+    .await;
+    let cust_end = by_topic(&got, &a_cust_end).ok_or("no customer.end")?;
+    assert_eq!(
+        (
+            &cust_end["eventBody"]["participantId"],
+            &cust_end["eventBody"]["disconnectType"]
+        ),
+        (&customer["id"], &json!("PEER"))
+    );
+    let flow_end = by_topic(&got, &a_flow_end).ok_or("no flow.end")?;
+    assert_eq!(flow_end["eventBody"]["exitReason"], "DISCONNECT");
+    assert_eq!(sim.is_closed(&a), Some(true));
+    let n = sim.pushed_frames().len();
+    assert_eq!(
+        api.call("PATCH", &conv_path(&a), DISCONNECT).await.status,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(sim.pushed_frames().len(), n, "a second close pushed frames");
+
+    // The guest of B leaves: the queue topic shows it; its detail events stay unseen.
+    sim.customer_leaves(&b);
+    read_until(&mut ws, &mut got, |fs| {
+        frames_of(fs, &b).iter().any(|f| all_ended(f))
+    })
+    .await;
+    for f in &got {
+        no_errors(schemas.frame_errors(f));
+        assert_millis_z(f);
+    }
+    let detail_seen = got.iter().filter(|f| {
+        f["topicName"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("v2.detail."))
+    });
+    for f in detail_seen {
+        assert_eq!(f["eventBody"]["conversationId"], a.as_str(), "{f}");
+        assert_ne!(
+            f["topicName"],
+            detail_topic(&a, "flow.start"),
+            "refused topic delivered"
+        );
+    }
+    // ...but they were published, and every frame in the log validates.
+    let pushed = sim.pushed_frames();
+    for f in &pushed {
+        no_errors(schemas.frame_errors(f));
+        assert_millis_z(f);
+    }
+    for suffix in DETAIL_SCHEMAS.map(|(s, _)| s) {
+        let t = detail_topic(&b, suffix);
+        assert!(by_topic(&pushed, &t).is_some(), "{t} never published");
+    }
+    let b_flow_end = by_topic(&pushed, &detail_topic(&b, "flow.end")).ok_or("no flow.end")?;
+    assert_eq!(
+        (
+            &b_flow_end["eventBody"]["exitReason"],
+            &b_flow_end["eventBody"]["transferType"]
+        ),
+        (&json!("TRANSFER"), &json!("ACD"))
+    );
+
+    // The data action got the trigger's and the flow's POST shapes, with the header.
+    wait_for("two data-action POSTs", || hooked_now(&hooked).len() == 2).await;
+    let auth = Some("Bearer hook-token".to_owned());
+    let ct = Some("application/json".to_owned());
+    assert_eq!(
+        hooked_now(&hooked),
+        [
+            (auth.clone(), ct.clone(), json!({ "conversationId": a })),
+            (
+                auth,
+                ct,
+                json!({ "conversationId": a, "intent": "CancelSubscription" })
+            ),
+        ]
+    );
+    let log = sim.data_action_log();
+    assert_eq!(log.len(), 2);
+    assert!(
+        log.iter()
+            .all(|c| c.status == 200 && c.conversation_id == a)
+    );
+    // Switched off at runtime: a start trigger posts nothing; `set_intent` still works.
+    sim.set_data_action(None);
+    let c = sim.create_bot_conversation(BotConversationSpec {
+        intent: None,
+        post_on_start: true,
+        post_on_intent: true,
+        ..bot_spec(BotPurpose::Workflow, "", 0)
+    });
+    sim.set_intent(&c, "Goodbye");
+    let rest_c = api.call("GET", &conv_path(&c), "").await.body;
+    assert_eq!(
+        participant(&rest_c, "customer")["attributes"]["Bot.Intent"],
+        "Goodbye"
+    );
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(
+        (sim.data_action_log().len(), hooked_now(&hooked).len()),
+        (2, 2)
+    );
+
+    // Expired channels: `{"result":"404"}`, then the socket ends; REST answers 404.
+    sim.expire_channels();
+    let mut texts = Vec::new();
+    let ended = loop {
+        match timeout(Duration::from_secs(2), ws.next()).await? {
+            Some(Ok(Message::Text(t))) => texts.push(t.to_string()),
+            other => break other,
+        }
+    };
+    assert_eq!(
+        texts.last().map(String::as_str),
+        Some(r#"{"result":"404"}"#)
+    );
+    assert!(!matches!(ended, Some(Ok(Message::Close(_)))), "{ended:?}");
+    let head = format!("/api/v2/notifications/channels/{channel_id}");
+    assert_eq!(api.call("HEAD", &head, "").await.status, 404);
+    assert_eq!(api.call("GET", &subs, "").await.status, 404);
+    assert!(sim.channel_topic_counts().is_empty());
+    assert_eq!(sim.channel_topics(&channel_id), None);
+
+    sim.shutdown().await;
+    hook.abort();
+    Ok(())
+}
+
 #[test]
 fn the_validators_check_formats_and_closed_shapes() {
     let schemas = Schemas::load();
@@ -713,6 +1110,9 @@ fn the_validators_check_formats_and_closed_shapes() {
         "02-user-agent-connected.json",
         "03-queue-fully-disconnected.json",
         "heartbeat.json",
+        "bot-phase/04-flow-metrics-bot-flow-started.json",
+        "bot-phase/05-detail-attributes-bot-intent.json",
+        "bot-phase/06-detail-customer-end-after-close.json",
     ] {
         no_errors(schemas.frame_errors(&read_json(&format!("events/{example}"))));
     }

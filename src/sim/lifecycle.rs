@@ -25,7 +25,17 @@ pub(crate) struct Conversations {
 }
 
 impl Conversations {
-    fn note_if_closed(&mut self, id: &str) {
+    pub(crate) fn insert(&mut self, c: Conversation) {
+        self.map.insert(c.id.clone(), c);
+    }
+
+    pub(crate) fn get_mut(&mut self, id: &str) -> Option<&mut Conversation> {
+        self.map.get_mut(id)
+    }
+
+    /// Remembers a conversation that just closed, forgetting the oldest closed
+    /// ones past `CLOSED_KEEP`.
+    pub(crate) fn note_if_closed(&mut self, id: &str) {
         if self.map.get(id).is_some_and(Conversation::is_closed) {
             self.closed_order.push_back(id.to_owned());
             while self.closed_order.len() > CLOSED_KEEP {
@@ -62,7 +72,9 @@ impl World {
         id
     }
 
-    fn publish_conversation(&self, conv: &Conversation) {
+    /// Publishes the conversation's frame on its queue/user topics (none while a
+    /// bot flow has it).
+    pub(crate) fn publish_conversation(&self, conv: &Conversation) {
         let body = conv.event_body();
         for topic in conv.topics() {
             let frame = World::conversation_frame(&topic, body.clone());
@@ -76,8 +88,10 @@ impl World {
         let Some(c) = convs.map.get_mut(id) else {
             return;
         };
-        if c.end_all(EndCause::CustomerLeft) {
+        let ended = c.end_all(EndCause::CustomerLeft);
+        if !ended.is_empty() {
             self.publish_conversation(c);
+            self.publish_ends(c, &ended);
             convs.note_if_closed(id);
         }
     }
@@ -183,19 +197,21 @@ impl World {
         let Some(c) = convs.map.get_mut(id) else {
             return;
         };
-        let changed = match effect {
+        let ended: Vec<usize> = match effect {
             Effect::EndAll(cause) => c.end_all(cause),
             Effect::EndOne(pid) => {
                 let now = SystemTime::now();
-                c.participants
-                    .iter_mut()
-                    .find(|p| p.id == pid)
-                    .is_some_and(|p| p.end(now, "client"))
+                // Only a participant still connected counts as a change.
+                match c.participants.iter().position(|p| p.id == pid) {
+                    Some(i) if c.participants[i].end(now, "client") => vec![i],
+                    _ => Vec::new(),
+                }
             }
         };
         // No change (already ended by someone else) means no frame, like Genesys.
-        if changed {
+        if !ended.is_empty() {
             self.publish_conversation(c);
+            self.publish_ends(c, &ended);
             convs.note_if_closed(id);
         }
     }

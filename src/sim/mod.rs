@@ -1,6 +1,7 @@
 //! A built-in Genesys Cloud simulator on loopback: OAuth client credentials, the
-//! Notifications API (channels, subscriptions, WebSocket with heartbeats), and
-//! messaging conversations that end the way Genesys ends them.
+//! Notifications API (channels, subscriptions, available topics, WebSocket with
+//! heartbeats), messaging conversations that end the way Genesys ends them, and
+//! the bot phase before any queue (detail events, flow metrics, data actions).
 //!
 //! It is an independent oracle for the daemon's tests, the `demo` and `sim`
 //! subcommands and the benchmarks, so it imports nothing else from this crate.
@@ -8,11 +9,22 @@
 //! Map:
 //! - `rest`: router, request recorder, `ErrorBody` errors, bearer check, `/oauth/token`;
 //! - `rest_notifications`, `rest_conversations`: the API handlers;
+//! - `available_topics`: the topic families, `GET .../availabletopics`, and which
+//!   concrete topics a subscription accepts;
 //! - `socket`: the notification WebSocket;
 //! - `world`: shared state, tokens, channels, logs and frame fan-out;
 //! - `model`, `lifecycle`: the conversation, its renderings and how it ends;
-//! - `generator`: conversations at a steady rate.
+//! - `bot`: conversations still with a bot flow (timed intent, transfer to a queue);
+//! - `detail`: detail-event and flow-metrics bodies of bot conversations;
+//! - `data_action`: the HTTP POSTs an Architect data action / Process Automation
+//!   workflow would make to an outside service;
+//! - `generator`: conversations at a steady rate;
+//! - `serve`: the `sim` subcommand.
 
+mod available_topics;
+mod bot;
+mod data_action;
+mod detail;
 mod generator;
 mod ids;
 mod lifecycle;
@@ -20,8 +32,11 @@ mod model;
 mod rest;
 mod rest_conversations;
 mod rest_notifications;
+mod serve;
 mod socket;
 mod world;
+
+pub use serve::serve_forever;
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -52,6 +67,17 @@ pub struct SimConfig {
     pub teardown_delay: Duration,
     /// Misbehaviours to simulate from the start (see also `SimHandle::set_faults`).
     pub faults: Faults,
+    /// When bot conversations emit their `v2.analytics.flow.{flowId}.metrics` record.
+    pub flow_metrics: FlowMetricsMode,
+    /// Where bot conversations' data actions POST; `None` posts nothing
+    /// (see also `SimHandle::set_data_action`).
+    pub data_action: Option<DataAction>,
+    /// Topic template ids (e.g. `v2.detail.events.conversation.{id}.attributes`) to
+    /// simulate as EventBridge-only: `availabletopics` reports them with
+    /// `transports: ["EventBridge"]` and subscribing to one of their concrete topics
+    /// is answered `Rejected`. Lets tests check that the daemon notices a mode
+    /// that cannot work over the WebSocket.
+    pub refused_transports: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -65,6 +91,9 @@ impl Default for SimConfig {
             close_delay: Duration::from_millis(20),
             teardown_delay: Duration::from_millis(20),
             faults: Faults::default(),
+            flow_metrics: FlowMetricsMode::default(),
+            data_action: None,
+            refused_transports: Vec::new(),
         }
     }
 }
@@ -81,6 +110,9 @@ impl fmt::Debug for SimConfig {
             .field("close_delay", &self.close_delay)
             .field("teardown_delay", &self.teardown_delay)
             .field("faults", &self.faults)
+            .field("flow_metrics", &self.flow_metrics)
+            .field("data_action", &self.data_action)
+            .field("refused_transports", &self.refused_transports)
             .finish()
     }
 }
@@ -110,6 +142,89 @@ pub struct ConversationSpec {
     /// An agent (purpose `agent`, `user{id}`) is connected; frames also go to
     /// `v2.users.{id}.conversations.messages`.
     pub agent_user_id: Option<String>,
+}
+
+/// When the flow-metrics topic `v2.analytics.flow.{flowId}.metrics` emits a record
+/// for a bot conversation. Unverified in real orgs (README C.3), hence a switch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FlowMetricsMode {
+    /// An `nFlow` record as the flow starts.
+    #[default]
+    AtStart,
+    /// A `tFlow` record once the flow ends (transfer or close).
+    AtEnd,
+    /// No record at all (the topic exists but says nothing).
+    Never,
+}
+
+/// The `purpose` the flow participant gets; real orgs may show either (unverified).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BotPurpose {
+    /// `purpose: "workflow"`, like the flow participant of queue conversations.
+    #[default]
+    Workflow,
+    /// `purpose: "botflow"`.
+    Botflow,
+}
+
+/// Where the simulated Architect data action / Process Automation workflow POSTs.
+#[derive(Clone)]
+pub struct DataAction {
+    /// The endpoint, e.g. `http://127.0.0.1:PORT/v1/intents`.
+    pub url: String,
+    /// The full `Authorization` header value to send (e.g. `Bearer abc` or
+    /// `Basic ...`), or `None` to send none.
+    pub authorization: Option<String>,
+}
+
+impl fmt::Debug for DataAction {
+    // Written out so the credential never reaches a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataAction")
+            .field("url", &self.url)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// One POST the simulated data action made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataActionCall {
+    /// The conversation the POST was about.
+    pub conversation_id: String,
+    /// The JSON body sent.
+    pub body: String,
+    /// The HTTP status answered; 0 for a transport error or timeout.
+    pub status: u16,
+}
+
+/// A conversation still with the bot: a web-messaging guest and a flow
+/// participant, no queue, so no queue or user topic shows it (README C.3).
+#[derive(Clone, Debug)]
+pub struct BotConversationSpec {
+    /// The inbound message flow; names the `v2.analytics.flow.{flowId}.metrics` topic.
+    pub flow_id: String,
+    /// The flow participant's `purpose`.
+    pub purpose: BotPurpose,
+    /// The customer attribute the bot writes its intent to, e.g. `Bot.Intent`.
+    pub intent_attribute: String,
+    /// The intent the flow sets; `None`: the flow never sets one.
+    pub intent: Option<String>,
+    /// Delay from the start until the flow sets the intent attribute.
+    pub intent_after: Duration,
+    /// The flow transfers to this queue this long after the intent step (whether
+    /// or not an intent was set); `None`: it stays with the bot until closed or
+    /// the guest leaves.
+    pub transfer: Option<(String, Duration)>,
+    /// A Process Automation trigger on `.customer.start` POSTs
+    /// `{"conversationId"}` at the start.
+    pub post_on_start: bool,
+    /// The flow's Call Data Action POSTs `{"conversationId","intent"}` when the
+    /// intent is set.
+    pub post_on_intent: bool,
 }
 
 /// What `SimHandle::spawn_generator` produces.
@@ -267,6 +382,51 @@ impl SimHandle {
         self.world().revoke_tokens();
     }
 
+    /// Creates a conversation that is still with the bot flow and returns its id.
+    /// Publishes `.customer.start` and `.flow.start` (and the flow-metrics record if
+    /// `flow_metrics` is `AtStart`) now, and spawns the timed steps (intent, then
+    /// transfer), which stop at shutdown.
+    pub fn create_bot_conversation(&self, spec: BotConversationSpec) -> String {
+        self.world().create_bot_conversation(spec)
+    }
+
+    /// The bot sets its intent attribute on the customer now: publishes the
+    /// `.attributes` detail event (bot conversations only: queue conversations
+    /// have no detail events here), a queue-topic frame once the conversation is
+    /// in a queue, and POSTs to the data action if it has `post_on_intent`.
+    /// Unknown or closed conversations are left alone.
+    pub fn set_intent(&self, conversation_id: &str, intent: &str) {
+        self.world().set_intent(conversation_id, intent);
+    }
+
+    /// Changes where data actions POST from now on; `None` stops posting.
+    pub fn set_data_action(&self, d: Option<DataAction>) {
+        self.world().set_data_action(d);
+    }
+
+    /// Every data-action POST made so far (the last 10,000), in completion order.
+    pub fn data_action_log(&self) -> Vec<DataActionCall> {
+        self.world().data_action_log()
+    }
+
+    /// `(channel id, number of subscribed topics)` per channel, sorted by channel id.
+    pub fn channel_topic_counts(&self) -> Vec<(String, usize)> {
+        self.world().channel_topic_counts()
+    }
+
+    /// The channel's subscribed topics (lowercased, sorted); `None` if it does not exist.
+    pub fn channel_topics(&self, channel_id: &str) -> Option<Vec<String>> {
+        self.world().topics(channel_id)
+    }
+
+    /// Removes every channel at once, as if expired or evicted: each attached socket
+    /// gets the text frame `{"result":"404"}` and is then closed abruptly, and
+    /// later REST calls on the channel answer 404. The `404` frame is not a
+    /// notification, so it is not in `pushed_frames()`.
+    pub fn expire_channels(&self) {
+        self.world().expire_channels();
+    }
+
     /// Starts the conversation generator. The task ends once `total` conversations
     /// exist and each reached its leave time, or at shutdown; aborting it stops both
     /// creating and leaving. A non-positive rate or no queue ids ends it at once.
@@ -293,77 +453,4 @@ impl SimHandle {
         }
         tracing::info!(addr = %world.addr, "sim: stopped");
     }
-}
-
-/// The `genesys-closer sim` subcommand: starts the simulator, prints how to point
-/// the daemon at it, runs the generator if given, and stops on Ctrl-C.
-pub async fn serve_forever(cfg: SimConfig, gen_cfg: Option<GeneratorConfig>) -> anyhow::Result<()> {
-    let client_id = cfg.client_id.clone();
-    let client_secret = cfg.client_secret.clone();
-    let sim = start(cfg).await?;
-    println!(
-        "{}",
-        instructions(
-            &sim.base_url(),
-            &client_id,
-            &client_secret,
-            gen_cfg.as_ref()
-        )
-    );
-    let generator = gen_cfg.map(|g| sim.spawn_generator(g));
-    let signal = tokio::signal::ctrl_c().await;
-    if let Some(g) = generator {
-        g.abort();
-    }
-    sim.shutdown().await;
-    signal?;
-    Ok(())
-}
-
-/// TOML basic string (JSON string escapes are valid TOML escapes).
-fn toml_str(s: &str) -> String {
-    Value::String(s.to_owned()).to_string()
-}
-
-/// What `serve_forever` prints: the endpoints, the credentials and a config
-/// snippet in the daemon's format (`[genesys]`, `[stream]`, `[[rule]]`; the secret
-/// goes in the environment because the daemon refuses it in the file).
-fn instructions(url: &str, client_id: &str, secret: &str, g: Option<&GeneratorConfig>) -> String {
-    let queues: Vec<String> = g.map(|g| g.queue_ids.clone()).unwrap_or_default();
-    let intents: Vec<String> = g
-        .map(|g| g.intents.iter().flatten().cloned().collect())
-        .unwrap_or_default();
-    let list = |v: &[String]| v.iter().map(|s| toml_str(s)).collect::<Vec<_>>().join(", ");
-    let mut out = String::new();
-    out += &format!("Genesys Cloud simulator listening on {url}\n");
-    out += &format!("  login_url     = {url}   (POST /oauth/token)\n");
-    out += &format!("  api_url       = {url}\n");
-    out += &format!("  client_id     = {client_id}\n");
-    out += &format!("  client_secret = {secret}   (a simulator credential, not a real one)\n");
-    if queues.is_empty() {
-        out += "  queue ids     = (none: no generator running)\n";
-    } else {
-        out += &format!("  queue ids     = {}\n", queues.join(", "));
-    }
-    out += "\nRun the daemon with:\n";
-    out += &format!("  export GENESYSCLOUD_OAUTHCLIENT_SECRET={secret}\n");
-    out += "and this config:\n\n";
-    out += &format!(
-        "[genesys]\napi_url = {}\nlogin_url = {}\n",
-        toml_str(url),
-        toml_str(url)
-    );
-    out += &format!("client_id = {}\n\n", toml_str(client_id));
-    if queues.is_empty() {
-        out += "# No generator runs: list the queue ids your conversations will use.\n";
-    }
-    out += &format!("[stream]\nqueues = [{}]\n", list(&queues));
-    if !intents.is_empty() {
-        out += &format!(
-            "\n[[rule]]\nname = \"sim\"\nintents = [{}]\n",
-            list(&intents)
-        );
-    }
-    out += "\nCtrl-C stops the simulator.";
-    out
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Map, Value, json};
 
 use super::ConversationSpec;
+use super::bot::BotInfo;
 use super::ids::{hex32, rfc3339, uuid_v4};
 
 /// What a participant stands for; decides its `purpose` and how it ends.
@@ -16,15 +17,18 @@ use super::ids::{hex32, rfc3339, uuid_v4};
 pub(crate) enum Role {
     Customer,
     Workflow,
+    /// A flow participant shown as `botflow` (real orgs may use either purpose).
+    Botflow,
     Acd,
     Agent,
 }
 
 impl Role {
-    fn purpose(self) -> &'static str {
+    pub(crate) fn purpose(self) -> &'static str {
         match self {
             Role::Customer => "customer",
             Role::Workflow => "workflow",
+            Role::Botflow => "botflow",
             Role::Acd => "acd",
             Role::Agent => "agent",
         }
@@ -57,28 +61,32 @@ impl EndCause {
 /// One message reference on a participant (the text itself is never in events).
 #[derive(Clone, Debug)]
 pub(crate) struct MessageRef {
-    id: String,
-    time: SystemTime,
-    status: &'static str,
+    pub(crate) id: String,
+    pub(crate) time: SystemTime,
+    pub(crate) status: &'static str,
 }
 
 /// One participant of a simulated messaging conversation.
+/// Fields are crate-visible so the bot module can build and change participants;
+/// the module itself is private to the simulator.
 #[derive(Clone, Debug)]
 pub(crate) struct Participant {
     pub(crate) id: String,
     pub(crate) role: Role,
-    name: String,
-    address: Option<String>,
-    start: SystemTime,
-    connected: SystemTime,
-    end: Option<SystemTime>,
-    initial_state: &'static str,
-    disconnect_type: Option<&'static str>,
-    wrapup_required: bool,
-    queue_id: Option<String>,
-    user_id: Option<String>,
-    attributes: Map<String, Value>,
-    messages: Vec<MessageRef>,
+    pub(crate) name: String,
+    pub(crate) address: Option<String>,
+    pub(crate) start: SystemTime,
+    pub(crate) connected: SystemTime,
+    pub(crate) end: Option<SystemTime>,
+    pub(crate) initial_state: &'static str,
+    pub(crate) disconnect_type: Option<&'static str>,
+    pub(crate) wrapup_required: bool,
+    pub(crate) queue_id: Option<String>,
+    pub(crate) user_id: Option<String>,
+    pub(crate) attributes: Map<String, Value>,
+    pub(crate) messages: Vec<MessageRef>,
+    /// The analytics session (communication) id that detail events name.
+    pub(crate) session: String,
 }
 
 impl Participant {
@@ -226,17 +234,23 @@ impl Participant {
 #[derive(Clone, Debug)]
 pub(crate) struct Conversation {
     pub(crate) id: String,
-    queue_id: String,
+    /// `None` while a bot flow still has the conversation: no queue topic shows it.
+    pub(crate) queue_id: Option<String>,
     agent_user_id: Option<String>,
-    division_id: String,
-    start: SystemTime,
+    pub(crate) division_id: String,
+    pub(crate) start: SystemTime,
     pub(crate) participants: Vec<Participant>,
     /// A disconnect was accepted and its delayed effect is scheduled; further
     /// requests are answered without scheduling a second one.
     pub(crate) close_pending: bool,
+    /// The customer attribute the bot writes its intent to.
+    pub(crate) intent_attribute: String,
+    /// Set for conversations created in the bot phase: they also publish detail
+    /// events. Queue conversations keep today's frames only.
+    pub(crate) bot: Option<BotInfo>,
 }
 
-fn before(now: SystemTime, ms: u64) -> SystemTime {
+pub(crate) fn before(now: SystemTime, ms: u64) -> SystemTime {
     now.checked_sub(Duration::from_millis(ms)).unwrap_or(now)
 }
 
@@ -273,6 +287,7 @@ impl Conversation {
                 time: before(now, 24_800),
                 status: "received",
             }],
+            session: uuid_v4(),
         };
         let workflow = Participant {
             id: uuid_v4(),
@@ -293,6 +308,7 @@ impl Conversation {
                 time: before(now, 24_100),
                 status: "sent",
             }],
+            session: uuid_v4(),
         };
         let acd = Participant {
             id: uuid_v4(),
@@ -309,6 +325,7 @@ impl Conversation {
             user_id: None,
             attributes: Map::new(),
             messages: Vec::new(),
+            session: uuid_v4(),
         };
         let mut participants = vec![customer, workflow, acd];
         if let Some(user) = &spec.agent_user_id {
@@ -327,16 +344,45 @@ impl Conversation {
                 user_id: Some(user.clone()),
                 attributes: Map::new(),
                 messages: Vec::new(),
+                session: uuid_v4(),
             });
         }
         Conversation {
             id: uuid_v4(),
-            queue_id: spec.queue_id.clone(),
+            queue_id: Some(spec.queue_id.clone()),
             agent_user_id: spec.agent_user_id.clone(),
             division_id: division_id.to_owned(),
             start: cust_start,
             participants,
             close_pending: false,
+            intent_attribute: spec.intent_attribute.clone(),
+            bot: None,
+        }
+    }
+
+    /// A conversation in the bot phase: the customer and the flow participant.
+    pub(crate) fn new_bot(
+        id: String,
+        division_id: &str,
+        participants: Vec<Participant>,
+        intent_attribute: &str,
+        bot: BotInfo,
+    ) -> Self {
+        let start = participants
+            .iter()
+            .map(|p| p.start)
+            .min()
+            .unwrap_or_else(SystemTime::now);
+        Conversation {
+            id,
+            queue_id: None,
+            agent_user_id: None,
+            division_id: division_id.to_owned(),
+            start,
+            participants,
+            close_pending: false,
+            intent_attribute: intent_attribute.to_owned(),
+            bot: Some(bot),
         }
     }
 
@@ -345,32 +391,50 @@ impl Conversation {
         self.participants.iter().all(|p| !p.is_connected())
     }
 
-    /// Ends every still-connected participant; returns whether anything changed
-    /// (no change means no frame, as Genesys sends none for a no-op).
-    pub(crate) fn end_all(&mut self, cause: EndCause) -> bool {
+    /// Ends every still-connected participant; returns the indices of those that
+    /// ended now (none means no frame, as Genesys sends none for a no-op).
+    pub(crate) fn end_all(&mut self, cause: EndCause) -> Vec<usize> {
         let now = SystemTime::now();
-        let mut changed = false;
-        for p in &mut self.participants {
-            changed |= p.end(now, cause.disconnect_type(p.role));
+        let mut ended = Vec::new();
+        for (i, p) in self.participants.iter_mut().enumerate() {
+            if p.end(now, cause.disconnect_type(p.role)) {
+                ended.push(i);
+            }
         }
         self.close_pending = false;
-        changed
+        ended
     }
 
-    /// The topics this conversation is published on: its queue, plus the agent's user.
+    /// The customer participant (every simulated conversation has one).
+    pub(crate) fn customer_mut(&mut self) -> Option<&mut Participant> {
+        self.participants
+            .iter_mut()
+            .find(|p| p.role == Role::Customer)
+    }
+
+    /// The topics this conversation is published on: its queue, plus the agent's
+    /// user; none while a bot flow has it.
     pub(crate) fn topics(&self) -> Vec<String> {
-        let mut t = vec![format!(
-            "v2.routing.queues.{}.conversations.messages",
-            self.queue_id
-        )];
+        let mut t: Vec<String> = self
+            .queue_id
+            .iter()
+            .map(|q| format!("v2.routing.queues.{q}.conversations.messages"))
+            .collect();
         if let Some(u) = &self.agent_user_id {
             t.push(format!("v2.users.{u}.conversations.messages"));
         }
         t
     }
 
+    /// The division and the entity that puts the conversation in it: the queue,
+    /// or the flow while the bot has it.
     fn divisions(&self) -> Value {
-        json!([{ "division": { "id": self.division_id }, "entities": [{ "id": self.queue_id }] }])
+        let entity = self
+            .queue_id
+            .as_deref()
+            .or(self.bot.as_ref().map(|b| b.flow_id.as_str()))
+            .unwrap_or(&self.id);
+        json!([{ "division": { "id": self.division_id }, "entities": [{ "id": entity }] }])
     }
 
     /// The notification `eventBody`.

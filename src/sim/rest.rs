@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 
 use super::ids::uuid_v4;
 use super::world::World;
-use super::{RecordedRequest, rest_conversations as conv, rest_notifications as notif, socket};
+use super::{
+    RecordedRequest, available_topics, rest_conversations as conv, rest_notifications as notif,
+    socket,
+};
 
 /// Largest request body read; bigger ones get 413. A full 1,000-topic
 /// subscription list is about 80 KB, so this leaves ample room.
@@ -36,6 +39,10 @@ pub(crate) fn router(world: Arc<World>) -> Router {
         .route(
             "/api/v2/notifications/channels/{channel_id}",
             head(notif::head_channel),
+        )
+        .route(
+            "/api/v2/notifications/availabletopics",
+            get(available_topics::list),
         )
         .route(
             "/api/v2/notifications/channels/{channel_id}/subscriptions",

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json};
 use serde_json::{Value, json};
 
+use super::available_topics::family;
 use super::rest::{ApiError, ApiResult, authorize};
 use super::world::{MAX_TOPICS, World};
 
@@ -139,12 +140,24 @@ fn update(
     let mut entities = Vec::with_capacity(requested.len());
     let mut permitted = Vec::with_capacity(requested.len());
     for topic in requested {
-        if known_topic(&topic) {
-            entities.push(json!({ "id": topic, "state": "Permitted" }));
-            permitted.push(topic);
-        } else {
-            let reason = format!("Topic {topic} is not a valid topic for this channel.");
-            entities.push(json!({ "id": topic, "state": "Rejected", "rejectionReason": reason }));
+        match family(&topic) {
+            Some(f) if world.refuses_websocket(f) => {
+                let reason = format!(
+                    "Topic {topic} is not available over WebSocket: {} is delivered only via EventBridge.",
+                    f.template
+                );
+                entities
+                    .push(json!({ "id": topic, "state": "Rejected", "rejectionReason": reason }));
+            }
+            Some(_) => {
+                entities.push(json!({ "id": topic, "state": "Permitted" }));
+                permitted.push(topic);
+            }
+            None => {
+                let reason = format!("Topic {topic} is not a valid topic for this channel.");
+                entities
+                    .push(json!({ "id": topic, "state": "Rejected", "rejectionReason": reason }));
+            }
         }
     }
     match world.set_topics(id, &permitted, replace) {
@@ -189,30 +202,9 @@ fn parse_topics(body: &[u8]) -> Result<Vec<String>, ApiError> {
     Ok(topics)
 }
 
-/// The topics this sim can deliver: messaging conversations per queue and per user.
-fn known_topic(topic: &str) -> bool {
-    let id = topic
-        .strip_prefix("v2.routing.queues.")
-        .or_else(|| topic.strip_prefix("v2.users."))
-        .and_then(|rest| rest.strip_suffix(".conversations.messages"));
-    id.is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_patterns() {
-        assert!(known_topic(
-            "v2.routing.queues.8f14e45f-ceea-467a-9575-3b9d1c2e4a77.conversations.messages"
-        ));
-        assert!(known_topic("v2.users.abc.conversations.messages"));
-        assert!(!known_topic("v2.users..conversations.messages"));
-        assert!(!known_topic("v2.routing.queues.a.b.conversations.messages"));
-        assert!(!known_topic("v2.routing.queues.a.conversations"));
-        assert!(!known_topic("v2.system.socket_closing"));
-    }
 
     #[test]
     fn topics_are_lowercased_and_deduplicated() {

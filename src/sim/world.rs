@@ -2,13 +2,14 @@
 //! attached sockets, the request and frame logs, and frame fan-out.
 //!
 //! Lock order, to rule out deadlocks: `conversations` -> `channels` -> `frames`;
-//! `tokens` and `requests` are leaves. No guard is ever held across `.await`:
-//! fan-out uses `try_send`, so publishing never waits on a socket.
+//! `tokens`, `requests`, `data_action` and `data_action_log` are leaves. No guard
+//! is ever held across `.await`: fan-out uses `try_send`, so publishing never
+//! waits on a socket, and data-action POSTs copy their target out of the lock first.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ws::Utf8Bytes;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ids::{rfc3339, uuid_v4};
 use super::lifecycle::Conversations;
-use super::{Faults, RecordedRequest, SimConfig};
+use super::{DataAction, DataActionCall, Faults, FlowMetricsMode, RecordedRequest, SimConfig};
 
 /// Frames kept for `pushed_frames()`.
 const FRAME_LOG_CAP: usize = 10_000;
@@ -76,6 +77,14 @@ pub(crate) struct World {
     /// Cancelled by `shutdown`: every task the sim spawned watches it.
     pub(crate) cancel: CancellationToken,
     pub(crate) division_id: String,
+    pub(crate) flow_metrics: FlowMetricsMode,
+    /// Lowercased topic template ids simulated as EventBridge-only.
+    pub(crate) refused_transports: BTreeSet<String>,
+    /// Read at the moment of each POST, so tests can switch it mid-run.
+    pub(crate) data_action: Mutex<Option<DataAction>>,
+    pub(crate) data_action_log: Mutex<VecDeque<DataActionCall>>,
+    /// Built on the first POST: a sim that never posts never needs TLS set up.
+    pub(crate) http: OnceLock<Option<reqwest::Client>>,
     ignore_disconnect: AtomicBool,
     ignore_teardown: AtomicBool,
     silent_sockets: AtomicBool,
@@ -100,6 +109,15 @@ impl World {
             teardown_delay: cfg.teardown_delay,
             cancel: CancellationToken::new(),
             division_id: uuid_v4(),
+            flow_metrics: cfg.flow_metrics,
+            refused_transports: cfg
+                .refused_transports
+                .iter()
+                .map(|t| t.to_ascii_lowercase())
+                .collect(),
+            data_action: Mutex::new(cfg.data_action.clone()),
+            data_action_log: Mutex::new(VecDeque::new()),
+            http: OnceLock::new(),
             ignore_disconnect: AtomicBool::new(false),
             ignore_teardown: AtomicBool::new(false),
             silent_sockets: AtomicBool::new(false),
@@ -261,6 +279,32 @@ impl World {
         ch.topics = next;
         ch.last_used = Instant::now();
         Some(Ok(()))
+    }
+
+    /// `(channel id, topic count)` of every channel, sorted by id.
+    pub(crate) fn channel_topic_counts(&self) -> Vec<(String, usize)> {
+        let mut v: Vec<_> = lock(&self.channels)
+            .iter()
+            .map(|(k, c)| (k.clone(), c.topics.len()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Removes every channel. A socket first gets `{"result":"404"}` (what a gone
+    /// channel says), then its sender is dropped, so the task delivers the queued
+    /// text and ends without a close frame.
+    pub(crate) fn expire_channels(&self) {
+        let gone: Vec<(String, Channel)> = lock(&self.channels).drain().collect();
+        for (id, ch) in gone {
+            tracing::info!(channel_id = %id, "sim: channel expired");
+            if let Some(slot) = ch.socket {
+                // A full queue means the socket is about to be dropped as too slow anyway.
+                let _ = slot
+                    .tx
+                    .try_send(Utf8Bytes::from_static(r#"{"result":"404"}"#));
+            }
+        }
     }
 
     // ---- sockets ----

@@ -1,0 +1,79 @@
+//! The `genesys-closer sim` subcommand: run the simulator until Ctrl-C and print
+//! how to point the daemon at it.
+
+use serde_json::Value;
+
+use super::{GeneratorConfig, SimConfig, start};
+
+/// The `genesys-closer sim` subcommand: starts the simulator, prints how to point
+/// the daemon at it, runs the generator if given, and stops on Ctrl-C.
+pub async fn serve_forever(cfg: SimConfig, gen_cfg: Option<GeneratorConfig>) -> anyhow::Result<()> {
+    let client_id = cfg.client_id.clone();
+    let client_secret = cfg.client_secret.clone();
+    let sim = start(cfg).await?;
+    println!(
+        "{}",
+        instructions(
+            &sim.base_url(),
+            &client_id,
+            &client_secret,
+            gen_cfg.as_ref()
+        )
+    );
+    let generator = gen_cfg.map(|g| sim.spawn_generator(g));
+    let signal = tokio::signal::ctrl_c().await;
+    if let Some(g) = generator {
+        g.abort();
+    }
+    sim.shutdown().await;
+    signal?;
+    Ok(())
+}
+
+/// TOML basic string (JSON string escapes are valid TOML escapes).
+fn toml_str(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// What `serve_forever` prints: the endpoints, the credentials and a config
+/// snippet in the daemon's format (`[genesys]`, `[stream]`, `[[rule]]`; the secret
+/// goes in the environment because the daemon refuses it in the file).
+fn instructions(url: &str, client_id: &str, secret: &str, g: Option<&GeneratorConfig>) -> String {
+    let queues: Vec<String> = g.map(|g| g.queue_ids.clone()).unwrap_or_default();
+    let intents: Vec<String> = g
+        .map(|g| g.intents.iter().flatten().cloned().collect())
+        .unwrap_or_default();
+    let list = |v: &[String]| v.iter().map(|s| toml_str(s)).collect::<Vec<_>>().join(", ");
+    let mut out = String::new();
+    out += &format!("Genesys Cloud simulator listening on {url}\n");
+    out += &format!("  login_url     = {url}   (POST /oauth/token)\n");
+    out += &format!("  api_url       = {url}\n");
+    out += &format!("  client_id     = {client_id}\n");
+    out += &format!("  client_secret = {secret}   (a simulator credential, not a real one)\n");
+    if queues.is_empty() {
+        out += "  queue ids     = (none: no generator running)\n";
+    } else {
+        out += &format!("  queue ids     = {}\n", queues.join(", "));
+    }
+    out += "\nRun the daemon with:\n";
+    out += &format!("  export GENESYSCLOUD_OAUTHCLIENT_SECRET={secret}\n");
+    out += "and this config:\n\n";
+    out += &format!(
+        "[genesys]\napi_url = {}\nlogin_url = {}\n",
+        toml_str(url),
+        toml_str(url)
+    );
+    out += &format!("client_id = {}\n\n", toml_str(client_id));
+    if queues.is_empty() {
+        out += "# No generator runs: list the queue ids your conversations will use.\n";
+    }
+    out += &format!("[stream]\nqueues = [{}]\n", list(&queues));
+    if !intents.is_empty() {
+        out += &format!(
+            "\n[[rule]]\nname = \"sim\"\nintents = [{}]\n",
+            list(&intents)
+        );
+    }
+    out += "\nCtrl-C stops the simulator.";
+    out
+}
