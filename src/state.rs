@@ -44,6 +44,8 @@ pub struct Conversation {
     customer_id: Option<Box<str>>,
     /// A queue or user frame, or a REST read, has listed every participant.
     full_view: bool,
+    /// A queue or user topic has carried it, so its end will come there too.
+    on_topic: bool,
     /// The customer's participant ended (`.customer.end`, or a full view).
     customer_ended: bool,
     /// A `.flow.end` said the flow disconnected the conversation.
@@ -78,6 +80,7 @@ impl Conversation {
             message_type: None,
             customer_id: None,
             full_view: false,
+            on_topic: false,
             customer_ended: false,
             flow_disconnected: false,
             closed_at: None,
@@ -134,6 +137,12 @@ impl Conversation {
         self.full_view
     }
 
+    /// Whether a subscribed queue or user topic has carried it; when not, only its
+    /// per-conversation detail topics can show its end.
+    pub fn seen_on_topic(&self) -> bool {
+        self.on_topic
+    }
+
     /// Whether its per-conversation topics are subscribed (or being subscribed).
     pub fn is_watched(&self) -> bool {
         self.watched
@@ -152,6 +161,7 @@ impl Conversation {
     fn merge(&mut self, ev: &ConversationEvent, now: Instant) {
         self.last_event = now;
         self.full_view |= ev.full_view;
+        self.on_topic |= matches!(ev.source, Source::Queue | Source::User);
         self.flow_disconnected |= ev.flow_disconnected;
         for p in &ev.participants {
             let is_customer = &*p.purpose == "customer";

@@ -79,7 +79,7 @@ impl EventLoop {
                 already_closed: conv.is_closed(),
                 decided_at: received,
                 source: ev.source,
-                watch: !conv.has_full_view(),
+                watch: !conv.seen_on_topic(),
             })
         });
         if ev.source == Source::Read {

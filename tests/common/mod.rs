@@ -132,3 +132,95 @@ pub fn calls_for(sim: &SimHandle, conversation_id: &str) -> Vec<String> {
         .map(|r| format!("{} {}", r.method, r.path))
         .collect()
 }
+
+pub const FLOW: &str = "a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93";
+pub const INTAKE_TOKEN: &str = "intake-test-token-0123456789";
+
+/// A bot-phase config: the queue, flow discovery on `FLOW`, the intake on a free
+/// loopback port, short batch windows so tests run fast.
+pub fn bot_config(url: &str, intake_extra: &str) -> Config {
+    let text = format!(
+        r#"
+[genesys]
+api_url = "{url}"
+login_url = "{url}"
+client_id = "sim-client"
+
+[stream]
+queues = ["{QUEUE}"]
+flows = ["{FLOW}"]
+subscribe_window = "100ms"
+unsubscribe_window = "200ms"
+catchup_after = "5s"
+heartbeat_timeout = "5s"
+ping_after = "2s"
+backoff_min = "50ms"
+backoff_max = "500ms"
+
+[intake]
+enabled = true
+listen = "127.0.0.1:0"
+{intake_extra}
+
+[log]
+format = "human"
+level = "genesys_closer=debug,warn"
+
+[[rule]]
+name = "goodbye"
+intents = ["Goodbye", "CancelSubscription"]
+confirm_timeout = "3s"
+"#
+    );
+    Config::parse(&text, Path::new("bot.toml")).expect("bot test config is valid")
+}
+
+/// Starts the daemon with the intake on; returns it and the intake's URL.
+pub async fn start_bot_daemon(config: Config, sim: &SimHandle) -> (Running, String) {
+    genesys_closer::telemetry::init_logging(&config.log);
+    let (tx, reports) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let opts = RunOptions {
+        shutdown: stop.clone(),
+        drain_timeout: Duration::from_secs(10),
+        reports: Some(tx),
+        notify_systemd: false,
+        intake_token: Some(SecretString::from(INTAKE_TOKEN.to_string())),
+        intake_bound: Some(bound_tx),
+    };
+    let secret = SecretString::from("sim-secret".to_string());
+    let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
+    let addr = tokio::time::timeout(Duration::from_secs(15), bound_rx)
+        .await
+        .expect("intake bound in time")
+        .expect("intake bound");
+    wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 1).await;
+    (
+        Running {
+            reports,
+            stop,
+            task,
+        },
+        format!("http://{addr}/v1/intents"),
+    )
+}
+
+/// A bot conversation on `FLOW` with the given intent timing and data-action posts.
+pub fn bot(
+    intent: Option<&str>,
+    after_ms: u64,
+    on_start: bool,
+    on_intent: bool,
+) -> sim::BotConversationSpec {
+    sim::BotConversationSpec {
+        flow_id: FLOW.into(),
+        purpose: sim::BotPurpose::Workflow,
+        intent_attribute: "Bot.Intent".into(),
+        intent: intent.map(str::to_string),
+        intent_after: Duration::from_millis(after_ms),
+        transfer: None,
+        post_on_start: on_start,
+        post_on_intent: on_intent,
+    }
+}

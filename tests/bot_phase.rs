@@ -1,0 +1,360 @@
+//! The bot phase: conversations no queue or user topic shows, learned of through the
+//! intake endpoint or flow discovery, watched through their per-conversation detail
+//! topics, closed, and confirmed by the pushed `.customer.end`. Loopback only.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use genesys_closer::closer::{ConfirmedBy, Outcome};
+use genesys_closer::genesys::frames::Source;
+use genesys_closer::sim::{DataAction, SimConfig, SimHandle};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn data_action(url: &str) -> DataAction {
+    DataAction {
+        url: url.to_string(),
+        authorization: Some(format!("Bearer {INTAKE_TOKEN}")),
+    }
+}
+
+fn conversation_reads(sim: &SimHandle) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.starts_with("/api/v2/conversations"))
+        .count()
+}
+
+fn subscription_calls(sim: &SimHandle) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/subscriptions") && r.method != "GET")
+        .count()
+}
+
+fn patches(sim: &SimHandle, id: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains(id))
+        .count()
+}
+
+/// Total topics on every channel.
+fn topics(sim: &SimHandle) -> usize {
+    sim.channel_topic_counts().iter().map(|(_, n)| n).sum()
+}
+
+async fn call(url: &str, auth: Option<&str>, body: String) -> (u16, Value) {
+    genesys_closer::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let mut req = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.expect("intake answers");
+    let status = resp.status().as_u16();
+    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+fn bearer() -> String {
+    format!("Bearer {INTAKE_TOKEN}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_three_paths_close_and_confirm_by_the_pushed_end_without_polling() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    sim.set_data_action(Some(data_action(&intake)));
+    let baseline = topics(&sim);
+    assert_eq!(baseline, 2, "the queue and the flow-metrics topic");
+
+    // 1. The flow's data action posts the intent: the daemon never heard of it before.
+    sim.set_data_action(Some(data_action(&intake)));
+    let mut spec = bot(Some("Goodbye"), 50, false, true);
+    spec.flow_id = "0b0b0b0b-1111-4222-8333-444455556666".into(); // not a watched flow
+    let by_intake = sim.create_bot_conversation(spec);
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, by_intake.as_str());
+    assert_eq!(
+        (r.outcome, r.confirmed_by, r.source),
+        (Outcome::Confirmed, Some(ConfirmedBy::Event), Source::Intake),
+        "{r:?}"
+    );
+    assert_eq!(sim.is_closed(&by_intake), Some(true));
+    assert_eq!(patches(&sim, &by_intake), 1);
+
+    // 2. Flow discovery: the flow-metrics record names it, the intent arrives on `.attributes`.
+    let by_flow = sim.create_bot_conversation(bot(Some("CancelSubscription"), 700, false, false));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, by_flow.as_str());
+    assert_eq!(
+        (r.outcome, r.confirmed_by, r.source),
+        (Outcome::Confirmed, Some(ConfirmedBy::Event), Source::Detail),
+        "{r:?}"
+    );
+
+    // 3. A trigger on `.customer.start` posts the id alone; the intent comes on `.attributes`.
+    let mut spec = bot(Some("Goodbye"), 700, true, false);
+    spec.flow_id = "0b0b0b0b-1111-4222-8333-444455556666".into();
+    let by_trigger = sim.create_bot_conversation(spec);
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, by_trigger.as_str());
+    assert_eq!(
+        (r.outcome, r.confirmed_by, r.source),
+        (Outcome::Confirmed, Some(ConfirmedBy::Event), Source::Detail),
+        "{r:?}"
+    );
+    let posted: Vec<String> = sim
+        .data_action_log()
+        .into_iter()
+        .filter(|c| c.conversation_id == by_trigger)
+        .map(|c| format!("{} {}", c.status, c.body))
+        .collect();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    assert!(posted[0].starts_with("202 "), "{posted:?}");
+
+    // No polling anywhere: every close was confirmed by the pushed event.
+    assert_eq!(conversation_reads(&sim), 0);
+    // Once confirmed, the per-conversation topics are removed (batched PUT).
+    wait_for(WAIT, || topics(&sim) == baseline).await;
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_intake_input_closes_and_subscribes_nothing_and_retries_are_duplicates() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    // A live bot conversation whose id a hostile caller might know (in a flow the
+    // daemon does not watch, so only the intake could tell it).
+    let mut spec = bot(None, 60_000, false, false);
+    spec.flow_id = "0b0b0b0b-1111-4222-8333-444455556666".into();
+    let id = sim.create_bot_conversation(spec);
+    let subs_before = subscription_calls(&sim);
+    let good = json!({ "conversationId": id, "intent": "Goodbye" }).to_string();
+
+    let (s, b) = call(&intake, None, good.clone()).await;
+    assert_eq!((s, &b["error"]), (401, &json!("unauthorized")));
+    let (s, _) = call(&intake, Some("Bearer wrong-token-0123456789"), good.clone()).await;
+    assert_eq!(s, 401);
+    let (s, _) = call(
+        &intake,
+        Some(&format!("Basic {INTAKE_TOKEN}")),
+        good.clone(),
+    )
+    .await;
+    assert_eq!(s, 401, "Basic is off unless basic_user is set");
+    let huge = json!({ "conversationId": id, "intent": "Goodbye", "pad": "x".repeat(20_000) });
+    let (s, b) = call(&intake, Some(&bearer()), huge.to_string()).await;
+    assert_eq!((s, &b["field"]), (413, &json!("body")));
+    let (s, b) = call(&intake, Some(&bearer()), "{\"conversationId\":".into()).await;
+    assert_eq!((s, &b["field"]), (400, &json!("body")));
+    let (s, b) = call(
+        &intake,
+        Some(&bearer()),
+        json!({"conversationId": "c0ffee", "intent": "Goodbye"}).to_string(),
+    )
+    .await;
+    assert_eq!((s, &b["field"]), (400, &json!("conversationId")));
+    let (s, b) = call(
+        &intake,
+        Some(&bearer()),
+        json!({"intent": "Goodbye"}).to_string(),
+    )
+    .await;
+    assert_eq!((s, &b["field"]), (400, &json!("conversationId")));
+    let (s, b) = call(
+        &intake,
+        Some(&bearer()),
+        json!({"conversationId": id, "intent": "x".repeat(300)}).to_string(),
+    )
+    .await;
+    assert_eq!((s, &b["field"]), (400, &json!("intent")));
+    let (s, _) = call(
+        &intake.replace("/v1/intents", "/nope"),
+        Some(&bearer()),
+        good.clone(),
+    )
+    .await;
+    assert_eq!(s, 404);
+    // Nothing was decided, closed or subscribed.
+    d.assert_no_report(Duration::from_millis(300)).await;
+    assert_eq!(patches(&sim, &id), 0);
+    assert_eq!(subscription_calls(&sim), subs_before);
+    assert_eq!(sim.is_closed(&id), Some(false));
+
+    // The real call closes it; the data action's retry is a duplicate, never a second close.
+    let (s, b) = call(&intake, Some(&bearer()), good.clone()).await;
+    assert_eq!((s, &b["result"]), (202, &json!("close")), "{b}");
+    let (s, b) = call(&intake, Some(&bearer()), good.clone()).await;
+    assert_eq!((s, &b["result"]), (202, &json!("duplicate")), "{b}");
+    let r = d.next_report(WAIT).await;
+    assert_eq!((r.outcome, r.source), (Outcome::Confirmed, Source::Intake));
+    let (s, b) = call(&intake, Some(&bearer()), good).await;
+    assert_eq!((s, &b["result"]), (202, &json!("duplicate")), "{b}");
+    d.assert_no_report(Duration::from_millis(300)).await;
+    assert_eq!(patches(&sim, &id), 1);
+
+    // An intent no rule matches.
+    let other = sim.create_bot_conversation(bot(None, 60_000, false, false));
+    let (s, b) = call(
+        &intake,
+        Some(&bearer()),
+        json!({"conversationId": other, "intent": "TalkToAgent"}).to_string(),
+    )
+    .await;
+    assert_eq!((s, &b["result"]), (202, &json!("no_rule")), "{b}");
+
+    // A conversation the daemon saw close (the guest left, on the queue topic).
+    let queued = sim.create_conversation(conversation(None));
+    wait_for(WAIT, || {
+        sim.pushed_frames()
+            .iter()
+            .any(|f| f.to_string().contains(&queued))
+    })
+    .await;
+    sim.customer_leaves(&queued);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (s, b) = call(
+        &intake,
+        Some(&bearer()),
+        json!({"conversationId": queued, "intent": "Goodbye"}).to_string(),
+    )
+    .await;
+    assert_eq!((s, &b["result"]), (202, &json!("already_closed")), "{b}");
+    d.assert_no_report(Duration::from_millis(300)).await;
+    assert_eq!(patches(&sim, &queued), 0);
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reads_once_and_acts_only_on_genesys_own_attribute() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, "verify = true"), &sim).await;
+    // Genesys holds no intent: a leaked credential alone cannot end it.
+    let id = sim.create_bot_conversation(bot(None, 60_000, false, false));
+    let body = json!({ "conversationId": id, "intent": "Goodbye" }).to_string();
+    let (s, b) = call(&intake, Some(&bearer()), body.clone()).await;
+    assert_eq!((s, &b["result"]), (202, &json!("verifying")), "{b}");
+    wait_for(WAIT, || conversation_reads(&sim) == 1).await;
+    d.assert_no_report(Duration::from_millis(500)).await;
+    assert_eq!(patches(&sim, &id), 0);
+    // Genesys does hold it: the read decides.
+    let held = sim.create_bot_conversation(bot(None, 60_000, false, false));
+    sim.set_intent(&held, "Goodbye");
+    let body = json!({ "conversationId": held, "intent": "Goodbye" }).to_string();
+    let (s, b) = call(&intake, Some(&bearer()), body).await;
+    assert_eq!((s, &b["result"]), (202, &json!("verifying")), "{b}");
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, held.as_str());
+    assert_eq!(
+        (r.outcome, r.source),
+        (Outcome::Confirmed, Source::Read),
+        "{r:?}"
+    );
+    assert_eq!(conversation_reads(&sim), 2, "one verify read per call");
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_replaced_midway_keeps_the_watched_conversation_and_confirms_the_close() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, _intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let baseline = topics(&sim);
+    // Discovered through the flow, watched; no intent yet.
+    let id = sim.create_bot_conversation(bot(None, 60_000, false, false));
+    wait_for(WAIT, || topics(&sim) == baseline + 3).await;
+    let channels_before = sim
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/api/v2/notifications/channels")
+        .count();
+    sim.expire_channels();
+    // A new channel carries the configured topics and the watched conversation's.
+    wait_for(WAIT, || {
+        sim.requests()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/api/v2/notifications/channels")
+            .count()
+            > channels_before
+            && sim.connected_sockets() == 1
+            && topics(&sim) == baseline + 3
+    })
+    .await;
+    sim.set_intent(&id, "Goodbye");
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, id.as_str());
+    assert_eq!(
+        (r.outcome, r.confirmed_by),
+        (Outcome::Confirmed, Some(ConfirmedBy::Event)),
+        "{r:?}"
+    );
+    wait_for(WAIT, || topics(&sim) == baseline).await;
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detail_topics_offered_only_over_eventbridge_leave_the_queue_path_working() {
+    let sim = start_sim(SimConfig {
+        refused_transports: vec!["v2.detail.events.conversation.{id}.customer.end".into()],
+        ..SimConfig::default()
+    })
+    .await;
+    let url = sim.base_url();
+
+    // `check --online` names the family in one clear line and exits non-zero.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bot.toml");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bot_phase.toml"))
+            .expect("template")
+            .replace("{URL}", &url);
+    std::fs::write(&path, text).expect("write config");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_genesys-closer"))
+            .args(["check", "--online", "--config"])
+            .arg(&path)
+            .env("GENESYSCLOUD_OAUTHCLIENT_SECRET", "sim-secret")
+            .env("GENESYS_CLOSER_INTAKE_TOKEN", INTAKE_TOKEN)
+            .output()
+            .expect("binary runs")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("error:"))
+        .unwrap_or_else(|| panic!("no error line in {stdout}"));
+    assert!(
+        line.contains("v2.detail.events.conversation.{id}.customer.end")
+            && line.contains("EventBridge"),
+        "{line}"
+    );
+
+    // The daemon runs with what works: the queue path still closes and confirms.
+    let (mut d, _intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let id = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, id.as_str());
+    assert_eq!((r.outcome, r.source), (Outcome::Confirmed, Source::Queue));
+    // Flow discovery needs detail topics, so it is off: only the queue topic is subscribed.
+    assert_eq!(topics(&sim), 1);
+    d.shutdown().await;
+    sim.shutdown().await;
+}
