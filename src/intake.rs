@@ -404,10 +404,11 @@ pub fn is_uuid(s: &str) -> bool {
         })
 }
 
+/// A call's parts: conversation id, intent, attributes.
+type CallParts = (Box<str>, Option<Box<str>>, Vec<(Box<str>, Box<str>)>);
+
 /// Validates a call's body into its parts.
-fn parse_call(
-    bytes: &[u8],
-) -> Result<(Box<str>, Option<Box<str>>, Vec<(Box<str>, Box<str>)>), BadField> {
+fn parse_call(bytes: &[u8]) -> Result<CallParts, BadField> {
     // serde would also read a struct from an array; only an object is a call.
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(("body", "must be a JSON object".into()));

@@ -115,11 +115,7 @@ impl ChannelStream {
                 return;
             }
             state = match state {
-                State::Connecting => match {
-                    // Whatever the old channel carried goes on the new one's PUT.
-                    self.slot.lost_channel();
-                    self.api.create_channel().await
-                } {
+                State::Connecting => match self.new_channel().await {
                     Ok(ch) => {
                         tracing::info!(stream = self.index, channel_id = %ch.id, expires = ch.expires.as_deref(), "channel created; subscribing");
                         State::Subscribing(ch)
@@ -175,6 +171,12 @@ impl ChannelStream {
                 }
             };
         }
+    }
+
+    /// A fresh channel; whatever the old one carried goes on the new one's `PUT`.
+    async fn new_channel(&self) -> Result<Channel, super::api::ApiError> {
+        self.slot.lost_channel();
+        self.api.create_channel().await
     }
 
     fn new_backoff(&self) -> backon::ExponentialBackoff {
