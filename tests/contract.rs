@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use common::*;
 use genesys_closer::closer::Outcome;
-use genesys_closer::sim::{Faults, SimConfig};
+use genesys_closer::genesys::frames::Source;
+use genesys_closer::sim::{DataAction, Faults, RecordedRequest, SimConfig, SimHandle};
 
 struct Prism {
     child: Child,
@@ -41,9 +42,12 @@ fn prism_bin() -> PathBuf {
     local
 }
 
+fn spec_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/genesys/openapi-subset.json")
+}
+
 async fn start_prism(upstream: &str) -> Prism {
-    let spec =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/genesys/openapi-subset.json");
+    let spec = spec_path();
     assert!(spec.exists(), "{} missing", spec.display());
     let port = {
         let l = TcpListener::bind("127.0.0.1:0").expect("free port");
@@ -167,6 +171,178 @@ async fn every_request_the_daemon_sends_conforms_to_the_openapi_subset() {
             .filter(|q| q.path.starts_with("/api/"))
             .all(|q| q.status < 400),
         "{seen:#?}"
+    );
+    sim.shutdown().await;
+}
+
+/// Total topics on every channel of the simulator.
+fn topics(sim: &SimHandle) -> usize {
+    sim.channel_topic_counts().iter().map(|(_, n)| n).sum()
+}
+
+/// The three per-conversation detail topics the bot phase watches.
+fn detail_topics(conversation_id: &str) -> [String; 3] {
+    ["attributes", "customer.end", "flow.end"]
+        .map(|s| format!("v2.detail.events.conversation.{conversation_id}.{s}"))
+}
+
+fn is_subscriptions(r: &RecordedRequest, method: &str) -> bool {
+    r.method == method
+        && r.path.starts_with("/api/v2/notifications/channels/")
+        && r.path.ends_with("/subscriptions")
+}
+
+/// The `id`s of a subscriptions body (`[{"id": ...}, ...]`), lowercased.
+fn body_topics(r: &RecordedRequest) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("subscriptions body is JSON ({e}): {}", r.body));
+    v.as_array()
+        .unwrap_or_else(|| panic!("subscriptions body is an array: {}", r.body))
+        .iter()
+        .map(|t| t["id"].as_str().expect("topic id").to_ascii_lowercase())
+        .collect()
+}
+
+/// The bot phase's calls pass the same validator: the `availabletopics` check at
+/// start-up, the batched `POST` adding a conversation's detail topics (flow discovery,
+/// and an intake post whose close subscribes its confirming topic first), and the
+/// batched `PUT` of the remaining list once a closed conversation's topics go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bot_phase_requests_conform_to_the_openapi_subset() {
+    let sim = start_sim(SimConfig::default()).await;
+    let prism = start_prism(&sim.base_url()).await;
+    let (mut d, intake) =
+        start_bot_daemon(bot_config_with(&prism.url, &sim.base_url(), ""), &sim).await;
+    sim.set_data_action(Some(DataAction {
+        url: intake,
+        authorization: Some(format!("Bearer {INTAKE_TOKEN}")),
+    }));
+    // The queue and the flow-metrics topic, subscribed through Prism.
+    wait_for(Duration::from_secs(15), || topics(&sim) == 2).await;
+    let baseline = topics(&sim);
+
+    // Flow discovery on the watched flow: POST its detail topics, the intent arrives on
+    // `.attributes`, PATCH, `.customer.end` confirms, PUT the remaining list.
+    let by_flow = sim.create_bot_conversation(bot(Some("Goodbye"), 800, false, false));
+    let r = d.next_report(Duration::from_secs(15)).await;
+    assert_eq!(
+        (&*r.conversation_id, r.outcome, r.source),
+        (by_flow.as_str(), Outcome::Confirmed, Source::Detail),
+        "{r:?}"
+    );
+    wait_for(Duration::from_secs(15), || topics(&sim) == baseline).await;
+
+    // The intake path: a conversation on a flow nobody watches, its intent posted by the
+    // flow's data action; the close subscribes its confirming topic urgently first.
+    let mut spec = bot(Some("Goodbye"), 50, false, true);
+    spec.flow_id = "0b0b0b0b-1111-4222-8333-444455556666".into();
+    let by_intake = sim.create_bot_conversation(spec);
+    let r = d.next_report(Duration::from_secs(15)).await;
+    assert_eq!(
+        (&*r.conversation_id, r.outcome, r.source),
+        (by_intake.as_str(), Outcome::Confirmed, Source::Intake),
+        "{r:?}"
+    );
+    wait_for(Duration::from_secs(15), || topics(&sim) == baseline).await;
+    d.shutdown().await;
+
+    let requests: Vec<RecordedRequest> = sim
+        .requests()
+        .into_iter()
+        .filter(|q| q.path.starts_with("/api/"))
+        .collect();
+    let seen: Vec<String> = requests
+        .iter()
+        .map(|q| {
+            let query = q
+                .query
+                .as_deref()
+                .map(|s| format!("?{s}"))
+                .unwrap_or_default();
+            format!("{} {}{query} -> {}", q.method, q.path, q.status)
+        })
+        .collect();
+    let ok = |q: &RecordedRequest| (200..300).contains(&q.status);
+
+    // `GET .../availabletopics` reached the simulator, i.e. Prism passed it, and asked
+    // to expand fields the subset's `AvailableTopic` has, one `expand=` each as its
+    // `collectionFormat: multi` says (a comma-joined value names no field).
+    let available: Vec<&RecordedRequest> = requests
+        .iter()
+        .filter(|q| q.method == "GET" && q.path == "/api/v2/notifications/availabletopics")
+        .collect();
+    assert!(
+        !available.is_empty() && available.iter().all(|q| ok(q)),
+        "GET availabletopics with a 2xx: {seen:#?}"
+    );
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spec_path()).expect("read the subset"))
+            .expect("the subset is JSON");
+    let fields = spec["definitions"]["AvailableTopic"]["properties"]
+        .as_object()
+        .expect("AvailableTopic properties");
+    for q in &available {
+        let expand: Vec<String> =
+            url::form_urlencoded::parse(q.query.as_deref().unwrap_or("").as_bytes())
+                .filter(|(k, _)| k == "expand")
+                .map(|(_, v)| v.into_owned())
+                .collect();
+        for wanted in ["transports", "requiresPermissions"] {
+            assert!(
+                expand.iter().any(|e| e == wanted),
+                "expand={wanted} missing: {seen:#?}"
+            );
+        }
+        for e in &expand {
+            assert!(
+                fields.contains_key(e),
+                "expand={e:?} is not an AvailableTopic field: {seen:#?}"
+            );
+        }
+    }
+
+    // Each conversation's three detail topics were added by a POST that passed.
+    let posts: Vec<(usize, Vec<String>)> = requests
+        .iter()
+        .enumerate()
+        .filter(|(_, q)| is_subscriptions(q, "POST") && ok(q))
+        .map(|(i, q)| (i, body_topics(q)))
+        .collect();
+    assert!(
+        posts.iter().any(|(_, t)| t
+            .iter()
+            .any(|t| t.starts_with("v2.detail.events.conversation."))),
+        "a POST subscriptions with a detail topic: {seen:#?}"
+    );
+    for id in [&by_flow, &by_intake] {
+        let want = detail_topics(id);
+        let (at, _) = posts
+            .iter()
+            .find(|(_, t)| want.iter().all(|w| t.contains(w)))
+            .unwrap_or_else(|| panic!("no 2xx POST subscriptions with {want:?}: {seen:#?}"));
+        // ... and removed later by a PUT of the remaining list that passed too.
+        assert!(
+            requests[at + 1..].iter().any(|q| {
+                is_subscriptions(q, "PUT")
+                    && ok(q)
+                    && !body_topics(q).iter().any(|t| t.contains(id.as_str()))
+            }),
+            "no 2xx PUT subscriptions removing {id} after its POST: {seen:#?}"
+        );
+    }
+
+    // The close itself.
+    for id in [&by_flow, &by_intake] {
+        assert!(
+            requests.iter().any(|q| q.method == "PATCH"
+                && q.path == format!("/api/v2/conversations/messages/{id}")
+                && ok(q)),
+            "PATCH {id} with a 2xx: {seen:#?}"
+        );
+    }
+    assert!(
+        requests.iter().all(|q| q.status < 400),
+        "no client or server error: {seen:#?}"
     );
     sim.shutdown().await;
 }

@@ -259,9 +259,13 @@ impl ApiClient {
         Ok(listing.entities)
     }
 
-    /// `GET /api/v2/notifications/availabletopics?expand=transports,requiresPermissions`.
+    /// `GET /api/v2/notifications/availabletopics?expand=transports&expand=requiresPermissions`.
+    /// `expand` is an array with `collectionFormat: multi`: one `expand=` per field. A
+    /// comma-joined value would be a single (unknown) field name, and a topic answered
+    /// without `transports` would pass the WebSocket check unexamined.
     pub async fn available_topics(&self) -> Result<Vec<AvailableTopic>, ApiError> {
-        let path = "/api/v2/notifications/availabletopics?expand=transports,requiresPermissions";
+        let path =
+            "/api/v2/notifications/availabletopics?expand=transports&expand=requiresPermissions";
         let a = self.send(Method::GET, path, None).await?;
         let listing: Listing<AvailableTopic> = decode(&Method::GET, path, &a.body)?;
         Ok(listing.entities)

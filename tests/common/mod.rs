@@ -139,11 +139,17 @@ pub const INTAKE_TOKEN: &str = "intake-test-token-0123456789";
 /// A bot-phase config: the queue, flow discovery on `FLOW`, the intake on a free
 /// loopback port, short batch windows so tests run fast.
 pub fn bot_config(url: &str, intake_extra: &str) -> Config {
+    bot_config_with(url, url, intake_extra)
+}
+
+/// [`bot_config`] with the API and the login host apart: `api_url` may be a proxy
+/// (the contract test's validator) while tokens come straight from `login_url`.
+pub fn bot_config_with(api_url: &str, login_url: &str, intake_extra: &str) -> Config {
     let text = format!(
         r#"
 [genesys]
-api_url = "{url}"
-login_url = "{url}"
+api_url = "{api_url}"
+login_url = "{login_url}"
 client_id = "sim-client"
 
 [stream]
