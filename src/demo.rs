@@ -1,29 +1,50 @@
 //! `genesys-closer demo`: the simulator and the daemon together on loopback.
 //!
-//! No credentials and no Genesys org: the simulator plays Genesys, the daemon runs with an
-//! embedded config (parsed by the same validator as a real file) pointed at it, and the demo
-//! creates conversations with a mix of intents, some matching the demo rule and some not.
-//! With `--conversations N` it stops after N and prints one JSON summary line.
+//! No credentials and no Genesys org: the simulator plays Genesys (and the bot flow's data
+//! action), the daemon runs with an embedded config (parsed by the same validator as a
+//! real file) pointed at it, and the demo creates conversations on every path at once:
+//! - queue conversations, seen on the queue topics;
+//! - bot-phase conversations no queue or user topic shows, in four shapes:
+//!   flow discovery with the intent on `.attributes`; flow discovery with the intent
+//!   posted by the flow's data action; a `.customer.start` trigger posting the id, the
+//!   intent on `.attributes`; and the data action alone, posting id and intent for a
+//!   conversation the daemon never heard of.
+//!
+//! Intents rotate so some match the demo rule and some do not. With `--conversations N` it
+//! stops after N and prints one JSON summary line, with REST requests per closure taken
+//! from the simulator's own request log.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::closer::{CloseReport, Outcome};
 use crate::config::{Config, ConfigErrors};
 use crate::daemon::{self, RunOptions};
-use crate::sim::{self, ConversationSpec, SimConfig};
+use crate::sim::{
+    self, BotConversationSpec, BotPurpose, ConversationSpec, DataAction, RecordedRequest,
+    SimConfig, SimHandle,
+};
 
 /// Queues the demo conversations are routed to.
 pub const DEMO_QUEUES: [&str; 2] = [
     "8f14e45f-ceea-467a-9575-3b9d1c2e4a77",
     "0c9a5d3e-6b1f-4e28-9a7d-2f5c8e1b4d60",
 ];
+
+/// The bot flow the daemon discovers conversations in.
+pub const DEMO_FLOW: &str = "a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93";
+/// A bot flow the daemon does not watch: only the intake tells of its conversations.
+const OTHER_FLOW: &str = "6e2f0c4b-93d1-4a7e-8b25-d0c4f1a9e376";
+
+/// The demo's intake credential (a loopback demo value, not a secret).
+const DEMO_INTAKE_TOKEN: &str = "demo-intake-credential-not-a-secret";
 
 /// Intents the demo bot sets, in rotation; `None` is a conversation where the bot set none.
 const DEMO_INTENTS: [Option<&str>; 4] = [
@@ -32,6 +53,10 @@ const DEMO_INTENTS: [Option<&str>; 4] = [
     Some("TalkToAgent"),
     None,
 ];
+
+/// How long after its start a bot sets its intent: longer than the subscription window,
+/// as a guest takes a few seconds to tell the bot what they want.
+const INTENT_AFTER: Duration = Duration::from_millis(1500);
 
 /// The embedded config; `{URL}` becomes the simulator's address.
 const DEMO_CONFIG: &str = r#"
@@ -42,10 +67,17 @@ client_id = "sim-client"
 
 [stream]
 queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77", "0c9a5d3e-6b1f-4e28-9a7d-2f5c8e1b4d60"]
+flows = ["a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93"]
+subscribe_window = "1s"
+unsubscribe_window = "3s"
 heartbeat_timeout = "15s"
 ping_after = "7s"
 backoff_min = "200ms"
 backoff_max = "5s"
+
+[intake]
+enabled = true
+listen = "127.0.0.1:0"
 
 [log]
 format = "human"
@@ -63,6 +95,8 @@ pub struct DemoOptions {
     pub conversations: Option<u64>,
     /// New conversations per second.
     pub rate: f64,
+    /// The shapes to create, in rotation (empty: all of [`Shape::ALL`]).
+    pub paths: Vec<Shape>,
 }
 
 /// The last line of a finite demo.
@@ -90,12 +124,102 @@ pub struct DemoSummary {
     pub p99_ms: f64,
     /// Largest decision-to-confirmed latency, ms.
     pub max_ms: f64,
+    /// Close reports by the source whose event decided (`queue`, `detail`, `intake`, ...).
+    pub by_source: BTreeMap<&'static str, u64>,
+    /// Bot-phase conversations a rule matched.
+    pub bot_phase_matched: u64,
+    /// Bot-phase closes confirmed.
+    pub bot_phase_confirmed: u64,
+    /// Every REST request to the API (the token grant excluded).
+    pub rest_requests: u64,
+    /// REST requests about queue conversations per queue-conversation closure.
+    pub rest_per_queue_closure: f64,
+    /// REST requests for the bot phase (its conversations' calls, reads, and every
+    /// per-conversation subscription request) per bot-phase closure.
+    pub rest_per_bot_closure: f64,
+    /// Catch-up and verify reads.
+    pub catchup_reads: u64,
 }
 
 /// The embedded config, pointed at `base_url`.
 pub fn demo_config(base_url: &str) -> Result<Config, ConfigErrors> {
     let text = DEMO_CONFIG.replace("{URL}", base_url);
     Config::parse(&text, Path::new("<built-in demo config>"))
+}
+
+/// The shapes a demo conversation takes, in rotation (`--paths`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// Routed to a watched queue: the queue topic shows it.
+    Queue,
+    /// Flow discovery; the intent on `.attributes`.
+    FlowAttributes,
+    /// Flow discovery; the intent posted by the flow's data action.
+    FlowDataAction,
+    /// A `.customer.start` trigger posts the id; the intent on `.attributes`.
+    TriggerAttributes,
+    /// Only the data action tells of it, with its intent.
+    DataActionOnly,
+}
+
+impl Shape {
+    /// Every shape, in the demo's default rotation.
+    pub const ALL: [Shape; 5] = [
+        Shape::Queue,
+        Shape::FlowAttributes,
+        Shape::FlowDataAction,
+        Shape::TriggerAttributes,
+        Shape::DataActionOnly,
+    ];
+
+    /// The `--paths` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Queue => "queue",
+            Shape::FlowAttributes => "flow",
+            Shape::FlowDataAction => "flow+intake",
+            Shape::TriggerAttributes => "trigger",
+            Shape::DataActionOnly => "intake",
+        }
+    }
+
+    /// Parses a `--paths` name.
+    pub fn parse(name: &str) -> Option<Shape> {
+        Shape::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+fn create(sim: &SimHandle, shapes: &[Shape], n: u64) -> (String, Shape, Option<&'static str>) {
+    let shape = shapes[(n % shapes.len() as u64) as usize];
+    // Intents advance once per full round of shapes, so every shape meets every intent.
+    let intent = DEMO_INTENTS[((n / shapes.len() as u64) % DEMO_INTENTS.len() as u64) as usize];
+    let bot = |flow: &str, on_start: bool, on_intent: bool| BotConversationSpec {
+        flow_id: flow.into(),
+        purpose: if n % 2 == 0 {
+            BotPurpose::Workflow
+        } else {
+            BotPurpose::Botflow
+        },
+        intent_attribute: "Bot.Intent".into(),
+        intent: intent.map(str::to_string),
+        intent_after: INTENT_AFTER,
+        transfer: None,
+        post_on_start: on_start,
+        post_on_intent: on_intent,
+    };
+    let id = match shape {
+        Shape::Queue => sim.create_conversation(ConversationSpec {
+            queue_id: DEMO_QUEUES[(n % 2) as usize].to_string(),
+            intent_attribute: "Bot.Intent".into(),
+            intent: intent.map(str::to_string),
+            agent_user_id: None,
+        }),
+        Shape::FlowAttributes => sim.create_bot_conversation(bot(DEMO_FLOW, false, false)),
+        Shape::FlowDataAction => sim.create_bot_conversation(bot(DEMO_FLOW, false, true)),
+        Shape::TriggerAttributes => sim.create_bot_conversation(bot(OTHER_FLOW, true, false)),
+        Shape::DataActionOnly => sim.create_bot_conversation(bot(OTHER_FLOW, false, true)),
+    };
+    (id, shape, intent)
 }
 
 /// Runs the demo; returns the summary (also printed as JSON by the CLI).
@@ -112,18 +236,27 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
 
     let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
     let stop_daemon = CancellationToken::new();
+    let (bound_tx, bound_rx) = oneshot::channel();
     let daemon_task = {
         let opts = RunOptions {
             shutdown: stop_daemon.clone(),
             drain_timeout: Duration::from_secs(10),
             reports: Some(reports_tx),
             notify_systemd: false,
-            intake_token: None,
-            intake_bound: None,
+            intake_token: Some(SecretString::from(DEMO_INTAKE_TOKEN.to_string())),
+            intake_bound: Some(bound_tx),
         };
         let config = config.clone();
         tokio::spawn(async move { daemon::run(&config, secret, opts).await })
     };
+    let intake = tokio::time::timeout(Duration::from_secs(20), bound_rx)
+        .await
+        .map_err(|_| anyhow::anyhow!("the daemon's intake did not start within 20 s"))??;
+    // The simulator plays the bot flow's data action, calling the daemon's intake.
+    sim.set_data_action(Some(DataAction {
+        url: format!("http://{intake}/v1/intents"),
+        authorization: Some(format!("Bearer {DEMO_INTAKE_TOKEN}")),
+    }));
 
     // No backfill exists: conversations created before the socket is live would be missed.
     let ready_by = Instant::now() + Duration::from_secs(20);
@@ -133,16 +266,24 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let baseline_topics = topic_total(&sim);
 
     let rule_intents: Vec<&str> = config
         .rules
         .iter()
         .flat_map(|r| r.intents.iter().map(String::as_str))
         .collect();
+    let shapes: Vec<Shape> = if opts.paths.is_empty() {
+        Shape::ALL.to_vec()
+    } else {
+        opts.paths.clone()
+    };
     let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     let mut tick = tokio::time::interval(period);
     let mut created = 0u64;
     let mut expected = 0u64;
+    let mut bot_ids: HashSet<String> = HashSet::new();
+    let mut queue_ids: HashSet<String> = HashSet::new();
     let mut unmatched = Vec::new();
     let mut reports: Vec<CloseReport> = Vec::new();
     let limit = opts.conversations.unwrap_or(u64::MAX);
@@ -151,14 +292,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
             _ = shutdown.cancelled() => break,
             Some(r) = reports_rx.recv() => reports.push(r),
             _ = tick.tick() => {
-                let intent = DEMO_INTENTS[(created % DEMO_INTENTS.len() as u64) as usize];
-                let id = sim.create_conversation(ConversationSpec {
-                    queue_id: DEMO_QUEUES[(created % 2) as usize].to_string(),
-                    intent_attribute: "Bot.Intent".into(),
-                    intent: intent.map(str::to_string),
-                    agent_user_id: None,
-                });
+                let (id, shape, intent) = create(&sim, &shapes, created);
                 created += 1;
+                if shape == Shape::Queue {
+                    queue_ids.insert(id.clone());
+                } else {
+                    bot_ids.insert(id.clone());
+                }
                 if intent.is_some_and(|i| rule_intents.contains(&i)) {
                     expected += 1;
                 } else {
@@ -168,8 +308,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         }
     }
 
-    // Wait for every matched conversation's outcome (bounded).
-    let wait_until = Instant::now() + Duration::from_secs(30);
+    // Wait for every matched conversation's outcome (bounded): bot intents come late.
+    let wait_until = Instant::now() + INTENT_AFTER + Duration::from_secs(30);
     while (reports.len() as u64) < expected && !shutdown.is_cancelled() {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -181,21 +321,92 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         }
     }
     // The guests of unmatched conversations leave on their own; the daemon must not have
-    // touched them.
+    // touched them. Their topics (and the closed ones') are then removed in a batch:
+    // wait for that, so the request count includes the removals.
     for id in &unmatched {
         sim.customer_leaves(id);
     }
+    let settle_by = Instant::now() + config.stream.unsubscribe_window + Duration::from_secs(5);
+    while topic_total(&sim) > baseline_topics
+        && Instant::now() < settle_by
+        && !shutdown.is_cancelled()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop_daemon.cancel();
-    match daemon_task.await {
-        Ok(Ok(_)) => {}
+    let run_summary = match daemon_task.await {
+        Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(e.into()),
         Err(e) => anyhow::bail!("daemon task failed: {e}"),
-    }
+    };
     while let Ok(r) = reports_rx.try_recv() {
         reports.push(r);
     }
+    let requests = sim.requests();
     sim.shutdown().await;
-    Ok(summarise(created, expected, &reports))
+    let mut summary = summarise(created, expected, &reports);
+    summary.catchup_reads = run_summary.catchup_reads;
+    count_requests(&mut summary, &requests, &reports, &queue_ids, &bot_ids);
+    Ok(summary)
+}
+
+fn topic_total(sim: &SimHandle) -> usize {
+    sim.channel_topic_counts().iter().map(|(_, n)| n).sum()
+}
+
+/// The conversation id in an API path, if any.
+fn conversation_in(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("/api/v2/conversations/messages/")
+        .or_else(|| path.strip_prefix("/api/v2/conversations/"))?;
+    rest.split('/').next()
+}
+
+/// REST requests per closure, from the simulator's request log: what Genesys would count.
+fn count_requests(
+    s: &mut DemoSummary,
+    requests: &[RecordedRequest],
+    reports: &[CloseReport],
+    queue_ids: &HashSet<String>,
+    bot_ids: &HashSet<String>,
+) {
+    let api: Vec<&RecordedRequest> = requests
+        .iter()
+        .filter(|r| r.path.starts_with("/api/"))
+        .collect();
+    s.rest_requests = api.len() as u64;
+    let for_conv = |ids: &HashSet<String>| {
+        api.iter()
+            .filter(|r| conversation_in(&r.path).is_some_and(|c| ids.contains(c)))
+            .count() as f64
+    };
+    // Subscription changes after each channel's first PUT (its set-up) are the
+    // per-conversation ones: batched adds (POST) and removals (PUT).
+    let mut set_up = HashSet::new();
+    let mut per_conversation_subs = 0.0;
+    for r in &api {
+        if r.path.ends_with("/subscriptions") && (r.method == "POST" || r.method == "PUT") {
+            if r.method == "PUT" && set_up.insert(r.path.clone()) {
+                continue;
+            }
+            per_conversation_subs += 1.0;
+        }
+    }
+    let closed = |ids: &HashSet<String>| {
+        reports
+            .iter()
+            .filter(|r| ids.contains(&*r.conversation_id))
+            .filter(|r| matches!(r.outcome, Outcome::Confirmed | Outcome::EscalatedConfirmed))
+            .count() as f64
+    };
+    let per = |n: f64, d: f64| if d > 0.0 { round3(n / d) } else { 0.0 };
+    s.rest_per_queue_closure = per(for_conv(queue_ids), closed(queue_ids));
+    s.rest_per_bot_closure = per(for_conv(bot_ids) + per_conversation_subs, closed(bot_ids));
+    s.bot_phase_matched = reports
+        .iter()
+        .filter(|r| bot_ids.contains(&*r.conversation_id))
+        .count() as u64;
+    s.bot_phase_confirmed = closed(bot_ids) as u64;
 }
 
 fn summarise(created: u64, expected: u64, reports: &[CloseReport]) -> DemoSummary {
@@ -207,6 +418,10 @@ fn summarise(created: u64, expected: u64, reports: &[CloseReport]) -> DemoSummar
         .collect();
     latencies.sort_by(f64::total_cmp);
     let matched = reports.len() as u64;
+    let mut by_source = BTreeMap::new();
+    for r in reports {
+        *by_source.entry(r.source.as_str()).or_insert(0) += 1;
+    }
     DemoSummary {
         conversations: created,
         matched,
@@ -219,6 +434,13 @@ fn summarise(created: u64, expected: u64, reports: &[CloseReport]) -> DemoSummar
         p50_ms: round3(percentile(&latencies, 0.50)),
         p99_ms: round3(percentile(&latencies, 0.99)),
         max_ms: round3(latencies.last().copied().unwrap_or(0.0)),
+        by_source,
+        bot_phase_matched: 0,
+        bot_phase_confirmed: 0,
+        rest_requests: 0,
+        rest_per_queue_closure: 0.0,
+        rest_per_bot_closure: 0.0,
+        catchup_reads: 0,
     }
 }
 
@@ -244,6 +466,8 @@ mod tests {
         let c = demo_config("http://127.0.0.1:1").expect("valid");
         assert_eq!(c.rules.len(), 1);
         assert_eq!(c.stream.queues.len(), DEMO_QUEUES.len());
+        assert_eq!(c.stream.flows, [DEMO_FLOW]);
+        assert!(c.intake.is_some());
     }
 
     #[test]

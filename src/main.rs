@@ -46,6 +46,12 @@ enum Command {
         /// New conversations per second.
         #[arg(long, default_value_t = 20.0)]
         rate: f64,
+        /// Which paths to create conversations on, in rotation, comma-separated: queue,
+        /// flow (flow discovery, intent on .attributes), flow+intake (flow discovery,
+        /// intent posted by the data action), trigger (.customer.start trigger posts the
+        /// id, intent on .attributes), intake (the data action alone). Default: all.
+        #[arg(long, value_delimiter = ',', value_parser = parse_path)]
+        paths: Vec<demo::Shape>,
     },
     /// Run the Genesys simulator alone (for pointing a daemon at it by hand).
     Sim {
@@ -87,7 +93,8 @@ fn main() -> ExitCode {
             Command::Demo {
                 conversations,
                 rate,
-            } => run_demo(conversations, rate).await,
+                paths,
+            } => run_demo(conversations, rate, paths).await,
             Command::Sim {
                 listen,
                 rate,
@@ -289,7 +296,17 @@ async fn run(path: &std::path::Path) -> ExitCode {
     }
 }
 
-async fn run_demo(conversations: Option<u64>, rate: f64) -> ExitCode {
+fn parse_path(name: &str) -> Result<demo::Shape, String> {
+    demo::Shape::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = demo::Shape::ALL.iter().map(|s| s.name()).collect();
+        format!(
+            "unknown path `{name}` (expected one of: {})",
+            names.join(", ")
+        )
+    })
+}
+
+async fn run_demo(conversations: Option<u64>, rate: f64, paths: Vec<demo::Shape>) -> ExitCode {
     if !(rate.is_finite() && rate > 0.0) {
         eprintln!("error: --rate must be a positive number");
         return ExitCode::from(EXIT_BAD_CONFIG as u8);
@@ -300,6 +317,7 @@ async fn run_demo(conversations: Option<u64>, rate: f64) -> ExitCode {
         demo::DemoOptions {
             conversations,
             rate,
+            paths,
         },
         shutdown,
     )

@@ -416,9 +416,13 @@ impl Checker<'_> {
         let unsubscribe_window = self
             .duration(t, "unsubscribe_window")
             .unwrap_or(Duration::from_secs(10));
-        let catchup_after = self
-            .duration(t, "catchup_after")
-            .unwrap_or(Duration::from_secs(2));
+        // "0s" is allowed here: read every watched conversation once.
+        let catchup_after = if t.get("catchup_after").and_then(Item::as_str) == Some("0s") {
+            Duration::ZERO
+        } else {
+            self.duration(t, "catchup_after")
+                .unwrap_or(Duration::from_secs(2))
+        };
         Some(StreamConfig {
             queues,
             users,

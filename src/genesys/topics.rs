@@ -1,5 +1,5 @@
 //! The start-up check of the topic families the config uses, against
-//! `GET /api/v2/notifications/availabletopics?expand=transports,requiresPermissions`.
+//! `GET /api/v2/notifications/availabletopics?expand=transports&expand=requiresPermissions`.
 //!
 //! Some topics are EventBridge-only, and whether the detail-event and flow-metrics
 //! families reach a WebSocket is a fact of the org, not of the docs (facts sheet C.3).
