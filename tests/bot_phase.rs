@@ -71,13 +71,19 @@ fn bearer() -> String {
 async fn the_three_paths_close_and_confirm_by_the_pushed_end_without_polling() {
     let sim = start_sim(SimConfig::default()).await;
     let url = sim.base_url();
-    let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
-    sim.set_data_action(Some(data_action(&intake)));
+    let (mut d, intake) =
+        start_bot_daemon(bot_config(&url, "basic_user = \"genesys\""), &sim).await;
     let baseline = topics(&sim);
     assert_eq!(baseline, 2, "the queue and the flow-metrics topic");
 
     // 1. The flow's data action posts the intent: the daemon never heard of it before.
-    sim.set_data_action(Some(data_action(&intake)));
+    // Its integration uses a Basic Auth credential, as the README's set-up A does.
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("genesys:{INTAKE_TOKEN}"));
+    sim.set_data_action(Some(DataAction {
+        url: intake.clone(),
+        authorization: Some(format!("Basic {basic}")),
+    }));
     let mut spec = bot(Some("Goodbye"), 50, false, true);
     spec.flow_id = "0b0b0b0b-1111-4222-8333-444455556666".into(); // not a watched flow
     let by_intake = sim.create_bot_conversation(spec);
@@ -102,6 +108,7 @@ async fn the_three_paths_close_and_confirm_by_the_pushed_end_without_polling() {
     );
 
     // 3. A trigger on `.customer.start` posts the id alone; the intent comes on `.attributes`.
+    sim.set_data_action(Some(data_action(&intake)));
     let mut spec = bot(Some("Goodbye"), 700, true, false);
     spec.flow_id = "0b0b0b0b-1111-4222-8333-444455556666".into();
     let by_trigger = sim.create_bot_conversation(spec);
