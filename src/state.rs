@@ -8,14 +8,17 @@
 //! source spoke first. Only what rules and confirmation need is kept, not frames.
 //!
 //! ## What "closed" means
-//! - A conversation that a *full view* has shown (a queue or user topic frame, or a REST
-//!   read, each listing every participant) is closed once every participant it has ever
-//!   shown is `disconnected` or `terminated` (or has an `endTime`).
-//! - A conversation seen only through detail events and the intake (the bot phase: no
-//!   queue or user topic shows it) is closed by `.customer.end` (a messaging
-//!   conversation is over once its guest's participant has ended), or by a `.flow.end`
-//!   whose `exitReason` is a disconnect (`DISCONNECT`, `FLOW_DISCONNECT`, ...). A
-//!   `.flow.end` with `TRANSFER` does not close it: the conversation moves to a queue.
+//! - A conversation a subscribed queue or user topic carries (whose frames list every
+//!   participant) is closed once every participant it has ever shown is `disconnected`
+//!   or `terminated` (or has an `endTime`). Its end comes on that topic.
+//! - Any other conversation (the bot phase, or a queue the daemon does not watch) can
+//!   only show its end through its per-conversation detail topics, which name one
+//!   participant at a time and do not cover queue or agent participants. It is closed by
+//!   `.customer.end` (a messaging conversation is over once its guest's participant has
+//!   ended), by a `.flow.end` whose `exitReason` is a disconnect (`DISCONNECT`,
+//!   `FLOW_DISCONNECT`, ...), or by a REST read showing every participant ended or the
+//!   customer ended. A `.flow.end` with `TRANSFER` does not close it: the conversation
+//!   moves to a queue, and a flow participant alone never makes "every participant".
 //! - A participant's end is sticky and so is closed: a duplicate or older event can
 //!   neither reopen a conversation nor make a close run twice.
 
@@ -210,10 +213,10 @@ impl Conversation {
     /// The closing rule of the module doc.
     fn ended(&self) -> bool {
         let all_ended = !self.participants.is_empty() && self.participants.iter().all(|p| p.ended);
-        if self.full_view {
+        if self.on_topic {
             all_ended
         } else {
-            all_ended || self.customer_ended || self.flow_disconnected
+            (self.full_view && all_ended) || self.customer_ended || self.flow_disconnected
         }
     }
 }
@@ -417,6 +420,65 @@ mod tests {
         assert_eq!(c.attribute("Bot.Intent"), Some("Goodbye"));
         assert_eq!(c.queue_id(), Some("q1"));
         assert_eq!(c.customer_id(), Some("a"));
+    }
+
+    fn detail(ps: Vec<ParticipantUpdate>, flow_disconnected: bool) -> ConversationEvent {
+        let mut e = ConversationEvent::empty("c1".into(), Source::Detail);
+        e.participants = ps;
+        e.flow_disconnected = flow_disconnected;
+        e
+    }
+
+    #[test]
+    fn a_bot_phase_conversation_closes_on_customer_end_not_on_a_transfer() {
+        let s = Store::new();
+        let t = Instant::now();
+        // `.flow.end` TRANSFER: the flow participant ended, the conversation goes on.
+        let flow_end = detail(vec![p("f", "flow", true)], false);
+        assert!(!s.apply(&flow_end, t, |_| None::<()>).closed_now);
+        // A read lists a queue participant still connected; the customer ends later.
+        let mut read = ConversationEvent::empty("c1".into(), Source::Read);
+        read.participants = vec![
+            p("a", "customer", false),
+            p("f", "workflow", true),
+            p("q", "acd", false),
+        ];
+        assert!(!s.apply(&read, t, |_| None::<()>).closed_now);
+        let end = detail(vec![p("a", "customer", true)], false);
+        assert!(
+            s.apply(&end, t, |_| None::<()>).closed_now,
+            "no topic shows the acd end"
+        );
+    }
+
+    #[test]
+    fn a_flow_that_disconnects_closes_a_bot_phase_conversation() {
+        let s = Store::new();
+        let t = Instant::now();
+        assert!(
+            s.apply(&detail(vec![p("f", "flow", true)], true), t, |_| None::<()>)
+                .closed_now
+        );
+    }
+
+    #[test]
+    fn on_a_queue_topic_every_participant_must_end() {
+        let s = Store::new();
+        let t = Instant::now();
+        s.apply(
+            &ev(vec![p("a", "customer", false), p("u", "agent", false)]),
+            t,
+            |_| None::<()>,
+        );
+        let end = detail(vec![p("a", "customer", true)], false);
+        assert!(
+            !s.apply(&end, t, |_| None::<()>).closed_now,
+            "the agent is still on"
+        );
+        assert!(
+            s.apply(&ev(vec![p("u", "agent", true)]), t, |_| None::<()>)
+                .closed_now
+        );
     }
 
     #[test]

@@ -365,3 +365,96 @@ async fn detail_topics_offered_only_over_eventbridge_leave_the_queue_path_workin
     d.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_flow_record_earns_one_catch_up_read_that_decides() {
+    // The flow-metrics record only comes when the flow ends (one of the open questions):
+    // by then the intent is set, and only a read can tell.
+    let sim = start_sim(SimConfig {
+        flow_metrics: genesys_closer::sim::FlowMetricsMode::AtEnd,
+        ..SimConfig::default()
+    })
+    .await;
+    let url = sim.base_url();
+    let (mut d, _intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let mut spec = bot(Some("Goodbye"), 100, false, false);
+    // To a queue the daemon does not watch: no queue topic will show it.
+    spec.transfer = Some((
+        "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d".into(),
+        Duration::from_millis(200),
+    ));
+    let id = sim.create_bot_conversation(spec);
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, id.as_str());
+    assert_eq!(
+        (r.outcome, r.confirmed_by, r.source),
+        (Outcome::Confirmed, Some(ConfirmedBy::Event), Source::Read),
+        "{r:?}"
+    );
+    assert_eq!(conversation_reads(&sim), 1, "one catch-up read");
+    assert_eq!(patches(&sim, &id), 1);
+    let summary = d.shutdown().await;
+    assert_eq!((summary.discovered, summary.catchup_reads), (1, 1));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_phase_conversation_that_reaches_a_queue_keeps_one_entry_and_one_decision() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, _intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let baseline = topics(&sim);
+    // Discovered in the bot phase (watched), then handed to the watched queue.
+    let mut spec = bot(None, 50, false, false);
+    spec.transfer = Some((QUEUE.into(), Duration::from_millis(600)));
+    let id = sim.create_bot_conversation(spec);
+    wait_for(WAIT, || topics(&sim) == baseline + 3).await;
+    // In the queue, the queue topic carries it: its detail topics are given back.
+    wait_for(WAIT, || topics(&sim) == baseline).await;
+    // The intent comes later: one decision, one close, confirmed.
+    sim.set_intent(&id, "Goodbye");
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, id.as_str());
+    assert_eq!(
+        (r.outcome, r.source),
+        (Outcome::Confirmed, Source::Queue),
+        "{r:?}"
+    );
+    assert_eq!(r.queue_id.as_deref(), Some(QUEUE));
+    d.assert_no_report(Duration::from_millis(300)).await;
+    assert_eq!(patches(&sim, &id), 1);
+    let summary = d.shutdown().await;
+    assert_eq!(summary.decisions, 1);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_than_a_thousand_topics_spread_over_channels_and_are_given_back() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, _intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let baseline = topics(&sim);
+    // 400 watched conversations need 1,200 topics: more than one channel holds.
+    let ids: Vec<String> = (0..400)
+        .map(|_| sim.create_bot_conversation(bot(None, 600_000, false, false)))
+        .collect();
+    wait_for(Duration::from_secs(20), || topics(&sim) == baseline + 1200).await;
+    let counts = sim.channel_topic_counts();
+    assert_eq!(counts.len(), 2, "{counts:?}");
+    assert!(counts.iter().all(|(_, n)| *n <= 1000), "{counts:?}");
+    assert_eq!(sim.connected_sockets(), 2);
+    // Their guests leave: every per-conversation topic is removed, in few requests.
+    let before = subscription_calls(&sim);
+    for id in &ids {
+        sim.customer_leaves(id);
+    }
+    wait_for(Duration::from_secs(20), || topics(&sim) == baseline).await;
+    let removals = subscription_calls(&sim) - before;
+    assert!(
+        removals <= 4,
+        "{removals} requests to remove 400 conversations' topics"
+    );
+    d.assert_no_report(Duration::from_millis(100)).await;
+    d.shutdown().await;
+    sim.shutdown().await;
+}

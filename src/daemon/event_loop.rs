@@ -85,6 +85,14 @@ impl EventLoop {
         if ev.source == Source::Read {
             self.verifying.remove(&ev.conversation_id);
         }
+        // A queue or user topic carries it now (the bot transferred it): its detail
+        // topics are no longer needed, the topic shows its intent and its end.
+        if matches!(ev.source, Source::Queue | Source::User)
+            && self.store.set_watched(&ev.conversation_id, false)
+        {
+            self.subs.unwatch(&ev.conversation_id);
+            self.owed_catchup.remove(&ev.conversation_id);
+        }
         if applied.closed_now {
             self.stats.closed_seen.inc();
             self.waiters.notify(&ev.conversation_id, received);
