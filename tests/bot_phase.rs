@@ -458,3 +458,53 @@ async fn more_than_a_thousand_topics_spread_over_channels_and_are_given_back() {
     d.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intake_serves_https_itself_when_given_a_certificate() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert_pem = cert.cert.pem();
+    let (cert_path, key_path) = (dir.path().join("intake.crt"), dir.path().join("intake.key"));
+    std::fs::write(&cert_path, &cert_pem).expect("write cert");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    let extra = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"",
+        cert_path.display(),
+        key_path.display()
+    );
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, &extra), &sim).await;
+    let https = intake.replace("http://127.0.0.1", "https://localhost");
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem")])
+        .build()
+        .expect("client");
+    let mut spec = bot(None, 60_000, false, false);
+    spec.flow_id = "0b0b0b0b-1111-4222-8333-444455556666".into();
+    let id = sim.create_bot_conversation(spec);
+    let resp = client
+        .post(&https)
+        .bearer_auth(INTAKE_TOKEN)
+        .json(&json!({ "conversationId": id, "intent": "Goodbye" }))
+        .send()
+        .await
+        .expect("https answer");
+    assert_eq!(resp.status().as_u16(), 202);
+    let r = d.next_report(WAIT).await;
+    assert_eq!(
+        (r.outcome, r.source),
+        (Outcome::Confirmed, Source::Intake),
+        "{r:?}"
+    );
+    // Plain HTTP to the TLS port gets nowhere.
+    let plain = reqwest::Client::new()
+        .post(&intake)
+        .bearer_auth(INTAKE_TOKEN)
+        .json(&json!({ "conversationId": id, "intent": "Goodbye" }))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status().as_u16() != 202));
+    d.shutdown().await;
+    sim.shutdown().await;
+}
