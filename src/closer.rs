@@ -152,6 +152,11 @@ impl Waiters {
         }
     }
 
+    /// Conversations whose close is waiting for its confirming event.
+    pub fn ids(&self) -> Vec<Box<str>> {
+        self.map.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Sequences currently waiting.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -8,20 +8,24 @@
 //! source spoke first. Only what rules and confirmation need is kept, not frames.
 //!
 //! ## What "closed" means
-//! - A conversation a subscribed queue or user topic carries (whose frames list every
-//!   participant) is closed once every participant it has ever shown is `disconnected`
-//!   or `terminated` (or has an `endTime`). Its end comes on that topic.
-//! - Any other conversation (the bot phase, or a queue the daemon does not watch) can
-//!   only show its end through its per-conversation detail topics, which name one
-//!   participant at a time and do not cover queue or agent participants. It is closed by
-//!   `.customer.end` (a messaging conversation is over once its guest's participant has
-//!   ended), by a `.flow.end` whose `exitReason` is a disconnect (`DISCONNECT`,
-//!   `FLOW_DISCONNECT`, ...), or by a REST read showing every participant ended or the
-//!   customer ended. A `.flow.end` with `TRANSFER` does not close it: the conversation
-//!   moves to a queue, and a flow participant alone never makes "every participant".
-//! - A participant's end is sticky and so is closed: a duplicate or older event can
-//!   neither reopen a conversation nor make a close run twice.
+//! A conversation is closed as soon as one of these holds:
+//! - a *full view* (a queue or user topic frame, or a REST read, each listing every
+//!   participant) has shown it, and every participant ever shown is `disconnected` or
+//!   `terminated` (or has an `endTime`);
+//! - its `.customer.end` detail event arrived: a messaging conversation is over once its
+//!   guest's participant has ended. This is how a conversation still with the bot (or in
+//!   a queue the daemon does not watch) shows its end: detail events name one participant
+//!   at a time and the daemon does not subscribe the queue or agent ones;
+//! - a `.flow.end` said the flow disconnected it (`exitReason` `DISCONNECT`,
+//!   `FLOW_DISCONNECT`, ...). A `.flow.end` with `TRANSFER` does not close it: the
+//!   conversation moves on to a queue.
+//!
+//! Each condition only ever turns true (a participant's end is sticky, a full view stays
+//! one), and closed is sticky too, so duplicates and reordering can neither reopen a
+//! conversation nor make a close run twice.
 
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -49,7 +53,7 @@ pub struct Conversation {
     full_view: bool,
     /// A queue or user topic has carried it, so its end will come there too.
     on_topic: bool,
-    /// The customer's participant ended (`.customer.end`, or a full view).
+    /// `.customer.end` arrived.
     customer_ended: bool,
     /// A `.flow.end` said the flow disconnected the conversation.
     flow_disconnected: bool,
@@ -178,7 +182,7 @@ impl Conversation {
             }
             if is_customer {
                 self.customer_id.get_or_insert_with(|| p.id.clone());
-                self.customer_ended |= p.ended;
+                self.customer_ended |= p.ended && ev.source == Source::Detail;
                 if p.message_type.is_some() {
                     self.message_type.clone_from(&p.message_type);
                 }
@@ -213,17 +217,52 @@ impl Conversation {
     /// The closing rule of the module doc.
     fn ended(&self) -> bool {
         let all_ended = !self.participants.is_empty() && self.participants.iter().all(|p| p.ended);
-        if self.on_topic {
-            all_ended
-        } else {
-            (self.full_view && all_ended) || self.customer_ended || self.flow_disconnected
+        (self.full_view && all_ended) || self.customer_ended || self.flow_disconnected
+    }
+}
+
+/// Most tombstones kept; the oldest go first. At about 40 bytes each, 100,000 cost
+/// about 4 MB and cover well over the closed grace period at any realistic rate.
+pub const TOMBSTONES: usize = 100_000;
+
+/// Conversations evicted after they closed: a late frame for one of them must not bring
+/// it back and start a second decision. Compact keys in a bounded FIFO.
+#[derive(Debug, Default)]
+struct Tombstones {
+    /// Key -> whether a rule had decided on it.
+    decided: HashMap<u128, bool>,
+    /// Keys in eviction order, to forget the oldest first.
+    order: VecDeque<u128>,
+}
+
+/// A conversation id as 128 bits: a UUID's own bits, or a hash of any other text.
+fn key(id: &str) -> u128 {
+    let hex: String = id.chars().filter(|c| *c != '-').collect();
+    if hex.len() == 32 {
+        if let Ok(v) = u128::from_str_radix(&hex, 16) {
+            return v;
         }
     }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    (1u128 << 127) | u128::from(h.finish())
+}
+
+/// What the map remembers of an evicted conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tombstone {
+    /// Closed, and a rule had decided on it.
+    Decided,
+    /// Closed without a decision.
+    Closed,
 }
 
 /// What applying one event changed.
 #[derive(Debug)]
 pub struct Applied<D> {
+    /// The event was for a conversation evicted after it closed: ignored.
+    pub late: bool,
     /// This event closed the conversation (it was open before).
     pub closed_now: bool,
     /// The conversation was unknown before this event.
@@ -236,6 +275,8 @@ pub struct Applied<D> {
 #[derive(Debug, Default)]
 pub struct Store {
     map: DashMap<Box<str>, Conversation>,
+    /// Closed conversations already evicted (event loop only; the lock is uncontended).
+    tombstones: Mutex<Tombstones>,
 }
 
 impl Store {
@@ -252,6 +293,16 @@ impl Store {
         now: Instant,
         decide: impl FnOnce(&Conversation) -> Option<D>,
     ) -> Applied<D> {
+        if !self.map.contains_key(&ev.conversation_id)
+            && self.tombstone(&ev.conversation_id).is_some()
+        {
+            return Applied {
+                late: true,
+                closed_now: false,
+                new: false,
+                decision: None,
+            };
+        }
         let mut new = false;
         let mut entry = self
             .map
@@ -271,10 +322,32 @@ impl Store {
             d
         };
         Applied {
+            late: false,
             closed_now,
             new,
             decision,
         }
+    }
+
+    /// What is remembered of an evicted closed conversation, if anything.
+    pub fn tombstone(&self, conversation_id: &str) -> Option<Tombstone> {
+        let t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
+        t.decided.get(&key(conversation_id)).map(|d| {
+            if *d {
+                Tombstone::Decided
+            } else {
+                Tombstone::Closed
+            }
+        })
+    }
+
+    /// Number of tombstones held.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .order
+            .len()
     }
 
     /// Marks the conversation as watched (or not); returns whether that changed
@@ -304,6 +377,19 @@ impl Store {
         self.map.get(conversation_id).map(|c| f(&c))
     }
 
+    /// Open conversations no rule has decided on yet, most recently active first, at
+    /// most `limit` (the candidates of a resync after a gap).
+    pub fn open_undecided(&self, limit: usize) -> Vec<Box<str>> {
+        let mut v: Vec<(Instant, Box<str>)> = self
+            .map
+            .iter()
+            .filter(|e| !e.is_closed() && !e.decided)
+            .map(|e| (e.last_event, e.key().clone()))
+            .collect();
+        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.into_iter().take(limit).map(|(_, id)| id).collect()
+    }
+
     /// Number of tracked conversations.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -326,6 +412,7 @@ impl Store {
     ) -> (Vec<Box<str>>, usize) {
         let before = self.map.len();
         let mut watched = Vec::new();
+        let mut buried = Vec::new();
         self.map.retain(|id, c| {
             let keep = match c.closed_at {
                 Some(at) => now.saturating_duration_since(at) < closed_grace,
@@ -334,8 +421,25 @@ impl Store {
             if !keep && c.watched {
                 watched.push(id.clone());
             }
+            // Only closed ones: a silent open one may speak again (and is then new to us).
+            if !keep && c.closed_at.is_some() {
+                buried.push((key(id), c.decided));
+            }
             keep
         });
+        if !buried.is_empty() {
+            let mut t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, decided) in buried {
+                if t.decided.insert(k, decided).is_none() {
+                    t.order.push_back(k);
+                }
+            }
+            while t.order.len() > TOMBSTONES {
+                if let Some(old) = t.order.pop_front() {
+                    t.decided.remove(&old);
+                }
+            }
+        }
         (watched, before - self.map.len())
     }
 }
@@ -462,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn on_a_queue_topic_every_participant_must_end() {
+    fn a_full_view_needs_every_participant_ended() {
         let s = Store::new();
         let t = Instant::now();
         s.apply(
@@ -470,15 +574,42 @@ mod tests {
             t,
             |_| None::<()>,
         );
-        let end = detail(vec![p("a", "customer", true)], false);
+        // A queue frame with the customer ended but the agent on: still open.
+        let half = ev(vec![p("a", "customer", true), p("u", "agent", false)]);
         assert!(
-            !s.apply(&end, t, |_| None::<()>).closed_now,
+            !s.apply(&half, t, |_| None::<()>).closed_now,
             "the agent is still on"
         );
         assert!(
             s.apply(&ev(vec![p("u", "agent", true)]), t, |_| None::<()>)
                 .closed_now
         );
+    }
+
+    #[test]
+    fn a_late_frame_after_eviction_starts_nothing() {
+        let s = Store::new();
+        let t0 = Instant::now();
+        let open = ev(vec![p("a", "customer", false)]);
+        assert_eq!(s.apply(&open, t0, |_| Some(1)).decision, Some(1));
+        s.apply(&ev(vec![p("a", "customer", true)]), t0, |_| Some(2));
+        let later = t0 + Duration::from_secs(120);
+        s.evict(later, Duration::from_secs(60), Duration::from_secs(3600));
+        assert!(s.is_empty());
+        assert_eq!(s.tombstone("c1"), Some(Tombstone::Decided));
+        // A late, stale frame: ignored, not a new conversation, not a second decision.
+        let a = s.apply(&open, later, |_| Some(3));
+        assert!(a.late && a.decision.is_none() && !a.new);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn uuid_keys_are_the_uuid_bits_and_others_hash() {
+        assert_eq!(
+            key("5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38"),
+            0x5d2b8c1e9a474f3eb6d07e1c2a9f4b38
+        );
+        assert_ne!(key("c1"), key("c2"));
     }
 
     #[test]

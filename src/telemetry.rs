@@ -20,6 +20,11 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
@@ -47,6 +52,10 @@ pub struct Stats {
     pub intake_calls: Counter,
     /// REST reads to catch up on a watched conversation (or to verify an intake intent).
     pub catchup_reads: Counter,
+    /// Events for conversations closed and evicted earlier, ignored.
+    pub late_events: Counter,
+    /// REST reads made to resync after a stream gap.
+    pub resync_reads: Counter,
 }
 
 /// Installs the global log subscriber. `RUST_LOG`, when set, overrides the configured level.

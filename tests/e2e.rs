@@ -272,3 +272,33 @@ async fn a_silent_socket_is_declared_dead_and_replaced() {
     d.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intent_pushed_while_the_stream_was_down_is_found_by_the_resync_read() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let mut cfg = config(&url, &url, "");
+    // A slow reconnect, so the gap is certain.
+    cfg.stream.backoff_min = Duration::from_millis(1500);
+    cfg.stream.backoff_max = Duration::from_millis(2000);
+    let mut d = start_daemon(cfg, &sim).await;
+    let id = sim.create_conversation(conversation(None));
+    wait_for(WAIT, || !sim.pushed_frames().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The channel vanishes; while the daemon waits to make a new one, the bot sets the
+    // intent: that frame reaches nobody (Genesys has no replay).
+    sim.expire_channels();
+    wait_for(WAIT, || sim.connected_sockets() == 0).await;
+    sim.set_intent(&id, "Goodbye");
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, id.as_str());
+    assert_eq!(
+        (r.outcome, r.source),
+        (Outcome::Confirmed, genesys_closer::genesys::frames::Source::Read),
+        "decided from the resync read: {r:?}"
+    );
+    let summary = d.shutdown().await;
+    assert!(summary.resync_reads >= 1, "{summary:?}");
+    sim.shutdown().await;
+}

@@ -383,12 +383,16 @@ impl Checker<'_> {
                 ),
             );
         }
+        // Genesys sends a heartbeat every 30 s: ping after 35 s of silence and give the
+        // socket up after 45 s, so a dead socket is replaced within about 45 s.
         let heartbeat_timeout = self
             .duration(t, "heartbeat_timeout")
-            .unwrap_or(Duration::from_secs(75));
-        let ping_after = self
-            .duration(t, "ping_after")
-            .unwrap_or(heartbeat_timeout / 2);
+            .unwrap_or(Duration::from_secs(45));
+        let ping_after = self.duration(t, "ping_after").unwrap_or(
+            heartbeat_timeout
+                .saturating_sub(Duration::from_secs(10))
+                .max(heartbeat_timeout / 2),
+        );
         if ping_after >= heartbeat_timeout {
             let span = t.get("ping_after").and_then(Item::span);
             self.at(

@@ -26,6 +26,10 @@ use crate::telemetry::Stats;
 const CLOSED_GRACE: Duration = Duration::from_secs(600);
 /// Open conversations with no event for this long are dropped (their end was missed).
 const IDLE_MAX: Duration = Duration::from_secs(48 * 3600);
+/// Most conversations one gap's resync reads; beyond it the gap is logged as capped.
+pub(crate) const RESYNC_CAP: usize = 100;
+/// Resync reads in flight at once, so a resync does not crowd out closes.
+const RESYNC_CONCURRENCY: usize = 2;
 
 /// The event loop's state and collaborators.
 pub(crate) struct EventLoop {
@@ -57,6 +61,8 @@ pub(crate) struct EventLoop {
     pub owed_catchup: HashSet<Box<str>>,
     /// Conversations with a verify read in flight.
     pub verifying: HashSet<Box<str>>,
+    /// Conversations with a resync read queued or in flight.
+    pub resyncing: HashSet<Box<str>>,
 }
 
 impl EventLoop {
@@ -84,6 +90,16 @@ impl EventLoop {
         });
         if ev.source == Source::Read {
             self.verifying.remove(&ev.conversation_id);
+            self.resyncing.remove(&ev.conversation_id);
+        }
+        if applied.late {
+            self.stats.late_events.inc();
+            tracing::debug!(
+                conversation_id = &*ev.conversation_id,
+                source = ev.source.as_str(),
+                "event for a conversation closed and evicted earlier: ignored"
+            );
+            return false;
         }
         // A queue or user topic carries it now (the bot transferred it): its detail
         // topics are no longer needed, the topic shows its intent and its end.
@@ -216,7 +232,14 @@ impl EventLoop {
 
     fn intake_answer(&mut self, call: &IntakeCall) -> IntakeAnswer {
         let id = &call.conversation_id;
-        let seen = self.store.with(id, |c| (c.is_decided(), c.is_closed()));
+        let seen = self
+            .store
+            .with(id, |c| (c.is_decided(), c.is_closed()))
+            .or_else(|| {
+                self.store
+                    .tombstone(id)
+                    .map(|t| (t == crate::state::Tombstone::Decided, true))
+            });
         match seen {
             Some((true, _)) => return IntakeAnswer::Duplicate,
             Some((false, true)) => return IntakeAnswer::AlreadyClosed,
@@ -267,6 +290,65 @@ impl EventLoop {
         }
         self.watch(id);
         IntakeAnswer::Watching
+    }
+
+    /// A stream was without a live socket for `gap`: whatever Genesys pushed meanwhile is
+    /// lost (there is no replay), so read what matters: first the conversations with a close
+    /// in flight (their confirmation may have been pushed in the gap), then open ones no
+    /// rule has decided on (their intent may have been), most recently active first; at
+    /// most [`RESYNC_CAP`] per gap.
+    pub fn on_gap(&mut self, stream: usize, gap: Duration) {
+        let mut wanted: Vec<Box<str>> = self.waiters.ids();
+        let in_flight = wanted.len();
+        wanted.extend(self.store.open_undecided(RESYNC_CAP + 1));
+        let mut seen = HashSet::new();
+        wanted.retain(|id| seen.insert(id.clone()) && !self.resyncing.contains(id));
+        let capped = wanted.len() > RESYNC_CAP;
+        wanted.truncate(RESYNC_CAP);
+        tracing::warn!(
+            stream,
+            gap_ms = gap.as_millis() as u64,
+            closes_in_flight = in_flight,
+            reads = wanted.len(),
+            capped,
+            "stream gap: events pushed meanwhile are lost; resyncing by REST reads"
+        );
+        if capped {
+            tracing::warn!(
+                stream,
+                cap = RESYNC_CAP,
+                "resync cap reached: the least recently active open conversations are not read"
+            );
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        for id in &wanted {
+            self.resyncing.insert(id.clone());
+        }
+        self.stats.resync_reads.add(wanted.len() as u64);
+        let api = Arc::clone(&self.api);
+        let wanted_attrs = Arc::clone(&self.wanted);
+        let reads = self.reads.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt as _;
+            futures_util::stream::iter(wanted)
+                .for_each_concurrent(RESYNC_CONCURRENCY, |id| {
+                    let api = Arc::clone(&api);
+                    let wanted_attrs = Arc::clone(&wanted_attrs);
+                    let reads = reads.clone();
+                    async move {
+                        match api.get_conversation(&id, &wanted_attrs).await {
+                            Ok(ev) => {
+                                let _ = reads.send(ev).await;
+                            }
+                            Err(e) => tracing::warn!(conversation_id = &*id, error = %e,
+                                correlation_id = e.correlation_id(), "resync read failed"),
+                        }
+                    }
+                })
+                .await;
+        });
     }
 
     /// Forgets old conversations; watched ones lose their topics.

@@ -86,6 +86,10 @@ pub struct Summary {
     pub intake_calls: u64,
     /// Catch-up and verify reads.
     pub catchup_reads: u64,
+    /// Reads made to resync after stream gaps.
+    pub resync_reads: u64,
+    /// Events ignored because their conversation closed and was evicted earlier.
+    pub late_events: u64,
 }
 
 /// Which sources survived the `availabletopics` check.
@@ -309,6 +313,7 @@ pub async fn run(
         draining: false,
         owed_catchup: Default::default(),
         verifying: Default::default(),
+        resyncing: Default::default(),
     };
     let mut live = vec![false; channels];
     let mut ready_sent = false;
@@ -339,7 +344,10 @@ pub async fn run(
                 }
                 StreamEvent::Discovered(m, received) => lp.on_discovered(&m, received),
                 StreamEvent::Watching(ids, at) => lp.on_watching(&ids, at),
-                StreamEvent::Live { stream, channel_id } => {
+                StreamEvent::Live { stream, channel_id, gap } => {
+                    if let Some(gap) = gap {
+                        lp.on_gap(stream, gap);
+                    }
                     if stream >= live.len() {
                         // A stream the subscription manager added; readiness is about
                         // the configured ones, so it counts as live from the start.
@@ -391,6 +399,8 @@ pub async fn run(
         discovered: stats.discovered.get(),
         intake_calls: stats.intake_calls.get(),
         catchup_reads: stats.catchup_reads.get(),
+        resync_reads: stats.resync_reads.get(),
+        late_events: stats.late_events.get(),
     };
     tracing::info!(
         frames = summary.frames,
@@ -401,6 +411,8 @@ pub async fn run(
         discovered = summary.discovered,
         intake_calls = summary.intake_calls,
         catchup_reads = summary.catchup_reads,
+        resync_reads = summary.resync_reads,
+        late_events = summary.late_events,
         abandoned,
         "stopped"
     );

@@ -223,50 +223,110 @@ struct ConversationBody<'a> {
 #[derive(Deserialize)]
 struct ParticipantBody<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Text<'a>,
     #[serde(borrow, default)]
-    purpose: Option<Cow<'a, str>>,
+    purpose: Text<'a>,
     #[serde(borrow, default)]
-    state: Option<Cow<'a, str>>,
+    state: Text<'a>,
     #[serde(rename = "endTime", borrow, default)]
-    end_time: Option<Cow<'a, str>>,
+    end_time: Text<'a>,
     #[serde(borrow, default)]
-    queue: Option<EntityRef<'a>>,
+    queue: Option<&'a RawValue>,
     #[serde(rename = "type", borrow, default)]
-    message_type: Option<Cow<'a, str>>,
+    message_type: Text<'a>,
     #[serde(borrow, default)]
-    attributes: Option<HashMap<Cow<'a, str>, &'a RawValue>>,
+    attributes: Option<&'a RawValue>,
+}
+
+/// A string field read leniently: any other JSON type (a number, `null`, an object)
+/// reads as absent instead of failing the whole frame, which may carry what matters.
+#[derive(Default)]
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl<'a> Text<'a> {
+    fn get(self) -> Option<Cow<'a, str>> {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E>(self) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_none<E>(self) -> Result<Text<'a>, E> {
+                Ok(Text(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'a>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'a>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 /// The fields the daemon reads from any `v2.detail.events.conversation.{id}.*` body.
 #[derive(Deserialize, Default)]
 struct DetailBody<'a> {
     #[serde(rename = "conversationId", borrow, default)]
-    conversation_id: Option<Cow<'a, str>>,
+    conversation_id: Text<'a>,
     #[serde(rename = "participantId", borrow, default)]
-    participant_id: Option<Cow<'a, str>>,
+    participant_id: Text<'a>,
     #[serde(borrow, default)]
-    attributes: Option<HashMap<Cow<'a, str>, &'a RawValue>>,
+    attributes: Option<&'a RawValue>,
     #[serde(rename = "messageType", borrow, default)]
-    message_type: Option<Cow<'a, str>>,
+    message_type: Text<'a>,
     #[serde(rename = "exitReason", borrow, default)]
-    exit_reason: Option<Cow<'a, str>>,
+    exit_reason: Text<'a>,
 }
 
 #[derive(Deserialize, Default)]
 struct FlowMetricBody<'a> {
     #[serde(rename = "conversationId", borrow, default)]
-    conversation_id: Option<Cow<'a, str>>,
+    conversation_id: Text<'a>,
     #[serde(rename = "flowId", borrow, default)]
-    flow_id: Option<Cow<'a, str>>,
+    flow_id: Text<'a>,
     #[serde(borrow, default)]
-    metric: Option<Cow<'a, str>>,
+    metric: Text<'a>,
 }
 
 #[derive(Deserialize)]
 struct EntityRef<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Text<'a>,
 }
 
 /// Which topic family a topic name belongs to.
@@ -404,11 +464,11 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
         TopicKind::FlowMetrics => {
             let raw = env.body.map_or("{}", RawValue::get);
             let body: FlowMetricBody<'_> = serde_json::from_str(raw)?;
-            match body.conversation_id.filter(|c| !c.is_empty()) {
+            match body.conversation_id.get().filter(|c| !c.is_empty()) {
                 Some(id) => Ok(Frame::FlowMetric(FlowMetric {
                     conversation_id: id.into(),
-                    flow_id: body.flow_id.map(Into::into),
-                    metric: body.metric.map(Into::into),
+                    flow_id: body.flow_id.get().map(Into::into),
+                    metric: body.metric.get().map(Into::into),
                 })),
                 None => Err(FrameError::MissingId {
                     topic: topic.into_owned(),
@@ -485,7 +545,8 @@ fn parse_detail_body(
         .get("v2.detail.events.conversation.".len()..)
         .and_then(|rest| rest.split('.').next())
         .filter(|id| !id.is_empty());
-    let id = match body.conversation_id.as_deref().filter(|c| !c.is_empty()) {
+    let conversation_id = body.conversation_id.get();
+    let id = match conversation_id.as_deref().filter(|c| !c.is_empty()) {
         Some(id) => id,
         None => from_topic.ok_or_else(|| FrameError::MissingId {
             topic: topic.to_string(),
@@ -495,9 +556,9 @@ fn parse_detail_body(
     ev.correlation_id = correlation_id.map(Into::into);
     let message_type = body
         .message_type
-        .as_deref()
+        .get()
         .map(|t| t.to_ascii_lowercase().into_boxed_str());
-    let participant_id = body.participant_id.filter(|p| !p.is_empty());
+    let participant_id = body.participant_id.get().filter(|p| !p.is_empty());
     match kind {
         DetailKind::Attributes => {
             ev.attributes = wanted_attributes(body.attributes, wanted);
@@ -517,6 +578,7 @@ fn parse_detail_body(
         DetailKind::FlowEnd => {
             ev.flow_disconnected = body
                 .exit_reason
+                .get()
                 .as_deref()
                 .is_some_and(exit_ends_conversation);
             if let Some(pid) = participant_id {
@@ -541,11 +603,11 @@ pub const FLOW_PURPOSE: &str = "flow";
 
 /// Keeps only the attributes rules read; a value that is not a string is ignored rather
 /// than failing the whole frame (the rest of the frame may carry what matters).
-fn wanted_attributes(
-    attrs: Option<HashMap<Cow<'_, str>, &RawValue>>,
-    wanted: &[Box<str>],
-) -> Vec<(Box<str>, Box<str>)> {
-    let Some(attrs) = attrs else {
+fn wanted_attributes(attrs: Option<&RawValue>, wanted: &[Box<str>]) -> Vec<(Box<str>, Box<str>)> {
+    // Not an object (a wrong type): no attributes, the rest of the frame still counts.
+    let Some(attrs) = attrs
+        .and_then(|raw| serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(raw.get()).ok())
+    else {
         return Vec::new();
     };
     attrs
@@ -567,18 +629,24 @@ fn message_body(raw: Option<&RawValue>) -> Result<MessageBody<'_>, FrameError> {
 
 /// A participant without an id cannot be tracked across events; it is skipped.
 fn participant(p: ParticipantBody<'_>, wanted: &[Box<str>]) -> Option<ParticipantUpdate> {
-    let id = p.id.filter(|id| !id.is_empty())?;
-    let ended = p.end_time.is_some_and(|t| !t.is_empty())
-        || p.state.as_deref().is_some_and(|s| {
+    let id = p.id.get().filter(|id| !id.is_empty())?;
+    let ended = p.end_time.get().is_some_and(|t| !t.is_empty())
+        || p.state.get().as_deref().is_some_and(|s| {
             s.eq_ignore_ascii_case("disconnected") || s.eq_ignore_ascii_case("terminated")
         });
     let attributes = wanted_attributes(p.attributes, wanted);
+    // A queue that is not an object with a string id is ignored, not fatal.
+    let queue_id = p
+        .queue
+        .and_then(|raw| serde_json::from_str::<EntityRef<'_>>(raw.get()).ok())
+        .and_then(|q| q.id.get())
+        .map(|q| q.into_owned().into_boxed_str());
     Some(ParticipantUpdate {
         id: id.into(),
-        purpose: p.purpose.unwrap_or_default().into(),
+        purpose: p.purpose.get().unwrap_or_default().into(),
         ended,
-        queue_id: p.queue.and_then(|q| q.id).map(Into::into),
-        message_type: p.message_type.map(Into::into),
+        queue_id,
+        message_type: p.message_type.get().map(Into::into),
         attributes,
     })
 }
@@ -655,6 +723,31 @@ mod tests {
         assert_eq!(ev.participants[1].queue_id.as_deref(), Some("q"));
         assert!(!ev.participants[0].ended);
         assert!(ev.participants[2].ended, "endTime means ended");
+    }
+
+    #[test]
+    fn wrong_types_in_fields_not_needed_keep_the_frame_and_its_intent() {
+        let text = r#"{"topicName":"v2.routing.queues.q.conversations.messages",
+          "eventBody":{"id":"c1","participants":[
+            {"id":"p1","purpose":"customer","state":7,"type":{"x":1},"queue":"q-as-text",
+             "attributes":{"Bot.Intent":"Goodbye","Bot.Score":0.9,"Other":null}},
+            {"id":"p2","purpose":5,"state":"disconnected","queue":{"id":3},"attributes":[1]},
+            {"id":9,"purpose":"acd"}]}}"#;
+        let Frame::Conversation(ev) = parse_frame(text, &["Bot.Intent".into(), "Bot.Score".into()])
+            .expect("a frame with odd types still parses")
+        else {
+            panic!("not a conversation");
+        };
+        assert_eq!(
+            ev.participants.len(),
+            2,
+            "a participant without a string id is skipped"
+        );
+        let c = &ev.participants[0];
+        assert_eq!(c.attributes, vec![("Bot.Intent".into(), "Goodbye".into())]);
+        assert!(!c.ended && c.queue_id.is_none() && c.message_type.is_none());
+        assert!(ev.participants[1].ended);
+        assert_eq!(&*ev.participants[1].purpose, "");
     }
 
     #[test]

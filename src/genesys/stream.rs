@@ -27,6 +27,8 @@ use crate::telemetry::Stats;
 /// Frames larger than this are refused (the socket is then reconnected). Genesys
 /// documents no limit; a messaging conversation frame is a few KiB.
 const MAX_FRAME_BYTES: usize = 4 << 20;
+/// The TCP connect, TLS and WebSocket handshake together must finish within this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Renew (re-PUT the topics of) a channel this long before it expires.
 const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(600);
 /// Documented channel lifetime; a resubscribe resets it (facts sheet B.3).
@@ -47,6 +49,9 @@ pub enum StreamEvent {
         stream: usize,
         /// Channel id.
         channel_id: String,
+        /// How long this stream had no live socket before this one (`None` the first
+        /// time): events Genesys pushed meanwhile are lost, a resync must read them.
+        gap: Option<Duration>,
     },
     /// The stream lost its socket and is reconnecting.
     Down {
@@ -66,8 +71,10 @@ enum State {
     Subscribing(Channel),
     /// Subscribed: connect to `connectUri` and read.
     Live(Channel),
-    /// Wait before trying again; keep the channel if it is still usable.
-    Backoff(Option<Channel>, String),
+    /// Wait before trying again; keep the channel if it is still usable. The flag says
+    /// whether that channel holds its topics: if not, it is subscribed again before the
+    /// socket goes live (a channel without its topics receives nothing).
+    Backoff(Option<Channel>, bool, String),
 }
 
 /// Why a live connection ended.
@@ -110,6 +117,8 @@ impl ChannelStream {
     pub async fn run(self) {
         let mut state = State::Connecting;
         let mut backoff = self.new_backoff();
+        // Since when no socket of this stream has been live (None before the first).
+        let mut down_since: Option<Instant> = None;
         loop {
             if self.cancel.is_cancelled() {
                 return;
@@ -120,15 +129,15 @@ impl ChannelStream {
                         tracing::info!(stream = self.index, channel_id = %ch.id, expires = ch.expires.as_deref(), "channel created; subscribing");
                         State::Subscribing(ch)
                     }
-                    Err(e) => State::Backoff(None, format!("cannot create a channel: {e}")),
+                    Err(e) => State::Backoff(None, false, format!("cannot create a channel: {e}")),
                 },
                 State::Subscribing(ch) => match self.subscribe(&ch).await {
                     Ok(()) => State::Live(ch),
-                    Err(reason) => State::Backoff(Some(ch), reason),
+                    Err(reason) => State::Backoff(Some(ch), false, reason),
                 },
                 State::Live(ch) => {
                     let started = Instant::now();
-                    let end = self.live(ch).await;
+                    let end = self.live(ch, &mut down_since).await;
                     if started.elapsed() >= self.config.healthy_after {
                         backoff = self.new_backoff();
                     }
@@ -148,16 +157,17 @@ impl ChannelStream {
                             self.down(&reason).await;
                             State::Backoff(
                                 None,
+                                false,
                                 format!("channel unusable ({reason}); a new one will be created"),
                             )
                         }
                         LiveEnd::Failed(ch, reason) => {
                             self.down(&reason).await;
-                            State::Backoff(Some(ch), reason)
+                            State::Backoff(Some(ch), true, reason)
                         }
                     }
                 }
-                State::Backoff(ch, reason) => {
+                State::Backoff(ch, subscribed, reason) => {
                     let delay = backoff.next().unwrap_or(self.config.backoff_max);
                     tracing::warn!(stream = self.index, %reason, delay_ms = delay.as_millis() as u64, "stream down; backing off");
                     tokio::select! {
@@ -165,7 +175,13 @@ impl ChannelStream {
                         _ = tokio::time::sleep(delay) => {}
                     }
                     match ch {
-                        Some(ch) if self.channel_usable(&ch).await => State::Live(ch),
+                        Some(ch) if self.channel_usable(&ch).await => {
+                            if subscribed {
+                                State::Live(ch)
+                            } else {
+                                State::Subscribing(ch)
+                            }
+                        }
                         _ => State::Connecting,
                     }
                 }
@@ -248,7 +264,18 @@ impl ChannelStream {
         Ok(())
     }
 
-    async fn live(&self, ch: Channel) -> LiveEnd {
+    /// Connects and reads until the socket ends. `down_since` is when the previous
+    /// socket ended; it is reported as the gap once this one is live, and set again when
+    /// this one ends.
+    async fn live(&self, ch: Channel, down_since: &mut Option<Instant>) -> LiveEnd {
+        let end = self.live_inner(ch, down_since).await;
+        if !matches!(end, LiveEnd::Cancelled) && down_since.is_none() {
+            *down_since = Some(Instant::now());
+        }
+        end
+    }
+
+    async fn live_inner(&self, ch: Channel, down_since: &mut Option<Instant>) -> LiveEnd {
         // The same rule as for configured URLs: plain ws:// only to this machine.
         match url::Url::parse(&ch.connect_uri) {
             Ok(u) if u.scheme() == "wss" || crate::config::is_loopback(&u) => {}
@@ -272,9 +299,11 @@ impl ChannelStream {
         );
         let mut ws = tokio::select! {
             _ = self.cancel.cancelled() => return LiveEnd::Cancelled,
-            r = connect => match r {
-                Ok((ws, _)) => ws,
-                Err(e) => return LiveEnd::Failed(ch, format!("cannot connect the socket: {e}")),
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
+                Ok(Ok((ws, _))) => ws,
+                Ok(Err(e)) => return LiveEnd::Failed(ch, format!("cannot connect the socket: {e}")),
+                Err(_) => return LiveEnd::Failed(ch, format!(
+                    "socket connect and handshake took longer than {} s", CONNECT_TIMEOUT.as_secs())),
             },
         };
         tracing::info!(stream = self.index, channel_id = %ch.id, "socket live");
@@ -283,6 +312,7 @@ impl ChannelStream {
             .send(StreamEvent::Live {
                 stream: self.index,
                 channel_id: ch.id.clone(),
+                gap: down_since.take().map(|t| t.elapsed()),
             })
             .await;
         let mut last_frame = Instant::now();
@@ -325,7 +355,9 @@ impl ChannelStream {
                             "no heartbeat or pong for {} ms", self.config.heartbeat_timeout.as_millis()));
                     }
                     pinged = true;
-                    tracing::debug!(stream = self.index, "socket quiet; sending ping");
+                    tracing::warn!(stream = self.index, channel_id = %ch.id,
+                        silent_ms = self.config.ping_after.as_millis() as u64,
+                        "no heartbeat: socket silent; sending a ping");
                     if let Err(e) = ws.send(Message::text(r#"{"message":"ping"}"#)).await {
                         return LiveEnd::Failed(ch, format!("cannot send ping: {e}"));
                     }
