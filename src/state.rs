@@ -386,7 +386,7 @@ impl Store {
             .filter(|e| !e.is_closed() && !e.decided)
             .map(|e| (e.last_event, e.key().clone()))
             .collect();
-        v.sort_by(|a, b| b.0.cmp(&a.0));
+        v.sort_by_key(|e| std::cmp::Reverse(e.0));
         v.into_iter().take(limit).map(|(_, id)| id).collect()
     }
 
