@@ -295,7 +295,10 @@ async fn an_intent_pushed_while_the_stream_was_down_is_found_by_the_resync_read(
     assert_eq!(&*r.conversation_id, id.as_str());
     assert_eq!(
         (r.outcome, r.source),
-        (Outcome::Confirmed, genesys_closer::genesys::frames::Source::Read),
+        (
+            Outcome::Confirmed,
+            genesys_closer::genesys::frames::Source::Read
+        ),
         "decided from the resync read: {r:?}"
     );
     let summary = d.shutdown().await;
