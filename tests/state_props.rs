@@ -53,7 +53,7 @@ fn participant(i: usize, ended: bool, intent: bool) -> ParticipantUpdate {
 
 /// The event a source would send at moment `m`, if that source says anything then.
 fn event(kind: &Kind, m: &Moment) -> Option<ConversationEvent> {
-    let mut ev = ConversationEvent::empty("c1".into(), Source::Queue);
+    let mut ev;
     match kind {
         Kind::Queue | Kind::Read => {
             ev = ConversationEvent::empty(
