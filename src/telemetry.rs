@@ -4,7 +4,10 @@
 //! names are stable: `conversation_id`, `rule`, `intent`, `queue_id`, `outcome`,
 //! `latency_ms`, `requests`, `correlation_id`, `channel_id`, `stream`, `reason`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 
@@ -40,6 +43,16 @@ pub struct Stats {
     pub malformed_frames: Counter,
     /// Well-formed frames on topics we do not handle.
     pub unknown_topics: Counter,
+    /// Binary socket frames (Genesys sends text only), skipped.
+    pub binary_frames: Counter,
+    /// Text frames over the size worth parsing, skipped.
+    pub oversized_frames: Counter,
+    /// Make-before-break moves to a fresh channel.
+    pub rotations: Counter,
+    /// Topics found missing by the periodic subscription check, re-added.
+    pub dropped_topics: Counter,
+    /// Keeps repetitive warnings (bad frames by kind) to one line a minute.
+    pub log_limit: LogLimit,
     /// Conversation events handed to the event loop.
     pub conversation_events: Counter,
     /// Rule decisions made.
@@ -56,6 +69,41 @@ pub struct Stats {
     pub late_events: Counter,
     /// REST reads made to resync after a stream gap.
     pub resync_reads: Counter,
+}
+
+/// At most one log line per kind per interval, saying how many were held back.
+#[derive(Debug, Default)]
+pub struct LogLimit {
+    /// Kind -> (when last logged, how many since).
+    seen: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+/// How often one kind of repetitive warning may be logged.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl LogLimit {
+    /// Whether to log this occurrence of `kind` now; `Some(n)` with the number of
+    /// occurrences held back since the last line.
+    pub fn allow(&self, kind: &'static str) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match seen.get_mut(kind) {
+            Some((last, held)) if now.duration_since(*last) < LOG_EVERY => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                let n = *held;
+                *last = now;
+                *held = 0;
+                Some(n)
+            }
+            None => {
+                seen.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
 }
 
 /// Installs the global log subscriber. `RUST_LOG`, when set, overrides the configured level.

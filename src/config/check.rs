@@ -360,6 +360,7 @@ impl Checker<'_> {
                 "backoff_min",
                 "backoff_max",
                 "healthy_after",
+                "verify_every",
             ],
         );
         let queues = self.id_list(t, "queues");
@@ -427,7 +428,11 @@ impl Checker<'_> {
             self.duration(t, "catchup_after")
                 .unwrap_or(Duration::from_secs(2))
         };
+        let verify_every = self
+            .duration(t, "verify_every")
+            .unwrap_or(Duration::from_secs(300));
         Some(StreamConfig {
+            verify_every,
             queues,
             users,
             flows,

@@ -168,6 +168,9 @@ pub struct StreamConfig {
     pub backoff_max: Duration,
     /// A connection must stay live this long before the backoff resets.
     pub healthy_after: Duration,
+    /// How often each channel's subscriptions are read back (`GET .../subscriptions`)
+    /// to find topics the server dropped without notice.
+    pub verify_every: Duration,
 }
 
 impl StreamConfig {

@@ -362,6 +362,10 @@ pub async fn run(
                         }
                     }
                 }
+                StreamEvent::Gap { stream, gap, reason } => {
+                    tracing::warn!(stream, reason, "topics were missing while the socket stayed up");
+                    lp.on_gap(stream, gap);
+                }
                 StreamEvent::Down { stream, reason } => {
                     if let Some(l) = live.get_mut(stream) {
                         *l = false;

@@ -259,6 +259,14 @@ impl ApiClient {
         Ok(listing.entities)
     }
 
+    /// `GET /api/v2/notifications/channels/{id}/subscriptions`: the topics the channel holds.
+    pub async fn get_subscriptions(&self, channel_id: &str) -> Result<Vec<ChannelTopic>, ApiError> {
+        let path = format!("/api/v2/notifications/channels/{channel_id}/subscriptions");
+        let a = self.send(Method::GET, &path, None).await?;
+        let listing: Listing<ChannelTopic> = decode(&Method::GET, &path, &a.body)?;
+        Ok(listing.entities)
+    }
+
     /// `GET /api/v2/notifications/availabletopics?expand=transports&expand=requiresPermissions`.
     /// `expand` is an array with `collectionFormat: multi`: one `expand=` per field. A
     /// comma-joined value would be a single (unknown) field name, and a topic answered

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod frames;
+mod live;
 pub mod stream;
 pub mod subscriptions;
 pub mod topics;

@@ -3,36 +3,35 @@
 //!
 //! Each transition is logged once with its reason. Liveness is judged here, not by TCP:
 //! after `ping_after` of silence we send `{"message":"ping"}`; after `heartbeat_timeout` of
-//! silence the socket is dead. `v2.system.socket_closing` is a planned move to a fresh
-//! connection on the same `connectUri`, without backoff. Channels are renewed (topics
-//! re-PUT) before `expires`. Conversation events go to the event loop over a channel.
+//! silence the socket is dead. A channel is live only with its topics subscribed: a failed
+//! subscribe is retried, never skipped. The live connection itself, with its
+//! make-before-break rotations (`socket_closing`, channel expiry), is in [`super::live`].
+//! Conversation events go to the event loop over a channel.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use backon::BackoffBuilder;
-use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiClient, Channel};
-use super::frames::{ConversationEvent, FlowMetric, Frame, parse_frame};
+use super::frames::{ConversationEvent, FlowMetric};
 use super::subscriptions::{Slot, log_rejections};
 use crate::config::StreamConfig;
 use crate::telemetry::Stats;
 
-/// Frames larger than this are refused (the socket is then reconnected). Genesys
-/// documents no limit; a messaging conversation frame is a few KiB.
-const MAX_FRAME_BYTES: usize = 4 << 20;
+/// Frames larger than this cannot be read: tungstenite fails the socket rather than skip
+/// them, so the socket is replaced (and the gap resynced). Genesys documents no limit.
+pub(super) const MAX_FRAME_BYTES: usize = 16 << 20;
+/// Frames larger than this are read but skipped unparsed, counted and logged: a
+/// messaging conversation frame is a few KiB, so such a frame is not one the daemon needs.
+pub(super) const OVERSIZED_FRAME_BYTES: usize = 1 << 20;
 /// The TCP connect, TLS and WebSocket handshake together must finish within this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Renew (re-PUT the topics of) a channel this long before it expires.
-const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(600);
-/// Documented channel lifetime; a resubscribe resets it (facts sheet B.3).
-const CHANNEL_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rotate to a fresh channel this long before the current one expires.
+pub(super) const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(600);
 
 /// What a stream tells the event loop.
 #[derive(Debug)]
@@ -52,6 +51,17 @@ pub enum StreamEvent {
         /// How long this stream had no live socket before this one (`None` the first
         /// time): events Genesys pushed meanwhile are lost, a resync must read them.
         gap: Option<Duration>,
+    },
+    /// The stream's topics were missing for a while although its socket stayed up
+    /// (`no_longer_subscribed`, or topics the server dropped without a word): events
+    /// pushed meanwhile are lost, a resync must read them.
+    Gap {
+        /// Index of the stream.
+        stream: usize,
+        /// How long, at most, events may have been missed.
+        gap: Duration,
+        /// What happened.
+        reason: &'static str,
     },
     /// The stream lost its socket and is reconnecting.
     Down {
@@ -78,15 +88,13 @@ enum State {
 }
 
 /// Why a live connection ended.
-enum LiveEnd {
-    /// Planned (`socket_closing`): reconnect at once to the same channel.
-    Planned(Channel),
+pub(super) enum LiveEnd {
     /// The channel is gone (`{"result":"404"}` or expired): make a new one.
     ChannelGone(String),
-    /// The channel lost its topics: subscribe again.
-    Resubscribe(Channel),
     /// Socket failure or silence: back off, keeping the channel.
     Failed(Channel, String),
+    /// The channel lost its topics and re-subscribing failed: subscribe again.
+    Unsubscribed(Channel, String),
     /// Shutdown requested.
     Cancelled,
 }
@@ -143,13 +151,9 @@ impl ChannelStream {
                     }
                     match end {
                         LiveEnd::Cancelled => return,
-                        LiveEnd::Planned(ch) => {
-                            tracing::info!(stream = self.index, channel_id = %ch.id, "planned socket close: reconnecting to the same channel now");
-                            State::Live(ch)
-                        }
-                        LiveEnd::Resubscribe(ch) => {
-                            tracing::info!(stream = self.index, channel_id = %ch.id, "channel lost its subscriptions; subscribing again");
-                            State::Subscribing(ch)
+                        LiveEnd::Unsubscribed(ch, reason) => {
+                            self.down(&reason).await;
+                            State::Backoff(Some(ch), false, reason)
                         }
                         // Through backoff, so a server that keeps dropping channels is not
                         // answered with a tight loop of channel creations.
@@ -204,7 +208,7 @@ impl ChannelStream {
             .build()
     }
 
-    async fn down(&self, reason: &str) {
+    pub(super) async fn down(&self, reason: &str) {
         let _ = self
             .events
             .send(StreamEvent::Down {
@@ -229,7 +233,7 @@ impl ChannelStream {
     }
 
     /// `PUT`s the slot's whole set: configured topics and every watched conversation's.
-    async fn subscribe(&self, ch: &Channel) -> Result<(), String> {
+    pub(super) async fn subscribe(&self, ch: &Channel) -> Result<(), String> {
         let (topics, ids, removals) = self.slot.snapshot();
         let answer = self
             .api
@@ -263,208 +267,10 @@ impl ChannelStream {
         }
         Ok(())
     }
-
-    /// Connects and reads until the socket ends. `down_since` is when the previous
-    /// socket ended; it is reported as the gap once this one is live, and set again when
-    /// this one ends.
-    async fn live(&self, ch: Channel, down_since: &mut Option<Instant>) -> LiveEnd {
-        let end = self.live_inner(ch, down_since).await;
-        if !matches!(end, LiveEnd::Cancelled) && down_since.is_none() {
-            *down_since = Some(Instant::now());
-        }
-        end
-    }
-
-    async fn live_inner(&self, ch: Channel, down_since: &mut Option<Instant>) -> LiveEnd {
-        // The same rule as for configured URLs: plain ws:// only to this machine.
-        match url::Url::parse(&ch.connect_uri) {
-            Ok(u) if u.scheme() == "wss" || crate::config::is_loopback(&u) => {}
-            Ok(u) => {
-                let reason = format!(
-                    "refusing connectUri with scheme {} to a remote host",
-                    u.scheme()
-                );
-                return LiveEnd::ChannelGone(reason);
-            }
-            Err(e) => return LiveEnd::ChannelGone(format!("connectUri is not a URL: {e}")),
-        }
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_FRAME_BYTES))
-            .max_frame_size(Some(MAX_FRAME_BYTES));
-        // connectUri is used verbatim, with no auth added (facts sheet B.2).
-        let connect = tokio_tungstenite::connect_async_with_config(
-            ch.connect_uri.as_str(),
-            Some(ws_config),
-            true,
-        );
-        let mut ws = tokio::select! {
-            _ = self.cancel.cancelled() => return LiveEnd::Cancelled,
-            r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
-                Ok(Ok((ws, _))) => ws,
-                Ok(Err(e)) => return LiveEnd::Failed(ch, format!("cannot connect the socket: {e}")),
-                Err(_) => return LiveEnd::Failed(ch, format!(
-                    "socket connect and handshake took longer than {} s", CONNECT_TIMEOUT.as_secs())),
-            },
-        };
-        tracing::info!(stream = self.index, channel_id = %ch.id, "socket live");
-        let _ = self
-            .events
-            .send(StreamEvent::Live {
-                stream: self.index,
-                channel_id: ch.id.clone(),
-                gap: down_since.take().map(|t| t.elapsed()),
-            })
-            .await;
-        let mut last_frame = Instant::now();
-        let mut pinged = false;
-        let mut renew_at =
-            expires_in(&ch).map(|d| Instant::now() + d.saturating_sub(RENEW_BEFORE_EXPIRY));
-        loop {
-            let silence_deadline = last_frame
-                + if pinged {
-                    self.config.heartbeat_timeout
-                } else {
-                    self.config.ping_after
-                };
-            let renew = async {
-                match renew_at {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                // Shutdown: close politely; the server drops the channel's socket.
-                _ = self.cancel.cancelled() => {
-                    let _ = ws.close(None).await;
-                    return LiveEnd::Cancelled;
-                }
-                // Channels live 24 h; re-PUT the topics to extend them, on the live socket.
-                _ = renew => {
-                    if let Err(reason) = self.subscribe(&ch).await {
-                        let _ = ws.close(None).await;
-                        return LiveEnd::Failed(ch, format!("channel renewal failed: {reason}"));
-                    }
-                    tracing::info!(stream = self.index, channel_id = %ch.id, "channel renewed before expiry");
-                    renew_at = Some(Instant::now() + CHANNEL_LIFETIME.saturating_sub(RENEW_BEFORE_EXPIRY));
-                }
-                // Silence: ping once, then declare the socket dead.
-                _ = tokio::time::sleep_until(silence_deadline) => {
-                    if pinged {
-                        let _ = ws.close(None).await;
-                        return LiveEnd::Failed(ch, format!(
-                            "no heartbeat or pong for {} ms", self.config.heartbeat_timeout.as_millis()));
-                    }
-                    pinged = true;
-                    tracing::warn!(stream = self.index, channel_id = %ch.id,
-                        silent_ms = self.config.ping_after.as_millis() as u64,
-                        "no heartbeat: socket silent; sending a ping");
-                    if let Err(e) = ws.send(Message::text(r#"{"message":"ping"}"#)).await {
-                        return LiveEnd::Failed(ch, format!("cannot send ping: {e}"));
-                    }
-                }
-                msg = ws.next() => {
-                    let text = match msg {
-                        None => return LiveEnd::Failed(ch, "socket closed by the server".into()),
-                        Some(Err(e)) => return LiveEnd::Failed(ch, format!("socket error: {e}")),
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(frame))) => {
-                            let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
-                            return LiveEnd::Failed(ch, format!("socket closed by the server {why}").trim_end().to_string());
-                        }
-                        // Transport pings are answered by tungstenite; binary is not used.
-                        Some(Ok(_)) => continue,
-                    };
-                    last_frame = Instant::now();
-                    pinged = false;
-                    if let Some(end) = self.handle_text(&ch, &text, last_frame).await {
-                        let _ = ws.close(None).await;
-                        return end(ch);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Handles one text frame; `Some` ends the connection.
-    async fn handle_text(
-        &self,
-        ch: &Channel,
-        text: &str,
-        received: Instant,
-    ) -> Option<fn(Channel) -> LiveEnd> {
-        self.stats.frames.inc();
-        let frame = match parse_frame(text, &self.wanted_attributes) {
-            Ok(f) => f,
-            Err(e) => {
-                self.stats.malformed_frames.inc();
-                let head: String = text.chars().take(120).collect();
-                tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e, bytes = text.len(), head = %head, "skipping malformed frame");
-                return None;
-            }
-        };
-        match frame {
-            Frame::Heartbeat | Frame::Pong => None,
-            Frame::Conversation(ev) => {
-                self.stats.conversation_events.inc();
-                if self
-                    .events
-                    .send(StreamEvent::Conversation(ev, received))
-                    .await
-                    .is_err()
-                {
-                    tracing::debug!("event loop gone");
-                }
-                None
-            }
-            Frame::FlowMetric(m) => {
-                self.stats.conversation_events.inc();
-                let _ = self.events.send(StreamEvent::Discovered(m, received)).await;
-                None
-            }
-            Frame::SocketClosing { message } => {
-                tracing::info!(stream = self.index, channel_id = %ch.id, %message, "v2.system.socket_closing received");
-                Some(LiveEnd::Planned)
-            }
-            Frame::System {
-                topic,
-                kind,
-                reason,
-                message,
-            } => {
-                tracing::warn!(stream = self.index, channel_id = %ch.id, %topic, kind = kind.as_deref(), reason = reason.as_deref(), message = message.as_deref(), "system message");
-                let t = topic.to_ascii_lowercase();
-                if t.starts_with("v2.system.no_longer_subscribed")
-                    || kind.as_deref() == Some("no_longer_subscribed")
-                {
-                    Some(LiveEnd::Resubscribe)
-                } else if t.starts_with("v2.system.token_revoked")
-                    || kind.as_deref() == Some("token_revoked")
-                {
-                    Some(|_| LiveEnd::ChannelGone("token revoked".into()))
-                } else {
-                    None
-                }
-            }
-            Frame::Reply { result, status } => {
-                if result == "404" {
-                    tracing::warn!(stream = self.index, channel_id = %ch.id, "socket says the channel no longer exists");
-                    Some(|_| LiveEnd::ChannelGone("channel reported 404".into()))
-                } else {
-                    tracing::debug!(stream = self.index, %result, status = status.as_deref(), "socket reply");
-                    None
-                }
-            }
-            Frame::Unknown { topic } => {
-                self.stats.unknown_topics.inc();
-                tracing::debug!(stream = self.index, %topic, "frame on an unhandled topic");
-                None
-            }
-        }
-    }
 }
 
 /// Time left before the channel's `expires`, when it sent a readable one.
-fn expires_in(ch: &Channel) -> Option<Duration> {
+pub(super) fn expires_in(ch: &Channel) -> Option<Duration> {
     let at = humantime::parse_rfc3339_weak(ch.expires.as_deref()?).ok()?;
     Some(
         at.duration_since(SystemTime::now())

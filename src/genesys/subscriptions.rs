@@ -117,6 +117,19 @@ impl Slot {
         (topics, ids, s.removals)
     }
 
+    /// The topics the server should hold now: configured ones and those of conversations
+    /// whose subscription was confirmed (pending ones may not be there yet).
+    pub fn expected_live(&self) -> Vec<String> {
+        let s = lock(&self.state);
+        let mut topics = s.static_topics.clone();
+        for (id, sub) in &s.convs {
+            if matches!(sub, ConvSub::Live) {
+                topics.extend(watch_topics(id));
+            }
+        }
+        topics
+    }
+
     /// Number of configured topics.
     pub fn static_len(&self) -> usize {
         lock(&self.state).static_topics.len()

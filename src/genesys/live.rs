@@ -1,0 +1,522 @@
+//! One channel stream's live connection: reading frames, judging liveness, and moving to
+//! a fresh channel **before** the old socket goes (make-before-break).
+//!
+//! Genesys has no replay: an event pushed while no socket listens is gone. So the planned
+//! transitions are made without a gap: on `v2.system.socket_closing` ("sent one minute
+//! prior to the socket closing") and shortly before the channel `expires`, the stream
+//! creates a new channel, subscribes the same topics (the slot's whole set, per-conversation
+//! topics included), connects, and only then lets the old socket go, after reading it for
+//! a short overlap so frames already on their way are not dropped. Frames seen on both
+//! sockets are applied twice, which the state map makes harmless (it is idempotent).
+//!
+//! Unplanned trouble is noticed fast and reported as a gap, so the event loop resyncs:
+//! `no_longer_subscribed` (topics re-PUT in place), topics the server dropped silently
+//! (found by the periodic `GET .../subscriptions`), and a socket that dies (the state
+//! machine in [`super::stream`] reconnects and reports the gap).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::api::Channel;
+use super::frames::{Frame, parse_frame};
+use super::stream::{
+    CONNECT_TIMEOUT, ChannelStream, LiveEnd, MAX_FRAME_BYTES, OVERSIZED_FRAME_BYTES,
+    RENEW_BEFORE_EXPIRY, StreamEvent, expires_in,
+};
+
+/// A notification socket.
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A replacement connection being prepared while the old one is still read.
+type Preparing<'a> = Pin<Box<dyn Future<Output = Result<(Channel, Ws), String>> + Send + 'a>>;
+
+/// After the replacement is live, the old socket is still read this long.
+const OVERLAP: Duration = Duration::from_secs(2);
+/// Attempts at a rotation before waiting for the old socket to end on its own.
+const ROTATION_ATTEMPTS: u32 = 3;
+/// Pause between rotation attempts.
+const ROTATION_RETRY: Duration = Duration::from_secs(5);
+
+/// What one frame asks of the connection.
+enum Action {
+    /// Nothing: keep reading.
+    Continue,
+    /// End this connection.
+    End(fn(Channel) -> LiveEnd),
+    /// Move to a fresh channel without a gap.
+    Rotate(&'static str),
+    /// The channel lost its topics: subscribe them again in place.
+    Resubscribe,
+}
+
+/// The old socket of a rotation, read until the overlap ends.
+struct Draining {
+    channel: Channel,
+    ws: Ws,
+    /// When the replacement went live.
+    since: Instant,
+    reason: &'static str,
+}
+
+/// Why a socket could not be connected.
+enum ConnectError {
+    /// The `connectUri` is unusable: the channel must be replaced.
+    BadUri(String),
+    /// Connecting failed or timed out: try again later.
+    Failed(String),
+}
+
+impl ConnectError {
+    fn into_end(self, ch: Channel) -> LiveEnd {
+        match self {
+            ConnectError::BadUri(r) => LiveEnd::ChannelGone(r),
+            ConnectError::Failed(r) => LiveEnd::Failed(ch, r),
+        }
+    }
+}
+
+async fn next_draining(
+    d: &mut Option<Draining>,
+) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+    match d {
+        Some(d) => d.ws.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn prepared(p: &mut Option<(Preparing<'_>, &'static str)>) -> Result<(Channel, Ws), String> {
+    match p {
+        Some((f, _)) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl ChannelStream {
+    /// Connects to `connectUri` verbatim (no auth added, facts sheet B.2), within
+    /// [`CONNECT_TIMEOUT`] for TCP, TLS and the WebSocket handshake together.
+    async fn connect(&self, ch: &Channel) -> Result<Ws, ConnectError> {
+        // The same rule as for configured URLs: plain ws:// only to this machine.
+        match url::Url::parse(&ch.connect_uri) {
+            Ok(u) if u.scheme() == "wss" || crate::config::is_loopback(&u) => {}
+            Ok(u) => {
+                return Err(ConnectError::BadUri(format!(
+                    "refusing connectUri with scheme {} to a remote host",
+                    u.scheme()
+                )));
+            }
+            Err(e) => {
+                return Err(ConnectError::BadUri(format!(
+                    "connectUri is not a URL: {e}"
+                )));
+            }
+        }
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME_BYTES))
+            .max_frame_size(Some(MAX_FRAME_BYTES));
+        let connect = tokio_tungstenite::connect_async_with_config(
+            ch.connect_uri.as_str(),
+            Some(ws_config),
+            true,
+        );
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(e)) => Err(ConnectError::Failed(format!(
+                "cannot connect the socket: {e}"
+            ))),
+            Err(_) => Err(ConnectError::Failed(format!(
+                "socket connect and handshake took longer than {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// A fresh channel carrying the slot's whole set, its socket connected.
+    async fn replacement(&self) -> Result<(Channel, Ws), String> {
+        let ch = self
+            .api
+            .create_channel()
+            .await
+            .map_err(|e| format!("cannot create the replacement channel: {e}"))?;
+        self.subscribe(&ch).await?;
+        match self.connect(&ch).await {
+            Ok(ws) => Ok((ch, ws)),
+            Err(ConnectError::BadUri(r) | ConnectError::Failed(r)) => Err(r),
+        }
+    }
+
+    /// Connects and reads until the connection ends. `down_since` is when the previous
+    /// socket ended; it is reported as the gap once this one is live, and set again when
+    /// this one ends.
+    pub(super) async fn live(&self, ch: Channel, down_since: &mut Option<Instant>) -> LiveEnd {
+        let end = self.live_inner(ch, down_since).await;
+        if !matches!(end, LiveEnd::Cancelled) && down_since.is_none() {
+            *down_since = Some(Instant::now());
+        }
+        end
+    }
+
+    async fn announce(&self, ch: &Channel, gap: Option<Duration>) {
+        let _ = self
+            .events
+            .send(StreamEvent::Live {
+                stream: self.index,
+                channel_id: ch.id.clone(),
+                gap,
+            })
+            .await;
+    }
+
+    async fn live_inner(&self, mut ch: Channel, down_since: &mut Option<Instant>) -> LiveEnd {
+        let mut ws = tokio::select! {
+            _ = self.cancel.cancelled() => return LiveEnd::Cancelled,
+            r = self.connect(&ch) => match r {
+                Ok(ws) => ws,
+                Err(e) => return e.into_end(ch),
+            },
+        };
+        tracing::info!(stream = self.index, channel_id = %ch.id, "socket live");
+        self.announce(&ch, down_since.take().map(|t| t.elapsed()))
+            .await;
+        let mut last_frame = Instant::now();
+        let mut pinged = false;
+        let rotate_at = |ch: &Channel| {
+            expires_in(ch).map(|d| Instant::now() + d.saturating_sub(RENEW_BEFORE_EXPIRY))
+        };
+        let mut renew_at = rotate_at(&ch);
+        let mut preparing: Option<(Preparing<'_>, &'static str)> = None;
+        let mut retry: Option<(Instant, &'static str)> = None;
+        let mut attempts = 0u32;
+        let mut draining: Option<Draining> = None;
+        let mut verify_at = Instant::now() + self.config.verify_every;
+        loop {
+            let silence_deadline = last_frame
+                + if pinged {
+                    self.config.heartbeat_timeout
+                } else {
+                    self.config.ping_after
+                };
+            tokio::select! {
+                // Shutdown: close politely; the server drops the channel's socket.
+                _ = self.cancel.cancelled() => {
+                    if let Some(mut d) = draining.take() {
+                        let _ = d.ws.close(None).await;
+                    }
+                    let _ = ws.close(None).await;
+                    return LiveEnd::Cancelled;
+                }
+                // The channel expires soon: move to a fresh one while this one works.
+                _ = sleep_until_opt(renew_at), if preparing.is_none() => {
+                    renew_at = None;
+                    attempts = 0;
+                    preparing = Some((Box::pin(self.replacement()), "channel expires soon"));
+                }
+                _ = sleep_until_opt(retry.map(|r| r.0)), if preparing.is_none() => {
+                    let reason = retry.take().map_or("retry", |r| r.1);
+                    preparing = Some((Box::pin(self.replacement()), reason));
+                }
+                // The replacement is ready: it becomes the connection; the old one is
+                // read a little longer, then let go.
+                r = prepared(&mut preparing) => {
+                    let reason = preparing.take().map_or("rotation", |p| p.1);
+                    match r {
+                        Ok((new_ch, new_ws)) => {
+                            attempts = 0;
+                            let old_ch = std::mem::replace(&mut ch, new_ch);
+                            let old_ws = std::mem::replace(&mut ws, new_ws);
+                            if let Some(mut d) = draining.take() {
+                                let _ = d.ws.close(None).await;
+                            }
+                            draining = Some(Draining { channel: old_ch, ws: old_ws, since: Instant::now(), reason });
+                            last_frame = Instant::now();
+                            pinged = false;
+                            renew_at = rotate_at(&ch);
+                            self.stats.rotations.inc();
+                            self.announce(&ch, None).await;
+                        }
+                        Err(e) => {
+                            attempts += 1;
+                            let again = attempts < ROTATION_ATTEMPTS;
+                            tracing::warn!(stream = self.index, channel_id = %ch.id, reason, error = %e,
+                                attempt = attempts, retrying = again,
+                                "rotation to a fresh channel failed; the current socket stays in use");
+                            if again {
+                                retry = Some((Instant::now() + ROTATION_RETRY, reason));
+                            }
+                        }
+                    }
+                }
+                _ = sleep_until_opt(draining.as_ref().map(|d| d.since + OVERLAP)) => {
+                    if let Some(mut d) = draining.take() {
+                        let _ = d.ws.close(None).await;
+                        tracing::info!(stream = self.index, reason = d.reason,
+                            old_channel_id = %d.channel.id, channel_id = %ch.id,
+                            overlap_ms = d.since.elapsed().as_millis() as u64,
+                            "rotated to a fresh channel without a gap");
+                    }
+                }
+                msg = next_draining(&mut draining) => {
+                    match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            if let Some(d) = &draining {
+                                let old = d.channel.clone();
+                                // Only its events matter now; what it asks is moot.
+                                let _ = self.handle_text(&old, &t, Instant::now()).await;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        None | Some(Err(_)) => {
+                            if let Some(d) = draining.take() {
+                                tracing::info!(stream = self.index, reason = d.reason,
+                                    old_channel_id = %d.channel.id, channel_id = %ch.id,
+                                    overlap_ms = d.since.elapsed().as_millis() as u64,
+                                    "rotated to a fresh channel without a gap (old socket closed by the server)");
+                            }
+                        }
+                    }
+                }
+                // Topics the server dropped without a word are found here and re-added.
+                _ = tokio::time::sleep_until(verify_at) => {
+                    verify_at = Instant::now() + self.config.verify_every;
+                    if let Some(end) = self.verify(&ch).await {
+                        let _ = ws.close(None).await;
+                        return end(ch);
+                    }
+                }
+                // Silence: ping once, then declare the socket dead.
+                _ = tokio::time::sleep_until(silence_deadline) => {
+                    if pinged {
+                        let _ = ws.close(None).await;
+                        return LiveEnd::Failed(ch, format!(
+                            "no heartbeat or pong for {} ms", self.config.heartbeat_timeout.as_millis()));
+                    }
+                    pinged = true;
+                    tracing::warn!(stream = self.index, channel_id = %ch.id,
+                        silent_ms = self.config.ping_after.as_millis() as u64,
+                        "no heartbeat: socket silent; sending a ping");
+                    if let Err(e) = ws.send(Message::text(r#"{"message":"ping"}"#)).await {
+                        return LiveEnd::Failed(ch, format!("cannot send ping: {e}"));
+                    }
+                }
+                msg = ws.next() => {
+                    let text = match msg {
+                        None => return LiveEnd::Failed(ch, "socket closed by the server".into()),
+                        Some(Err(e)) => {
+                            let why = if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                                self.stats.oversized_frames.inc();
+                                format!("a frame over {} MiB cannot be skipped by the socket library: {e}", MAX_FRAME_BYTES >> 20)
+                            } else {
+                                format!("socket error: {e}")
+                            };
+                            return LiveEnd::Failed(ch, why);
+                        }
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(frame))) => {
+                            let why = frame.map(|f| {
+                                let reason: String = f.reason.chars().take(200).collect();
+                                format!("{} {reason}", u16::from(f.code))
+                            }).unwrap_or_default();
+                            return LiveEnd::Failed(ch, format!("socket closed by the server {why}").trim_end().to_string());
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            self.stats.binary_frames.inc();
+                            if let Some(held) = self.stats.log_limit.allow("binary") {
+                                tracing::warn!(stream = self.index, channel_id = %ch.id, bytes = b.len(),
+                                    held_back = held, "skipping a binary frame (Genesys sends text)");
+                            }
+                            last_frame = Instant::now();
+                            pinged = false;
+                            continue;
+                        }
+                        // Transport pings are answered by tungstenite.
+                        Some(Ok(_)) => continue,
+                    };
+                    last_frame = Instant::now();
+                    pinged = false;
+                    match self.handle_text(&ch, &text, last_frame).await {
+                        Action::Continue => {}
+                        Action::End(end) => {
+                            let _ = ws.close(None).await;
+                            return end(ch);
+                        }
+                        Action::Rotate(reason) => {
+                            if preparing.is_none() && draining.is_none() {
+                                attempts = 0;
+                                retry = None;
+                                preparing = Some((Box::pin(self.replacement()), reason));
+                            }
+                        }
+                        Action::Resubscribe => {
+                            let since = Instant::now();
+                            if let Err(e) = self.subscribe(&ch).await {
+                                let _ = ws.close(None).await;
+                                return LiveEnd::Unsubscribed(ch, format!("re-subscribing after no_longer_subscribed failed: {e}"));
+                            }
+                            self.gap(since.elapsed(), "no_longer_subscribed: topics re-added in place").await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn gap(&self, gap: Duration, reason: &'static str) {
+        let _ = self
+            .events
+            .send(StreamEvent::Gap {
+                stream: self.index,
+                gap,
+                reason,
+            })
+            .await;
+    }
+
+    /// `GET .../subscriptions` (one request per channel per `verify_every`): topics the
+    /// server no longer holds are re-added and the stretch since the last check resynced.
+    async fn verify(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
+        let held = match self.api.get_subscriptions(&ch.id).await {
+            Ok(t) => t,
+            Err(e) if e.status() == Some(404) => {
+                tracing::warn!(stream = self.index, channel_id = %ch.id, "subscription check: the channel no longer exists");
+                return Some(|_| LiveEnd::ChannelGone("channel gone (subscription check)".into()));
+            }
+            Err(e) => {
+                tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e, "subscription check failed; will try again");
+                return None;
+            }
+        };
+        let held: std::collections::HashSet<String> = held
+            .into_iter()
+            .map(|t| t.id.to_ascii_lowercase())
+            .collect();
+        let missing = self
+            .slot
+            .expected_live()
+            .into_iter()
+            .filter(|t| !held.contains(&t.to_ascii_lowercase()))
+            .count();
+        if missing == 0 {
+            tracing::debug!(stream = self.index, channel_id = %ch.id, topics = held.len(), "subscription check: all topics held");
+            return None;
+        }
+        self.stats.dropped_topics.add(missing as u64);
+        tracing::warn!(stream = self.index, channel_id = %ch.id, missing, held = held.len(),
+            "subscription check: the server dropped topics without notice; re-adding them");
+        if let Err(e) = self.subscribe(ch).await {
+            tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e, "re-adding dropped topics failed; will try again");
+            return None;
+        }
+        self.gap(
+            self.config.verify_every,
+            "topics dropped silently by the server",
+        )
+        .await;
+        None
+    }
+
+    /// Handles one text frame.
+    async fn handle_text(&self, ch: &Channel, text: &str, received: Instant) -> Action {
+        self.stats.frames.inc();
+        if text.len() > OVERSIZED_FRAME_BYTES {
+            self.stats.oversized_frames.inc();
+            if let Some(held) = self.stats.log_limit.allow("oversized") {
+                tracing::warn!(stream = self.index, channel_id = %ch.id, bytes = text.len(),
+                    held_back = held, "skipping an oversized frame unparsed");
+            }
+            return Action::Continue;
+        }
+        let frame = match parse_frame(text, &self.wanted_attributes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.malformed_frames.inc();
+                if let Some(held) = self.stats.log_limit.allow("malformed") {
+                    let head: String = text.chars().take(120).collect();
+                    tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e,
+                        bytes = text.len(), head = %head, held_back = held, "skipping malformed frame");
+                }
+                return Action::Continue;
+            }
+        };
+        match frame {
+            Frame::Heartbeat | Frame::Pong => Action::Continue,
+            Frame::Conversation(ev) => {
+                self.stats.conversation_events.inc();
+                if self
+                    .events
+                    .send(StreamEvent::Conversation(ev, received))
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!("event loop gone");
+                }
+                Action::Continue
+            }
+            Frame::FlowMetric(m) => {
+                self.stats.conversation_events.inc();
+                let _ = self.events.send(StreamEvent::Discovered(m, received)).await;
+                Action::Continue
+            }
+            Frame::SocketClosing { message } => {
+                let message: String = message.chars().take(200).collect();
+                tracing::info!(stream = self.index, channel_id = %ch.id, server_message = %message,
+                    "v2.system.socket_closing: moving to a fresh channel before this socket closes");
+                Action::Rotate("socket_closing")
+            }
+            Frame::System {
+                topic,
+                kind,
+                reason,
+                message,
+            } => {
+                let clip = |s: Option<String>| s.map(|s| s.chars().take(200).collect::<String>());
+                let topic: String = topic.chars().take(200).collect();
+                let (kind, reason, message) = (clip(kind), clip(reason), clip(message));
+                tracing::warn!(stream = self.index, channel_id = %ch.id, %topic, kind = kind.as_deref(),
+                    reason = reason.as_deref(), server_message = message.as_deref(), "system message");
+                let t = topic.to_ascii_lowercase();
+                if t.starts_with("v2.system.no_longer_subscribed")
+                    || kind.as_deref() == Some("no_longer_subscribed")
+                {
+                    Action::Resubscribe
+                } else if t.starts_with("v2.system.token_revoked")
+                    || kind.as_deref() == Some("token_revoked")
+                {
+                    Action::End(|_| LiveEnd::ChannelGone("token revoked".into()))
+                } else {
+                    Action::Continue
+                }
+            }
+            Frame::Reply { result, status } => {
+                if result == "404" {
+                    tracing::warn!(stream = self.index, channel_id = %ch.id, "socket says the channel no longer exists");
+                    Action::End(|_| LiveEnd::ChannelGone("channel reported 404".into()))
+                } else {
+                    tracing::debug!(stream = self.index, %result, status = status.as_deref(), "socket reply");
+                    Action::Continue
+                }
+            }
+            Frame::Unknown { topic } => {
+                self.stats.unknown_topics.inc();
+                if let Some(held) = self.stats.log_limit.allow("unknown_topic") {
+                    let topic: String = topic.chars().take(200).collect();
+                    tracing::debug!(stream = self.index, %topic, held_back = held, "frame on an unhandled topic");
+                }
+                Action::Continue
+            }
+        }
+    }
+}
