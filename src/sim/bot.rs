@@ -225,7 +225,7 @@ impl World {
             return;
         }
         let topic = detail::topic(&c.id, suffix);
-        self.publish(&topic, World::conversation_frame(&topic, body));
+        self.publish_event(&c.id, &topic, World::conversation_frame(&topic, body));
     }
 
     fn publish_flow_metric(&self, c: &Conversation, flow: &Participant, which: FlowMetric) {
@@ -234,7 +234,7 @@ impl World {
         };
         let topic = detail::flow_metrics_topic(&bot.flow_id);
         let body = detail::flow_metric(c, flow, bot, which);
-        self.publish(&topic, World::conversation_frame(&topic, body));
+        self.publish_event(&c.id, &topic, World::conversation_frame(&topic, body));
     }
 }
 
@@ -266,7 +266,7 @@ mod tests {
             flow_metrics: mode,
             ..SimConfig::default()
         };
-        Arc::new(World::new(&cfg, cfg.listen))
+        World::new(&cfg, cfg.listen)
     }
 
     fn spec(transfer: Option<(String, Duration)>) -> BotConversationSpec {

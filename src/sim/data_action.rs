@@ -112,7 +112,7 @@ mod tests {
             .map(|a| a.port())
             .unwrap_or(9);
         let cfg = SimConfig::default();
-        let world = Arc::new(World::new(&cfg, cfg.listen));
+        let world = World::new(&cfg, cfg.listen);
         world.post_data_action("c1", json!({ "conversationId": "c1" }));
         // Nothing configured: nothing posted.
         tokio::time::sleep(Duration::from_millis(50)).await;

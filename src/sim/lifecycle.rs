@@ -78,7 +78,7 @@ impl World {
         let body = conv.event_body();
         for topic in conv.topics() {
             let frame = World::conversation_frame(&topic, body.clone());
-            self.publish(&topic, frame);
+            self.publish_event(&conv.id, &topic, frame);
         }
     }
 

@@ -19,23 +19,46 @@
 //! - `data_action`: the HTTP POSTs an Architect data action / Process Automation
 //!   workflow would make to an outside service;
 //! - `generator`: conversations at a steady rate;
-//! - `serve`: the `sim` subcommand.
+//! - `serve`: the `sim` subcommand;
+//! - `channels`: channels, their lifetime and sockets; `events`: event fan-out
+//!   and the event log; `rest_faults`, `faults`: fault injection.
+//!
+//! Fault injection, for the daemon's fault matrix (all on `SimHandle`; the
+//! `sim` subcommand exposes none of it):
+//! - flags in `Faults` (`SimConfig::faults`, `set_faults`): ignored disconnects
+//!   and teardowns, silent sockets, duplicated and reordered events;
+//! - sockets: `send_socket_closing`, `socket_closing_then_close`, `drop_sockets`;
+//! - channels: `expire_channels`, `expire_channels_after` / `SimConfig::channel_ttl`
+//!   (timed expiry, renewed by re-subscribing), `no_longer_subscribed`,
+//!   `drop_topics_silently`;
+//! - REST: `fail_requests` (`RestFault`), `fail_requests_for`,
+//!   `clear_request_faults`, `revoke_tokens`;
+//! - frames that are not notifications: `push_raw_text`, `push_binary`,
+//!   `push_oversized`;
+//! - evidence: `event_log` numbers every conversation event per conversation
+//!   and says how many sockets took it (events published while no subscribed
+//!   socket is attached are lost, as on the real platform).
 
 mod available_topics;
 mod bot;
+mod channels;
 mod data_action;
 mod detail;
+mod events;
+mod faults;
 mod generator;
 mod ids;
 mod lifecycle;
 mod model;
 mod rest;
 mod rest_conversations;
+mod rest_faults;
 mod rest_notifications;
 mod serve;
 mod socket;
 mod world;
 
+pub use faults::{EventRecord, RestFault};
 pub use serve::serve_forever;
 
 use std::fmt;
@@ -43,7 +66,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use world::{World, lock};
@@ -78,6 +101,13 @@ pub struct SimConfig {
     /// is answered `Rejected`. Lets tests check that the daemon notices a mode
     /// that cannot work over the WebSocket.
     pub refused_transports: Vec<String>,
+    /// Lifetime of each channel from its creation, shown in `expires` (documented:
+    /// 24 h). At expiry the channel is removed, its socket gets `{"result":"404"}`
+    /// and is closed abruptly, and REST calls on it answer 404. A successful
+    /// `PUT` or `POST .../subscriptions` before then (the documented renewal,
+    /// "resubscribe to topics") restarts the lifetime from that moment. Change
+    /// it mid-run with `SimHandle::expire_channels_after`.
+    pub channel_ttl: Duration,
 }
 
 impl Default for SimConfig {
@@ -94,6 +124,7 @@ impl Default for SimConfig {
             flow_metrics: FlowMetricsMode::default(),
             data_action: None,
             refused_transports: Vec::new(),
+            channel_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -113,6 +144,7 @@ impl fmt::Debug for SimConfig {
             .field("flow_metrics", &self.flow_metrics)
             .field("data_action", &self.data_action)
             .field("refused_transports", &self.refused_transports)
+            .field("channel_ttl", &self.channel_ttl)
             .finish()
     }
 }
@@ -128,6 +160,13 @@ pub struct Faults {
     /// Sockets stay open but go quiet: no heartbeats and no pongs (a half-dead
     /// connection that TCP does not notice).
     pub silent_sockets: bool,
+    /// Every conversation, detail and flow-metrics frame is sent twice to each
+    /// subscribed socket (logged once in `pushed_frames()` and `event_log()`).
+    pub duplicate_events: bool,
+    /// Per socket, an event frame is held back and sent right after the next
+    /// one, or on its own after about 50 ms if none follows; a held frame is lost
+    /// if its socket goes first.
+    pub reorder_events: bool,
 }
 
 /// A conversation to create with `SimHandle::create_conversation`.
@@ -285,7 +324,7 @@ impl fmt::Debug for SimHandle {
 pub async fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let addr = listener.local_addr()?;
-    let world = Arc::new(World::new(&cfg, addr));
+    let world = World::new(&cfg, addr);
     let app = rest::router(Arc::clone(&world));
     let stop = world.cancel.clone();
     let server = tokio::spawn(async move {
@@ -351,7 +390,10 @@ impl SimHandle {
 
     /// The last 10,000 frames, newest last: each conversation frame once per topic
     /// (whether or not a socket subscribed to it), each heartbeat and pong once per
-    /// socket it went to, each `socket_closing` once per call.
+    /// socket it went to, each `socket_closing` once per call, each
+    /// `no_longer_subscribed` once per socket. Never what is not a notification:
+    /// the `{"result":"404"}` text and the `push_raw_text` / `push_binary` /
+    /// `push_oversized` frames. `duplicate_events` does not log twice.
     pub fn pushed_frames(&self) -> Vec<Value> {
         self.world().frames()
     }
@@ -359,27 +401,6 @@ impl SimHandle {
     /// Sockets currently attached to a channel.
     pub fn connected_sockets(&self) -> usize {
         self.world().connected_sockets()
-    }
-
-    /// Pushes a `v2.system.socket_closing` frame to every socket (no subscription needed).
-    pub fn send_socket_closing(&self) {
-        let frame = json!({
-            "topicName": "v2.system.socket_closing",
-            "version": "2",
-            "eventBody": { "message": "Socket closing for maintenance" },
-            "metadata": { "CorrelationId": ids::uuid_v4() },
-        });
-        self.world().broadcast(frame);
-    }
-
-    /// Closes every socket abruptly (no close frame); channels and subscriptions stay.
-    pub fn drop_sockets(&self) {
-        self.world().drop_sockets();
-    }
-
-    /// Every issued token becomes invalid: the next API call with one gets 401.
-    pub fn revoke_tokens(&self) {
-        self.world().revoke_tokens();
     }
 
     /// Creates a conversation that is still with the bot flow and returns its id.
@@ -417,14 +438,6 @@ impl SimHandle {
     /// The channel's subscribed topics (lowercased, sorted); `None` if it does not exist.
     pub fn channel_topics(&self, channel_id: &str) -> Option<Vec<String>> {
         self.world().topics(channel_id)
-    }
-
-    /// Removes every channel at once, as if expired or evicted: each attached socket
-    /// gets the text frame `{"result":"404"}` and is then closed abruptly, and
-    /// later REST calls on the channel answer 404. The `404` frame is not a
-    /// notification, so it is not in `pushed_frames()`.
-    pub fn expire_channels(&self) {
-        self.world().expire_channels();
     }
 
     /// Starts the conversation generator. The task ends once `total` conversations

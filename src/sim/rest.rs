@@ -18,15 +18,15 @@ use serde_json::{Value, json};
 use super::ids::uuid_v4;
 use super::world::World;
 use super::{
-    RecordedRequest, available_topics, rest_conversations as conv, rest_notifications as notif,
-    socket,
+    RecordedRequest, available_topics, rest_conversations as conv, rest_faults,
+    rest_notifications as notif, socket,
 };
 
 /// Largest request body read; bigger ones get 413. A full 1,000-topic
 /// subscription list is about 80 KB, so this leaves ample room.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
-const CORRELATION_HEADER: &str = "inin-correlation-id";
+pub(crate) const CORRELATION_HEADER: &str = "inin-correlation-id";
 
 /// Builds the router serving everything on one listener.
 pub(crate) fn router(world: Arc<World>) -> Router {
@@ -265,9 +265,14 @@ async fn record(State(world): State<Arc<World>>, req: Request, next: Next) -> Re
     let (logged_body, resp) = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => {
             let logged = loggable_body(&path, &bytes);
-            let resp = next
-                .run(Request::from_parts(parts, Body::from(bytes)))
-                .await;
+            // An injected fault answers in place of the handler, like a gateway would.
+            let resp = match world.take_rest_fault(&path) {
+                Some(hit) => rest_faults::answer(&path, hit),
+                None => {
+                    next.run(Request::from_parts(parts, Body::from(bytes)))
+                        .await
+                }
+            };
             (logged, resp)
         }
         Err(_) => {

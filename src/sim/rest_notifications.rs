@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Json};
 use serde_json::{Value, json};
 
 use super::available_topics::family;
+use super::channels::MAX_TOPICS;
 use super::rest::{ApiError, ApiResult, authorize};
-use super::world::{MAX_TOPICS, World};
+use super::world::World;
 
 fn channel_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Channel {id} was not found."))
@@ -166,7 +167,11 @@ fn update(
             "topics",
             format!("The channel would have {n} topics; a channel allows at most {MAX_TOPICS}."),
         )),
-        Some(Ok(())) => Ok(Json(json!({ "entities": entities })).into_response()),
+        Some(Ok(())) => {
+            // Resubscribing is how a channel is kept past its lifetime (README B.3).
+            world.renew_channel(id);
+            Ok(Json(json!({ "entities": entities })).into_response())
+        }
     }
 }
 

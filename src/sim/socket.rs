@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::channels::SOCKET_QUEUE;
 use super::rest::ApiError;
-use super::world::{SOCKET_QUEUE, World};
+use super::world::World;
 
 /// `GET /channels/{id}` with an upgrade. The socket is attached before the 101
 /// answer goes out, so a frame published right after the client's connect
@@ -43,11 +44,11 @@ pub(crate) async fn upgrade(
 }
 
 /// A `channel.metadata` frame (heartbeat or pong), recorded as pushed.
-fn channel_metadata(world: &World, message: &str) -> Utf8Bytes {
+fn channel_metadata(world: &World, message: &str) -> Message {
     let frame = json!({ "topicName": "channel.metadata", "eventBody": { "message": message } });
     let text = Utf8Bytes::from(frame.to_string());
     world.record_frame(frame);
-    text
+    Message::Text(text)
 }
 
 /// The application-level health check `{"message":"ping"}` (not an RFC 6455 ping).
@@ -70,7 +71,7 @@ async fn run(
     channel_id: String,
     conn_id: u64,
     socket: WebSocket,
-    mut rx: mpsc::Receiver<Utf8Bytes>,
+    mut rx: mpsc::Receiver<Message>,
 ) {
     tracing::debug!(channel_id = %channel_id, conn_id, "sim: socket connected");
     let (mut sink, mut stream) = socket.split();
@@ -84,9 +85,10 @@ async fn run(
         let out = tokio::select! {
             // The sim is shutting down.
             _ = world.cancel.cancelled() => break End::Abrupt,
-            // A frame for this channel; `None` means the world let go of this socket.
+            // A frame for this channel (text, or binary from a fault); `None`
+            // means the world let go of this socket.
             queued = rx.recv() => match queued {
-                Some(text) => text,
+                Some(msg) => msg,
                 None => break End::Abrupt,
             },
             // Genesys sends a heartbeat on every socket, subscribed or not.
@@ -109,7 +111,7 @@ async fn run(
                 Some(Err(_)) | None => break End::Abrupt,
             },
         };
-        if sink.send(Message::Text(out)).await.is_err() {
+        if sink.send(out).await.is_err() {
             break End::Abrupt;
         }
     };
