@@ -242,43 +242,89 @@ impl Closer {
             r.outcome = Outcome::AlreadyClosed;
             return r;
         }
-        let sent = match (rule.disconnect, d.customer_id.as_deref()) {
-            (DisconnectMode::Customer, Some(customer)) => {
-                r.sent.push("patch_customer");
-                self.api.disconnect_participant(id, customer).await
+        // A failure that passes (429, 5xx, transport, login) is retried until the rule's
+        // deadline; the teardown is never the answer to it. A conversation seen closed
+        // meanwhile is confirmed and nothing more is sent.
+        let mut waiter = waiter;
+        let mut pause = Duration::from_secs(1);
+        let accepted = loop {
+            let (call, sent) = match (rule.disconnect, d.customer_id.as_deref()) {
+                (DisconnectMode::Customer, Some(customer)) => (
+                    "patch_customer",
+                    self.api.disconnect_participant(id, customer).await,
+                ),
+                (DisconnectMode::Customer, None) => {
+                    tracing::warn!(
+                        conversation_id = id,
+                        rule = &*rule.name,
+                        "no customer participant known; disconnecting the whole conversation instead"
+                    );
+                    (
+                        "patch_conversation",
+                        self.api.disconnect_conversation(id).await,
+                    )
+                }
+                (DisconnectMode::Conversation, _) => (
+                    "patch_conversation",
+                    self.api.disconnect_conversation(id).await,
+                ),
+            };
+            // Only requests Genesys answered count as sent.
+            if !matches!(&sent, Err(ApiError::Transport { .. } | ApiError::Auth(_))) {
+                r.sent.push(call);
             }
-            (DisconnectMode::Customer, None) => {
-                r.sent.push("patch_conversation");
-                tracing::warn!(
-                    conversation_id = id,
-                    rule = &*rule.name,
-                    "no customer participant known; disconnecting the whole conversation instead"
-                );
-                self.api.disconnect_conversation(id).await
-            }
-            (DisconnectMode::Conversation, _) => {
-                r.sent.push("patch_conversation");
-                self.api.disconnect_conversation(id).await
+            match sent {
+                Ok(_) => break true,
+                Err(e) if e.is_retryable() && d.decided_at.elapsed() + pause < rule.retry_for => {
+                    tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
+                        correlation_id = e.correlation_id(), retry_in_ms = pause.as_millis() as u64,
+                        "disconnect failed for a reason that passes; retrying until the rule's deadline");
+                    note_error(&mut r, &e);
+                    tokio::select! {
+                        at = &mut waiter => {
+                            if let Ok(at) = at {
+                                r.outcome = Outcome::Confirmed;
+                                r.confirmed_by = Some(ConfirmedBy::Event);
+                                r.latency = at.saturating_duration_since(d.decided_at);
+                                r.reason = None;
+                                return r;
+                            }
+                            waiter = self.waiters.register(id);
+                        }
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    if self.store.is_closed(id) {
+                        self.waiters.cancel(id);
+                        r.outcome = Outcome::Confirmed;
+                        r.confirmed_by = Some(ConfirmedBy::Event);
+                        r.latency = d.decided_at.elapsed();
+                        r.reason = None;
+                        return r;
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => {
+                    tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
+                        correlation_id = e.correlation_id(), "disconnect request failed; checking the conversation");
+                    note_error(&mut r, &e);
+                    break false;
+                }
             }
         };
-        match sent {
-            Ok(_) => {
-                if let Some(at) = wait(waiter, rule.confirm_timeout).await {
-                    r.outcome = Outcome::Confirmed;
-                    r.confirmed_by = Some(ConfirmedBy::Event);
-                    r.latency = at.saturating_duration_since(d.decided_at);
-                    return r;
-                }
-                r.reason = Some(format!(
-                    "no closing event within {} ms of the disconnect",
-                    rule.confirm_timeout.as_millis()
-                ));
+        if accepted {
+            if let Some(at) = wait(waiter, rule.confirm_timeout).await {
+                r.outcome = Outcome::Confirmed;
+                r.confirmed_by = Some(ConfirmedBy::Event);
+                r.latency = at.saturating_duration_since(d.decided_at);
+                r.reason = None;
+                return r;
             }
-            Err(e) => {
-                tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
-                    correlation_id = e.correlation_id(), "disconnect request failed; checking the conversation");
-                note_error(&mut r, &e);
-            }
+            r.reason = Some(format!(
+                "no closing event within {} ms of the disconnect",
+                rule.confirm_timeout.as_millis()
+            ));
+        } else {
+            self.waiters.cancel(id);
         }
 
         // Step 2: one read. Feed it to the event loop so state (and any waiter) sees it.
@@ -298,6 +344,13 @@ impl Closer {
                 }
             }
             Err(e) => note_error(&mut r, &e),
+        }
+
+        // The teardown answers only a disconnect Genesys accepted that did not take; a
+        // disconnect refused for good (a 4xx) or never answered ends here.
+        if !accepted {
+            r.latency = d.decided_at.elapsed();
+            return r;
         }
 
         // Step 3: full teardown, the documented last resort, then wait again.

@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod demo;
 pub mod genesys;
 pub mod intake;
+pub mod matrix;
 pub mod rules;
 pub mod sim;
 pub mod state;

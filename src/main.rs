@@ -53,6 +53,9 @@ enum Command {
         #[arg(long, value_delimiter = ',', value_parser = parse_path)]
         paths: Vec<demo::Shape>,
     },
+    /// Run the stream's fault matrix against the simulator and print a table (each
+    /// scenario: matched, confirmed, lost, duplicate closes, REST requests, recovery).
+    FaultMatrix,
     /// Run the Genesys simulator alone (for pointing a daemon at it by hand).
     Sim {
         /// Address to listen on (loopback).
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
                 rate,
                 paths,
             } => run_demo(conversations, rate, paths).await,
+            Command::FaultMatrix => run_matrix().await,
             Command::Sim {
                 listen,
                 rate,
@@ -293,6 +297,26 @@ async fn run(path: &std::path::Path) -> ExitCode {
             tracing::error!(error = %e, "daemon stopped");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn run_matrix() -> ExitCode {
+    let mut rows = Vec::new();
+    for fault in genesys_closer::matrix::Fault::ALL {
+        eprintln!("fault matrix: {}", fault.name());
+        match genesys_closer::matrix::run(fault).await {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                eprintln!("error: scenario {:?} could not run: {e:#}", fault.name());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print_out(&genesys_closer::matrix::table(&rows));
+    if rows.iter().all(|r| r.ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Rule {
     pub disconnect: DisconnectMode,
     /// How long to wait for the confirming event.
     pub confirm_timeout: Duration,
+    /// How long a disconnect that failed for a reason that passes is retried.
+    pub retry_for: Duration,
 }
 
 /// A rule's verdict on one conversation.
@@ -119,6 +121,7 @@ fn compile_rule(r: &RuleConfig, config: &Config) -> Rule {
         dry_run: r.dry_run || config.dry_run,
         disconnect: r.disconnect,
         confirm_timeout: r.confirm_timeout,
+        retry_for: r.retry_for,
     }
 }
 

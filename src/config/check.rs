@@ -421,12 +421,14 @@ impl Checker<'_> {
         let unsubscribe_window = self
             .duration(t, "unsubscribe_window")
             .unwrap_or(Duration::from_secs(10));
-        // "0s" is allowed here: read every watched conversation once.
+        // "0s" is allowed here: read every watched conversation once. By default a
+        // conversation whose topics took half as long again as the batch window (a failed
+        // or slow subscribe) is read.
         let catchup_after = if t.get("catchup_after").and_then(Item::as_str) == Some("0s") {
             Duration::ZERO
         } else {
             self.duration(t, "catchup_after")
-                .unwrap_or(Duration::from_secs(2))
+                .unwrap_or(subscribe_window * 3 / 2)
         };
         let verify_every = self
             .duration(t, "verify_every")
@@ -527,6 +529,7 @@ impl Checker<'_> {
                 "dry_run",
                 "disconnect",
                 "confirm_timeout",
+                "retry_for",
             ],
         );
         let intents = self.string_list(t, "intents");
@@ -569,7 +572,11 @@ impl Checker<'_> {
         let confirm_timeout = self
             .duration(t, "confirm_timeout")
             .unwrap_or(Duration::from_secs(10));
+        let retry_for = self
+            .duration(t, "retry_for")
+            .unwrap_or(Duration::from_secs(180));
         Some(RuleConfig {
+            retry_for,
             name: name?,
             intents,
             attribute,

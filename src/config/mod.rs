@@ -246,6 +246,9 @@ pub struct RuleConfig {
     pub disconnect: DisconnectMode,
     /// How long to wait for the confirming event before reading and escalating.
     pub confirm_timeout: Duration,
+    /// How long after the decision a disconnect that failed for a reason that passes
+    /// (429, 5xx, transport, login) is still retried.
+    pub retry_for: Duration,
 }
 
 /// One problem in a config file.

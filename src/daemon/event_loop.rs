@@ -65,6 +65,37 @@ pub(crate) struct EventLoop {
     pub resyncing: HashSet<Box<str>>,
 }
 
+/// How long a catch-up, verify or resync read is retried when it fails for a reason
+/// that passes (429, 5xx, transport): a read that matters must not be dropped by a
+/// short outage.
+const READ_RETRY_FOR: Duration = Duration::from_secs(120);
+
+/// Reads one conversation, retrying failures that pass until [`READ_RETRY_FOR`].
+async fn read_with_retry(
+    api: &ApiClient,
+    id: &str,
+    wanted: &[Box<str>],
+    why: &'static str,
+) -> Option<ConversationEvent> {
+    let started = Instant::now();
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match api.get_conversation(id, wanted).await {
+            Ok(ev) => return Some(ev),
+            Err(e) if e.is_retryable() && started.elapsed() + pause < READ_RETRY_FOR => {
+                tracing::debug!(conversation_id = id, error = %e, why, "read failed; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(20));
+            }
+            Err(e) => {
+                tracing::warn!(conversation_id = id, error = %e,
+                    correlation_id = e.correlation_id(), why, "conversation read failed");
+                return None;
+            }
+        }
+    }
+}
+
 impl EventLoop {
     /// Applies one event and acts on what changed. The map guard is released inside
     /// `Store::apply`, before waiters are notified or a close starts.
@@ -206,12 +237,8 @@ impl EventLoop {
         let reads = self.reads.clone();
         let id = id.to_string();
         tokio::spawn(async move {
-            match api.get_conversation(&id, &wanted).await {
-                Ok(ev) => {
-                    let _ = reads.send(ev).await;
-                }
-                Err(e) => tracing::warn!(conversation_id = %id, error = %e,
-                    correlation_id = e.correlation_id(), why, "conversation read failed"),
+            if let Some(ev) = read_with_retry(&api, &id, &wanted, why).await {
+                let _ = reads.send(ev).await;
             }
         });
     }
@@ -338,12 +365,9 @@ impl EventLoop {
                     let wanted_attrs = Arc::clone(&wanted_attrs);
                     let reads = reads.clone();
                     async move {
-                        match api.get_conversation(&id, &wanted_attrs).await {
-                            Ok(ev) => {
-                                let _ = reads.send(ev).await;
-                            }
-                            Err(e) => tracing::warn!(conversation_id = &*id, error = %e,
-                                correlation_id = e.correlation_id(), "resync read failed"),
+                        if let Some(ev) = read_with_retry(&api, &id, &wanted_attrs, "resync").await
+                        {
+                            let _ = reads.send(ev).await;
                         }
                     }
                 })

@@ -38,6 +38,10 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A replacement connection being prepared while the old one is still read.
 type Preparing<'a> = Pin<Box<dyn Future<Output = Result<(Channel, Ws), String>> + Send + 'a>>;
 
+/// A REST check or repair running beside the reading (it must never hold the reading up:
+/// a socket not read for `heartbeat_timeout` is declared dead).
+type Side<'a> = Pin<Box<dyn Future<Output = Option<fn(Channel) -> LiveEnd>> + Send + 'a>>;
+
 /// After the replacement is live, the old socket is still read this long.
 const OVERLAP: Duration = Duration::from_secs(2);
 /// Attempts at a rotation before waiting for the old socket to end on its own.
@@ -95,6 +99,26 @@ async fn next_draining(
 async fn prepared(p: &mut Option<(Preparing<'_>, &'static str)>) -> Result<(Channel, Ws), String> {
     match p {
         Some((f, _)) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// When to move off `ch`: [`RENEW_BEFORE_EXPIRY`] before it expires, or a fifth of its
+/// lifetime before for a short-lived one; never for one that claims to have expired
+/// already (a skewed clock would otherwise make it rotate without end).
+fn rotation_time(ch: &Channel, stream: usize) -> Option<Instant> {
+    let left = expires_in(ch)?;
+    if left < Duration::from_secs(1) {
+        tracing::warn!(stream, channel_id = %ch.id, expires = ch.expires.as_deref(),
+            "the channel's expiry is already past (is this machine's clock right?); not rotating on it");
+        return None;
+    }
+    Some(Instant::now() + left - RENEW_BEFORE_EXPIRY.min(left / 5))
+}
+
+async fn side(s: &mut Option<Side<'_>>) -> Option<fn(Channel) -> LiveEnd> {
+    match s {
+        Some(f) => f.await,
         None => std::future::pending().await,
     }
 }
@@ -194,15 +218,14 @@ impl ChannelStream {
             .await;
         let mut last_frame = Instant::now();
         let mut pinged = false;
-        let rotate_at = |ch: &Channel| {
-            expires_in(ch).map(|d| Instant::now() + d.saturating_sub(RENEW_BEFORE_EXPIRY))
-        };
+        let rotate_at = |ch: &Channel| rotation_time(ch, self.index);
         let mut renew_at = rotate_at(&ch);
         let mut preparing: Option<(Preparing<'_>, &'static str)> = None;
         let mut retry: Option<(Instant, &'static str)> = None;
         let mut attempts = 0u32;
         let mut draining: Option<Draining> = None;
         let mut verify_at = Instant::now() + self.config.verify_every;
+        let mut checking: Option<Side<'_>> = None;
         loop {
             let silence_deadline = last_frame
                 + if pinged {
@@ -211,6 +234,9 @@ impl ChannelStream {
                     self.config.ping_after
                 };
             tokio::select! {
+                // Reading comes first: frames already queued must be read before a
+                // silence deadline is judged.
+                biased;
                 // Shutdown: close politely; the server drops the channel's socket.
                 _ = self.cancel.cancelled() => {
                     if let Some(mut d) = draining.take() {
@@ -218,6 +244,68 @@ impl ChannelStream {
                     }
                     let _ = ws.close(None).await;
                     return LiveEnd::Cancelled;
+                }
+                msg = ws.next() => {
+                    let text = match msg {
+                        None => return LiveEnd::Failed(ch, "socket closed by the server".into()),
+                        Some(Err(e)) => {
+                            let why = if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                                self.stats.oversized_frames.inc();
+                                format!("a frame over {} MiB cannot be skipped by the socket library: {e}", MAX_FRAME_BYTES >> 20)
+                            } else {
+                                format!("socket error: {e}")
+                            };
+                            return LiveEnd::Failed(ch, why);
+                        }
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(frame))) => {
+                            let why = frame.map(|f| {
+                                let reason: String = f.reason.chars().take(200).collect();
+                                format!("{} {reason}", u16::from(f.code))
+                            }).unwrap_or_default();
+                            return LiveEnd::Failed(ch, format!("socket closed by the server {why}").trim_end().to_string());
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            self.stats.binary_frames.inc();
+                            if let Some(held) = self.stats.log_limit.allow("binary") {
+                                tracing::warn!(stream = self.index, channel_id = %ch.id, bytes = b.len(),
+                                    held_back = held, "skipping a binary frame (Genesys sends text)");
+                            }
+                            last_frame = Instant::now();
+                            pinged = false;
+                            continue;
+                        }
+                        // Transport pings are answered by tungstenite.
+                        Some(Ok(_)) => continue,
+                    };
+                    last_frame = Instant::now();
+                    pinged = false;
+                    match self.handle_text(&ch, &text, last_frame).await {
+                        Action::Continue => {}
+                        Action::End(end) => {
+                            let _ = ws.close(None).await;
+                            return end(ch);
+                        }
+                        Action::Rotate(reason) => {
+                            if preparing.is_none() && draining.is_none() {
+                                attempts = 0;
+                                retry = None;
+                                preparing = Some((Box::pin(self.replacement()), reason));
+                            }
+                        }
+                        Action::Resubscribe => {
+                            let c = ch.clone();
+                            // Replaces a running check: the re-PUT covers what it would find.
+                            checking = Some(Box::pin(async move { self.resubscribe(&c).await }));
+                        }
+                    }
+                }
+                end = side(&mut checking) => {
+                    checking = None;
+                    if let Some(end) = end {
+                        let _ = ws.close(None).await;
+                        return end(ch);
+                    }
                 }
                 // The channel expires soon: move to a fresh one while this one works.
                 _ = sleep_until_opt(renew_at), if preparing.is_none() => {
@@ -292,9 +380,9 @@ impl ChannelStream {
                 // Topics the server dropped without a word are found here and re-added.
                 _ = tokio::time::sleep_until(verify_at) => {
                     verify_at = Instant::now() + self.config.verify_every;
-                    if let Some(end) = self.verify(&ch).await {
-                        let _ = ws.close(None).await;
-                        return end(ch);
+                    if checking.is_none() {
+                        let c = ch.clone();
+                        checking = Some(Box::pin(async move { self.verify(&c).await }));
                     }
                 }
                 // Silence: ping once, then declare the socket dead.
@@ -312,66 +400,30 @@ impl ChannelStream {
                         return LiveEnd::Failed(ch, format!("cannot send ping: {e}"));
                     }
                 }
-                msg = ws.next() => {
-                    let text = match msg {
-                        None => return LiveEnd::Failed(ch, "socket closed by the server".into()),
-                        Some(Err(e)) => {
-                            let why = if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
-                                self.stats.oversized_frames.inc();
-                                format!("a frame over {} MiB cannot be skipped by the socket library: {e}", MAX_FRAME_BYTES >> 20)
-                            } else {
-                                format!("socket error: {e}")
-                            };
-                            return LiveEnd::Failed(ch, why);
-                        }
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(frame))) => {
-                            let why = frame.map(|f| {
-                                let reason: String = f.reason.chars().take(200).collect();
-                                format!("{} {reason}", u16::from(f.code))
-                            }).unwrap_or_default();
-                            return LiveEnd::Failed(ch, format!("socket closed by the server {why}").trim_end().to_string());
-                        }
-                        Some(Ok(Message::Binary(b))) => {
-                            self.stats.binary_frames.inc();
-                            if let Some(held) = self.stats.log_limit.allow("binary") {
-                                tracing::warn!(stream = self.index, channel_id = %ch.id, bytes = b.len(),
-                                    held_back = held, "skipping a binary frame (Genesys sends text)");
-                            }
-                            last_frame = Instant::now();
-                            pinged = false;
-                            continue;
-                        }
-                        // Transport pings are answered by tungstenite.
-                        Some(Ok(_)) => continue,
-                    };
-                    last_frame = Instant::now();
-                    pinged = false;
-                    match self.handle_text(&ch, &text, last_frame).await {
-                        Action::Continue => {}
-                        Action::End(end) => {
-                            let _ = ws.close(None).await;
-                            return end(ch);
-                        }
-                        Action::Rotate(reason) => {
-                            if preparing.is_none() && draining.is_none() {
-                                attempts = 0;
-                                retry = None;
-                                preparing = Some((Box::pin(self.replacement()), reason));
-                            }
-                        }
-                        Action::Resubscribe => {
-                            let since = Instant::now();
-                            if let Err(e) = self.subscribe(&ch).await {
-                                let _ = ws.close(None).await;
-                                return LiveEnd::Unsubscribed(ch, format!("re-subscribing after no_longer_subscribed failed: {e}"));
-                            }
-                            self.gap(since.elapsed(), "no_longer_subscribed: topics re-added in place").await;
-                        }
-                    }
-                }
             }
         }
+    }
+
+    /// After `no_longer_subscribed`: the topics again, in place, then a resync of the
+    /// stretch (events pushed while the channel had no topics are lost).
+    async fn resubscribe(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
+        let since = Instant::now();
+        if let Err(e) = self.subscribe(ch).await {
+            tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e,
+                "re-subscribing after no_longer_subscribed failed; the channel will be subscribed again");
+            return Some(|ch| {
+                LiveEnd::Unsubscribed(
+                    ch,
+                    "re-subscribing after no_longer_subscribed failed".into(),
+                )
+            });
+        }
+        self.gap(
+            since.elapsed(),
+            "no_longer_subscribed: topics re-added in place",
+        )
+        .await;
+        None
     }
 
     async fn gap(&self, gap: Duration, reason: &'static str) {

@@ -1,0 +1,489 @@
+//! `genesys-closer fault-matrix`: the stream's fault matrix, against the built-in simulator.
+//!
+//! Each scenario starts a fresh simulator and daemon on loopback, keeps matching and
+//! non-matching conversations arriving (queue path and bot-phase path, ten a second),
+//! injects one fault a second in, keeps the load going, then waits for every matching
+//! conversation's outcome. A row says what a user would: how many matched, how many were
+//! confirmed closed, how many were lost, how many disconnects were sent twice for one
+//! conversation, how many REST requests it all took, how long closing took to work again
+//! (a probe conversation created at the moment of the fault, until its close is confirmed),
+//! and how many events of the scenario's conversations Genesys pushed while no socket of
+//! the daemon received them (the simulator numbers every event per conversation).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::closer::{CloseReport, Outcome};
+use crate::config::Config;
+use crate::daemon::{self, RunOptions};
+use crate::sim::{
+    self, BotConversationSpec, BotPurpose, ConversationSpec, DataAction, Faults, SimConfig,
+    SimHandle,
+};
+
+const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
+const FLOW: &str = "a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93";
+const TOKEN: &str = "fault-matrix-intake-credential";
+
+/// Timings shortened so a dead socket is noticed in about 2 s (the defaults, 35 s and 45 s,
+/// suit Genesys's 30 s heartbeat; the matrix would take minutes with them).
+const CONFIG: &str = r#"
+[genesys]
+api_url = "{URL}"
+login_url = "{URL}"
+client_id = "sim-client"
+
+[stream]
+queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
+flows = ["a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93"]
+subscribe_window = "200ms"
+unsubscribe_window = "1s"
+heartbeat_timeout = "2s"
+ping_after = "1s"
+backoff_min = "100ms"
+backoff_max = "1s"
+verify_every = "1s"
+
+[intake]
+enabled = true
+listen = "127.0.0.1:0"
+
+[log]
+format = "human"
+level = "warn"
+
+[[rule]]
+name = "goodbye"
+intents = ["Goodbye"]
+confirm_timeout = "4s"
+"#;
+
+/// One fault to inject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Every socket closed abruptly.
+    Drop,
+    /// Sockets stay open but send nothing and answer no ping, for 4 s.
+    Stall,
+    /// `socket_closing`, then the old sockets close 500 ms later.
+    SocketClosing,
+    /// Channels expire (their `expires` passes): `{"result":"404"}` and closed.
+    ChannelExpiry,
+    /// `no_longer_subscribed`: the channels' topics are gone.
+    NoLongerSubscribed,
+    /// `{"result":"404"}`: the channels vanish.
+    ChannelGone,
+    /// Every token revoked: the next API call gets 401.
+    TokenRevoked,
+    /// 429 with `Retry-After: 1` on every API call for 3 s.
+    RateLimited,
+    /// 503 on every API call for 2 s.
+    ServerErrors,
+    /// Malformed, binary and oversized frames on every socket.
+    BadFrames,
+    /// Every event pushed twice, and out of order.
+    DuplicatedReordered,
+    /// Topics dropped by the server without a word while heartbeats go on.
+    TopicsDroppedSilently,
+}
+
+impl Fault {
+    /// Every scenario, in table order.
+    pub const ALL: [Fault; 12] = [
+        Fault::Drop,
+        Fault::Stall,
+        Fault::SocketClosing,
+        Fault::ChannelExpiry,
+        Fault::NoLongerSubscribed,
+        Fault::ChannelGone,
+        Fault::TokenRevoked,
+        Fault::RateLimited,
+        Fault::ServerErrors,
+        Fault::BadFrames,
+        Fault::DuplicatedReordered,
+        Fault::TopicsDroppedSilently,
+    ];
+
+    /// The row's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Drop => "abrupt socket drop",
+            Fault::Stall => "stalled socket (4 s)",
+            Fault::SocketClosing => "socket_closing, closed 500 ms later",
+            Fault::ChannelExpiry => "channel expiry (4 s channel lifetime)",
+            Fault::NoLongerSubscribed => "no_longer_subscribed",
+            Fault::ChannelGone => "{\"result\":\"404\"}",
+            Fault::TokenRevoked => "token revoked (401)",
+            Fault::RateLimited => "429 Retry-After 1 s, for 3 s",
+            Fault::ServerErrors => "503 for 2 s",
+            Fault::BadFrames => "malformed, binary, 2 MiB frames",
+            Fault::DuplicatedReordered => "duplicated and reordered events",
+            Fault::TopicsDroppedSilently => "topics dropped silently",
+        }
+    }
+
+    /// Whether the transition is planned: no event may go unreceived.
+    pub fn planned(self) -> bool {
+        matches!(
+            self,
+            Fault::SocketClosing
+                | Fault::ChannelExpiry
+                | Fault::BadFrames
+                | Fault::DuplicatedReordered
+        )
+    }
+
+    /// Whether the fault takes events away before anyone can tell (a socket that dies or
+    /// vanishes, topics that disappear): what falls in such a gap is gone.
+    pub fn unplanned_gap(self) -> bool {
+        matches!(
+            self,
+            Fault::Drop
+                | Fault::ChannelGone
+                | Fault::NoLongerSubscribed
+                | Fault::TopicsDroppedSilently
+                | Fault::Stall
+        )
+    }
+
+    async fn inject(self, sim: &SimHandle) {
+        match self {
+            Fault::Drop => sim.drop_sockets(),
+            Fault::Stall => {
+                sim.set_faults(Faults {
+                    silent_sockets: true,
+                    ..Faults::default()
+                });
+                let sim = sim.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    sim.set_faults(Faults::default());
+                });
+            }
+            Fault::SocketClosing => sim.socket_closing_then_close(Duration::from_millis(500)),
+            // The simulator gives this scenario's channels a 4 s lifetime from the start.
+            Fault::ChannelExpiry => {}
+            Fault::NoLongerSubscribed => sim.no_longer_subscribed(),
+            Fault::ChannelGone => sim.expire_channels(),
+            Fault::TokenRevoked => sim.revoke_tokens(),
+            Fault::RateLimited => {
+                sim.fail_requests_for("/api/", 429, Some(1), Duration::from_secs(3));
+            }
+            Fault::ServerErrors => {
+                sim.fail_requests_for("/api/", 503, None, Duration::from_secs(2))
+            }
+            Fault::BadFrames => {
+                sim.push_raw_text("{not json");
+                sim.push_raw_text(r#"{"topicName":"v2.routing.queues.x.conversations.messages","eventBody":{"id":5}}"#);
+                sim.push_raw_text(r#"{"topicName":"v2.made.up.topic","eventBody":{}}"#);
+                sim.push_binary(vec![0, 1, 2, 3]);
+                sim.push_oversized(2 << 20);
+            }
+            Fault::DuplicatedReordered => sim.set_faults(Faults {
+                duplicate_events: true,
+                reorder_events: true,
+                ..Faults::default()
+            }),
+            Fault::TopicsDroppedSilently => sim.drop_topics_silently(),
+        }
+    }
+}
+
+/// One row of the matrix.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The scenario.
+    pub scenario: &'static str,
+    /// Conversations whose intent matches the rule.
+    pub matched: usize,
+    /// Of those, confirmed closed.
+    pub confirmed: usize,
+    /// Of those, not confirmed closed when the scenario ended.
+    pub lost: usize,
+    /// Disconnects accepted beyond the first for one conversation.
+    pub duplicate_closes: usize,
+    /// API requests (the token grant excluded).
+    pub rest_requests: usize,
+    /// From the fault to the confirmed close of a probe conversation created then, ms.
+    pub recover_ms: u64,
+    /// Events of the scenario's conversations no daemon socket received (on the topics
+    /// the daemon subscribes: the queue, the flow's metrics, the watched detail topics).
+    pub unreceived_events: usize,
+    /// Of the lost, those no daemon socket ever received an event of: their only events
+    /// so far fell in the gap, so the daemon never heard of them (no listed endpoint lists
+    /// conversations by queue or flow, so no read can find them either).
+    pub lost_unseen: usize,
+    /// The path of each lost conversation (`queue`, `flow`, `intake`), for diagnosis.
+    pub lost_paths: Vec<&'static str>,
+}
+
+impl Row {
+    /// Whether the row meets the bar: nothing lost, nothing closed twice.
+    pub fn ok(&self) -> bool {
+        self.lost == 0 && self.duplicate_closes == 0
+    }
+
+    /// Whether every conversation the daemon had heard of was closed, once.
+    pub fn ok_for_seen(&self) -> bool {
+        self.lost == self.lost_unseen && self.duplicate_closes == 0
+    }
+}
+
+/// Runs one scenario.
+pub async fn run(fault: Fault) -> anyhow::Result<Row> {
+    let mut sim_cfg = SimConfig {
+        heartbeat_interval: Duration::from_millis(500),
+        ..SimConfig::default()
+    };
+    if fault == Fault::ChannelExpiry {
+        sim_cfg.channel_ttl = Duration::from_secs(4);
+    }
+    let sim = sim::start(sim_cfg).await?;
+    let config = Config::parse(
+        &CONFIG.replace("{URL}", &sim.base_url()),
+        Path::new("<fault matrix>"),
+    )?;
+    crate::telemetry::init_logging(&config.log);
+    let (reports_tx, mut raw_reports) = mpsc::unbounded_channel::<CloseReport>();
+    // Stamped on arrival, for the time to recover.
+    let (stamped_tx, mut reports_rx) = mpsc::unbounded_channel::<(Instant, CloseReport)>();
+    tokio::spawn(async move {
+        while let Some(r) = raw_reports.recv().await {
+            let _ = stamped_tx.send((Instant::now(), r));
+        }
+    });
+    let stop = CancellationToken::new();
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let task = {
+        let opts = RunOptions {
+            shutdown: stop.clone(),
+            drain_timeout: Duration::from_secs(10),
+            reports: Some(reports_tx),
+            notify_systemd: false,
+            intake_token: Some(SecretString::from(TOKEN.to_string())),
+            intake_bound: Some(bound_tx),
+        };
+        let config = config.clone();
+        let secret = SecretString::from("sim-secret".to_string());
+        tokio::spawn(async move { daemon::run(&config, secret, opts).await })
+    };
+    let intake = tokio::time::timeout(Duration::from_secs(20), bound_rx).await??;
+    sim.set_data_action(Some(DataAction {
+        url: format!("http://{intake}/v1/intents"),
+        authorization: Some(format!("Bearer {TOKEN}")),
+    }));
+    let ready = Instant::now() + Duration::from_secs(20);
+    while sim.connected_sockets() < 1 {
+        anyhow::ensure!(Instant::now() < ready, "the daemon did not connect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Ten conversations a second for 5 s, the fault 1 s in.
+    let mut expected: HashSet<String> = HashSet::new();
+    let mut path_of: HashMap<String, &'static str> = HashMap::new();
+    let mut all: Vec<String> = Vec::new();
+    let mut unmatched = Vec::new();
+    let mut reports: Vec<(Instant, CloseReport)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut probe: Option<(String, Instant)> = None;
+    for n in 0..50u64 {
+        tick.tick().await;
+        if n == 10 {
+            let at = Instant::now();
+            fault.inject(&sim).await;
+            // The probe: a queue conversation with a matching intent, right at the fault.
+            let id = sim.create_conversation(queue(Some("Goodbye")));
+            path_of.insert(id.clone(), "queue (probe)");
+            expected.insert(id.clone());
+            all.push(id.clone());
+            probe = Some((id, at));
+        }
+        let matching = n % 2 == 0;
+        let intent = matching.then_some("Goodbye").or(Some("TalkToAgent"));
+        let (id, path) = match n % 3 {
+            0 => (sim.create_conversation(queue(intent)), "queue"),
+            1 => (sim.create_bot_conversation(bot(intent, false)), "flow"),
+            _ => (sim.create_bot_conversation(bot(intent, true)), "intake"),
+        };
+        path_of.insert(id.clone(), path);
+        all.push(id.clone());
+        if matching {
+            expected.insert(id);
+        } else {
+            unmatched.push(id);
+        }
+        while let Ok(r) = reports_rx.try_recv() {
+            reports.push(r);
+        }
+    }
+    // Wait for every matching conversation's outcome.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut probe_done: Option<Instant> = None;
+    loop {
+        while let Ok(r) = reports_rx.try_recv() {
+            reports.push(r);
+        }
+        let confirmed = confirmed_ids(&reports);
+        if let Some((p, _)) = &probe {
+            if probe_done.is_none() && confirmed.contains(p.as_str()) {
+                probe_done = reports
+                    .iter()
+                    .find(|(_, r)| &*r.conversation_id == p.as_str())
+                    .map(|(at, _)| *at);
+            }
+        }
+        if expected.iter().all(|id| confirmed.contains(id.as_str())) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &unmatched {
+        sim.customer_leaves(id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let _ = task.await;
+    while let Ok(r) = reports_rx.try_recv() {
+        reports.push(r);
+    }
+    let requests = sim.requests();
+    let events = sim.event_log();
+    sim.shutdown().await;
+
+    let confirmed = confirmed_ids(&reports);
+    let confirmed_expected = expected
+        .iter()
+        .filter(|id| confirmed.contains(id.as_str()))
+        .count();
+    let mut accepted: HashMap<&str, usize> = HashMap::new();
+    for r in &requests {
+        let is_close = (r.method == "PATCH"
+            && r.path.starts_with("/api/v2/conversations/messages/"))
+            || (r.method == "POST" && r.path.ends_with("/disconnect"));
+        if is_close && (200..300).contains(&r.status) {
+            if let Some(id) = r.path.split('/').nth(5) {
+                *accepted.entry(id).or_default() += 1;
+            }
+        }
+    }
+    let duplicate_closes = accepted
+        .iter()
+        .filter(|(id, _)| confirmed.contains(**id))
+        .map(|(_, n)| n.saturating_sub(1))
+        .sum();
+    let ours: HashSet<&str> = all.iter().map(String::as_str).collect();
+    let subscribed = |topic: &str| {
+        let t = topic.to_ascii_lowercase();
+        t.starts_with(&format!("v2.routing.queues.{QUEUE}"))
+            || t.starts_with(&format!("v2.analytics.flow.{FLOW}"))
+            || crate::genesys::frames::WATCH_SUFFIXES
+                .iter()
+                .any(|s| t.starts_with("v2.detail.events.conversation.") && t.ends_with(s))
+    };
+    let unreceived_events = events
+        .iter()
+        .filter(|e| {
+            ours.contains(e.conversation_id.as_str()) && e.delivered == 0 && subscribed(&e.topic)
+        })
+        .count();
+    let lost: Vec<&String> = expected
+        .iter()
+        .filter(|id| !confirmed.contains(id.as_str()))
+        .collect();
+    let lost_paths = lost
+        .iter()
+        .map(|id| path_of.get(*id).copied().unwrap_or("?"))
+        .collect();
+    let lost_unseen = lost
+        .iter()
+        .filter(|id| {
+            !events
+                .iter()
+                .any(|e| e.conversation_id == ***id && e.delivered > 0 && subscribed(&e.topic))
+        })
+        .count();
+    let recover_ms = match (probe, probe_done) {
+        (Some((_, at)), Some(done)) => done.saturating_duration_since(at).as_millis() as u64,
+        _ => 0,
+    };
+    Ok(Row {
+        scenario: fault.name(),
+        matched: expected.len(),
+        confirmed: confirmed_expected,
+        lost: expected.len() - confirmed_expected,
+        duplicate_closes,
+        rest_requests: requests
+            .iter()
+            .filter(|r| r.path.starts_with("/api/"))
+            .count(),
+        recover_ms,
+        unreceived_events,
+        lost_unseen,
+        lost_paths,
+    })
+}
+
+fn confirmed_ids(reports: &[(Instant, CloseReport)]) -> HashSet<&str> {
+    reports
+        .iter()
+        .filter(|(_, r)| {
+            matches!(
+                r.outcome,
+                Outcome::Confirmed | Outcome::EscalatedConfirmed | Outcome::AlreadyClosed
+            )
+        })
+        .map(|(_, r)| &*r.conversation_id)
+        .collect()
+}
+
+fn queue(intent: Option<&str>) -> ConversationSpec {
+    ConversationSpec {
+        queue_id: QUEUE.into(),
+        intent_attribute: "Bot.Intent".into(),
+        intent: intent.map(str::to_string),
+        agent_user_id: None,
+    }
+}
+
+fn bot(intent: Option<&str>, by_intake: bool) -> BotConversationSpec {
+    BotConversationSpec {
+        flow_id: FLOW.into(),
+        purpose: BotPurpose::Workflow,
+        intent_attribute: "Bot.Intent".into(),
+        intent: intent.map(str::to_string),
+        intent_after: Duration::from_millis(800),
+        transfer: None,
+        post_on_start: false,
+        post_on_intent: by_intake,
+    }
+}
+
+/// The markdown table of rows.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::from(
+        "| scenario | matched | confirmed | lost | duplicate closes | REST requests | recover ms | unreceived events |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.matched,
+            r.confirmed,
+            r.lost,
+            r.duplicate_closes,
+            r.rest_requests,
+            r.recover_ms,
+            r.unreceived_events
+        );
+    }
+    out
+}
