@@ -313,7 +313,7 @@ async fn run_matrix() -> ExitCode {
         }
     }
     print_out(&genesys_closer::matrix::table(&rows));
-    if rows.iter().all(|r| r.ok()) {
+    if rows.iter().all(|r| r.passes) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

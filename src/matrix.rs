@@ -140,6 +140,15 @@ impl Fault {
         )
     }
 
+    /// The bar a row must meet: nothing closed twice and no conversation the daemon had
+    /// heard of lost, always; nothing lost at all unless the fault opens an unplanned
+    /// gap; and, for planned transitions and frame faults, no event unreceived.
+    pub fn bar(self, r: &Row) -> bool {
+        r.ok_for_seen()
+            && (self.unplanned_gap() || r.lost == 0)
+            && (!self.planned() || r.unreceived_events == 0)
+    }
+
     /// Whether the fault takes events away before anyone can tell (a socket that dies or
     /// vanishes, topics that disappear): what falls in such a gap is gone.
     pub fn unplanned_gap(self) -> bool {
@@ -222,6 +231,8 @@ pub struct Row {
     pub lost_unseen: usize,
     /// The path of each lost conversation (`queue`, `flow`, `intake`), for diagnosis.
     pub lost_paths: Vec<&'static str>,
+    /// The row meets its bar (see [`Fault::bar`]).
+    pub passes: bool,
 }
 
 impl Row {
@@ -414,7 +425,7 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         (Some((_, at)), Some(done)) => done.saturating_duration_since(at).as_millis() as u64,
         _ => 0,
     };
-    Ok(Row {
+    let mut row = Row {
         scenario: fault.name(),
         matched: expected.len(),
         confirmed: confirmed_expected,
@@ -428,7 +439,10 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         unreceived_events,
         lost_unseen,
         lost_paths,
-    })
+        passes: false,
+    };
+    row.passes = fault.bar(&row);
+    Ok(row)
 }
 
 fn confirmed_ids(reports: &[(Instant, CloseReport)]) -> HashSet<&str> {
@@ -469,20 +483,23 @@ fn bot(intent: Option<&str>, by_intake: bool) -> BotConversationSpec {
 /// The markdown table of rows.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| scenario | matched | confirmed | lost | duplicate closes | REST requests | recover ms | unreceived events |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| scenario | matched | confirmed | lost | of which never seen | duplicate closes \
+         | REST requests | recover ms | unreceived events | verdict |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.matched,
             r.confirmed,
             r.lost,
+            r.lost_unseen,
             r.duplicate_closes,
             r.rest_requests,
             r.recover_ms,
-            r.unreceived_events
+            r.unreceived_events,
+            if r.passes { "pass" } else { "FAIL" }
         );
     }
     out

@@ -225,6 +225,7 @@ pub async fn run(
                 events: events.clone(),
                 stats: Arc::clone(&stats),
                 cancel: cancel.clone(),
+                all_rejected: Default::default(),
             };
             streams.spawn(s.run());
         }

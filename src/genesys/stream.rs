@@ -118,6 +118,8 @@ pub struct ChannelStream {
     pub stats: Arc<Stats>,
     /// Shutdown.
     pub cancel: CancellationToken,
+    /// The "every topic rejected" error was said (it is said once per episode).
+    pub all_rejected: std::sync::atomic::AtomicBool,
 }
 
 impl ChannelStream {
@@ -254,8 +256,20 @@ impl ChannelStream {
             })
             .count();
         if statics > 0 && static_rejected >= statics {
+            // An error state, said once and loudly; later attempts stay quiet until a
+            // subscribe succeeds (permissions can be granted while it runs).
+            if !self
+                .all_rejected
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::error!(stream = self.index, channel_id = %ch.id, topics = statics,
+                    "every configured topic of this channel was rejected: it receives nothing; \
+                     grant the permissions named above to the OAuth client (retrying quietly)");
+            }
             return Err("every configured topic was rejected".into());
         }
+        self.all_rejected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let synced = self.slot.synced(&ch.id, &ids, removals, &answer);
         tracing::info!(stream = self.index, channel_id = %ch.id, topics = topics.len() - rejected,
             watched_conversations = ids.len() - synced.rejected, "subscribed");

@@ -292,7 +292,21 @@ pub fn log_rejections(stream: usize, channel_id: &str, answer: &[ChannelTopic]) 
     {
         by_family.entry(topic_family(&t.id)).or_insert((0, t)).0 += 1;
     }
+    static SAID: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    let said = SAID.get_or_init(Default::default);
     for (family, (count, example)) in by_family {
+        // Once per family for the life of the process: re-subscribing (rotations,
+        // checks) must not repeat the same error every time.
+        let first = said
+            .lock()
+            .map(|mut s| s.insert(family.clone()))
+            .unwrap_or(true);
+        if !first {
+            tracing::debug!(stream, channel_id, topic_family = %family, topics = count,
+                "topic subscription rejected (said before)");
+            continue;
+        }
         tracing::error!(
             stream,
             channel_id,
