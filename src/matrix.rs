@@ -220,8 +220,9 @@ pub struct Row {
     pub duplicate_closes: usize,
     /// API requests (the token grant excluded).
     pub rest_requests: usize,
-    /// From the fault to the confirmed close of a probe conversation created then, ms.
-    pub recover_ms: u64,
+    /// From the fault to the confirmed close of a probe conversation created then, ms;
+    /// `None` when the probe itself fell in the gap (never seen).
+    pub recover_ms: Option<u64>,
     /// Events of the scenario's conversations no daemon socket received (on the topics
     /// the daemon subscribes: the queue, the flow's metrics, the watched detail topics).
     pub unreceived_events: usize,
@@ -422,8 +423,8 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         })
         .count();
     let recover_ms = match (probe, probe_done) {
-        (Some((_, at)), Some(done)) => done.saturating_duration_since(at).as_millis() as u64,
-        _ => 0,
+        (Some((_, at)), Some(done)) => Some(done.saturating_duration_since(at).as_millis() as u64),
+        _ => None,
     };
     let mut row = Row {
         scenario: fault.name(),
@@ -497,7 +498,8 @@ pub fn table(rows: &[Row]) -> String {
             r.lost_unseen,
             r.duplicate_closes,
             r.rest_requests,
-            r.recover_ms,
+            r.recover_ms
+                .map_or_else(|| "probe never seen".to_string(), |ms| ms.to_string()),
             r.unreceived_events,
             if r.passes { "pass" } else { "FAIL" }
         );

@@ -159,6 +159,8 @@ pub struct Faults {
     pub ignore_teardown: bool,
     /// Sockets stay open but go quiet: no heartbeats and no pongs (a half-dead
     /// connection that TCP does not notice).
+    /// Events published meanwhile reach nobody (they are lost, and logged with
+    /// `delivered: 0`).
     pub silent_sockets: bool,
     /// Every conversation, detail and flow-metrics frame is sent twice to each
     /// subscribed socket (logged once in `pushed_frames()` and `event_log()`).
