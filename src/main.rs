@@ -67,6 +67,12 @@ enum Command {
         /// Heartbeat interval, e.g. "30s".
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         heartbeat: Duration,
+        /// A fault on a timetable, NAME@SECONDS[:ARG], repeatable; e.g.
+        /// `--fault socket-closing@30:60 --fault 429@90:10`. Names: drop, stall:SECS,
+        /// socket-closing[:SECS], expire, no-longer-subscribed, drop-topics, revoke,
+        /// STATUS:SECS (429:10, 503:5), bad-frames, duplicate, reorder.
+        #[arg(long = "fault", value_parser = parse_fault)]
+        faults: Vec<sim::ScriptedFault>,
     },
 }
 
@@ -103,7 +109,8 @@ fn main() -> ExitCode {
                 listen,
                 rate,
                 heartbeat,
-            } => run_sim(listen, rate, heartbeat).await,
+                faults,
+            } => run_sim(listen, rate, heartbeat, faults).await,
         }
     })
 }
@@ -365,7 +372,16 @@ async fn run_demo(conversations: Option<u64>, rate: f64, paths: Vec<demo::Shape>
     }
 }
 
-async fn run_sim(listen: std::net::SocketAddr, rate: f64, heartbeat: Duration) -> ExitCode {
+fn parse_fault(text: &str) -> Result<sim::ScriptedFault, String> {
+    text.parse()
+}
+
+async fn run_sim(
+    listen: std::net::SocketAddr,
+    rate: f64,
+    heartbeat: Duration,
+    faults: Vec<sim::ScriptedFault>,
+) -> ExitCode {
     telemetry::init_logging(&genesys_closer::config::LogConfig {
         format: genesys_closer::config::LogFormat::Human,
         level: "info".into(),
@@ -388,7 +404,7 @@ async fn run_sim(listen: std::net::SocketAddr, rate: f64, heartbeat: Duration) -
         ],
         customer_leaves_after: Duration::from_secs(30),
     });
-    match sim::serve_forever(cfg, generator).await {
+    match sim::serve_forever(cfg, generator, faults).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: simulator failed: {e:#}");

@@ -54,11 +54,13 @@ mod rest;
 mod rest_conversations;
 mod rest_faults;
 mod rest_notifications;
+mod script;
 mod serve;
 mod socket;
 mod world;
 
 pub use faults::{EventRecord, RestFault};
+pub use script::{FAULT_NAMES, FaultAction, ScriptedFault};
 pub use serve::serve_forever;
 
 use std::fmt;
@@ -364,6 +366,11 @@ impl SimHandle {
     /// Every HTTP request in arrival order with the status answered (the last 100,000).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.world().requests()
+    }
+
+    /// The faults in force now.
+    pub fn faults(&self) -> Faults {
+        self.world().faults()
     }
 
     /// Changes the simulated faults for requests from now on.

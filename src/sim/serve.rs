@@ -3,11 +3,16 @@
 
 use serde_json::Value;
 
-use super::{GeneratorConfig, SimConfig, start};
+use super::{GeneratorConfig, ScriptedFault, SimConfig, start};
 
 /// The `genesys-closer sim` subcommand: starts the simulator, prints how to point
-/// the daemon at it, runs the generator if given, and stops on Ctrl-C.
-pub async fn serve_forever(cfg: SimConfig, gen_cfg: Option<GeneratorConfig>) -> anyhow::Result<()> {
+/// the daemon at it, runs the generator if given, fires the timetable of faults,
+/// and stops on Ctrl-C.
+pub async fn serve_forever(
+    cfg: SimConfig,
+    gen_cfg: Option<GeneratorConfig>,
+    faults: Vec<ScriptedFault>,
+) -> anyhow::Result<()> {
     let client_id = cfg.client_id.clone();
     let client_secret = cfg.client_secret.clone();
     let sim = start(cfg).await?;
@@ -21,6 +26,7 @@ pub async fn serve_forever(cfg: SimConfig, gen_cfg: Option<GeneratorConfig>) -> 
         )
     );
     let generator = gen_cfg.map(|g| sim.spawn_generator(g));
+    super::script::schedule(&sim, faults);
     let signal = tokio::signal::ctrl_c().await;
     if let Some(g) = generator {
         g.abort();
