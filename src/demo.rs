@@ -141,6 +141,61 @@ pub struct DemoSummary {
     pub catchup_reads: u64,
 }
 
+/// A daemon running against a simulator, for the demo and the fault matrix.
+pub(crate) struct Harness {
+    /// The daemon's task.
+    pub task: tokio::task::JoinHandle<Result<daemon::Summary, daemon::DaemonError>>,
+    /// Its close reports.
+    pub reports: mpsc::UnboundedReceiver<CloseReport>,
+    /// Cancel to stop it (it drains first).
+    pub stop: CancellationToken,
+}
+
+/// Starts the daemon on `config` with its intake on, makes the simulator play the bot
+/// flow's data action against that intake, and waits until every channel's socket is
+/// connected (no backfill exists: conversations created before would be missed).
+pub(crate) async fn start_daemon_on(
+    sim: &SimHandle,
+    config: &Config,
+    secret: SecretString,
+    intake_token: &str,
+) -> anyhow::Result<Harness> {
+    let (reports_tx, reports) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let task = {
+        let opts = RunOptions {
+            shutdown: stop.clone(),
+            drain_timeout: Duration::from_secs(10),
+            reports: Some(reports_tx),
+            notify_systemd: false,
+            intake_token: Some(SecretString::from(intake_token.to_string())),
+            intake_bound: Some(bound_tx),
+        };
+        let config = config.clone();
+        tokio::spawn(async move { daemon::run(&config, secret, opts).await })
+    };
+    let intake = tokio::time::timeout(Duration::from_secs(20), bound_rx)
+        .await
+        .map_err(|_| anyhow::anyhow!("the daemon's intake did not start within 20 s"))??;
+    sim.set_data_action(Some(DataAction {
+        url: format!("http://{intake}/v1/intents"),
+        authorization: Some(format!("Bearer {intake_token}")),
+    }));
+    let ready_by = Instant::now() + Duration::from_secs(20);
+    while sim.connected_sockets() < config.stream.channels_needed() {
+        if Instant::now() > ready_by || task.is_finished() {
+            anyhow::bail!("the daemon did not connect to the simulator within 20 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Harness {
+        task,
+        reports,
+        stop,
+    })
+}
+
 /// The embedded config, pointed at `base_url`.
 pub fn demo_config(base_url: &str) -> Result<Config, ConfigErrors> {
     let text = DEMO_CONFIG.replace("{URL}", base_url);
@@ -234,38 +289,11 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     crate::telemetry::init_logging(&config.log);
     tracing::info!(simulator = %sim.base_url(), "demo: simulator listening");
 
-    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel();
-    let stop_daemon = CancellationToken::new();
-    let (bound_tx, bound_rx) = oneshot::channel();
-    let daemon_task = {
-        let opts = RunOptions {
-            shutdown: stop_daemon.clone(),
-            drain_timeout: Duration::from_secs(10),
-            reports: Some(reports_tx),
-            notify_systemd: false,
-            intake_token: Some(SecretString::from(DEMO_INTAKE_TOKEN.to_string())),
-            intake_bound: Some(bound_tx),
-        };
-        let config = config.clone();
-        tokio::spawn(async move { daemon::run(&config, secret, opts).await })
-    };
-    let intake = tokio::time::timeout(Duration::from_secs(20), bound_rx)
-        .await
-        .map_err(|_| anyhow::anyhow!("the daemon's intake did not start within 20 s"))??;
-    // The simulator plays the bot flow's data action, calling the daemon's intake.
-    sim.set_data_action(Some(DataAction {
-        url: format!("http://{intake}/v1/intents"),
-        authorization: Some(format!("Bearer {DEMO_INTAKE_TOKEN}")),
-    }));
-
-    // No backfill exists: conversations created before the socket is live would be missed.
-    let ready_by = Instant::now() + Duration::from_secs(20);
-    while sim.connected_sockets() < config.stream.channels_needed() {
-        if Instant::now() > ready_by || daemon_task.is_finished() {
-            anyhow::bail!("the daemon did not connect to the simulator within 20 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let Harness {
+        task: daemon_task,
+        reports: mut reports_rx,
+        stop: stop_daemon,
+    } = start_daemon_on(&sim, &config, secret, DEMO_INTAKE_TOKEN).await?;
     let baseline_topics = topic_total(&sim);
 
     let rule_intents: Vec<&str> = config

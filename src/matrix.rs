@@ -16,16 +16,14 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::closer::{CloseReport, Outcome};
 use crate::config::Config;
-use crate::daemon::{self, RunOptions};
+use crate::demo::{Harness, start_daemon_on};
 use crate::sim::{
-    self, BotConversationSpec, BotPurpose, ConversationSpec, DataAction, Faults, SimConfig,
-    SimHandle,
+    self, BotConversationSpec, BotPurpose, ConversationSpec, Faults, SimConfig, SimHandle,
 };
 
 const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
@@ -263,7 +261,17 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         Path::new("<fault matrix>"),
     )?;
     crate::telemetry::init_logging(&config.log);
-    let (reports_tx, mut raw_reports) = mpsc::unbounded_channel::<CloseReport>();
+    let Harness {
+        task,
+        reports: mut raw_reports,
+        stop,
+    } = start_daemon_on(
+        &sim,
+        &config,
+        SecretString::from("sim-secret".to_string()),
+        TOKEN,
+    )
+    .await?;
     // Stamped on arrival, for the time to recover.
     let (stamped_tx, mut reports_rx) = mpsc::unbounded_channel::<(Instant, CloseReport)>();
     tokio::spawn(async move {
@@ -271,31 +279,6 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
             let _ = stamped_tx.send((Instant::now(), r));
         }
     });
-    let stop = CancellationToken::new();
-    let (bound_tx, bound_rx) = oneshot::channel();
-    let task = {
-        let opts = RunOptions {
-            shutdown: stop.clone(),
-            drain_timeout: Duration::from_secs(10),
-            reports: Some(reports_tx),
-            notify_systemd: false,
-            intake_token: Some(SecretString::from(TOKEN.to_string())),
-            intake_bound: Some(bound_tx),
-        };
-        let config = config.clone();
-        let secret = SecretString::from("sim-secret".to_string());
-        tokio::spawn(async move { daemon::run(&config, secret, opts).await })
-    };
-    let intake = tokio::time::timeout(Duration::from_secs(20), bound_rx).await??;
-    sim.set_data_action(Some(DataAction {
-        url: format!("http://{intake}/v1/intents"),
-        authorization: Some(format!("Bearer {TOKEN}")),
-    }));
-    let ready = Instant::now() + Duration::from_secs(20);
-    while sim.connected_sockets() < 1 {
-        anyhow::ensure!(Instant::now() < ready, "the daemon did not connect");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Ten conversations a second for 5 s, the fault 1 s in.
