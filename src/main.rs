@@ -413,18 +413,37 @@ async fn run_sim(
     }
 }
 
+/// The next SIGHUP, or never if it cannot be listened for.
+#[cfg(unix)]
+async fn next_hangup(hup: &mut Option<tokio::signal::unix::Signal>) {
+    match hup {
+        Some(h) => {
+            h.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// SIGTERM (systemd stop) or SIGINT (Ctrl-C) starts a graceful shutdown.
 async fn wait_for_signal(shutdown: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
+        // SIGHUP's default action ends the process, which systemd counts as a clean exit
+        // (so `Restart=on-failure` leaves the service down). Until reload exists, say so
+        // and carry on.
+        let mut hup = signal(SignalKind::hangup()).ok();
         match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+            Ok(mut term) => loop {
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = next_hangup(&mut hup) => {
+                        tracing::warn!("SIGHUP received: configuration reload is not implemented yet; \
+                            ignoring it (restart the service to apply a new configuration)");
+                    }
                 }
-            }
+            },
             Err(_) => {
                 let _ = tokio::signal::ctrl_c().await;
             }
