@@ -68,7 +68,8 @@ confirm_timeout = "4s"
 pub enum Fault {
     /// Every socket closed abruptly.
     Drop,
-    /// Sockets stay open but send nothing and answer no ping, for 4 s.
+    /// The sockets attached at the fault send nothing and answer no ping (for 4 s);
+    /// connections made later work.
     Stall,
     /// `socket_closing`, then the old sockets close 500 ms later.
     SocketClosing,
@@ -113,7 +114,7 @@ impl Fault {
     pub fn name(self) -> &'static str {
         match self {
             Fault::Drop => "abrupt socket drop",
-            Fault::Stall => "stalled socket (4 s)",
+            Fault::Stall => "stalled sockets (nothing sent; new connections work)",
             Fault::SocketClosing => "socket_closing, closed 500 ms later",
             Fault::ChannelExpiry => "channel expiry (4 s channel lifetime)",
             Fault::NoLongerSubscribed => "no_longer_subscribed",
@@ -163,17 +164,7 @@ impl Fault {
     async fn inject(self, sim: &SimHandle) {
         match self {
             Fault::Drop => sim.drop_sockets(),
-            Fault::Stall => {
-                sim.set_faults(Faults {
-                    silent_sockets: true,
-                    ..Faults::default()
-                });
-                let sim = sim.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(4)).await;
-                    sim.set_faults(Faults::default());
-                });
-            }
+            Fault::Stall => sim.stall_sockets(Duration::from_secs(4)),
             Fault::SocketClosing => sim.socket_closing_then_close(Duration::from_millis(500)),
             // The simulator gives this scenario's channels a 4 s lifetime from the start.
             Fault::ChannelExpiry => {}

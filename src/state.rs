@@ -377,17 +377,17 @@ impl Store {
         self.map.get(conversation_id).map(|c| f(&c))
     }
 
-    /// Open conversations no rule has decided on yet, most recently active first, at
-    /// most `limit` (the candidates of a resync after a gap).
-    pub fn open_undecided(&self, limit: usize) -> Vec<Box<str>> {
-        let mut v: Vec<(Instant, Box<str>)> = self
+    /// Open conversations, those no rule has decided on yet first, each group most
+    /// recently active first, at most `limit` (the candidates of a resync after a gap).
+    pub fn open_by_priority(&self, limit: usize) -> Vec<Box<str>> {
+        let mut v: Vec<(bool, Instant, Box<str>)> = self
             .map
             .iter()
-            .filter(|e| !e.is_closed() && !e.decided)
-            .map(|e| (e.last_event, e.key().clone()))
+            .filter(|e| !e.is_closed())
+            .map(|e| (e.decided, e.last_event, e.key().clone()))
             .collect();
-        v.sort_by_key(|e| std::cmp::Reverse(e.0));
-        v.into_iter().take(limit).map(|(_, id)| id).collect()
+        v.sort_by_key(|e| (e.0, std::cmp::Reverse(e.1)));
+        v.into_iter().take(limit).map(|(_, _, id)| id).collect()
     }
 
     /// Number of tracked conversations.

@@ -322,12 +322,13 @@ impl EventLoop {
     /// A stream was without a live socket for `gap`: whatever Genesys pushed meanwhile is
     /// lost (there is no replay), so read what matters: first the conversations with a close
     /// in flight (their confirmation may have been pushed in the gap), then open ones no
-    /// rule has decided on (their intent may have been), most recently active first; at
-    /// most [`RESYNC_CAP`] per gap.
+    /// rule has decided on (their intent may have been), then the other open ones (their
+    /// end may have been), each group most recently active first; at most [`RESYNC_CAP`]
+    /// per gap.
     pub fn on_gap(&mut self, stream: usize, gap: Duration) {
         let mut wanted: Vec<Box<str>> = self.waiters.ids();
         let in_flight = wanted.len();
-        wanted.extend(self.store.open_undecided(RESYNC_CAP + 1));
+        wanted.extend(self.store.open_by_priority(RESYNC_CAP + 1));
         let mut seen = HashSet::new();
         wanted.retain(|id| seen.insert(id.clone()) && !self.resyncing.contains(id));
         let capped = wanted.len() > RESYNC_CAP;

@@ -135,7 +135,14 @@ impl World {
             for (id, ch) in channels.iter_mut() {
                 // A stalled socket (silent_sockets) sends nothing at all: what is
                 // published meanwhile is lost, as on a real half-dead connection.
-                if !ch.topics.contains(&key) || faults.silent_sockets {
+                if !ch.topics.contains(&key) {
+                    continue;
+                }
+                if ch
+                    .socket
+                    .as_ref()
+                    .is_some_and(|s| self.is_stalled(s.conn_id))
+                {
                     continue;
                 }
                 let Some(slot) = ch.socket.as_mut() else {

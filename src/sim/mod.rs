@@ -368,6 +368,13 @@ impl SimHandle {
         self.world().requests()
     }
 
+    /// The sockets attached now stall for `d`: they send nothing (no events, heartbeats
+    /// or pongs; events published to them meanwhile are lost), while a connection made
+    /// later works: a half-dead connection that only a client's own deadline can notice.
+    pub fn stall_sockets(&self, d: Duration) {
+        self.world().stall_current(d);
+    }
+
     /// The faults in force now.
     pub fn faults(&self) -> Faults {
         self.world().faults()

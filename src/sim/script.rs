@@ -22,7 +22,8 @@ pub struct ScriptedFault {
 pub enum FaultAction {
     /// `drop`: every socket closed abruptly.
     Drop,
-    /// `stall:SECS`: sockets send nothing (no events, heartbeats or pongs) for SECS.
+    /// `stall:SECS`: the sockets attached now send nothing (no events, heartbeats or
+    /// pongs) for SECS; new connections work.
     Stall(Duration),
     /// `socket-closing:SECS`: `socket_closing`, those sockets closed SECS later (60).
     SocketClosing(Duration),
@@ -92,21 +93,7 @@ impl FaultAction {
         tracing::warn!(fault = ?self, "sim: injecting a fault");
         match self {
             FaultAction::Drop => sim.drop_sockets(),
-            FaultAction::Stall(d) => {
-                let before = sim.faults();
-                sim.set_faults(Faults {
-                    silent_sockets: true,
-                    ..before
-                });
-                let (sim, d) = (sim.clone(), *d);
-                tokio::spawn(async move {
-                    tokio::time::sleep(d).await;
-                    sim.set_faults(Faults {
-                        silent_sockets: false,
-                        ..sim.faults()
-                    });
-                });
-            }
+            FaultAction::Stall(d) => sim.stall_sockets(*d),
             FaultAction::SocketClosing(d) => sim.socket_closing_then_close(*d),
             FaultAction::Expire => sim.expire_channels(),
             FaultAction::NoLongerSubscribed => sim.no_longer_subscribed(),

@@ -93,7 +93,7 @@ async fn run(
             },
             // Genesys sends a heartbeat on every socket, subscribed or not.
             _ = heartbeat.tick() => {
-                if world.faults().silent_sockets {
+                if world.is_stalled(conn_id) {
                     continue;
                 }
                 channel_metadata(&world, "WebSocket Heartbeat")
@@ -101,7 +101,7 @@ async fn run(
             // What the client sends: ping gets pong, close ends, the rest is ignored.
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Text(t))) if is_ping(&t) => {
-                    if world.faults().silent_sockets {
+                    if world.is_stalled(conn_id) {
                         continue;
                     }
                     channel_metadata(&world, "pong")

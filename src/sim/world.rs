@@ -73,6 +73,9 @@ pub(crate) struct World {
     ignore_disconnect: AtomicBool,
     ignore_teardown: AtomicBool,
     silent_sockets: AtomicBool,
+    /// Connections stalled by `stall_sockets`, until when: they send nothing, while
+    /// connections made later work.
+    pub(crate) stalled: Mutex<HashMap<u64, Instant>>,
     duplicate_events: AtomicBool,
     reorder_events: AtomicBool,
     next_request: AtomicU64,
@@ -113,6 +116,7 @@ impl World {
             ignore_disconnect: AtomicBool::new(false),
             ignore_teardown: AtomicBool::new(false),
             silent_sockets: AtomicBool::new(false),
+            stalled: Mutex::new(HashMap::new()),
             duplicate_events: AtomicBool::new(false),
             reorder_events: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
@@ -267,5 +271,32 @@ impl World {
             .iter()
             .map(|(_, r)| r.clone())
             .collect()
+    }
+}
+
+impl World {
+    /// Whether this connection is stalled: by the global `silent_sockets` fault, or by
+    /// `stall_sockets` while its time runs.
+    pub(crate) fn is_stalled(&self, conn_id: u64) -> bool {
+        if self.faults().silent_sockets {
+            return true;
+        }
+        let mut stalled = lock(&self.stalled);
+        let now = Instant::now();
+        stalled.retain(|_, until| *until > now);
+        stalled.contains_key(&conn_id)
+    }
+
+    /// Stalls the connections attached now for `d`; later connections are not affected.
+    pub(crate) fn stall_current(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let ids: Vec<u64> = lock(&self.channels)
+            .values()
+            .filter_map(|c| c.socket.as_ref().map(|s| s.conn_id))
+            .collect();
+        let mut stalled = lock(&self.stalled);
+        for id in ids {
+            stalled.insert(id, until);
+        }
     }
 }
