@@ -226,11 +226,6 @@ pub struct Row {
 }
 
 impl Row {
-    /// Whether the row meets the bar: nothing lost, nothing closed twice.
-    pub fn ok(&self) -> bool {
-        self.lost == 0 && self.duplicate_closes == 0
-    }
-
     /// Whether every conversation the daemon had heard of was closed, once.
     pub fn ok_for_seen(&self) -> bool {
         self.lost == self.lost_unseen && self.duplicate_closes == 0

@@ -63,8 +63,6 @@ pub struct Conversation {
     decided: bool,
     /// Its per-conversation detail topics are (being) subscribed.
     watched: bool,
-    /// The source that first told us of it.
-    first_source: Source,
     /// When we first heard of it.
     first_seen: Instant,
     /// Last event applied, for evicting conversations that went silent.
@@ -78,7 +76,7 @@ struct Participant {
 }
 
 impl Conversation {
-    fn new(now: Instant, source: Source) -> Self {
+    fn new(now: Instant) -> Self {
         Conversation {
             participants: Vec::new(),
             attributes: Vec::new(),
@@ -93,7 +91,6 @@ impl Conversation {
             closed_at: None,
             decided: false,
             watched: false,
-            first_source: source,
             first_seen: now,
             last_event: now,
         }
@@ -138,12 +135,6 @@ impl Conversation {
         self.decided
     }
 
-    /// Whether a queue or user topic (or a read) has shown every participant; when not,
-    /// only per-conversation detail topics can confirm its end.
-    pub fn has_full_view(&self) -> bool {
-        self.full_view
-    }
-
     /// Whether a subscribed queue or user topic has carried it; when not, only its
     /// per-conversation detail topics can show its end.
     pub fn seen_on_topic(&self) -> bool {
@@ -153,11 +144,6 @@ impl Conversation {
     /// Whether its per-conversation topics are subscribed (or being subscribed).
     pub fn is_watched(&self) -> bool {
         self.watched
-    }
-
-    /// The source that first told us of it.
-    pub fn first_source(&self) -> Source {
-        self.first_source
     }
 
     /// When we first heard of it.
@@ -237,11 +223,22 @@ struct Tombstones {
 
 /// A conversation id as 128 bits: a UUID's own bits, or a hash of any other text.
 fn key(id: &str) -> u128 {
-    let hex: String = id.chars().filter(|c| *c != '-').collect();
-    if hex.len() == 32 {
-        if let Ok(v) = u128::from_str_radix(&hex, 16) {
-            return v;
+    let mut v: u128 = 0;
+    let mut digits = 0;
+    for c in id.chars().filter(|c| *c != '-') {
+        match c.to_digit(16) {
+            Some(d) if digits < 32 => {
+                v = (v << 4) | u128::from(d);
+                digits += 1;
+            }
+            _ => {
+                digits = 0;
+                break;
+            }
         }
+    }
+    if digits == 32 {
+        return v;
     }
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -265,8 +262,8 @@ pub struct Applied<D> {
     pub late: bool,
     /// This event closed the conversation (it was open before).
     pub closed_now: bool,
-    /// The conversation was unknown before this event.
-    pub new: bool,
+    /// Its per-conversation topics were watched when the event came.
+    pub watched: bool,
     /// The decision the `decide` callback returned, if it was asked and said yes.
     pub decision: Option<D>,
 }
@@ -293,24 +290,25 @@ impl Store {
         now: Instant,
         decide: impl FnOnce(&Conversation) -> Option<D>,
     ) -> Applied<D> {
-        if !self.map.contains_key(&ev.conversation_id)
-            && self.tombstone(&ev.conversation_id).is_some()
-        {
-            return Applied {
-                late: true,
-                closed_now: false,
-                new: false,
-                decision: None,
-            };
-        }
-        let mut new = false;
-        let mut entry = self
-            .map
-            .entry(ev.conversation_id.clone())
-            .or_insert_with(|| {
-                new = true;
-                Conversation::new(now, ev.source)
-            });
+        // One lookup for a known conversation (every frame after its first); the
+        // tombstones and the key's allocation only for one not in the map.
+        let mut entry = match self.map.get_mut(&*ev.conversation_id) {
+            Some(e) => e,
+            None => {
+                if self.tombstone(&ev.conversation_id).is_some() {
+                    return Applied {
+                        late: true,
+                        closed_now: false,
+                        watched: false,
+                        decision: None,
+                    };
+                }
+                self.map
+                    .entry(ev.conversation_id.clone())
+                    .or_insert_with(|| Conversation::new(now))
+            }
+        };
+        let watched = entry.watched;
         let was_closed = entry.is_closed();
         entry.merge(ev, now);
         let closed_now = !was_closed && entry.is_closed();
@@ -324,7 +322,7 @@ impl Store {
         Applied {
             late: false,
             closed_now,
-            new,
+            watched,
             decision,
         }
     }
@@ -339,15 +337,6 @@ impl Store {
                 Tombstone::Closed
             }
         })
-    }
-
-    /// Number of tombstones held.
-    pub fn tombstones(&self) -> usize {
-        self.tombstones
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .order
-            .len()
     }
 
     /// Marks the conversation as watched (or not); returns whether that changed
@@ -599,7 +588,7 @@ mod tests {
         assert_eq!(s.tombstone("c1"), Some(Tombstone::Decided));
         // A late, stale frame: ignored, not a new conversation, not a second decision.
         let a = s.apply(&open, later, |_| Some(3));
-        assert!(a.late && a.decision.is_none() && !a.new);
+        assert!(a.late && a.decision.is_none());
         assert!(s.is_empty());
     }
 

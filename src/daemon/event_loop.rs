@@ -134,7 +134,8 @@ impl EventLoop {
         }
         // A queue or user topic carries it now (the bot transferred it): its detail
         // topics are no longer needed, the topic shows its intent and its end.
-        if matches!(ev.source, Source::Queue | Source::User)
+        if applied.watched
+            && matches!(ev.source, Source::Queue | Source::User)
             && self.store.set_watched(&ev.conversation_id, false)
         {
             self.subs.unwatch(&ev.conversation_id);
@@ -325,7 +326,7 @@ impl EventLoop {
     /// rule has decided on (their intent may have been), then the other open ones (their
     /// end may have been), each group most recently active first; at most [`RESYNC_CAP`]
     /// per gap.
-    pub fn on_gap(&mut self, stream: usize, gap: Duration) {
+    pub fn on_gap(&mut self, stream: usize, gap: Duration, reason: &'static str) {
         let mut wanted: Vec<Box<str>> = self.waiters.ids();
         let in_flight = wanted.len();
         wanted.extend(self.store.open_by_priority(RESYNC_CAP + 1));
@@ -333,19 +334,26 @@ impl EventLoop {
         wanted.retain(|id| seen.insert(id.clone()) && !self.resyncing.contains(id));
         let capped = wanted.len() > RESYNC_CAP;
         wanted.truncate(RESYNC_CAP);
-        tracing::warn!(
-            stream,
-            gap_ms = gap.as_millis() as u64,
-            closes_in_flight = in_flight,
-            reads = wanted.len(),
-            capped,
-            "stream gap: events pushed meanwhile are lost; resyncing by REST reads"
-        );
+        // One line per gap: what happened, how long, and what the resync does about it.
         if capped {
             tracing::warn!(
                 stream,
+                reason,
+                gap_ms = gap.as_millis() as u64,
+                closes_in_flight = in_flight,
+                reads = wanted.len(),
                 cap = RESYNC_CAP,
-                "resync cap reached: the least recently active open conversations are not read"
+                "stream gap: events pushed meanwhile are lost; resyncing by REST reads, capped \
+                 (the least recently active open conversations are not read)"
+            );
+        } else {
+            tracing::warn!(
+                stream,
+                reason,
+                gap_ms = gap.as_millis() as u64,
+                closes_in_flight = in_flight,
+                reads = wanted.len(),
+                "stream gap: events pushed meanwhile are lost; resyncing by REST reads"
             );
         }
         if wanted.is_empty() {

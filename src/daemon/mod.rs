@@ -347,7 +347,7 @@ pub async fn run(
                 StreamEvent::Watching(ids, at) => lp.on_watching(&ids, at),
                 StreamEvent::Live { stream, channel_id, gap } => {
                     if let Some(gap) = gap {
-                        lp.on_gap(stream, gap);
+                        lp.on_gap(stream, gap, "the socket was down");
                     }
                     if stream >= live.len() {
                         // A stream the subscription manager added; readiness is about
@@ -363,10 +363,7 @@ pub async fn run(
                         }
                     }
                 }
-                StreamEvent::Gap { stream, gap, reason } => {
-                    tracing::warn!(stream, reason, "topics were missing while the socket stayed up");
-                    lp.on_gap(stream, gap);
-                }
+                StreamEvent::Gap { stream, gap, reason } => lp.on_gap(stream, gap, reason),
                 StreamEvent::Down { stream, reason } => {
                     if let Some(l) = live.get_mut(stream) {
                         *l = false;
@@ -418,6 +415,10 @@ pub async fn run(
         catchup_reads = summary.catchup_reads,
         resync_reads = summary.resync_reads,
         late_events = summary.late_events,
+        rotations = stats.rotations.get(),
+        topics_found_dropped = stats.dropped_topics.get(),
+        binary_frames = stats.binary_frames.get(),
+        oversized_frames = stats.oversized_frames.get(),
         abandoned,
         "stopped"
     );
