@@ -156,9 +156,14 @@ fn check(path: &std::path::Path) -> ExitCode {
     );
     let _ = writeln!(
         out,
-        "channels needed: {} for {} topic(s):",
+        "channels needed: {} for {} topic(s){}:",
         config.stream.channels_needed(),
-        topics.len()
+        topics.len(),
+        if config.stream.mirror && !topics.is_empty() {
+            ", held twice (mirror = true)"
+        } else {
+            ""
+        }
     );
     for t in &topics {
         let _ = writeln!(out, "  {t}");

@@ -367,12 +367,13 @@ impl Store {
     }
 
     /// Open conversations, those no rule has decided on yet first, each group most
-    /// recently active first, at most `limit` (the candidates of a resync after a gap).
-    pub fn open_by_priority(&self, limit: usize) -> Vec<Box<str>> {
+    /// recently active first, at most `limit` (the candidates of a resync after a gap);
+    /// with `watched_only`, only those with per-conversation topics.
+    pub fn open_by_priority(&self, limit: usize, watched_only: bool) -> Vec<Box<str>> {
         let mut v: Vec<(bool, Instant, Box<str>)> = self
             .map
             .iter()
-            .filter(|e| !e.is_closed())
+            .filter(|e| !e.is_closed() && (!watched_only || e.is_watched()))
             .map(|e| (e.decided, e.last_event, e.key().clone()))
             .collect();
         v.sort_by_key(|e| (e.0, std::cmp::Reverse(e.1)));

@@ -47,7 +47,10 @@ fn check_prints_what_would_run() {
         )
     );
     assert!(text.contains("v2.users.1d7c4e92-8a5b-4c3f-b6e0-f93a2d5c7e18.conversations.messages"));
-    assert!(text.contains("channels needed: 1 for 2 topic(s)"), "{text}");
+    assert!(
+        text.contains("channels needed: 2 for 2 topic(s), held twice (mirror = true)"),
+        "{text}"
+    );
     assert!(
         text.contains("goodbye: Bot.Intent in [\"Goodbye\", \"CancelSubscription\"]"),
         "{text}"

@@ -361,6 +361,8 @@ impl Checker<'_> {
                 "backoff_max",
                 "healthy_after",
                 "verify_every",
+                "mirror",
+                "discover_after_gap",
             ],
         );
         let queues = self.id_list(t, "queues");
@@ -375,15 +377,22 @@ impl Checker<'_> {
             );
         }
         let topics = queues.len() + users.len() + flows.len();
-        if topics > TOPICS_PER_CHANNEL * MAX_CHANNELS {
+        let mirror = self.bool(t, "mirror").unwrap_or(true);
+        let copies = if mirror { 2 } else { 1 };
+        // Each copy needs its channels, and per-conversation topics need at least one more.
+        if topics.div_ceil(TOPICS_PER_CHANNEL) * copies >= MAX_CHANNELS {
             self.at(
                 here.clone(),
                 format!(
-                    "{topics} topics need more than {MAX_CHANNELS} channels of {TOPICS_PER_CHANNEL} topics, \
-                     the most one OAuth client may hold"
+                    "{topics} topics{} need {} channels of {TOPICS_PER_CHANNEL} topics, leaving none \
+                     of the {MAX_CHANNELS} one OAuth client may hold for per-conversation topics{}",
+                    if mirror { " on two mirrored sets of channels" } else { "" },
+                    topics.div_ceil(TOPICS_PER_CHANNEL) * copies,
+                    if mirror { "; set `mirror = false` or watch fewer" } else { "" }
                 ),
             );
         }
+        let discover_after_gap = self.bool(t, "discover_after_gap").unwrap_or(true);
         // Genesys sends a heartbeat every 30 s: ping after 35 s of silence and give the
         // socket up after 45 s, so a dead socket is replaced within about 45 s.
         let heartbeat_timeout = self
@@ -435,6 +444,8 @@ impl Checker<'_> {
             .unwrap_or(Duration::from_secs(300));
         Some(StreamConfig {
             verify_every,
+            mirror,
+            discover_after_gap,
             queues,
             users,
             flows,

@@ -171,6 +171,15 @@ pub struct StreamConfig {
     /// How often each channel's subscriptions are read back (`GET .../subscriptions`)
     /// to find topics the server dropped without notice.
     pub verify_every: Duration,
+    /// The configured topics are held twice, on two channels with their own sockets,
+    /// so that one socket or channel failing loses no event of them (Genesys has no
+    /// replay, and a conversation whose only events fell in a gap cannot be read back
+    /// without its id). Costs a second copy of those frames and channels.
+    pub mirror: bool,
+    /// After a gap that no mirror covered, list the conversations now in the watched
+    /// flows (`POST /api/v2/analytics/flows/activity/query`, one request per gap) so
+    /// that bot-phase conversations that started in the gap are found.
+    pub discover_after_gap: bool,
 }
 
 impl StreamConfig {
@@ -192,11 +201,13 @@ impl StreamConfig {
     }
 
     /// Channels needed for all configured topics at [`TOPICS_PER_CHANNEL`] each (at
-    /// least one: per-conversation topics need a channel even with none configured).
+    /// least one: per-conversation topics need a channel even with none configured),
+    /// twice over with [`StreamConfig::mirror`].
     pub fn channels_needed(&self) -> usize {
-        (self.queues.len() + self.users.len() + self.flows.len())
-            .div_ceil(TOPICS_PER_CHANNEL)
-            .max(1)
+        let chunks =
+            (self.queues.len() + self.users.len() + self.flows.len()).div_ceil(TOPICS_PER_CHANNEL);
+        let copies = if self.mirror { 2 } else { 1 };
+        (chunks * copies).max(1)
     }
 }
 

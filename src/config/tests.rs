@@ -35,7 +35,9 @@ fn good_config_gets_defaults() {
         c.stream.topics(),
         vec!["v2.routing.queues.8f14e45f-ceea-467a-9575-3b9d1c2e4a77.conversations.messages"]
     );
-    assert_eq!(c.stream.channels_needed(), 1);
+    // The configured topics and their mirror.
+    assert!(c.stream.mirror && c.stream.discover_after_gap);
+    assert_eq!(c.stream.channels_needed(), 2);
 }
 
 #[test]

@@ -17,6 +17,8 @@ use crate::closer::{Closer, Decision, Waiters};
 use crate::genesys::api::ApiClient;
 use crate::genesys::frames::{ConversationEvent, FlowMetric, Source};
 use crate::genesys::subscriptions::Subscriptions;
+
+use super::health::Health;
 use crate::intake::{IntakeAnswer, IntakeCall};
 use crate::rules::Rules;
 use crate::state::Store;
@@ -63,6 +65,107 @@ pub(crate) struct EventLoop {
     pub verifying: HashSet<Box<str>>,
     /// Conversations with a resync read queued or in flight.
     pub resyncing: HashSet<Box<str>>,
+    /// Which streams are up, for deciding what a gap missed.
+    pub health: Health,
+    /// Listing the watched flows' conversations after a gap (`None`: off).
+    pub discovery: Option<Discovery>,
+}
+
+/// After a gap, lists the conversations now in the watched flows
+/// (`POST /api/v2/analytics/flows/activity/query`) and hands them to the event loop as
+/// discovered, so a bot-phase conversation whose flow start fell in the gap is found.
+pub(crate) struct Discovery {
+    /// The watched flows.
+    pub flows: Arc<[String]>,
+    /// Where found conversations go.
+    pub found: mpsc::Sender<FlowMetric>,
+    /// Genesys refused the query for good (permission, not found): said once, not
+    /// asked again.
+    pub refused: Arc<std::sync::atomic::AtomicBool>,
+    /// A query is running; a gap that ends meanwhile sets `again` and it runs once more.
+    pub running: Arc<std::sync::atomic::AtomicBool>,
+    /// Run the query once more when the running one ends.
+    pub again: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Entities per flow asked for; a busier flow's list comes back truncated (logged).
+const DISCOVERY_PAGE: usize = 1_000;
+
+impl Discovery {
+    fn run(&self, api: Arc<ApiClient>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.refused.load(Relaxed) {
+            return;
+        }
+        if self.running.swap(true, Relaxed) {
+            self.again.store(true, Relaxed);
+            return;
+        }
+        let flows = Arc::clone(&self.flows);
+        let found = self.found.clone();
+        let refused = Arc::clone(&self.refused);
+        let running = Arc::clone(&self.running);
+        let again = Arc::clone(&self.again);
+        tokio::spawn(async move {
+            loop {
+                again.store(false, Relaxed);
+                let started = Instant::now();
+                let mut pause = Duration::from_secs(1);
+                loop {
+                    match api.flows_activity(&flows, DISCOVERY_PAGE).await {
+                        Ok((list, truncated)) => {
+                            let listed = list.len();
+                            if truncated {
+                                tracing::warn!(
+                                    flows = flows.len(),
+                                    listed,
+                                    "flow activity list truncated by Genesys: conversations in the \
+                                 middle of a busy flow are not listed"
+                                );
+                            }
+                            tracing::info!(
+                                flows = flows.len(),
+                                listed,
+                                "after a gap: listed the conversations in the watched flows"
+                            );
+                            for m in list {
+                                if found.send(m).await.is_err() {
+                                    break;
+                                }
+                            }
+                            break;
+                        }
+                        Err(e)
+                            if e.is_retryable() && started.elapsed() + pause < READ_RETRY_FOR =>
+                        {
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(20));
+                        }
+                        Err(e) => {
+                            if matches!(e.status(), Some(400..=499)) {
+                                refused.store(true, Relaxed);
+                                tracing::error!(error = %e, correlation_id = e.correlation_id(),
+                                "cannot list the conversations in the watched flows after a gap \
+                                 (POST /api/v2/analytics/flows/activity/query needs the permission \
+                                 analytics:flowObservation:view); bot-phase conversations whose \
+                                 flow started during a gap are missed until their next event; \
+                                 not asking again (set [stream] discover_after_gap = false to \
+                                 silence this)");
+                            } else {
+                                tracing::warn!(error = %e, correlation_id = e.correlation_id(),
+                                "listing the conversations in the watched flows after a gap failed");
+                            }
+                            break;
+                        }
+                    }
+                }
+                if refused.load(Relaxed) || !again.load(Relaxed) {
+                    break;
+                }
+            }
+            running.store(false, Relaxed);
+        });
+    }
 }
 
 /// How long a catch-up, verify or resync read is retried when it fails for a reason
@@ -320,41 +423,81 @@ impl EventLoop {
         IntakeAnswer::Watching
     }
 
-    /// A stream was without a live socket for `gap`: whatever Genesys pushed meanwhile is
-    /// lost (there is no replay), so read what matters: first the conversations with a close
-    /// in flight (their confirmation may have been pushed in the gap), then open ones no
-    /// rule has decided on (their intent may have been), then the other open ones (their
-    /// end may have been), each group most recently active first; at most [`RESYNC_CAP`]
-    /// per gap.
+    /// A stream missed events for `gap`: read back what it may have missed, in order of
+    /// urgency, at most [`RESYNC_CAP`] conversations per gap.
+    ///
+    /// What a stream missed depends on what it carries. Configured topics (queues,
+    /// users, flow metrics) missed nothing if the stream's mirror was up for the whole
+    /// gap; otherwise every tracked conversation may have changed, and bot-phase
+    /// conversations that started in the gap are listed from the watched flows (one
+    /// query; queue conversations cannot be listed by any listed endpoint). Per-conversation
+    /// topics are held once, so a primary stream's gap always reads the watched
+    /// conversations. Order: closes in flight (their confirmation may have been pushed
+    /// in the gap), then open conversations no rule has decided on (their intent may
+    /// have been), then the other open ones (their end may have been), each group most
+    /// recently active first.
     pub fn on_gap(&mut self, stream: usize, gap: Duration, reason: &'static str) {
-        let mut wanted: Vec<Box<str>> = self.waiters.ids();
-        let in_flight = wanted.len();
-        wanted.extend(self.store.open_by_priority(RESYNC_CAP + 1));
+        let now = Instant::now();
+        let since = now.checked_sub(gap).unwrap_or(now);
+        let configured = self.health.carries_configured(stream);
+        let covered_by = if configured {
+            self.health.covered_by(stream, since)
+        } else {
+            None
+        };
+        let configured_missed = configured && covered_by.is_none();
+        let watched_missed = !Health::is_mirror(stream) && self.subs.enabled();
+        let watched_only = !configured_missed;
+        let mut wanted: Vec<Box<str>> = Vec::new();
+        if configured_missed || watched_missed {
+            wanted = self.waiters.ids();
+            if watched_only {
+                wanted.retain(|id| self.store.with(id, |c| c.is_watched()) == Some(true));
+            }
+            wanted.extend(self.store.open_by_priority(RESYNC_CAP + 1, watched_only));
+        }
         let mut seen = HashSet::new();
         wanted.retain(|id| seen.insert(id.clone()) && !self.resyncing.contains(id));
         let capped = wanted.len() > RESYNC_CAP;
         wanted.truncate(RESYNC_CAP);
-        // One line per gap: what happened, how long, and what the resync does about it.
+        let discover = configured_missed && self.discovery.is_some();
+        // One line per gap: what happened, how long, and what is done about it.
+        let covered = covered_by.map(|t| t as i64).unwrap_or(-1);
         if capped {
             tracing::warn!(
                 stream,
                 reason,
                 gap_ms = gap.as_millis() as u64,
-                closes_in_flight = in_flight,
+                covered_by_stream = covered,
                 reads = wanted.len(),
+                discover_flows = discover,
                 cap = RESYNC_CAP,
                 "stream gap: events pushed meanwhile are lost; resyncing by REST reads, capped \
                  (the least recently active open conversations are not read)"
             );
-        } else {
+        } else if configured_missed || !wanted.is_empty() {
             tracing::warn!(
                 stream,
                 reason,
                 gap_ms = gap.as_millis() as u64,
-                closes_in_flight = in_flight,
+                covered_by_stream = covered,
                 reads = wanted.len(),
+                discover_flows = discover,
                 "stream gap: events pushed meanwhile are lost; resyncing by REST reads"
             );
+        } else {
+            tracing::info!(
+                stream,
+                reason,
+                gap_ms = gap.as_millis() as u64,
+                covered_by_stream = covered,
+                "stream gap covered by the mirror: nothing missed, nothing to read"
+            );
+        }
+        if discover {
+            if let Some(d) = &self.discovery {
+                d.run(Arc::clone(&self.api));
+            }
         }
         if wanted.is_empty() {
             return;

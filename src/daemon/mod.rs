@@ -7,6 +7,7 @@
 //!                          |  \------ REST reads (catch-up, verify, closer) ----/
 //! ```
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::closer::{CloseReport, Closer, Waiters};
-use crate::config::{Config, TOPICS_PER_CHANNEL};
+use crate::config::{Config, MAX_CHANNELS, TOPICS_PER_CHANNEL};
 use crate::genesys::api::{ApiClient, ApiError};
 use crate::genesys::auth::TokenSource;
-use crate::genesys::frames::ConversationEvent;
+use crate::genesys::frames::{ConversationEvent, FlowMetric};
 use crate::genesys::stream::{ChannelStream, StreamEvent};
 use crate::genesys::subscriptions::{Manager, Slot, Subscriptions};
 use crate::genesys::topics::{self, Family};
@@ -31,8 +32,10 @@ use crate::state::Store;
 use crate::telemetry::Stats;
 
 mod event_loop;
+mod health;
 
-use event_loop::EventLoop;
+use event_loop::{Discovery, EventLoop};
+use health::Health;
 
 /// How often eviction runs.
 const EVICT_EVERY: Duration = Duration::from_secs(30);
@@ -206,7 +209,13 @@ pub async fn run(
             chunks.into_iter().map(Slot::new).collect()
         }
     };
-    let channels = slots.len();
+    let statics = if usable.topics.is_empty() {
+        0
+    } else {
+        slots.len()
+    };
+    let health = Health::new(statics, config.stream.mirror);
+    let mirrors = health.mirrors();
     let spawn_stream = {
         let api = Arc::clone(&api);
         let stream_config = config.stream.clone();
@@ -233,10 +242,18 @@ pub async fn run(
     for (index, slot) in slots.iter().enumerate() {
         spawn_stream(index, Arc::clone(slot));
     }
+    // The mirrors hold the configured topics again, on channels of their own (the
+    // slots hold no conversation yet: this is the configured set).
+    for (&index, slot) in mirrors.iter().zip(&slots) {
+        spawn_stream(index, Slot::new(slot.expected_live()));
+    }
+    let slots_at_start = slots.len();
+    let channels = slots_at_start + mirrors.len();
     let subs = match &usable.detail {
         Ok(()) => Manager {
             slots,
             api: Arc::clone(&api),
+            max_channels: MAX_CHANNELS - mirrors.len(),
             subscribe_window: config.stream.subscribe_window,
             unsubscribe_window: config.stream.unsubscribe_window,
             spawn: Box::new(spawn_stream),
@@ -299,6 +316,21 @@ pub async fn run(
         "genesys-closer started"
     );
 
+    let (found_tx, mut found_rx) = mpsc::channel::<FlowMetric>(256);
+    let discovery = (config.stream.discover_after_gap
+        && !config.stream.flows.is_empty()
+        && subs.enabled()
+        && usable
+            .topics
+            .iter()
+            .any(|t| t.starts_with("v2.analytics.flow.")))
+    .then(|| Discovery {
+        flows: config.stream.flows.clone().into(),
+        found: found_tx,
+        refused: Default::default(),
+        running: Default::default(),
+        again: Default::default(),
+    });
     let mut lp = EventLoop {
         store: Arc::clone(&store),
         rules,
@@ -315,8 +347,14 @@ pub async fn run(
         owed_catchup: Default::default(),
         verifying: Default::default(),
         resyncing: Default::default(),
+        health,
+        discovery,
     };
-    let mut live = vec![false; channels];
+    // Readiness: every configured stream and mirror live.
+    let mut live: HashMap<usize, bool> = (0..slots_at_start)
+        .chain(mirrors.iter().copied())
+        .map(|i| (i, false))
+        .collect();
     let mut ready_sent = false;
     let mut drain_deadline = None::<Instant>;
     let mut evict = tokio::time::interval(EVICT_EVERY);
@@ -349,13 +387,10 @@ pub async fn run(
                     if let Some(gap) = gap {
                         lp.on_gap(stream, gap, "the socket was down");
                     }
-                    if stream >= live.len() {
-                        // A stream the subscription manager added; readiness is about
-                        // the configured ones, so it counts as live from the start.
-                        live.resize(stream + 1, true);
-                    }
-                    live[stream] = true;
-                    if !ready_sent && live.iter().all(|l| *l) {
+                    lp.health.up(stream, Instant::now());
+                    // A stream the subscription manager added is not awaited for readiness.
+                    live.insert(stream, true);
+                    if !ready_sent && live.values().all(|l| *l) {
                         ready_sent = true;
                         tracing::info!(%channel_id, "all channels live: ready");
                         if opts.notify_systemd {
@@ -365,13 +400,15 @@ pub async fn run(
                 }
                 StreamEvent::Gap { stream, gap, reason } => lp.on_gap(stream, gap, reason),
                 StreamEvent::Down { stream, reason } => {
-                    if let Some(l) = live.get_mut(stream) {
+                    lp.health.down(stream);
+                    if let Some(l) = live.get_mut(&stream) {
                         *l = false;
                     }
                     tracing::debug!(stream, %reason, "stream down");
                 }
             },
             Some(ids) = live_rx.recv() => lp.on_watching(&ids, Instant::now()),
+            Some(m) = found_rx.recv() => lp.on_discovered(&m, Instant::now()),
             Some(call) = intake_rx.recv() => lp.on_intake(call),
             // A REST read (catch-up, verify, or the closer's): applied like an event.
             Some(ev) = reads_rx.recv() => {

@@ -15,7 +15,7 @@ use serde_json::json;
 use url::Url;
 
 use super::auth::{AuthError, TokenSource};
-use super::frames::{ConversationEvent, parse_conversation_body};
+use super::frames::{ConversationEvent, FlowMetric, parse_conversation_body};
 
 /// Attempts per call for 429/5xx/transport failures (the first try included).
 const MAX_ATTEMPTS: usize = 4;
@@ -335,6 +335,55 @@ impl ApiClient {
                 reason: e.to_string(),
             }
         })
+    }
+
+    /// `POST /api/v2/analytics/flows/activity/query` (facts sheet C.3, the polling
+    /// fallback for discovery; permission `analytics:flowObservation:view`): the
+    /// conversations in these flows now, as `(conversationId, flowId)`, and whether
+    /// Genesys truncated a flow's list (it then keeps the oldest and newest halves).
+    pub async fn flows_activity(
+        &self,
+        flow_ids: &[String],
+        page_size: usize,
+    ) -> Result<(Vec<FlowMetric>, bool), ApiError> {
+        let path = format!("/api/v2/analytics/flows/activity/query?pageSize={page_size}");
+        let predicates: Vec<_> = flow_ids
+            .iter()
+            .map(
+                |f| serde_json::json!({ "dimension": "flowId", "operator": "matches", "value": f }),
+            )
+            .collect();
+        let body = serde_json::json!({
+            "metrics": [{ "metric": "oFlow", "details": true }],
+            "groupBy": ["flowId"],
+            "filter": { "type": "or", "predicates": predicates },
+        });
+        let a = self.send(Method::POST, &path, Some(body)).await?;
+        let decode = |reason: String| ApiError::Decode {
+            method: Method::POST,
+            path: path.clone(),
+            reason,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&a.body).map_err(|e| decode(e.to_string()))?;
+        let mut found = Vec::new();
+        let mut truncated = false;
+        let results = v.get("results").and_then(|r| r.as_array());
+        for r in results.into_iter().flatten() {
+            truncated |= r.get("truncated").and_then(serde_json::Value::as_bool) == Some(true);
+            let entities = r.get("entities").and_then(|e| e.as_array());
+            for e in entities.into_iter().flatten() {
+                let Some(id) = e.get("conversationId").and_then(|v| v.as_str()) else {
+                    continue;
+                };
+                found.push(FlowMetric {
+                    conversation_id: id.into(),
+                    flow_id: e.get("flowId").and_then(|v| v.as_str()).map(Into::into),
+                    metric: Some("oFlow".into()),
+                });
+            }
+        }
+        Ok((found, truncated))
     }
 
     /// Sends one call under the retry policy.

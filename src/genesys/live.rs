@@ -187,9 +187,12 @@ impl ChannelStream {
     /// socket ended; it is reported as the gap once this one is live, and set again when
     /// this one ends.
     pub(super) async fn live(&self, ch: Channel, down_since: &mut Option<Instant>) -> LiveEnd {
-        let end = self.live_inner(ch, down_since).await;
+        let mut last_frame = None;
+        let end = self.live_inner(ch, down_since, &mut last_frame).await;
         if !matches!(end, LiveEnd::Cancelled) && down_since.is_none() {
-            *down_since = Some(Instant::now());
+            // Counted from the last frame read: a socket that went silent before it was
+            // declared dead may have missed events from then on.
+            *down_since = Some(last_frame.unwrap_or_else(Instant::now));
         }
         end
     }
@@ -205,7 +208,12 @@ impl ChannelStream {
             .await;
     }
 
-    async fn live_inner(&self, mut ch: Channel, down_since: &mut Option<Instant>) -> LiveEnd {
+    async fn live_inner(
+        &self,
+        mut ch: Channel,
+        down_since: &mut Option<Instant>,
+        last_seen: &mut Option<Instant>,
+    ) -> LiveEnd {
         let mut ws = tokio::select! {
             _ = self.cancel.cancelled() => return LiveEnd::Cancelled,
             r = self.connect(&ch) => match r {
@@ -217,6 +225,7 @@ impl ChannelStream {
         self.announce(&ch, down_since.take().map(|t| t.elapsed()))
             .await;
         let mut last_frame = Instant::now();
+        *last_seen = Some(last_frame);
         let mut pinged = false;
         let rotate_at = |ch: &Channel| rotation_time(ch, self.index);
         let mut renew_at = rotate_at(&ch);
@@ -279,6 +288,7 @@ impl ChannelStream {
                         Some(Ok(_)) => continue,
                     };
                     last_frame = Instant::now();
+                    *last_seen = Some(last_frame);
                     pinged = false;
                     match self.handle_text(&ch, &text, last_frame).await {
                         Action::Continue => {}
@@ -331,6 +341,7 @@ impl ChannelStream {
                             }
                             draining = Some(Draining { channel: old_ch, ws: old_ws, since: Instant::now(), reason });
                             last_frame = Instant::now();
+                            *last_seen = Some(last_frame);
                             pinged = false;
                             renew_at = rotate_at(&ch);
                             self.stats.rotations.inc();

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{ApiClient, ApiError, ChannelTopic};
 use super::frames::{WATCH_SUFFIXES, watch_topics};
-use crate::config::{MAX_CHANNELS, TOPICS_PER_CHANNEL};
+use crate::config::TOPICS_PER_CHANNEL;
 
 /// How long a close waiting on its confirming topic lets others join its request.
 const URGENT_WINDOW: Duration = Duration::from_millis(20);
@@ -416,6 +416,9 @@ pub struct Manager {
     pub subscribe_window: Duration,
     /// Batch window for removals.
     pub unsubscribe_window: Duration,
+    /// Most channels the manager's slots may use (the OAuth client's 20, less the
+    /// mirror's).
+    pub max_channels: usize,
     /// Starts the stream of a slot the manager adds.
     pub spawn: SpawnStream,
     /// Conversations whose topics went live for the first time.
@@ -525,7 +528,7 @@ impl Manager {
             .position(|s| Slot::topic_count(&lock(&s.state)) + need <= TOPICS_PER_CHANNEL);
         let i = match room {
             Some(i) => i,
-            None if self.slots.len() < MAX_CHANNELS => {
+            None if self.slots.len() < self.max_channels => {
                 let slot = Slot::new(Vec::new());
                 let i = self.slots.len();
                 self.slots.push(Arc::clone(&slot));
@@ -540,7 +543,7 @@ impl Manager {
                 if !*full_warned {
                     *full_warned = true;
                     tracing::error!(
-                        channels = MAX_CHANNELS,
+                        channels = self.max_channels,
                         topics_per_channel = TOPICS_PER_CHANNEL,
                         "no room for more per-conversation topics: every channel is full; \
                          bot-phase conversations are not watched until some close"

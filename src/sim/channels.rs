@@ -2,7 +2,7 @@
 //! lifetime (expiry and renewal), the socket attached to each, and the channel
 //! and socket faults (`no_longer_subscribed`, silent topic loss, closes, raw frames).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +26,19 @@ pub(crate) const MAX_TOPICS: usize = 1_000;
 const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 86_400);
 /// What a socket of a channel that is gone receives (README B.2).
 const GONE: &str = r#"{"result":"404"}"#;
+
+/// Which channels a channel or socket fault hits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every channel at once (a network outage, an incident on Genesys's side).
+    #[default]
+    Every,
+    /// One channel: of those with a socket, the one subscribed to the most topics.
+    /// Genesys says `no_longer_subscribed`, evicts, expires and closes channels one
+    /// at a time, and one server node going away takes the sockets it holds; the
+    /// busiest channel is the worst single one to lose.
+    Busiest,
+}
 
 /// The socket currently attached to a channel.
 pub(crate) struct SocketSlot {
@@ -81,6 +94,19 @@ pub(crate) fn socket_closing_frame() -> Value {
 }
 
 impl World {
+    /// The ids of the channels `scope` picks.
+    pub(crate) fn targets(channels: &HashMap<String, Channel>, scope: Scope) -> Vec<String> {
+        match scope {
+            Scope::Every => channels.keys().cloned().collect(),
+            Scope::Busiest => channels
+                .iter()
+                .filter(|(_, c)| c.has_live_socket())
+                .max_by_key(|(id, c)| (c.topics.len(), std::cmp::Reverse((*id).clone())))
+                .map(|(id, _)| vec![id.clone()])
+                .unwrap_or_default(),
+        }
+    }
+
     // ---- channels ----
 
     /// Creates a channel living `channel_ttl`; returns its id and expiry text.
@@ -234,11 +260,17 @@ impl World {
         v
     }
 
-    /// Removes every channel. A socket first gets `{"result":"404"}` (what a gone
-    /// channel says), then its sender is dropped, so the task delivers the queued
-    /// text and ends without a close frame.
-    pub(crate) fn expire_channels(&self) {
-        let gone: Vec<_> = lock(&self.channels).drain().collect();
+    /// Removes the channels `scope` picks. A socket first gets `{"result":"404"}` (what
+    /// a gone channel says), then its sender is dropped, so the task delivers the
+    /// queued text and ends without a close frame.
+    pub(crate) fn expire_channels(&self, scope: Scope) {
+        let gone: Vec<_> = {
+            let mut channels = lock(&self.channels);
+            Self::targets(&channels, scope)
+                .into_iter()
+                .filter_map(|id| channels.remove(&id).map(|c| (id, c)))
+                .collect()
+        };
         for (id, ch) in gone {
             tracing::info!(channel_id = %id, "sim: channel expired");
             if let Some(slot) = ch.socket {
@@ -284,11 +316,20 @@ impl World {
             .count()
     }
 
-    /// Drops every socket's sender: each socket task then ends without a close frame.
-    pub(crate) fn drop_sockets(&self) {
-        for ch in lock(&self.channels).values_mut() {
-            ch.socket = None;
+    /// Drops the sockets of the channels `scope` picks: each socket task then ends
+    /// without a close frame.
+    pub(crate) fn drop_sockets(&self, scope: Scope) {
+        let mut channels = lock(&self.channels);
+        for id in Self::targets(&channels, scope) {
+            if let Some(ch) = channels.get_mut(&id) {
+                ch.socket = None;
+            }
         }
+    }
+
+    /// Whether new sockets are refused now (`refuse_sockets_for`).
+    pub(crate) fn sockets_refused(&self) -> bool {
+        lock(&self.refuse_sockets_until).is_some_and(|t| Instant::now() < t)
     }
 
     /// Queues `msg` on the channel's socket; `true` if it was taken. A full queue
@@ -355,12 +396,17 @@ impl World {
         });
     }
 
-    /// Every channel with a socket loses its topics and says so with a
-    /// `v2.system.no_longer_subscribed.{channelId}` frame (recorded once per
+    /// Every channel `scope` picks that has a socket loses its topics and says so with
+    /// a `v2.system.no_longer_subscribed.{channelId}` frame (recorded once per
     /// socket); the socket stays open.
-    pub(crate) fn no_longer_subscribed(&self) {
+    pub(crate) fn no_longer_subscribed(&self, scope: Scope) {
         let mut sent = Vec::new();
-        for (id, ch) in lock(&self.channels).iter_mut() {
+        let mut channels = lock(&self.channels);
+        for id in Self::targets(&channels, scope) {
+            let Some(ch) = channels.get_mut(&id) else {
+                continue;
+            };
+            let id = &id;
             if !ch.has_live_socket() {
                 continue;
             }
@@ -382,15 +428,20 @@ impl World {
                 sent.push(frame);
             }
         }
+        drop(channels);
         for frame in sent {
             self.record_frame(frame);
         }
     }
 
-    /// Every channel loses its topics without a word; sockets and heartbeats go on.
-    pub(crate) fn drop_topics_silently(&self) {
-        for ch in lock(&self.channels).values_mut() {
-            ch.topics.clear();
+    /// The channels `scope` picks lose their topics without a word; sockets and
+    /// heartbeats go on.
+    pub(crate) fn drop_topics_silently(&self, scope: Scope) {
+        let mut channels = lock(&self.channels);
+        for id in Self::targets(&channels, scope) {
+            if let Some(ch) = channels.get_mut(&id) {
+                ch.topics.clear();
+            }
         }
     }
 }

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::SimHandle;
-use super::channels::socket_closing_frame;
+use super::channels::{Scope, socket_closing_frame};
 use super::rest_faults::{ActiveFault, Budget};
+use super::world::lock;
 
 /// What "for ever" means for a fault duration too large for `Instant`.
 const FOREVER: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -61,7 +62,22 @@ impl SimHandle {
 
     /// Closes every socket abruptly (no close frame); channels and subscriptions stay.
     pub fn drop_sockets(&self) {
-        self.world().drop_sockets();
+        self.world().drop_sockets(Scope::Every);
+    }
+
+    /// Closes abruptly the sockets of the channels `scope` picks.
+    pub fn drop_sockets_on(&self, scope: Scope) {
+        self.world().drop_sockets(scope);
+    }
+
+    /// An outage: every socket closed abruptly, and for `d` new WebSocket connections
+    /// are refused (503) and every API call is answered 503, so events published
+    /// meanwhile reach nobody. Needs a Tokio runtime.
+    pub fn outage(&self, d: Duration) {
+        let world = self.world();
+        *lock(&world.refuse_sockets_until) = Some(Instant::now() + d);
+        self.fail_requests_for("/api/", 503, None, d);
+        world.drop_sockets(Scope::Every);
     }
 
     /// Every issued token becomes invalid: the next API call with one gets 401.
@@ -74,7 +90,12 @@ impl SimHandle {
     /// later REST calls on the channel answer 404. The `404` frame is not a
     /// notification, so it is not in `pushed_frames()`.
     pub fn expire_channels(&self) {
-        self.world().expire_channels();
+        self.world().expire_channels(Scope::Every);
+    }
+
+    /// Removes the channels `scope` picks, as `expire_channels` does.
+    pub fn expire_channels_on(&self, scope: Scope) {
+        self.world().expire_channels(scope);
     }
 
     /// Channels created from now on live `ttl` instead of `SimConfig::channel_ttl`
@@ -91,14 +112,24 @@ impl SimHandle {
     /// `pushed_frames()` once per socket. The socket stays open; channels
     /// without a socket keep their topics.
     pub fn no_longer_subscribed(&self) {
-        self.world().no_longer_subscribed();
+        self.world().no_longer_subscribed(Scope::Every);
+    }
+
+    /// `no_longer_subscribed` for the channels `scope` picks.
+    pub fn no_longer_subscribed_on(&self, scope: Scope) {
+        self.world().no_longer_subscribed(scope);
     }
 
     /// Every channel's topics are cleared without telling anyone: sockets stay
     /// open, heartbeats go on, events simply stop arriving, and
     /// `GET .../subscriptions` lists none.
     pub fn drop_topics_silently(&self) {
-        self.world().drop_topics_silently();
+        self.world().drop_topics_silently(Scope::Every);
+    }
+
+    /// `drop_topics_silently` for the channels `scope` picks.
+    pub fn drop_topics_silently_on(&self, scope: Scope) {
+        self.world().drop_topics_silently(scope);
     }
 
     /// From now on the next `f.count` requests whose path starts with

@@ -33,6 +33,15 @@ impl Conversations {
         self.map.get_mut(id)
     }
 
+    /// `(flowId, conversationId, start)` of every open conversation a bot flow has now.
+    pub(crate) fn open_in_flows(&self) -> Vec<(String, String, SystemTime)> {
+        self.map
+            .values()
+            .filter(|c| c.queue_id.is_none() && !c.is_closed())
+            .filter_map(|c| Some((c.bot.as_ref()?.flow_id.clone(), c.id.clone(), c.start)))
+            .collect()
+    }
+
     /// Remembers a conversation that just closed, forgetting the oldest closed
     /// ones past `CLOSED_KEEP`.
     pub(crate) fn note_if_closed(&mut self, id: &str) {

@@ -46,6 +46,7 @@ mod data_action;
 mod detail;
 mod events;
 mod faults;
+mod flow_activity;
 mod generator;
 mod ids;
 mod lifecycle;
@@ -59,6 +60,7 @@ mod serve;
 mod socket;
 mod world;
 
+pub use channels::Scope;
 pub use faults::{EventRecord, RestFault};
 pub use script::{FAULT_NAMES, FaultAction, ScriptedFault};
 pub use serve::serve_forever;
@@ -372,7 +374,12 @@ impl SimHandle {
     /// or pongs; events published to them meanwhile are lost), while a connection made
     /// later works: a half-dead connection that only a client's own deadline can notice.
     pub fn stall_sockets(&self, d: Duration) {
-        self.world().stall_current(d);
+        self.world().stall_current(Scope::Every, d);
+    }
+
+    /// `stall_sockets` for the sockets of the channels `scope` picks.
+    pub fn stall_sockets_on(&self, scope: Scope, d: Duration) {
+        self.world().stall_current(scope, d);
     }
 
     /// The faults in force now.
@@ -468,7 +475,7 @@ impl SimHandle {
     pub async fn shutdown(self) {
         let world = self.world();
         world.cancel.cancel();
-        world.drop_sockets();
+        world.drop_sockets(Scope::Every);
         let server = lock(&self.inner.server).take();
         if let Some(mut server) = server {
             // Graceful shutdown waits for in-flight requests; do not wait forever.

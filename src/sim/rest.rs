@@ -63,6 +63,10 @@ pub(crate) fn router(world: Arc<World>) -> Router {
             "/api/v2/conversations/{conversation_id}/disconnect",
             post(conv::teardown),
         )
+        .route(
+            "/api/v2/analytics/flows/activity/query",
+            post(super::flow_activity::query),
+        )
         .route("/channels/{channel_id}", get(socket::upgrade))
         .fallback(not_found)
         // Genesys answers an unsupported method on a known path like an unknown path.

@@ -6,7 +6,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use super::{Faults, SimHandle};
+use super::{Faults, Scope, SimHandle};
 
 /// One fault and when it fires.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,18 +21,21 @@ pub struct ScriptedFault {
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaultAction {
     /// `drop`: every socket closed abruptly.
-    Drop,
+    Drop(Scope),
     /// `stall:SECS`: the sockets attached now send nothing (no events, heartbeats or
     /// pongs) for SECS; new connections work.
-    Stall(Duration),
+    Stall(Scope, Duration),
     /// `socket-closing:SECS`: `socket_closing`, those sockets closed SECS later (60).
     SocketClosing(Duration),
     /// `expire`: every channel removed; sockets get `{"result":"404"}`.
-    Expire,
+    Expire(Scope),
     /// `no-longer-subscribed`: topics cleared with the system message.
-    NoLongerSubscribed,
+    NoLongerSubscribed(Scope),
     /// `drop-topics`: topics cleared without a word.
-    DropTopics,
+    DropTopics(Scope),
+    /// `outage:SECS`: every socket dropped; for SECS no socket connects and every API
+    /// call gets 503.
+    Outage(Duration),
     /// `revoke`: every token revoked.
     Revoke,
     /// `429:SECS` / `503:SECS` (any status): every API call answered so for SECS.
@@ -47,8 +50,9 @@ pub enum FaultAction {
 
 /// The names `--fault` accepts, for the help text and errors.
 pub const FAULT_NAMES: &str = "drop, stall:SECS, socket-closing[:SECS], expire, \
-    no-longer-subscribed, drop-topics, revoke, STATUS:SECS (e.g. 429:10, 503:5), bad-frames, \
-    duplicate, reorder";
+    no-longer-subscribed, drop-topics (each of these five on every channel, or with `-one` \
+    on the busiest channel only, e.g. drop-one), outage:SECS, revoke, STATUS:SECS \
+    (e.g. 429:10, 503:5), bad-frames, duplicate, reorder";
 
 impl FromStr for ScriptedFault {
     type Err = String;
@@ -67,13 +71,25 @@ impl FromStr for ScriptedFault {
             None => None,
         };
         let need = |d: Option<Duration>| d.ok_or_else(bad);
+        let (name, scope) = match name.strip_suffix("-one") {
+            Some(n) => (n, Scope::Busiest),
+            None => (name, Scope::Every),
+        };
+        let scoped = matches!(
+            name,
+            "drop" | "stall" | "expire" | "no-longer-subscribed" | "drop-topics"
+        );
+        if scope == Scope::Busiest && !scoped {
+            return Err(bad());
+        }
         let action = match name {
-            "drop" => FaultAction::Drop,
-            "stall" => FaultAction::Stall(need(arg)?),
+            "drop" => FaultAction::Drop(scope),
+            "stall" => FaultAction::Stall(scope, need(arg)?),
             "socket-closing" => FaultAction::SocketClosing(arg.unwrap_or(Duration::from_secs(60))),
-            "expire" => FaultAction::Expire,
-            "no-longer-subscribed" => FaultAction::NoLongerSubscribed,
-            "drop-topics" => FaultAction::DropTopics,
+            "expire" => FaultAction::Expire(scope),
+            "no-longer-subscribed" => FaultAction::NoLongerSubscribed(scope),
+            "drop-topics" => FaultAction::DropTopics(scope),
+            "outage" => FaultAction::Outage(need(arg)?),
             "revoke" => FaultAction::Revoke,
             "bad-frames" => FaultAction::BadFrames,
             "duplicate" => FaultAction::Duplicate,
@@ -92,12 +108,13 @@ impl FaultAction {
     pub fn apply(&self, sim: &SimHandle) {
         tracing::warn!(fault = ?self, "sim: injecting a fault");
         match self {
-            FaultAction::Drop => sim.drop_sockets(),
-            FaultAction::Stall(d) => sim.stall_sockets(*d),
+            FaultAction::Drop(scope) => sim.drop_sockets_on(*scope),
+            FaultAction::Stall(scope, d) => sim.stall_sockets_on(*scope, *d),
             FaultAction::SocketClosing(d) => sim.socket_closing_then_close(*d),
-            FaultAction::Expire => sim.expire_channels(),
-            FaultAction::NoLongerSubscribed => sim.no_longer_subscribed(),
-            FaultAction::DropTopics => sim.drop_topics_silently(),
+            FaultAction::Expire(scope) => sim.expire_channels_on(*scope),
+            FaultAction::NoLongerSubscribed(scope) => sim.no_longer_subscribed_on(*scope),
+            FaultAction::DropTopics(scope) => sim.drop_topics_silently_on(*scope),
+            FaultAction::Outage(d) => sim.outage(*d),
             FaultAction::Revoke => sim.revoke_tokens(),
             FaultAction::Status(code, d) => {
                 let retry = (*code == 429 || *code == 503).then_some(1);
@@ -156,6 +173,11 @@ mod tests {
                 .contains("names:")
         );
         assert!("drop".parse::<ScriptedFault>().is_err());
+        let f: ScriptedFault = "drop-one@2".parse().expect("valid");
+        assert_eq!(f.action, FaultAction::Drop(Scope::Busiest));
+        let f: ScriptedFault = "outage@2:3".parse().expect("valid");
+        assert_eq!(f.action, FaultAction::Outage(Duration::from_secs(3)));
+        assert!("revoke-one@1".parse::<ScriptedFault>().is_err());
         assert!("200@1:1".parse::<ScriptedFault>().is_err());
     }
 }

@@ -26,6 +26,14 @@ pub(crate) async fn upgrade(
     Path(channel_id): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    if world.sockets_refused() {
+        return ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "service.unavailable",
+            "Service unavailable (simulated outage).",
+        )
+        .into_response();
+    }
     if !world.touch_channel(&channel_id) {
         return ApiError::not_found(format!("Channel {channel_id} was not found.")).into_response();
     }

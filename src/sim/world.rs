@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::channels::Channel;
+use super::channels::{Channel, Scope};
 use super::events::EventLog;
 use super::ids::uuid_v4;
 use super::lifecycle::Conversations;
@@ -76,6 +76,8 @@ pub(crate) struct World {
     /// Connections stalled by `stall_sockets`, until when: they send nothing, while
     /// connections made later work.
     pub(crate) stalled: Mutex<HashMap<u64, Instant>>,
+    /// Until when WebSocket connections are refused (503), as in an outage.
+    pub(crate) refuse_sockets_until: Mutex<Option<Instant>>,
     duplicate_events: AtomicBool,
     reorder_events: AtomicBool,
     next_request: AtomicU64,
@@ -117,6 +119,7 @@ impl World {
             ignore_teardown: AtomicBool::new(false),
             silent_sockets: AtomicBool::new(false),
             stalled: Mutex::new(HashMap::new()),
+            refuse_sockets_until: Mutex::new(None),
             duplicate_events: AtomicBool::new(false),
             reorder_events: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
@@ -287,13 +290,17 @@ impl World {
         stalled.contains_key(&conn_id)
     }
 
-    /// Stalls the connections attached now for `d`; later connections are not affected.
-    pub(crate) fn stall_current(&self, d: Duration) {
+    /// Stalls for `d` the connections attached now to the channels `scope` picks;
+    /// later connections are not affected.
+    pub(crate) fn stall_current(&self, scope: Scope, d: Duration) {
         let until = Instant::now() + d;
-        let ids: Vec<u64> = lock(&self.channels)
-            .values()
-            .filter_map(|c| c.socket.as_ref().map(|s| s.conn_id))
-            .collect();
+        let ids: Vec<u64> = {
+            let channels = lock(&self.channels);
+            World::targets(&channels, scope)
+                .iter()
+                .filter_map(|id| channels.get(id)?.socket.as_ref().map(|s| s.conn_id))
+                .collect()
+        };
         let mut stalled = lock(&self.stalled);
         for id in ids {
             stalled.insert(id, until);

@@ -26,6 +26,9 @@ client_id = "sim-client"
 
 [stream]
 queues = ["{QUEUE}"]
+# One copy of the configured topics: these tests watch one channel's behaviour; the
+# mirror is exercised by the fault matrix (tests/faults.rs).
+mirror = false
 heartbeat_timeout = "5s"
 ping_after = "2s"
 backoff_min = "50ms"
@@ -155,6 +158,7 @@ client_id = "sim-client"
 [stream]
 queues = ["{QUEUE}"]
 flows = ["{FLOW}"]
+mirror = false
 subscribe_window = "100ms"
 unsubscribe_window = "200ms"
 catchup_after = "5s"
