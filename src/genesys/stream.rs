@@ -30,6 +30,9 @@ pub(super) const MAX_FRAME_BYTES: usize = 16 << 20;
 pub(super) const OVERSIZED_FRAME_BYTES: usize = 1 << 20;
 /// The TCP connect, TLS and WebSocket handshake together must finish within this.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A socket that was live at least this long is reconnected at once when it fails;
+/// one that fails sooner goes through the backoff (no tight reconnect loop).
+const RECONNECT_AT_ONCE_AFTER: Duration = Duration::from_secs(1);
 /// Rotate to a fresh channel this long before the current one expires.
 pub(super) const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(600);
 
@@ -169,7 +172,17 @@ impl ChannelStream {
                         }
                         LiveEnd::Failed(ch, reason) => {
                             self.down(&reason).await;
-                            State::Backoff(Some(ch), true, reason)
+                            if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
+                                // A connection that worked for a while is retried at once on
+                                // the same channel: every moment without a socket loses
+                                // events. A gone channel answers the connect with 404 and
+                                // takes the backoff path; so does a second failure.
+                                tracing::warn!(stream = self.index, %reason,
+                                    "socket lost; reconnecting at once");
+                                State::Live(ch)
+                            } else {
+                                State::Backoff(Some(ch), true, reason)
+                            }
                         }
                     }
                 }
