@@ -115,6 +115,7 @@ impl Checker<'_> {
                 "stream",
                 "log",
                 "intake",
+                "daemon",
                 "rule",
             ],
         );
@@ -127,7 +128,9 @@ impl Checker<'_> {
         let stream = self.stream(root, intake.is_some());
         let log = self.log(root);
         let rules = self.rules(root);
+        let daemon = self.daemon(root);
         Some(Config {
+            daemon,
             source: self.file.to_path_buf(),
             genesys: genesys?,
             stream: stream?,
@@ -173,8 +176,12 @@ impl Checker<'_> {
                 "login_url",
                 "client_id",
                 "client_secret_file",
+                "requests_per_minute",
             ],
         );
+        let requests_per_minute = self
+            .int_in(t, "requests_per_minute", 1..=100_000)
+            .unwrap_or(240) as u32;
         let client_id = self.nonempty_string(t, "client_id");
         if client_id.is_none() && t.get("client_id").is_none() {
             self.at(here.clone(), "[genesys] needs `client_id`".into());
@@ -224,6 +231,7 @@ impl Checker<'_> {
             },
         };
         Some(GenesysConfig {
+            requests_per_minute,
             api_url,
             login_url,
             client_id: client_id?,
@@ -541,6 +549,8 @@ impl Checker<'_> {
                 "disconnect",
                 "confirm_timeout",
                 "retry_for",
+                "farewell",
+                "wrapup_code",
             ],
         );
         let intents = self.string_list(t, "intents");
@@ -586,7 +596,33 @@ impl Checker<'_> {
         let retry_for = self
             .duration(t, "retry_for")
             .unwrap_or(Duration::from_secs(180));
+        // AdditionalMessage.textBody: "SMS - 765 characters, other channels - 2000"
+        // (facts sheet D.5). A rule that may close SMS conversations gets the SMS limit.
+        let farewell = self.nonempty_string(t, "farewell");
+        if let Some(text) = &farewell {
+            let sms = message_types.is_empty() || message_types.iter().any(|m| m == "sms");
+            let limit = if sms { FAREWELL_MAX_SMS } else { FAREWELL_MAX };
+            let len = text.chars().count();
+            if len > limit {
+                let span = t.get("farewell").and_then(Item::span);
+                self.at(
+                    span,
+                    format!(
+                        "`farewell` is {len} characters; Genesys accepts at most {limit}{}",
+                        if sms {
+                            " for SMS (2000 on other channels: limit the rule with \
+                             message_types to lift it)"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+            }
+        }
+        let wrapup_code = self.nonempty_string(t, "wrapup_code");
         Some(RuleConfig {
+            farewell,
+            wrapup_code,
             retry_for,
             name: name?,
             intents,
@@ -642,6 +678,56 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// An integer within `range`, or a message at its position.
+    fn int_in(
+        &mut self,
+        t: &dyn TableLike,
+        key: &str,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Option<i64> {
+        let item = t.get(key)?;
+        match item.as_integer() {
+            Some(n) if range.contains(&n) => Some(n),
+            Some(_) => {
+                self.at(
+                    item.span(),
+                    format!(
+                        "`{key}` must be between {} and {}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+            None => {
+                self.at(item.span(), format!("`{key}` must be an integer"));
+                None
+            }
+        }
+    }
+
+    fn daemon(&mut self, root: &dyn TableLike) -> DaemonConfig {
+        let mut d = DaemonConfig::default();
+        let Some((t, _)) = self.section(root, "daemon") else {
+            return d;
+        };
+        self.unknown_keys(
+            t,
+            "[daemon]",
+            &["state_dir", "retention", "max_concurrent_closes"],
+        );
+        if let Some(dir) = self.nonempty_string(t, "state_dir") {
+            d.state_dir = PathBuf::from(dir);
+        }
+        if let Some(r) = self.duration(t, "retention") {
+            d.retention = r;
+        }
+        if let Some(n) = self.int_in(t, "max_concurrent_closes", 1..=10_000) {
+            d.max_concurrent_closes = n as usize;
+        }
+        d
     }
 
     fn duration(&mut self, t: &dyn TableLike, key: &str) -> Option<Duration> {

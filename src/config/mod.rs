@@ -58,6 +58,8 @@ pub const MESSAGE_TYPES: &[&str] = &[
 pub struct Config {
     /// File the configuration came from (for messages; `<built-in>` for the demo).
     pub source: PathBuf,
+    /// `[daemon]`: the state directory and the bounds of the close work.
+    pub daemon: DaemonConfig,
     /// Where and as whom to talk to Genesys.
     pub genesys: GenesysConfig,
     /// Which topics to watch and how to keep the socket alive.
@@ -85,7 +87,37 @@ pub struct GenesysConfig {
     pub client_id: String,
     /// Where the client secret is read from at start-up.
     pub secret: SecretSource,
+    /// The one budget every REST call shares, requests per minute; below the org's
+    /// limit (Genesys: about 300 per minute per OAuth client). Default 240.
+    pub requests_per_minute: u32,
 }
+
+/// `[daemon]`.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Where the journal lives (systemd `StateDirectory=`). Default
+    /// `/var/lib/genesys-closer`.
+    pub state_dir: PathBuf,
+    /// Finished closes older than this are pruned from the journal. Default 30 days.
+    pub retention: Duration,
+    /// Close sequences running at once, at most. Default 200.
+    pub max_concurrent_closes: usize,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            state_dir: PathBuf::from("/var/lib/genesys-closer"),
+            retention: Duration::from_secs(30 * 86_400),
+            max_concurrent_closes: 200,
+        }
+    }
+}
+
+/// Longest farewell Genesys accepts on SMS (`AdditionalMessage.textBody`, facts D.5).
+pub const FAREWELL_MAX_SMS: usize = 765;
+/// Longest farewell Genesys accepts on other channels.
+pub const FAREWELL_MAX: usize = 2000;
 
 /// Where the OAuth client secret comes from. The secret itself never sits in [`Config`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,6 +292,12 @@ pub struct RuleConfig {
     /// How long after the decision a disconnect that failed for a reason that passes
     /// (429, 5xx, transport, login) is still retried.
     pub retry_for: Duration,
+    /// A message sent to the guest before the disconnect, at most once per
+    /// conversation (journalled), on the agent's or else the flow's communication.
+    pub farewell: Option<String>,
+    /// A wrap-up code id for agent participants that require one, sent after the
+    /// disconnect.
+    pub wrapup_code: Option<String>,
 }
 
 /// One problem in a config file.
