@@ -31,6 +31,10 @@ pub struct Rule {
     pub confirm_timeout: Duration,
     /// How long a disconnect that failed for a reason that passes is retried.
     pub retry_for: Duration,
+    /// Farewell text sent before the disconnect, at most once.
+    pub farewell: Option<Box<str>>,
+    /// Wrap-up code id for agents that need one, after the disconnect.
+    pub wrapup_code: Option<Box<str>>,
 }
 
 /// A rule's verdict on one conversation.
@@ -70,6 +74,11 @@ impl Rules {
     /// Attribute names some rule reads.
     pub fn attributes(&self) -> &[Box<str>] {
         &self.attributes
+    }
+
+    /// The rule of this name.
+    pub fn rule(&self, name: &str) -> Option<Arc<Rule>> {
+        self.rules.iter().find(|r| &*r.name == name).cloned()
     }
 
     /// The rules in order.
@@ -122,6 +131,8 @@ fn compile_rule(r: &RuleConfig, config: &Config) -> Rule {
         disconnect: r.disconnect,
         confirm_timeout: r.confirm_timeout,
         retry_for: r.retry_for,
+        farewell: r.farewell.as_deref().map(Into::into),
+        wrapup_code: r.wrapup_code.as_deref().map(Into::into),
     }
 }
 

@@ -327,6 +327,33 @@ impl Store {
         }
     }
 
+    /// Marks a conversation decided (a close resumed from the journal), adding it if
+    /// new, so no event or intake call starts a second decision. Event loop only.
+    pub fn mark_decided(&self, conversation_id: &str, now: Instant) {
+        self.map
+            .entry(conversation_id.into())
+            .or_insert_with(|| Conversation::new(now))
+            .decided = true;
+    }
+
+    /// Remembers conversations whose close a past run finished (from the journal) as
+    /// decided tombstones: a late frame or a repeated intake call after a restart
+    /// starts no second decision.
+    pub fn bury_decided<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        let mut t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            let k = key(id);
+            if t.decided.insert(k, true).is_none() {
+                t.order.push_back(k);
+            }
+        }
+        while t.order.len() > TOMBSTONES {
+            if let Some(old) = t.order.pop_front() {
+                t.decided.remove(&old);
+            }
+        }
+    }
+
     /// What is remembered of an evicted closed conversation, if anything.
     pub fn tombstone(&self, conversation_id: &str) -> Option<Tombstone> {
         let t = self.tombstones.lock().unwrap_or_else(|e| e.into_inner());

@@ -13,10 +13,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::closer::{Closer, Decision, Waiters};
+use crate::closer::{Closer, Decision, Resume, Waiters, decision_record};
 use crate::genesys::api::ApiClient;
 use crate::genesys::frames::{ConversationEvent, FlowMetric, Source};
 use crate::genesys::subscriptions::Subscriptions;
+use crate::journal::Unfinished;
 
 use super::health::Health;
 use crate::intake::{IntakeAnswer, IntakeCall};
@@ -204,12 +205,8 @@ impl EventLoop {
     /// `Store::apply`, before waiters are notified or a close starts.
     /// Returns whether a rule decided on it now.
     pub fn on_event(&mut self, ev: &ConversationEvent, received: Instant) -> bool {
-        let draining = self.draining;
         let rules = &self.rules;
         let applied = self.store.apply(ev, received, |conv| {
-            if draining {
-                return None;
-            }
             let verdict = rules.evaluate(conv)?;
             Some(Decision {
                 conversation_id: ev.conversation_id.clone(),
@@ -220,6 +217,7 @@ impl EventLoop {
                 decided_at: received,
                 source: ev.source,
                 watch: !conv.seen_on_topic(),
+                resume: None,
             })
         });
         if ev.source == Source::Read {
@@ -264,6 +262,16 @@ impl EventLoop {
                 correlation_id = ev.correlation_id.as_deref(),
                 "rule matched"
             );
+            if self.draining && !d.already_closed {
+                // Shutting down: no new close starts now, but the match is not lost.
+                tracing::warn!(
+                    conversation_id = &*d.conversation_id,
+                    rule = &*d.verdict.rule.name,
+                    "match while shutting down: journalled as deferred; the next start closes it"
+                );
+                self.closer.journal.decision(decision_record(&d, true));
+                return true;
+            }
             if d.watch && !d.already_closed && self.subs.enabled() {
                 // The closer subscribes its confirming topic before the disconnect;
                 // remember it so the topics are removed once it closes.
@@ -273,6 +281,50 @@ impl EventLoop {
             return true;
         }
         false
+    }
+
+    /// Carries on the closes a past run left unfinished (from the journal): each is
+    /// marked decided, its per-conversation topics are added again (bot phase), and its
+    /// sequence resumes from the step it reached, starting with one read.
+    pub fn resume(&mut self, unfinished: Vec<Unfinished>) {
+        let now = Instant::now();
+        let wall = crate::journal::now_ms();
+        for u in unfinished {
+            let d = u.decision;
+            let Some(rule) = self.rules.rule(&d.rule) else {
+                tracing::error!(conversation_id = %d.conversation_id, rule = %d.rule,
+                    "unfinished close of a rule no longer in the config: not resumed; \
+                     close it by hand if it is still open");
+                self.closer
+                    .journal
+                    .note(&d.conversation_id, "abandoned: rule removed");
+                continue;
+            };
+            let id: Box<str> = d.conversation_id.as_str().into();
+            self.store.mark_decided(&id, now);
+            if d.watch && self.subs.enabled() && self.store.set_watched(&id, true) {
+                self.subs.watch(&id);
+            }
+            let age = Duration::from_millis((wall - d.decided_ms).max(0) as u64);
+            tracing::info!(conversation_id = &*id, rule = %d.rule, deferred = d.deferred,
+                age_ms = age.as_millis() as u64, steps = u.steps.len(),
+                "unfinished close found in the journal; resuming");
+            self.stats.decisions.inc();
+            self.closer.start(Decision {
+                conversation_id: id,
+                verdict: crate::rules::Verdict {
+                    rule,
+                    intent: d.intent.as_str().into(),
+                },
+                queue_id: d.queue_id.map(Into::into),
+                customer_id: d.customer_id.map(Into::into),
+                already_closed: false,
+                decided_at: now.checked_sub(age).unwrap_or(now),
+                source: Source::from_name(&d.source),
+                watch: d.watch,
+                resume: Some(Resume { steps: u.steps }),
+            });
+        }
     }
 
     /// A flow-metrics record named a conversation: watch it if it is new to us.
@@ -358,6 +410,13 @@ impl EventLoop {
             result = answer.as_str(),
             "intake call"
         );
+        if !matches!(answer, IntakeAnswer::ShuttingDown) {
+            self.closer.journal.intake(
+                &call.conversation_id,
+                call.intent.as_deref(),
+                answer.as_str(),
+            );
+        }
         let _ = call.reply.send(answer);
     }
 

@@ -39,6 +39,11 @@ use health::Health;
 
 /// How often eviction runs.
 const EVICT_EVERY: Duration = Duration::from_secs(30);
+/// How often the journal forgets closes past retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Closes a past run finished this recently become tombstones at start, so a repeated
+/// intake call or a late frame after a restart starts no second decision.
+const FINISHED_REMEMBERED: Duration = Duration::from_secs(24 * 3600);
 /// Room for bursts between the sockets and the event loop.
 const EVENT_QUEUE: usize = 8192;
 
@@ -70,6 +75,9 @@ pub enum DaemonError {
     /// No configured source of conversations can work in this org.
     #[error("cannot start: {0}")]
     NoSource(String),
+    /// The journal cannot be used (state directory unwritable, or another daemon on it).
+    #[error("cannot start: {0}")]
+    Journal(#[from] crate::journal::JournalError),
 }
 
 /// Counts at the end of a run.
@@ -167,6 +175,20 @@ pub async fn run(
     secret: SecretString,
     opts: RunOptions,
 ) -> Result<Summary, DaemonError> {
+    // The journal first: without it a crash could lose a close, so no state directory,
+    // no start. It also refuses a second daemon on the same directory.
+    let opened = crate::journal::open(
+        &config.daemon.state_dir,
+        crate::journal::now_ms() - FINISHED_REMEMBERED.as_millis() as i64,
+    )?;
+    let journal = opened.journal.clone();
+    journal.prune(config.daemon.retention);
+    tracing::info!(
+        state_dir = %config.daemon.state_dir.display(),
+        unfinished = opened.unfinished.len(),
+        recently_finished = opened.recently_finished.len(),
+        "journal open"
+    );
     let http = ApiClient::http_client().map_err(|e| DaemonError::Setup(e.to_string()))?;
     let tokens = TokenSource::new(
         http.clone(),
@@ -174,7 +196,11 @@ pub async fn run(
         config.genesys.client_id.clone(),
         secret,
     );
-    let api = Arc::new(ApiClient::new(http, config.genesys.api_url.clone(), tokens));
+    let api = Arc::new(
+        ApiClient::new(http, config.genesys.api_url.clone(), tokens).with_budget(Arc::new(
+            crate::genesys::budget::Budget::new(config.genesys.requests_per_minute),
+        )),
+    );
     // Fail fast on refused credentials; an unreachable login service is retried by the streams.
     match api.token().await {
         Ok(_) => {}
@@ -274,6 +300,10 @@ pub async fn run(
         reports: reports_tx,
         tracker: closes.clone(),
         subs: subs.clone(),
+        journal: journal.clone(),
+        running: Arc::new(tokio::sync::Semaphore::new(
+            config.daemon.max_concurrent_closes,
+        )),
     };
     // Forward reports to the observer; the closer already logged them.
     let observer = opts.reports;
@@ -350,6 +380,10 @@ pub async fn run(
         health,
         discovery,
     };
+    store.bury_decided(opened.recently_finished.iter().map(String::as_str));
+    lp.resume(opened.unfinished);
+    let mut prune = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
+    prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Readiness: every configured stream and mirror live.
     let mut live: HashMap<usize, bool> = (0..slots_at_start)
         .chain(mirrors.iter().copied())
@@ -415,6 +449,7 @@ pub async fn run(
                 lp.on_event(&ev, Instant::now());
             }
             _ = evict.tick() => lp.evict(),
+            _ = prune.tick() => journal.prune(config.daemon.retention),
         }
     }
     let abandoned = closes.len();
@@ -424,6 +459,11 @@ pub async fn run(
     streams.close();
     streams.wait().await;
     drop(lp);
+    // Deferred decisions and the last outcomes must be on disk before the process ends.
+    if let Err(e) = journal.flush().await {
+        tracing::error!(error = %e, "journal: could not store the last records");
+    }
+    drop(journal);
     if abandoned == 0 {
         let _ = forward.await;
     } else {
@@ -459,6 +499,11 @@ pub async fn run(
         abandoned,
         "stopped"
     );
+    if abandoned == 0 {
+        // Every handle is gone: wait for the writer to finish.
+        drop(opened.journal);
+        opened.guard.finish();
+    }
     Ok(summary)
 }
 

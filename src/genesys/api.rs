@@ -5,6 +5,7 @@
 //! `Retry-After` (giving up past 180 s), 5xx and transport errors back off with jitter,
 //! 401 renews the token once and retries, any other 4xx is returned at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -15,6 +16,7 @@ use serde_json::json;
 use url::Url;
 
 use super::auth::{AuthError, TokenSource};
+use super::budget::{Budget, Priority, priority_of};
 use super::frames::{ConversationEvent, FlowMetric, parse_conversation_body};
 
 /// Attempts per call for 429/5xx/transport failures (the first try included).
@@ -174,7 +176,11 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
     tokens: TokenSource,
+    budget: Arc<Budget>,
 }
+
+/// The budget of a client built without [`ApiClient::with_budget`]: the config default.
+const DEFAULT_REQUESTS_PER_MINUTE: u32 = 240;
 
 impl ApiClient {
     /// A client for `api_url`, authenticating with `tokens`.
@@ -183,7 +189,19 @@ impl ApiClient {
             http,
             base: api_url,
             tokens,
+            budget: Arc::new(Budget::new(DEFAULT_REQUESTS_PER_MINUTE)),
         }
+    }
+
+    /// Spends `budget` (shared with whoever else holds it) instead of the default.
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The rate budget every call of this client waits on.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
     }
 
     /// Builds the shared HTTP client (rustls with the ring provider, no OpenSSL).
@@ -314,6 +332,77 @@ impl ApiClient {
         self.send(Method::POST, &path, None).await
     }
 
+    /// `GET /api/v2/conversations/{id}` (facts sheet D.5/D.6; permission
+    /// `conversation:communication:view`): the participants with their message
+    /// communication ids, which the farewell and wrap-up calls need and which the
+    /// messaging-specific GET does not carry.
+    ///
+    /// This generic (all-media) GET is outside `openapi-subset.json`, which has only
+    /// the messaging GET; its `Conversation`/`Participant`/`Message` models are in the
+    /// subset (as the PATCH body), and this reads only fields they define. The body is
+    /// read leniently (see [`parse_comm_participants`]).
+    pub async fn get_communications(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Vec<CommParticipant>, ApiError> {
+        let path = format!("/api/v2/conversations/{conversation_id}");
+        // Only close sequences (farewell, wrap-up) read this.
+        let a = self
+            .send_as(Priority::Close, Method::GET, &path, None)
+            .await?;
+        parse_comm_participants(&a.body).map_err(|reason| ApiError::Decode {
+            method: Method::GET,
+            path,
+            reason,
+        })
+    }
+
+    /// `POST /api/v2/conversations/messages/{id}/communications/{cid}/messages` with
+    /// `AdditionalMessage` `{"textBody": text}` (facts sheet D.5): a message to the
+    /// guest, sent as the owner of communication `cid`. Genesys accepts at most 765
+    /// characters on SMS and 2000 elsewhere; the config checks the length. Whether a
+    /// client-credentials app may post on a communication it does not own is not
+    /// documented, so callers must treat a failure as non-fatal.
+    pub async fn send_message(
+        &self,
+        conversation_id: &str,
+        communication_id: &str,
+        text: &str,
+    ) -> Result<Answer, ApiError> {
+        let path = format!(
+            "/api/v2/conversations/messages/{conversation_id}/communications/{communication_id}/messages"
+        );
+        self.send_once(
+            Priority::Close,
+            Method::POST,
+            &path,
+            Some(json!({ "textBody": text })),
+        )
+        .await
+    }
+
+    /// `POST /api/v2/conversations/messages/{id}/participants/{pid}/communications/{cid}/wrapup`
+    /// with `WrapupInput` `{"code": code, "notes": notes}` (facts sheet D.4; permission
+    /// `conversation:participant:wrapup`). `code` is a wrap-up code id; empty `notes`
+    /// are left out.
+    pub async fn send_wrapup(
+        &self,
+        conversation_id: &str,
+        participant_id: &str,
+        communication_id: &str,
+        code: &str,
+        notes: &str,
+    ) -> Result<Answer, ApiError> {
+        let path = format!(
+            "/api/v2/conversations/messages/{conversation_id}/participants/{participant_id}/communications/{communication_id}/wrapup"
+        );
+        let mut body = json!({ "code": code });
+        if !notes.is_empty() {
+            body["notes"] = json!(notes);
+        }
+        self.send(Method::POST, &path, Some(body)).await
+    }
+
     /// `GET /api/v2/conversations/messages/{id}`, read as the same event shape the socket
     /// delivers, so the state map can apply it like any other event.
     pub async fn get_conversation(
@@ -321,8 +410,20 @@ impl ApiClient {
         conversation_id: &str,
         wanted_attributes: &[Box<str>],
     ) -> Result<ConversationEvent, ApiError> {
+        self.get_conversation_as(Priority::Read, conversation_id, wanted_attributes)
+            .await
+    }
+
+    /// [`ApiClient::get_conversation`] at budget priority `priority` (the closer's
+    /// confirming read goes as [`Priority::Close`]).
+    pub async fn get_conversation_as(
+        &self,
+        priority: Priority,
+        conversation_id: &str,
+        wanted_attributes: &[Box<str>],
+    ) -> Result<ConversationEvent, ApiError> {
         let path = format!("/api/v2/conversations/messages/{conversation_id}");
-        let a = self.send(Method::GET, &path, None).await?;
+        let a = self.send_as(priority, Method::GET, &path, None).await?;
         let text = std::str::from_utf8(&a.body).map_err(|e| ApiError::Decode {
             method: Method::GET,
             path: path.clone(),
@@ -386,12 +487,52 @@ impl ApiClient {
         Ok((found, truncated))
     }
 
-    /// Sends one call under the retry policy.
+    /// Sends one call under the retry policy, at the budget priority its method and path
+    /// imply ([`priority_of`]).
     pub async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
+    ) -> Result<Answer, ApiError> {
+        let priority = priority_of(&method, path);
+        self.send_as(priority, method, path, body).await
+    }
+
+    /// Sends one call under the retry policy, every attempt waiting for a permit of the
+    /// rate budget at `priority` (e.g. the closer's confirming read goes as
+    /// [`Priority::Close`]).
+    pub async fn send_as(
+        &self,
+        priority: Priority,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Answer, ApiError> {
+        self.send_inner(priority, method, path, body, true).await
+    }
+
+    /// Sends a call that must not reach Genesys twice (a message to the guest): it is
+    /// retried only when Genesys surely did not act on it (429, and a 401 answered by
+    /// renewing the token), never after a 5xx or a transport error, either of which may
+    /// come after the call took effect.
+    pub async fn send_once(
+        &self,
+        priority: Priority,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Answer, ApiError> {
+        self.send_inner(priority, method, path, body, false).await
+    }
+
+    async fn send_inner(
+        &self,
+        priority: Priority,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+        retry_ambiguous: bool,
     ) -> Result<Answer, ApiError> {
         let mut url = self.base.clone();
         let base_path = url.path().trim_end_matches('/').to_string();
@@ -412,6 +553,9 @@ impl ApiClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // The permit first, the token after it: a wait behind the budget (or a 429
+            // pause) cannot leave the request holding a token that expired meanwhile.
+            self.budget.acquire(priority).await;
             let token = self.tokens.token().await?;
             let mut req = self
                 .http
@@ -454,10 +598,19 @@ impl ApiClient {
                     }
                     let wait = (status == StatusCode::TOO_MANY_REQUESTS)
                         .then(|| retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
+                    if let Some(w) = wait {
+                        // The limit is the client's, not this call's: every request
+                        // waits it out. A daily quota's long wait (this call gives up
+                        // below) pauses the others no longer than a burst's would.
+                        self.budget.pause_for(w.min(MAX_RETRY_AFTER));
+                    }
                     (err, wait)
                 }
             };
-            if !err.is_retryable() || attempt >= MAX_ATTEMPTS {
+            if !err.is_retryable()
+                || attempt >= MAX_ATTEMPTS
+                || (!retry_ambiguous && wait.is_none())
+            {
                 return Err(err);
             }
             let delay = match wait {
@@ -518,4 +671,115 @@ fn decode<T: serde::de::DeserializeOwned>(
         path: path.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// One message communication of a participant (`Participant.messages[]`, model `Message`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Communication {
+    /// The communication id, as the send-message and wrap-up paths want it.
+    pub id: String,
+    /// `alerting`, `connected`, `parked` or `disconnected`, when sent.
+    pub state: Option<String>,
+}
+
+impl Communication {
+    /// Whether the communication says it has ended (an absent state does not).
+    pub fn is_ended(&self) -> bool {
+        self.state.as_deref().is_some_and(is_ended_state)
+    }
+}
+
+/// One participant of `GET /api/v2/conversations/{id}` (`Conversation.participants[]`),
+/// reduced to what the farewell and wrap-up steps need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommParticipant {
+    /// Participant id.
+    pub id: String,
+    /// `customer`, `agent`, `acd`, `workflow`, `botflow`, ... (a free string).
+    pub purpose: Option<String>,
+    /// Participant-level state, when sent. The generic `Participant` model has none
+    /// (state lives on each communication); kept for bodies that do carry it.
+    pub state: Option<String>,
+    /// `endTime` is present, or `state` is `disconnected`/`terminated`.
+    pub ended: bool,
+    /// `wrapupRequired` is `true` (anything else, including a wrong type, is `false`).
+    pub wrapup_required: bool,
+    /// A wrap-up is already on the participant (`wrapup.code` set and not
+    /// `provisional`), or `wrapupSkipped` is `true`.
+    pub wrapup_done: bool,
+    /// `messages[]`: the message communications, in the order Genesys lists them.
+    pub communications: Vec<Communication>,
+}
+
+impl CommParticipant {
+    /// Whether `purpose` is `p` (case-insensitive).
+    pub fn has_purpose(&self, p: &str) -> bool {
+        self.purpose
+            .as_deref()
+            .is_some_and(|own| own.eq_ignore_ascii_case(p))
+    }
+}
+
+fn is_ended_state(s: &str) -> bool {
+    s.eq_ignore_ascii_case("disconnected") || s.eq_ignore_ascii_case("terminated")
+}
+
+/// Reads a `Conversation` body into its participants. Lenient on purpose: unknown
+/// fields are ignored, a field read here with the wrong type counts as absent, a
+/// participant without an `id` and a communication without an `id` are skipped, and
+/// nothing else in the (deeply recursive) model is looked at. Only a body that is not
+/// JSON or has no `participants` array is an error.
+pub fn parse_comm_participants(body: &[u8]) -> Result<Vec<CommParticipant>, String> {
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let parts = v
+        .get("participants")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| "no `participants` array in the Conversation".to_string())?;
+    Ok(parts.iter().filter_map(comm_participant).collect())
+}
+
+fn json_str(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+fn comm_participant(p: &serde_json::Value) -> Option<CommParticipant> {
+    let id = json_str(p, "id")?;
+    let state = json_str(p, "state");
+    let has_end_time = match p.get("endTime") {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    };
+    let ended = has_end_time || state.as_deref().is_some_and(is_ended_state);
+    let wrapped = p
+        .get("wrapup")
+        .is_some_and(|w| json_str(w, "code").is_some() && !flag_of(w, "provisional"));
+    let communications = p
+        .get("messages")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            Some(Communication {
+                id: json_str(m, "id")?,
+                state: json_str(m, "state"),
+            })
+        })
+        .collect();
+    Some(CommParticipant {
+        id,
+        purpose: json_str(p, "purpose"),
+        state,
+        ended,
+        wrapup_required: flag_of(p, "wrapupRequired"),
+        wrapup_done: wrapped || flag_of(p, "wrapupSkipped"),
+        communications,
+    })
+}
+
+fn flag_of(v: &serde_json::Value, key: &str) -> bool {
+    v.get(key).and_then(serde_json::Value::as_bool) == Some(true)
 }

@@ -82,6 +82,19 @@ impl Source {
             Source::Read => "read",
         }
     }
+
+    /// The source named by [`Source::as_str`] (a journalled decision); `read` for an
+    /// unknown name.
+    pub fn from_name(name: &str) -> Source {
+        match name {
+            "queue" => Source::Queue,
+            "user" => Source::User,
+            "detail" => Source::Detail,
+            "flow" => Source::Flow,
+            "intake" => Source::Intake,
+            _ => Source::Read,
+        }
+    }
 }
 
 /// What one frame (or REST read, or intake call) says about one conversation.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod budget;
 pub mod frames;
 mod live;
 pub mod stream;

@@ -8,7 +8,8 @@
 //!
 //! Map:
 //! - `rest`: router, request recorder, `ErrorBody` errors, bearer check, `/oauth/token`;
-//! - `rest_notifications`, `rest_conversations`: the API handlers;
+//! - `rest_notifications`, `rest_conversations`: the API handlers (the latter also
+//!   the generic `GET /api/v2/conversations/{id}`, the farewell message and wrap-up);
 //! - `available_topics`: the topic families, `GET .../availabletopics`, and which
 //!   concrete topics a subscription accepts;
 //! - `socket`: the notification WebSocket;
@@ -246,6 +247,33 @@ pub struct DataActionCall {
     pub status: u16,
 }
 
+/// One message accepted by `POST /api/v2/conversations/messages/{id}/communications/{cid}/messages`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentMessage {
+    /// The conversation posted to.
+    pub conversation_id: String,
+    /// The communication it was sent on (an agent's or a flow's).
+    pub communication_id: String,
+    /// `textBody`; empty for a `mediaIds` or `messagingTemplate` body.
+    pub text: String,
+}
+
+/// One wrap-up accepted by
+/// `POST /api/v2/conversations/messages/{id}/participants/{pid}/communications/{cid}/wrapup`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentWrapup {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The agent participant wrapped up.
+    pub participant_id: String,
+    /// Its communication.
+    pub communication_id: String,
+    /// `code`: the wrap-up code id.
+    pub code: String,
+    /// `notes`, when sent.
+    pub notes: Option<String>,
+}
+
 /// A conversation still with the bot: a web-messaging guest and a flow
 /// participant, no queue, so no queue or user topic shows it (README C.3).
 #[derive(Clone, Debug)]
@@ -451,6 +479,19 @@ impl SimHandle {
     /// Every data-action POST made so far (the last 10,000), in completion order.
     pub fn data_action_log(&self) -> Vec<DataActionCall> {
         self.world().data_action_log()
+    }
+
+    /// Every message accepted by the send-message endpoint (the last 10,000), in
+    /// arrival order. Sending changes nothing else: no event is pushed for it.
+    pub fn sent_messages(&self) -> Vec<SentMessage> {
+        self.world().sent_messages()
+    }
+
+    /// Every wrap-up accepted by the wrap-up endpoint (the last 10,000), in arrival
+    /// order; the generic `GET /api/v2/conversations/{id}` shows the latest per
+    /// participant as its `wrapup`.
+    pub fn wrapups(&self) -> Vec<SentWrapup> {
+        self.world().wrapups()
     }
 
     /// `(channel id, number of subscribed topics)` per channel, sorted by channel id.

@@ -1,9 +1,12 @@
-//! The simulated conversation and its two renderings: the notification `eventBody`
-//! (queue/user `conversations.messages` topics) and the REST `MessageConversation`.
+//! The simulated conversation and its renderings: the notification `eventBody`
+//! (queue/user `conversations.messages` topics), the REST `MessageConversation`, and
+//! the generic REST `Conversation` of `GET /api/v2/conversations/{id}`, the one that
+//! names each participant's message communication.
 //!
-//! Both renderings use only fields that exist in the shared schemas
+//! The renderings use only fields that exist in the shared schemas and models
 //! (`additionalProperties:false`), so a test can validate every frame.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
@@ -58,6 +61,33 @@ impl EndCause {
     }
 }
 
+/// The messenger type of every simulated conversation (`Message.type`).
+pub(crate) const MESSAGE_TYPE: &str = "webmessaging";
+
+/// Longest `AdditionalMessage.textBody` on any channel, in characters (facts sheet D.5:
+/// "SMS - 765 characters, other channels - 2000 characters").
+pub(crate) const TEXT_MAX: usize = 2000;
+/// Longest `textBody` on SMS.
+pub(crate) const TEXT_MAX_SMS: usize = 765;
+
+/// Longest `textBody` for a messenger type.
+pub(crate) fn text_limit(message_type: &str) -> usize {
+    if message_type == "sms" {
+        TEXT_MAX_SMS
+    } else {
+        TEXT_MAX
+    }
+}
+
+/// A wrap-up applied through `POST .../communications/{cid}/wrapup`; the generic
+/// `Conversation` shows it as the participant's `wrapup`.
+#[derive(Clone, Debug)]
+pub(crate) struct AppliedWrapup {
+    pub(crate) code: String,
+    pub(crate) notes: Option<String>,
+    pub(crate) at: SystemTime,
+}
+
 /// One message reference on a participant (the text itself is never in events).
 #[derive(Clone, Debug)]
 pub(crate) struct MessageRef {
@@ -85,7 +115,9 @@ pub(crate) struct Participant {
     pub(crate) user_id: Option<String>,
     pub(crate) attributes: Map<String, Value>,
     pub(crate) messages: Vec<MessageRef>,
-    /// The analytics session (communication) id that detail events name.
+    /// The analytics session (communication) id that detail events name; also the
+    /// participant's one message communication id (`Participant.messages[].id` of the
+    /// generic `Conversation`), stable from creation on.
     pub(crate) session: String,
 }
 
@@ -213,6 +245,68 @@ impl Participant {
         Value::Object(p)
     }
 
+    /// The participant's message communication (model `Message`): where its state,
+    /// direction and disconnect details live in the generic `Conversation`.
+    fn communication_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(self.session));
+        m.insert("state".into(), json!(self.state()));
+        m.insert("initialState".into(), json!(self.initial_state));
+        m.insert("direction".into(), json!("inbound"));
+        m.insert("held".into(), json!(false));
+        m.insert("connectedTime".into(), json!(rfc3339(self.connected)));
+        if let Some(e) = self.end {
+            m.insert("disconnectedTime".into(), json!(rfc3339(e)));
+        }
+        if let Some(d) = self.disconnect_type {
+            m.insert("disconnectType".into(), json!(d));
+        }
+        m.insert("provider".into(), json!("PureCloud Messaging"));
+        m.insert("type".into(), json!(MESSAGE_TYPE));
+        let msgs: Vec<Value> = self
+            .messages
+            .iter()
+            .map(|m| {
+                json!({ "messageId": m.id, "messageTime": rfc3339(m.time),
+                        "messageStatus": m.status, "messageSegmentCount": 1 })
+            })
+            .collect();
+        m.insert("messages".into(), Value::Array(msgs));
+        Value::Object(m)
+    }
+
+    /// The generic `Participant`: no participant-level `state`, `direction` or
+    /// `disconnectType` in that model (they are on the communication), references
+    /// as plain ids (`userId`, `queueId`), `wrapupRequired` as in the other models.
+    fn generic_json(&self, wrapup: Option<&AppliedWrapup>) -> Value {
+        let mut p = Map::new();
+        p.insert("id".into(), json!(self.id));
+        p.insert("name".into(), json!(self.name));
+        if let Some(a) = &self.address {
+            p.insert("address".into(), json!(a));
+        }
+        self.times_into(&mut p);
+        p.insert("purpose".into(), json!(self.role.purpose()));
+        if let Some(u) = &self.user_id {
+            p.insert("userId".into(), json!(u));
+        }
+        if let Some(q) = &self.queue_id {
+            p.insert("queueId".into(), json!(q));
+        }
+        p.insert("wrapupRequired".into(), json!(self.wrapup_required));
+        self.agent_fields_into(&mut p);
+        if let Some(w) = wrapup {
+            let mut body = json!({ "code": w.code, "endTime": rfc3339(w.at) });
+            if let Some(n) = &w.notes {
+                body["notes"] = json!(n);
+            }
+            p.insert("wrapup".into(), body);
+        }
+        p.insert("attributes".into(), Value::Object(self.attributes.clone()));
+        p.insert("messages".into(), json!([self.communication_json()]));
+        Value::Object(p)
+    }
+
     fn times_into(&self, p: &mut Map<String, Value>) {
         p.insert("startTime".into(), json!(rfc3339(self.start)));
         p.insert("connectedTime".into(), json!(rfc3339(self.connected)));
@@ -248,6 +342,8 @@ pub(crate) struct Conversation {
     /// Set for conversations created in the bot phase: they also publish detail
     /// events. Queue conversations keep today's frames only.
     pub(crate) bot: Option<BotInfo>,
+    /// Wrap-ups applied through the REST API, by participant id.
+    pub(crate) wrapups: HashMap<String, AppliedWrapup>,
 }
 
 pub(crate) fn before(now: SystemTime, ms: u64) -> SystemTime {
@@ -357,6 +453,7 @@ impl Conversation {
             close_pending: false,
             intent_attribute: spec.intent_attribute.clone(),
             bot: None,
+            wrapups: HashMap::new(),
         }
     }
 
@@ -383,6 +480,7 @@ impl Conversation {
             close_pending: false,
             intent_attribute: intent_attribute.to_owned(),
             bot: Some(bot),
+            wrapups: HashMap::new(),
         }
     }
 
@@ -461,6 +559,38 @@ impl Conversation {
             "divisions": self.divisions(),
             "selfUri": format!("/api/v2/conversations/messages/{}", self.id),
         })
+    }
+
+    /// The participant whose message communication is `communication_id`.
+    pub(crate) fn by_communication(&self, communication_id: &str) -> Option<&Participant> {
+        self.participants
+            .iter()
+            .find(|p| p.session == communication_id)
+    }
+
+    /// The generic `Conversation` of `GET /api/v2/conversations/{id}`: `endTime` is
+    /// the last participant's end once all have ended, absent while active (the
+    /// model's "null when the conversation is still active"; Genesys leaves nulls
+    /// out). `state` is left out: "When reading conversations, this field will never
+    /// have a value present".
+    pub(crate) fn generic_body(&self) -> Value {
+        let parts: Vec<Value> = self
+            .participants
+            .iter()
+            .map(|p| p.generic_json(self.wrapups.get(&p.id)))
+            .collect();
+        let mut body = json!({
+            "id": self.id,
+            "startTime": rfc3339(self.start),
+            "participants": parts,
+            "divisions": self.divisions(),
+            "selfUri": format!("/api/v2/conversations/{}", self.id),
+        });
+        let last_end = self.participants.iter().filter_map(|p| p.end).max();
+        if let Some(end) = last_end.filter(|_| self.is_closed()) {
+            body["endTime"] = json!(rfc3339(end));
+        }
+        body
     }
 
     /// The `Conversation` answered by an accepted PATCH (its `startTime` and

@@ -60,6 +60,20 @@ pub(crate) fn router(world: Arc<World>) -> Router {
             patch(conv::patch_participant),
         )
         .route(
+            "/api/v2/conversations/messages/{conversation_id}/communications/{communication_id}/messages",
+            post(conv::post_message),
+        )
+        .route(
+            "/api/v2/conversations/messages/{conversation_id}/participants/{participant_id}/communications/{communication_id}/wrapup",
+            post(conv::post_wrapup),
+        )
+        // Generic (all-media) read; `messages` above is a static segment, so
+        // `/api/v2/conversations/messages/{id}` still reaches the messaging handler.
+        .route(
+            "/api/v2/conversations/{conversation_id}",
+            get(conv::get_generic_conversation),
+        )
+        .route(
             "/api/v2/conversations/{conversation_id}/disconnect",
             post(conv::teardown),
         )

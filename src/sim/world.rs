@@ -5,7 +5,8 @@
 //!
 //! Lock order, to rule out deadlocks: `conversations` -> `channels` -> `events`,
 //! and `conversations` -> `channels` -> `frames`; `tokens`, `requests`,
-//! `rest_faults`, `channel_ttl`, `data_action` and `data_action_log` are leaves.
+//! `rest_faults`, `channel_ttl`, `data_action`, `data_action_log`, `sent_messages`
+//! and `wrapup_log` are leaves.
 //! No guard is ever held across `.await`: fan-out uses `try_send`, so publishing
 //! never waits on a socket, and data-action POSTs copy their target out of the
 //! lock first.
@@ -24,12 +25,17 @@ use super::events::EventLog;
 use super::ids::uuid_v4;
 use super::lifecycle::Conversations;
 use super::rest_faults::ActiveFault;
-use super::{DataAction, DataActionCall, Faults, FlowMetricsMode, RecordedRequest, SimConfig};
+use super::{
+    DataAction, DataActionCall, Faults, FlowMetricsMode, RecordedRequest, SentMessage, SentWrapup,
+    SimConfig,
+};
 
 /// Frames kept for `pushed_frames()`.
 const FRAME_LOG_CAP: usize = 10_000;
 /// Requests kept for `requests()`; bounds memory when the sim runs for days.
 const REQUEST_LOG_CAP: usize = 100_000;
+/// Entries kept for `sent_messages()` and for `wrapups()`.
+const SENT_LOG_CAP: usize = 10_000;
 
 /// Takes a lock even if a panicking thread poisoned it: the data are logs and
 /// maps that stay consistent per operation, and the sim must keep answering.
@@ -84,6 +90,8 @@ pub(crate) struct World {
     tokens: Mutex<HashMap<String, Instant>>,
     frames: Mutex<VecDeque<Value>>,
     requests: Mutex<VecDeque<(u64, RecordedRequest)>>,
+    sent_messages: Mutex<VecDeque<SentMessage>>,
+    wrapup_log: Mutex<VecDeque<SentWrapup>>,
 }
 
 impl World {
@@ -126,6 +134,8 @@ impl World {
             tokens: Mutex::new(HashMap::new()),
             frames: Mutex::new(VecDeque::new()),
             requests: Mutex::new(VecDeque::new()),
+            sent_messages: Mutex::new(VecDeque::new()),
+            wrapup_log: Mutex::new(VecDeque::new()),
         });
         w.set_faults(cfg.faults);
         w
@@ -275,6 +285,31 @@ impl World {
             .map(|(_, r)| r.clone())
             .collect()
     }
+
+    // ---- messages sent and wrap-ups applied through the API ----
+
+    pub(crate) fn record_sent_message(&self, m: SentMessage) {
+        push_capped(&mut lock(&self.sent_messages), m);
+    }
+
+    pub(crate) fn sent_messages(&self) -> Vec<SentMessage> {
+        lock(&self.sent_messages).iter().cloned().collect()
+    }
+
+    pub(crate) fn record_wrapup(&self, w: SentWrapup) {
+        push_capped(&mut lock(&self.wrapup_log), w);
+    }
+
+    pub(crate) fn wrapups(&self) -> Vec<SentWrapup> {
+        lock(&self.wrapup_log).iter().cloned().collect()
+    }
+}
+
+fn push_capped<T>(log: &mut VecDeque<T>, item: T) {
+    if log.len() >= SENT_LOG_CAP {
+        log.pop_front();
+    }
+    log.push_back(item);
 }
 
 impl World {

@@ -52,6 +52,19 @@ pub struct Running {
     pub reports: mpsc::UnboundedReceiver<CloseReport>,
     pub stop: CancellationToken,
     pub task: JoinHandle<Result<daemon::Summary, daemon::DaemonError>>,
+    /// The journal's directory when the test did not choose one (removed at the end).
+    pub _state: Option<tempfile::TempDir>,
+}
+
+/// A test never writes to /var/lib: a config that left `[daemon] state_dir` at its
+/// default gets a fresh temporary directory (kept alive by the returned guard).
+pub fn private_state_dir(config: &mut Config) -> Option<tempfile::TempDir> {
+    if config.daemon.state_dir != genesys_closer::config::DaemonConfig::default().state_dir {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp state dir");
+    config.daemon.state_dir = dir.path().to_path_buf();
+    Some(dir)
 }
 
 impl Running {
@@ -85,8 +98,9 @@ pub async fn start_sim(cfg: SimConfig) -> SimHandle {
 }
 
 /// Starts the daemon and waits until its socket is connected to the simulator.
-pub async fn start_daemon(config: Config, sim: &SimHandle) -> Running {
+pub async fn start_daemon(mut config: Config, sim: &SimHandle) -> Running {
     genesys_closer::telemetry::init_logging(&config.log);
+    let state = private_state_dir(&mut config);
     let (tx, reports) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let opts = RunOptions {
@@ -104,6 +118,7 @@ pub async fn start_daemon(config: Config, sim: &SimHandle) -> Running {
         reports,
         stop,
         task,
+        _state: state,
     }
 }
 
@@ -186,8 +201,9 @@ confirm_timeout = "3s"
 }
 
 /// Starts the daemon with the intake on; returns it and the intake's URL.
-pub async fn start_bot_daemon(config: Config, sim: &SimHandle) -> (Running, String) {
+pub async fn start_bot_daemon(mut config: Config, sim: &SimHandle) -> (Running, String) {
     genesys_closer::telemetry::init_logging(&config.log);
+    let state = private_state_dir(&mut config);
     let (tx, reports) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
@@ -211,6 +227,7 @@ pub async fn start_bot_daemon(config: Config, sim: &SimHandle) -> (Running, Stri
             reports,
             stop,
             task,
+            _state: state,
         },
         format!("http://{addr}/v1/intents"),
     )

@@ -1,0 +1,336 @@
+//! The close sequence for one decided conversation, and its confirmation waiters.
+//!
+//! Optionally a farewell to the guest (at most once, journalled before it is sent),
+//! then the disconnect, then the wait for the pushed event that shows every participant
+//! ended. The waiter is registered *before* the request goes out so a fast event cannot
+//! slip past. No event in time: one read of the conversation (fed back to the event loop
+//! so the map stays the single source of truth), then the documented last resort, a
+//! full teardown, and one more wait. After a confirmed close, optionally a wrap-up code
+//! for agents that need one. Every step is journalled before it is sent, so a restart
+//! resumes a close from the step it reached ([`Resume`]). Each sequence ends in exactly
+//! one [`CloseReport`], one journalled outcome and one log line.
+
+mod sequence;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use tokio::sync::Semaphore;
+
+use crate::genesys::api::{ApiClient, ApiError};
+use crate::genesys::frames::{ConversationEvent, Source};
+use crate::genesys::subscriptions::Subscriptions;
+use crate::journal::{DecisionRecord, Journal, OutcomeRecord, now_ms};
+use crate::rules::Verdict;
+use crate::state::Store;
+
+/// A rule's decision to close one conversation, made by the event loop.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    /// Conversation to close.
+    pub conversation_id: Box<str>,
+    /// Rule and intent that matched.
+    pub verdict: Verdict,
+    /// Queue it was routed to, for the log line.
+    pub queue_id: Option<Box<str>>,
+    /// Customer participant, for a customer-only disconnect.
+    pub customer_id: Option<Box<str>>,
+    /// It was already closed when the rule matched: nothing to send.
+    pub already_closed: bool,
+    /// When the event that led to the decision was received.
+    pub decided_at: Instant,
+    /// Which source's event (or call) led to the decision.
+    pub source: Source,
+    /// No queue or user topic shows the conversation: its per-conversation topics must
+    /// be subscribed before the disconnect, or its end would go unseen.
+    pub watch: bool,
+    /// A close a past run journalled and did not finish: the steps it reached.
+    pub resume: Option<Resume>,
+}
+
+/// What a past run journalled of an unfinished close.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Steps, oldest first (`about_to_send:farewell`, `sent:patch_conversation`, ...).
+    pub steps: Vec<String>,
+}
+
+impl Resume {
+    /// Whether the step was journalled.
+    pub fn has(&self, step: &str) -> bool {
+        self.steps.iter().any(|s| s == step)
+    }
+
+    /// Whether Genesys accepted a disconnect in a past run.
+    pub fn disconnect_accepted(&self) -> bool {
+        self.has(step::SENT_PATCH_CONVERSATION) || self.has(step::SENT_PATCH_CUSTOMER)
+    }
+}
+
+/// The step names the journal keeps (stable: `history` shows them and restarts read them).
+pub mod step {
+    /// Journalled (durably) before the farewell goes out.
+    pub const ABOUT_TO_SEND_FAREWELL: &str = "about_to_send:farewell";
+    /// Genesys accepted the farewell.
+    pub const SENT_FAREWELL: &str = "sent:farewell";
+    /// Journalled before the conversation PATCH.
+    pub const ABOUT_TO_SEND_PATCH_CONVERSATION: &str = "about_to_send:patch_conversation";
+    /// Genesys accepted the conversation PATCH.
+    pub const SENT_PATCH_CONVERSATION: &str = "sent:patch_conversation";
+    /// Journalled before the customer-participant PATCH.
+    pub const ABOUT_TO_SEND_PATCH_CUSTOMER: &str = "about_to_send:patch_customer";
+    /// Genesys accepted the customer-participant PATCH.
+    pub const SENT_PATCH_CUSTOMER: &str = "sent:patch_customer";
+    /// Journalled before the full teardown.
+    pub const ABOUT_TO_SEND_TEARDOWN: &str = "about_to_send:teardown";
+    /// Genesys accepted the teardown.
+    pub const SENT_TEARDOWN: &str = "sent:teardown";
+}
+
+/// How long a close waits for its confirming topic before disconnecting anyway (and
+/// relying on the read after `confirm_timeout`).
+const ENSURE_WITHIN: Duration = Duration::from_secs(5);
+
+/// How a close sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The disconnect was confirmed (by the pushed event, or by the one read).
+    Confirmed,
+    /// Confirmed only after the full teardown.
+    EscalatedConfirmed,
+    /// Closed before anything was sent; nothing was sent.
+    AlreadyClosed,
+    /// Dry run: logged, nothing sent.
+    DryRun,
+    /// Not confirmed even after the teardown, or a request failed for good.
+    Failed,
+}
+
+impl Outcome {
+    /// Stable name used in logs and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Confirmed => "confirmed",
+            Outcome::EscalatedConfirmed => "escalated_confirmed",
+            Outcome::AlreadyClosed => "already_closed",
+            Outcome::DryRun => "dry_run",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What evidence confirmed a closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmedBy {
+    /// The pushed conversation event.
+    Event,
+    /// The one REST read after the wait ran out.
+    Read,
+}
+
+/// The record of one close sequence.
+#[derive(Debug, Clone)]
+pub struct CloseReport {
+    /// Conversation id.
+    pub conversation_id: Box<str>,
+    /// Rule name.
+    pub rule: Arc<str>,
+    /// Intent that matched.
+    pub intent: Box<str>,
+    /// Queue, when known.
+    pub queue_id: Option<Box<str>>,
+    /// Which source led to the decision.
+    pub source: Source,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Decision to confirmation (or to giving up).
+    pub latency: Duration,
+    /// REST calls this sequence made, in order (retries of one call count once):
+    /// `patch_conversation`, `patch_customer`, `get_conversation`, `teardown`.
+    pub sent: Vec<&'static str>,
+    /// Evidence for a confirmed outcome.
+    pub confirmed_by: Option<ConfirmedBy>,
+    /// Genesys correlation id of the last failed call, for support cases.
+    pub correlation_id: Option<String>,
+    /// Why it failed, or what went wrong on the way to a later success.
+    pub reason: Option<String>,
+}
+
+/// Confirmation waiters: conversation id -> the sequence waiting for its closing event.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    map: DashMap<Box<str>, oneshot::Sender<Instant>>,
+}
+
+impl CloseReport {
+    /// Number of REST calls the sequence made.
+    pub fn requests(&self) -> usize {
+        self.sent.len()
+    }
+}
+
+impl Waiters {
+    /// Registers (or replaces) the waiter for `id`.
+    fn register(&self, id: &str) -> oneshot::Receiver<Instant> {
+        let (tx, rx) = oneshot::channel();
+        self.map.insert(id.into(), tx);
+        rx
+    }
+
+    fn cancel(&self, id: &str) {
+        self.map.remove(id);
+    }
+
+    /// Called by the event loop when an event closes `id`.
+    pub fn notify(&self, id: &str, at: Instant) {
+        if let Some((_, tx)) = self.map.remove(id) {
+            // The waiter may have timed out and gone; that is fine.
+            let _ = tx.send(at);
+        }
+    }
+
+    /// Conversations whose close is waiting for its confirming event.
+    pub fn ids(&self) -> Vec<Box<str>> {
+        self.map.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Sequences currently waiting.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// Runs close sequences on a task tracker.
+#[derive(Clone)]
+pub struct Closer {
+    /// REST client (shared rate and retry policy).
+    pub api: Arc<ApiClient>,
+    /// Read-only view of the state map.
+    pub store: Arc<Store>,
+    /// Where the event loop delivers closing events.
+    pub waiters: Arc<Waiters>,
+    /// Back to the event loop: conversations read by REST, applied like pushed events.
+    pub resync: mpsc::Sender<ConversationEvent>,
+    /// Attribute names rules read (for parsing the REST read).
+    pub wanted_attributes: Arc<[Box<str>]>,
+    /// Every finished sequence's report, for the demo, tests and telemetry.
+    pub reports: mpsc::UnboundedSender<CloseReport>,
+    /// Tracks running sequences so shutdown can drain them.
+    pub tracker: TaskTracker,
+    /// Per-conversation subscriptions, for conversations only detail topics show.
+    pub subs: Subscriptions,
+    /// Decisions, steps and outcomes, for restarts and `history`.
+    pub journal: Journal,
+    /// Bounds the sequences running at once (`[daemon] max_concurrent_closes`); the
+    /// others wait their turn in decision order.
+    pub running: Arc<Semaphore>,
+}
+
+/// The journal's record of a decision.
+pub fn decision_record(d: &Decision, deferred: bool) -> DecisionRecord {
+    DecisionRecord {
+        conversation_id: d.conversation_id.to_string(),
+        rule: d.verdict.rule.name.to_string(),
+        intent: d.verdict.intent.to_string(),
+        queue_id: d.queue_id.as_deref().map(str::to_owned),
+        customer_id: d.customer_id.as_deref().map(str::to_owned),
+        source: d.source.as_str().to_owned(),
+        watch: d.watch,
+        deferred,
+        decided_ms: now_ms() - d.decided_at.elapsed().as_millis() as i64,
+    }
+}
+
+impl Closer {
+    /// Starts the close sequence for `decision` in the background. A new decision is
+    /// journalled first (queued ahead of its steps); a resumed one already is.
+    pub fn start(&self, decision: Decision) {
+        if decision.resume.is_none() {
+            self.journal.decision(decision_record(&decision, false));
+        }
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let report = this.sequence(decision).await;
+            log_report(&report);
+            let outcome = OutcomeRecord {
+                conversation_id: report.conversation_id.to_string(),
+                outcome: report.outcome.as_str().to_owned(),
+                reason: report.reason.clone(),
+                correlation_id: report.correlation_id.clone(),
+                requests: report.sent.len() as i64,
+            };
+            // A failed write is logged by the journal; the report still goes out.
+            let _ = this.journal.outcome(outcome).await;
+            let _ = this.reports.send(report);
+        });
+    }
+}
+
+/// Waits for the closing event; `None` on timeout.
+async fn wait(rx: oneshot::Receiver<Instant>, timeout: Duration) -> Option<Instant> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(at)) => Some(at),
+        // Sender dropped: replaced or cancelled; treat as not confirmed.
+        Ok(Err(_)) | Err(_) => None,
+    }
+}
+
+fn note_error(r: &mut CloseReport, e: &ApiError) {
+    r.reason = Some(e.to_string());
+    if let Some(c) = e.correlation_id() {
+        r.correlation_id = Some(c.to_string());
+    }
+}
+
+/// One line per outcome, with the fields on-call engineers filter on.
+fn log_report(r: &CloseReport) {
+    // Microsecond precision is plenty and keeps the JSON short.
+    let latency_ms = (r.latency.as_secs_f64() * 1e6).round() / 1e3;
+    let confirmed_by = r.confirmed_by.map(|c| match c {
+        ConfirmedBy::Event => "event",
+        ConfirmedBy::Read => "read",
+    });
+    macro_rules! line {
+        ($level:ident, $msg:literal) => {
+            tracing::$level!(
+                conversation_id = &*r.conversation_id,
+                rule = &*r.rule,
+                intent = &*r.intent,
+                queue_id = r.queue_id.as_deref(),
+                source = r.source.as_str(),
+                outcome = r.outcome.as_str(),
+                latency_ms,
+                requests = r.sent.len(),
+                sent = %r.sent.join(","),
+                confirmed_by,
+                correlation_id = r.correlation_id.as_deref(),
+                reason = r.reason.as_deref(),
+                $msg
+            )
+        };
+    }
+    match r.outcome {
+        Outcome::Confirmed => line!(info, "conversation closed and confirmed"),
+        Outcome::AlreadyClosed => line!(info, "conversation already closed; nothing sent"),
+        Outcome::DryRun => line!(info, "dry run: would close conversation"),
+        Outcome::EscalatedConfirmed => line!(warn, "conversation closed only after full teardown"),
+        Outcome::Failed => line!(error, "conversation close failed"),
+    }
+}

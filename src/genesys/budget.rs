@@ -1,0 +1,599 @@
+//! The one REST rate budget every Platform API call shares, with priorities.
+//!
+//! Genesys allows about 300 requests per minute per OAuth client, and disconnects,
+//! subscriptions and reads all count against it. A [`Budget`] spends a rate below that
+//! (`[genesys] requests_per_minute`) and, when requests queue behind it, serves them by
+//! [`Priority`]: a close is never kept waiting behind a backlog of resync reads. A 429's
+//! `Retry-After` ([`Budget::pause_for`]) stops every priority until it has passed.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::Method;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// A wait longer than this counts as queueing (reported and counted).
+const SLOW_WAIT: Duration = Duration::from_secs(1);
+/// At most one "requests are queueing" log line per this interval.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Which queue a request waits in; a higher one is always served first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Priority {
+    /// Ending a conversation: disconnects, teardown, the farewell message, wrap-up, and
+    /// the closer's own confirming read.
+    Close = 0,
+    /// Notification channels and their subscriptions.
+    Subscribe = 1,
+    /// Everything else: resync, catch-up, verification and flow-activity reads.
+    Read = 2,
+}
+
+impl Priority {
+    /// All priorities, highest first (the index order of [`Budget::queued`]).
+    pub const ALL: [Priority; 3] = [Priority::Close, Priority::Subscribe, Priority::Read];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The priority a Platform API call waits at, from its method and path (a query is
+/// ignored): PATCHes of conversations and participants, the disconnect teardown, the
+/// farewell message and wrap-up are [`Priority::Close`]; anything under
+/// `/api/v2/notifications/` is [`Priority::Subscribe`]; everything else (conversation
+/// GETs, analytics queries) is [`Priority::Read`].
+pub fn priority_of(method: &Method, path: &str) -> Priority {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let path = path.trim_end_matches('/');
+    if path.starts_with("/api/v2/notifications/") {
+        return Priority::Subscribe;
+    }
+    let Some(rest) = path.strip_prefix("/api/v2/conversations/") else {
+        return Priority::Read;
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let closing = match *method {
+        Method::PATCH => true,
+        Method::POST => matches!(
+            segments.as_slice(),
+            [.., "disconnect"] | [.., "wrapup"] | [.., "communications", _, "messages"]
+        ),
+        _ => false,
+    };
+    if closing {
+        Priority::Close
+    } else {
+        Priority::Read
+    }
+}
+
+/// Proof that one request may go out now.
+#[derive(Debug)]
+pub struct Permit {
+    waited: Duration,
+}
+
+impl Permit {
+    /// How long the request waited for its permit.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+/// The shared REST rate budget. Cheap to share behind an `Arc`; needs no runtime to
+/// build (the dispatcher task is spawned by the first request that has to wait).
+pub struct Budget {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `None`: no rate limit (tests); pauses still apply.
+    limiter: Option<DefaultDirectRateLimiter>,
+    state: Mutex<State>,
+    waited_total: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Waiters per priority, FIFO, indexed by `Priority as usize`.
+    queues: [VecDeque<oneshot::Sender<()>>; 3],
+    /// Whether a dispatcher task is running (at most one is).
+    dispatching: bool,
+    /// A governor cell taken for a waiter that was cancelled before it was handed over;
+    /// the next request spends it instead of taking a new one.
+    spare: bool,
+    /// No permit is handed out before this (a 429's `Retry-After`).
+    paused_until: Option<Instant>,
+    /// When the last "requests are queueing" line was logged.
+    last_log: Option<Instant>,
+}
+
+impl State {
+    /// Drops the senders whose waiter is gone, so depths count live requests only.
+    fn prune(&mut self) {
+        for q in &mut self.queues {
+            q.retain(|tx| !tx.is_closed());
+        }
+    }
+
+    fn depths(&mut self) -> [usize; 3] {
+        self.prune();
+        [
+            self.queues[0].len(),
+            self.queues[1].len(),
+            self.queues[2].len(),
+        ]
+    }
+
+    fn is_empty(&mut self) -> bool {
+        self.depths() == [0; 3]
+    }
+
+    fn paused_at(&self, now: Instant) -> Option<Instant> {
+        self.paused_until.filter(|until| *until > now)
+    }
+
+    /// Hands a permit to the head of the highest non-empty queue, skipping waiters that
+    /// were cancelled. `false` when nobody took it.
+    fn hand_over(&mut self) -> bool {
+        for q in &mut self.queues {
+            while let Some(tx) = q.pop_front() {
+                if tx.send(()).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut st = self.inner.lock();
+        f.debug_struct("Budget")
+            .field("limited", &self.inner.limiter.is_some())
+            .field("queued", &st.depths())
+            .field("paused_until", &st.paused_until)
+            .finish()
+    }
+}
+
+impl Budget {
+    /// A budget of `per_minute` requests per minute (at least 1).
+    ///
+    /// Burst: a tenth of a minute's allowance (at least 1) may go out at once. A close
+    /// sequence is several calls in a row (disconnect, farewell, wrap-up, confirming
+    /// read), and a few conversations often close together; they should not be spaced
+    /// 250 ms apart when nothing else is queued. Governor's cell algorithm allows at
+    /// most `burst + per_minute` in any 60 s, so the default 240 peaks at 264, still
+    /// under Genesys's 300, while a burst the size of the whole minute could not be.
+    pub fn new(per_minute: u32) -> Self {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(per_minute.get() / 10).unwrap_or(NonZeroU32::MIN);
+        Budget::with_quota(Quota::per_minute(per_minute).allow_burst(burst))
+    }
+
+    /// A budget with no rate limit (for tests); 429 pauses still apply.
+    pub fn unlimited() -> Self {
+        Budget::build(None)
+    }
+
+    /// A budget with an explicit governor quota.
+    pub fn with_quota(quota: Quota) -> Self {
+        Budget::build(Some(RateLimiter::direct(quota)))
+    }
+
+    fn build(limiter: Option<DefaultDirectRateLimiter>) -> Self {
+        Budget {
+            inner: Arc::new(Inner {
+                limiter,
+                state: Mutex::new(State::default()),
+                waited_total: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Waits until one request at priority `p` may go out: the rate allows it, no
+    /// higher-priority request is waiting, earlier requests at `p` went first, and no
+    /// 429 pause is running. Must be called within a Tokio runtime. Cancel-safe: a
+    /// dropped wait is skipped and takes no permit with it.
+    pub async fn acquire(&self, p: Priority) -> Permit {
+        let start = Instant::now();
+        loop {
+            let rx = {
+                let mut st = self.inner.lock();
+                // The fast path: nobody waiting, no pause, and a cell free right now.
+                if st.paused_at(Instant::now()).is_none()
+                    && st.is_empty()
+                    && (std::mem::take(&mut st.spare) || self.inner.try_cell())
+                {
+                    return Permit {
+                        waited: start.elapsed(),
+                    };
+                }
+                let (tx, rx) = oneshot::channel();
+                st.queues[p.index()].push_back(tx);
+                if !st.dispatching {
+                    tokio::spawn(dispatch(self.inner.clone()));
+                    st.dispatching = true;
+                }
+                rx
+            };
+            // The dispatcher never drops a sender unsent; were one dropped, queue again
+            // rather than go out without a permit.
+            if rx.await.is_ok() {
+                break;
+            }
+        }
+        let waited = start.elapsed();
+        if waited > SLOW_WAIT {
+            self.inner.waited_total.fetch_add(1, Ordering::Relaxed);
+            self.report(waited);
+        }
+        Permit { waited }
+    }
+
+    /// Logs that requests are queueing, at most once per [`LOG_EVERY`].
+    fn report(&self, waited: Duration) {
+        let depths = {
+            let mut st = self.inner.lock();
+            let now = Instant::now();
+            if st
+                .last_log
+                .is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY)
+            {
+                return;
+            }
+            st.last_log = Some(now);
+            st.depths()
+        };
+        tracing::info!(
+            queued_close = depths[0],
+            queued_subscribe = depths[1],
+            queued_read = depths[2],
+            waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+            waited_total = self.waited_total(),
+            "REST budget: requests are queueing behind the rate budget"
+        );
+    }
+
+    /// Stops handing out permits, for every priority, until `d` from now (a 429's
+    /// `Retry-After`). A pause already running longer is kept, never shortened.
+    pub fn pause_for(&self, d: Duration) {
+        let now = Instant::now();
+        // A duration past `Instant`'s range is a pause for (practically) ever.
+        let until = now
+            .checked_add(d)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        let mut st = self.inner.lock();
+        if st.paused_until.is_none_or(|u| u < until) {
+            st.paused_until = Some(until);
+        }
+    }
+
+    /// Requests waiting now, per priority: `[close, subscribe, read]`.
+    pub fn queued(&self) -> [usize; 3] {
+        self.inner.lock().depths()
+    }
+
+    /// How many requests have waited more than a second for their permit.
+    pub fn waited_total(&self) -> u64 {
+        self.inner.waited_total.load(Ordering::Relaxed)
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent across a panic (every change is one assignment).
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_cell(&self) -> bool {
+        self.limiter.as_ref().is_none_or(|l| l.check().is_ok())
+    }
+}
+
+/// Clears `dispatching` if the dispatcher task is dropped without finishing (its runtime
+/// shut down), so the next waiter starts a new one.
+struct Running {
+    inner: Arc<Inner>,
+    armed: bool,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.lock().dispatching = false;
+        }
+    }
+}
+
+enum Step {
+    Pause(Instant),
+    Cell,
+    Next,
+    Done,
+}
+
+/// The dispatcher: while anyone waits, takes one governor cell at a time (outside any
+/// pause) and hands it to the head of the highest non-empty queue. Ends when the queues
+/// are empty; `acquire` starts it again.
+async fn dispatch(inner: Arc<Inner>) {
+    let mut running = Running {
+        inner: inner.clone(),
+        armed: true,
+    };
+    let mut cell = false;
+    loop {
+        let step = {
+            let mut st = inner.lock();
+            if !cell {
+                cell = std::mem::take(&mut st.spare);
+            }
+            if let Some(until) = st.paused_at(Instant::now()) {
+                Step::Pause(until)
+            } else if st.is_empty() {
+                // Decided under the same lock `acquire` queues under: a waiter queued
+                // after this sees `dispatching == false` and starts a new dispatcher.
+                st.dispatching = false;
+                st.spare |= cell;
+                running.armed = false;
+                Step::Done
+            } else if !cell {
+                Step::Cell
+            } else {
+                if st.hand_over() {
+                    cell = false;
+                }
+                Step::Next
+            }
+        };
+        match step {
+            Step::Pause(until) => tokio::time::sleep_until(until).await,
+            Step::Cell => {
+                if let Some(limiter) = &inner.limiter {
+                    limiter.until_ready().await;
+                }
+                cell = true;
+            }
+            Step::Next => {}
+            Step::Done => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One permit per `period`, no burst: the budget is exhausted after one request.
+    fn slow(period: Duration) -> Arc<Budget> {
+        let quota = Quota::with_period(period)
+            .expect("non-zero period")
+            .allow_burst(NonZeroU32::MIN);
+        Arc::new(Budget::with_quota(quota))
+    }
+
+    async fn wait_for_depths(b: &Budget, want: [usize; 3]) {
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while b.queued() != want {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("queue depths stayed {:?}, want {want:?}", b.queued()));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn close_requests_overtake_queued_reads() {
+        let b = slow(Duration::from_millis(100));
+        // Spend the only cell: everything below has to queue.
+        b.acquire(Priority::Read).await;
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        // Spawned in this order, and (current-thread runtime) first polled in this order
+        // at the next await, long before the next cell 100 ms from now.
+        for (p, name) in [
+            (Priority::Read, "read1"),
+            (Priority::Read, "read2"),
+            (Priority::Subscribe, "sub"),
+            (Priority::Close, "close1"),
+            (Priority::Close, "close2"),
+        ] {
+            let (b, order) = (b.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                b.acquire(p).await;
+                order.lock().unwrap().push(name);
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(3), t)
+                .await
+                .expect("every request gets its permit")
+                .unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["close1", "close2", "sub", "read1", "read2"]
+        );
+        assert_eq!(b.queued(), [0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_pause_holds_every_priority_until_it_ends() {
+        let b = Arc::new(Budget::unlimited());
+        let start = Instant::now();
+        b.pause_for(Duration::from_millis(300));
+        // A shorter Retry-After does not shorten the pause.
+        b.pause_for(Duration::from_millis(10));
+        let done = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for p in Priority::ALL {
+            let (b, done) = (b.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                b.acquire(p).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        wait_for_depths(&b, [1, 1, 1]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(done.load(Ordering::SeqCst), 0, "no permit during the pause");
+        assert_eq!(b.queued(), [1, 1, 1]);
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(3), t)
+                .await
+                .expect("the pause ends")
+                .unwrap();
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 3);
+        // A lower bound only: sleeping can run late, never early.
+        assert!(start.elapsed() >= Duration::from_millis(300));
+        // Once over, requests go straight through again.
+        let p = b.acquire(Priority::Read).await;
+        assert!(p.waited() < SLOW_WAIT);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_does_not_block_the_ones_behind_it() {
+        let b = slow(Duration::from_millis(100));
+        b.acquire(Priority::Close).await;
+        // A close queues, then its caller gives up.
+        let cancelled = {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire(Priority::Close).await })
+        };
+        wait_for_depths(&b, [1, 0, 0]).await;
+        cancelled.abort();
+        assert!(cancelled.await.unwrap_err().is_cancelled());
+        assert_eq!(b.queued(), [0, 0, 0], "the cancelled waiter is not counted");
+        // A read queued behind it still gets through.
+        let read = {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire(Priority::Read).await })
+        };
+        tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .expect("the read is not stuck behind the cancelled close")
+            .unwrap();
+
+        // All waiters cancelled: the dispatcher ends, and the next request restarts it.
+        let lone = {
+            let b = b.clone();
+            tokio::spawn(async move { b.acquire(Priority::Subscribe).await })
+        };
+        wait_for_depths(&b, [0, 1, 0]).await;
+        lone.abort();
+        let _ = lone.await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::timeout(Duration::from_secs(2), b.acquire(Priority::Read))
+            .await
+            .expect("a later request is served");
+        assert_eq!(b.queued(), [0, 0, 0]);
+    }
+
+    #[test]
+    fn priority_follows_method_and_path() {
+        let cases = [
+            (
+                Method::PATCH,
+                "/api/v2/conversations/messages/c1",
+                Priority::Close,
+            ),
+            (
+                Method::PATCH,
+                "/api/v2/conversations/messages/c1/participants/p1",
+                Priority::Close,
+            ),
+            (
+                Method::POST,
+                "/api/v2/conversations/c1/disconnect",
+                Priority::Close,
+            ),
+            (
+                Method::POST,
+                "/api/v2/conversations/messages/c1/communications/m1/messages",
+                Priority::Close,
+            ),
+            (
+                Method::POST,
+                "/api/v2/conversations/messages/c1/participants/p1/communications/m1/wrapup",
+                Priority::Close,
+            ),
+            (
+                Method::POST,
+                "/api/v2/notifications/channels",
+                Priority::Subscribe,
+            ),
+            (
+                Method::HEAD,
+                "/api/v2/notifications/channels/ch1",
+                Priority::Subscribe,
+            ),
+            (
+                Method::PUT,
+                "/api/v2/notifications/channels/ch1/subscriptions?ignoreErrors=true",
+                Priority::Subscribe,
+            ),
+            (
+                Method::GET,
+                "/api/v2/notifications/availabletopics?expand=transports",
+                Priority::Subscribe,
+            ),
+            (
+                Method::GET,
+                "/api/v2/conversations/messages/c1",
+                Priority::Read,
+            ),
+            (Method::GET, "/api/v2/conversations/c1", Priority::Read),
+            (
+                Method::GET,
+                "/api/v2/conversations/messages/c1/communications/m1/messages",
+                Priority::Read,
+            ),
+            (
+                Method::POST,
+                "/api/v2/analytics/flows/activity/query?pageSize=100",
+                Priority::Read,
+            ),
+            // A conversation's own message list is not a farewell.
+            (
+                Method::POST,
+                "/api/v2/conversations/messages",
+                Priority::Read,
+            ),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(priority_of(&method, path), want, "{method} {path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn new_allows_a_tenth_of_the_minute_at_once() {
+        let b = Budget::new(600);
+        for _ in 0..60 {
+            assert!(b.acquire(Priority::Read).await.waited() < SLOW_WAIT);
+        }
+        assert_eq!(b.waited_total(), 0);
+        // The burst is spent: the next request has to queue.
+        let next = b.acquire(Priority::Read);
+        tokio::pin!(next);
+        // (A zero timeout polls the request exactly once.)
+        assert!(
+            tokio::time::timeout(Duration::ZERO, &mut next)
+                .await
+                .is_err()
+        );
+        assert_eq!(b.queued(), [0, 0, 1]);
+        next.await;
+        // A zero rate is treated as one per minute rather than refused.
+        let b = Budget::new(0);
+        b.acquire(Priority::Close).await;
+    }
+}

@@ -1,0 +1,387 @@
+//! The journal: every decision, every close step before it is sent, every outcome and
+//! every accepted intake call, kept under the state directory so a restart carries on
+//! where the last run stopped (issue 7).
+//!
+//! The daemon talks to [`Journal`]; the storage sits behind the narrow [`Backend`]
+//! trait (SQLite today, in [`sqlite`]; a PostgreSQL backend for an active/standby
+//! pair can implement the same trait). Nothing outside `sqlite.rs` knows it is SQLite.
+//!
+//! Writes go through one writer thread in submission order, so a step journalled after
+//! its decision is never stored before it. A caller that must know a record is durable
+//! before it acts (the step "about to send", the farewell) awaits the write; others
+//! send and move on.
+//!
+//! A write that fails at run time is logged at error level and the close goes on: the
+//! journal serves recovery after a crash, while the close serves a guest waiting now.
+//! Refusing to close because the disk is full would turn a bookkeeping problem into a
+//! customer-facing one; what is lost is only the ability to resume that close after a
+//! crash, and the error line says so.
+
+mod sqlite;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+pub use sqlite::SqliteBackend;
+
+/// A decision as journalled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DecisionRecord {
+    /// Conversation id.
+    pub conversation_id: String,
+    /// Rule name.
+    pub rule: String,
+    /// Intent that matched.
+    pub intent: String,
+    /// Queue, when known.
+    pub queue_id: Option<String>,
+    /// Customer participant, for a customer-only disconnect.
+    pub customer_id: Option<String>,
+    /// Which source led to the decision (`queue`, `detail`, `intake`, ...).
+    pub source: String,
+    /// Only per-conversation topics show it (bot phase): re-add them on resume.
+    pub watch: bool,
+    /// Decided while draining for shutdown: the next start carries it out.
+    pub deferred: bool,
+    /// Wall-clock time of the decision, ms since the Unix epoch.
+    pub decided_ms: i64,
+}
+
+/// A close still to be finished, as a restart finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unfinished {
+    /// The decision.
+    pub decision: DecisionRecord,
+    /// The steps journalled so far, oldest first (`about_to_send:patch_conversation`, ...).
+    pub steps: Vec<String>,
+}
+
+/// One line of `history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    /// When, ms since the Unix epoch.
+    pub at_ms: i64,
+    /// Conversation id.
+    pub conversation_id: String,
+    /// `decision`, `step`, `outcome` or `intake`.
+    pub kind: String,
+    /// What: the rule and intent, the step, the outcome, the intake answer.
+    pub what: String,
+    /// More: reason, correlation id, source.
+    pub detail: Option<String>,
+}
+
+/// A finished close as journalled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutcomeRecord {
+    /// Conversation id.
+    pub conversation_id: String,
+    /// `confirmed`, `failed`, ...
+    pub outcome: String,
+    /// Why it failed, or what went wrong on the way.
+    pub reason: Option<String>,
+    /// Genesys correlation id of the last failed call.
+    pub correlation_id: Option<String>,
+    /// Requests Genesys answered.
+    pub requests: i64,
+}
+
+/// The storage a journal needs. Implementations must be safe to call from one thread
+/// at a time (the writer thread owns the writing instance); `history` and
+/// `unfinished` may be served by a second, read-only instance.
+pub trait Backend: Send {
+    /// Records a decision (a second decision for the same conversation is ignored).
+    fn decision(&mut self, d: &DecisionRecord) -> Result<(), JournalError>;
+    /// Records a step of a conversation's close.
+    fn step(&mut self, conversation_id: &str, step: &str, at_ms: i64) -> Result<(), JournalError>;
+    /// Records how a close ended.
+    fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64) -> Result<(), JournalError>;
+    /// Records an accepted intake call.
+    fn intake(
+        &mut self,
+        conversation_id: &str,
+        intent: Option<&str>,
+        answer: &str,
+        at_ms: i64,
+    ) -> Result<(), JournalError>;
+    /// Decisions without an outcome, with their steps.
+    fn unfinished(&mut self) -> Result<Vec<Unfinished>, JournalError>;
+    /// Conversations whose close finished at or after `since_ms`.
+    fn finished_since(&mut self, since_ms: i64) -> Result<Vec<String>, JournalError>;
+    /// Everything since `since_ms`, optionally for one conversation, oldest first.
+    fn history(
+        &mut self,
+        since_ms: i64,
+        conversation_id: Option<&str>,
+    ) -> Result<Vec<HistoryEntry>, JournalError>;
+    /// Forgets finished closes (and intake calls) older than `before_ms`; returns how
+    /// many decisions went.
+    fn prune(&mut self, before_ms: i64) -> Result<usize, JournalError>;
+}
+
+/// What can go wrong with the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The state directory cannot be used.
+    #[error("state directory {dir}: {reason}")]
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Another daemon holds the state directory.
+    #[error(
+        "another genesys-closer is running on state directory {0} (it holds {0}/lock); \
+         two daemons on one journal would close conversations twice"
+    )]
+    Locked(PathBuf),
+    /// The storage failed.
+    #[error("journal storage: {0}")]
+    Storage(String),
+    /// The writer thread is gone (shut down or panicked).
+    #[error("journal writer stopped")]
+    Stopped,
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+type Reply = oneshot::Sender<Result<(), JournalError>>;
+
+enum Cmd {
+    Decision(DecisionRecord, Option<Reply>),
+    Step(String, String, i64, Option<Reply>),
+    Outcome(OutcomeRecord, i64, Option<Reply>),
+    Intake(String, Option<String>, String, i64),
+    Prune(i64),
+    Flush(Reply),
+}
+
+/// The daemon's handle on the journal. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    tx: std_mpsc::Sender<Cmd>,
+}
+
+/// What `open` hands back besides the handle: the lock and the writer, kept alive
+/// for the daemon's lifetime.
+pub struct Opened {
+    /// Writes.
+    pub journal: Journal,
+    /// Closes past crashes left unfinished.
+    pub unfinished: Vec<Unfinished>,
+    /// Conversations whose close finished recently (for tombstones).
+    pub recently_finished: Vec<String>,
+    /// Held while the daemon runs; dropping it releases the state directory.
+    pub guard: JournalGuard,
+}
+
+/// Holds the state directory's lock and joins the writer on drop (after the last
+/// handle is gone).
+pub struct JournalGuard {
+    _lock: File,
+    writer: Option<std::thread::JoinHandle<()>>,
+    dir: PathBuf,
+}
+
+impl JournalGuard {
+    /// Waits for every queued write to be stored. Call after the last [`Journal`]
+    /// handle is dropped (else it waits for them to go).
+    pub fn finish(mut self) {
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// The journal file inside the state directory.
+pub fn db_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal.sqlite3")
+}
+
+/// Opens the journal under `state_dir` for the daemon: creates the directory if
+/// needed, takes its lock (a second daemon is refused), opens or creates the
+/// database, and reads what a past run left unfinished and the closes finished since
+/// `finished_since_ms`.
+pub fn open(state_dir: &Path, finished_since_ms: i64) -> Result<Opened, JournalError> {
+    let dir_err = |reason: String| JournalError::StateDir {
+        dir: state_dir.to_path_buf(),
+        reason,
+    };
+    std::fs::create_dir_all(state_dir).map_err(|e| dir_err(format!("cannot create it: {e}")))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(state_dir.join("lock"))
+        .map_err(|e| dir_err(format!("cannot write to it: {e}")))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(JournalError::Locked(state_dir.to_path_buf()));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(dir_err(format!("cannot lock it: {e}")));
+        }
+    }
+    let mut backend = SqliteBackend::open(&db_path(state_dir)).map_err(|e| match e {
+        JournalError::Storage(s) => dir_err(s),
+        other => other,
+    })?;
+    let unfinished = backend.unfinished()?;
+    let recently_finished = backend.finished_since(finished_since_ms)?;
+    let (tx, rx) = std_mpsc::channel::<Cmd>();
+    let writer = std::thread::Builder::new()
+        .name("journal".into())
+        .spawn(move || writer(backend, rx))
+        .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
+    Ok(Opened {
+        journal: Journal { tx },
+        unfinished,
+        recently_finished,
+        guard: JournalGuard {
+            _lock: lock,
+            writer: Some(writer),
+            dir: state_dir.to_path_buf(),
+        },
+    })
+}
+
+/// Opens the journal read-only (for `history`, while the daemon runs or not).
+pub fn open_read(state_dir: &Path) -> Result<SqliteBackend, JournalError> {
+    let path = db_path(state_dir);
+    if !path.exists() {
+        return Err(JournalError::StateDir {
+            dir: state_dir.to_path_buf(),
+            reason: format!("no journal at {}", path.display()),
+        });
+    }
+    SqliteBackend::open_read_only(&path)
+}
+
+fn writer(mut b: SqliteBackend, rx: std_mpsc::Receiver<Cmd>) {
+    fn answer(reply: Option<Reply>, r: Result<(), JournalError>, what: &str, id: &str) {
+        if let Err(e) = &r {
+            tracing::error!(conversation_id = id, error = %e, what,
+                "journal write failed; the close goes on, but a crash now could not resume it");
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(r);
+        }
+    }
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Cmd::Decision(d, reply) => {
+                let r = b.decision(&d);
+                answer(reply, r, "decision", &d.conversation_id);
+            }
+            Cmd::Step(id, step, at, reply) => {
+                let r = b.step(&id, &step, at);
+                answer(reply, r, "step", &id);
+            }
+            Cmd::Outcome(o, at, reply) => {
+                let r = b.outcome(&o, at);
+                answer(reply, r, "outcome", &o.conversation_id);
+            }
+            Cmd::Intake(id, intent, ans, at) => {
+                let r = b.intake(&id, intent.as_deref(), &ans, at);
+                answer(None, r, "intake", &id);
+            }
+            Cmd::Flush(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::Prune(before) => match b.prune(before) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(pruned = n, "journal: pruned finished closes past retention")
+                }
+                Err(e) => tracing::error!(error = %e, "journal prune failed"),
+            },
+        }
+    }
+}
+
+impl Journal {
+    fn submit(&self, cmd: Cmd) {
+        if self.tx.send(cmd).is_err() {
+            tracing::error!("journal writer stopped; records are no longer kept");
+        }
+    }
+
+    async fn submit_wait(&self, make: impl FnOnce(Reply) -> Cmd) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Records a decision (queued; ordered before any later step of it).
+    pub fn decision(&self, d: DecisionRecord) {
+        self.submit(Cmd::Decision(d, None));
+    }
+
+    /// Records a decision and waits until it is stored.
+    pub async fn decision_durable(&self, d: DecisionRecord) -> Result<(), JournalError> {
+        self.submit_wait(|r| Cmd::Decision(d, Some(r))).await
+    }
+
+    /// Records a step and waits until it is stored: call before acting on it.
+    pub async fn step(&self, conversation_id: &str, step: &str) -> Result<(), JournalError> {
+        let (id, step) = (conversation_id.to_owned(), step.to_owned());
+        self.submit_wait(|r| Cmd::Step(id, step, now_ms(), Some(r)))
+            .await
+    }
+
+    /// Records a step without waiting (what happened, not what is about to).
+    pub fn note(&self, conversation_id: &str, step: &str) {
+        self.submit(Cmd::Step(
+            conversation_id.to_owned(),
+            step.to_owned(),
+            now_ms(),
+            None,
+        ));
+    }
+
+    /// Records how a close ended and waits until it is stored.
+    pub async fn outcome(&self, o: OutcomeRecord) -> Result<(), JournalError> {
+        self.submit_wait(|r| Cmd::Outcome(o, now_ms(), Some(r)))
+            .await
+    }
+
+    /// Records an accepted intake call (queued).
+    pub fn intake(&self, conversation_id: &str, intent: Option<&str>, answer: &str) {
+        self.submit(Cmd::Intake(
+            conversation_id.to_owned(),
+            intent.map(str::to_owned),
+            answer.to_owned(),
+            now_ms(),
+        ));
+    }
+
+    /// Waits until everything queued so far is stored.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        self.submit_wait(Cmd::Flush).await
+    }
+
+    /// Forgets finished closes older than `retention` (queued).
+    pub fn prune(&self, retention: Duration) {
+        self.submit(Cmd::Prune(now_ms() - retention.as_millis() as i64));
+    }
+}
+
+#[cfg(test)]
+mod tests;
