@@ -284,7 +284,7 @@ fn create(sim: &SimHandle, shapes: &[Shape], n: u64) -> (String, Shape, Option<&
     let intent = DEMO_INTENTS[((n / shapes.len() as u64) % DEMO_INTENTS.len() as u64) as usize];
     let bot = |flow: &str, on_start: bool, on_intent: bool| BotConversationSpec {
         flow_id: flow.into(),
-        purpose: if n % 2 == 0 {
+        purpose: if n.is_multiple_of(2) {
             BotPurpose::Workflow
         } else {
             BotPurpose::Botflow

@@ -61,21 +61,19 @@ impl Closer {
         }
 
         // Step 0 (bot phase): the confirming topic must be live before the disconnect.
-        if d.watch {
-            if let Err(e) = self.subs.ensure(id, ENSURE_WITHIN).await {
+        if d.watch
+            && let Err(e) = self.subs.ensure(id, ENSURE_WITHIN).await {
                 tracing::warn!(conversation_id = id, rule = &*rule.name, reason = %e,
                     "confirming topic not subscribed; disconnecting anyway (the close will be \
                      confirmed by a read if no event arrives)");
             }
-        }
 
         let accepted_before = resume.as_ref().is_some_and(|s| s.disconnect_accepted());
         // Step 1 (optional): the farewell, before the disconnect, at most once.
-        if let Some(text) = &rule.farewell {
-            if !accepted_before && !self.store.is_closed(id) {
+        if let Some(text) = &rule.farewell
+            && !accepted_before && !self.store.is_closed(id) {
                 self.farewell(id, text, resume.as_ref(), &mut r).await;
             }
-        }
 
         // Step 2: disconnect, with the waiter in place first.
         let mut waiter = self.waiters.register(id);

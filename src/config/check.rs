@@ -287,8 +287,8 @@ impl Checker<'_> {
                 None
             }
         };
-        if let Some(a) = listen {
-            if !a.ip().is_loopback() && tls.is_none() && enabled {
+        if let Some(a) = listen
+            && !a.ip().is_loopback() && tls.is_none() && enabled {
                 self.at(
                     listen_span,
                     format!(
@@ -297,7 +297,6 @@ impl Checker<'_> {
                     ),
                 );
             }
-        }
         let token = match self.nonempty_string(t, "token_file") {
             Some(p) => TokenSource::File(PathBuf::from(p)),
             None => match std::env::var_os("CREDENTIALS_DIRECTORY") {

@@ -553,11 +553,10 @@ impl EventLoop {
                 "stream gap covered by the mirror: nothing missed, nothing to read"
             );
         }
-        if discover {
-            if let Some(d) = &self.discovery {
+        if discover
+            && let Some(d) = &self.discovery {
                 d.run(Arc::clone(&self.api));
             }
-        }
         if wanted.is_empty() {
             return;
         }

@@ -255,15 +255,14 @@ fn rejected_conversations(answer: &[ChannelTopic]) -> HashMap<String, String> {
             continue;
         }
         let lower = t.id.to_ascii_lowercase();
-        if let Some(rest) = lower.strip_prefix("v2.detail.events.conversation.") {
-            if let Some((id, _)) = rest.split_once('.') {
+        if let Some(rest) = lower.strip_prefix("v2.detail.events.conversation.")
+            && let Some((id, _)) = rest.split_once('.') {
                 let why = t
                     .rejection_reason
                     .clone()
                     .unwrap_or_else(|| "rejected".into());
                 out.insert(id.to_string(), why);
             }
-        }
     }
     out
 }
@@ -616,11 +615,10 @@ impl Manager {
                     }
                     let mut live = Vec::new();
                     for id in &ids {
-                        if let Some(sub) = s.convs.get_mut(id) {
-                            if settle(sub, rejected.get(&**id).map(String::as_str)).is_some() {
+                        if let Some(sub) = s.convs.get_mut(id)
+                            && settle(sub, rejected.get(&**id).map(String::as_str)).is_some() {
                                 live.push(id.clone());
                             }
-                        }
                     }
                     tracing::debug!(
                         stream = index,

@@ -302,11 +302,10 @@ impl World {
     /// Called by a socket task when it ends; leaves a newer socket alone.
     pub(crate) fn detach_socket(&self, id: &str, conn_id: u64) {
         let mut channels = lock(&self.channels);
-        if let Some(ch) = channels.get_mut(id) {
-            if ch.socket.as_ref().is_some_and(|s| s.conn_id == conn_id) {
+        if let Some(ch) = channels.get_mut(id)
+            && ch.socket.as_ref().is_some_and(|s| s.conn_id == conn_id) {
                 ch.socket = None;
             }
-        }
     }
 
     pub(crate) fn connected_sockets(&self) -> usize {

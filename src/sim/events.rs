@@ -86,11 +86,10 @@ impl EventLog {
         if n == 0 {
             return;
         }
-        if let Ok(i) = self.records.binary_search_by_key(&id, |(k, _)| *k) {
-            if let Some((_, r)) = self.records.get_mut(i) {
+        if let Ok(i) = self.records.binary_search_by_key(&id, |(k, _)| *k)
+            && let Some((_, r)) = self.records.get_mut(i) {
                 r.delivered += n;
             }
-        }
     }
 
     pub(crate) fn records(&self) -> Vec<EventRecord> {
@@ -162,11 +161,10 @@ impl World {
                 if hand(id, ch, &msg, copies) {
                     delivered += 1;
                 }
-                if let Some(h) = earlier {
-                    if hand(id, ch, &h.msg, h.copies) {
+                if let Some(h) = earlier
+                    && hand(id, ch, &h.msg, h.copies) {
                         log.credit(h.log_id, 1);
                     }
-                }
             }
             log.credit(log_id, delivered);
         }

@@ -333,10 +333,9 @@ fn normalise(resp: Response) -> Response {
     } else {
         resp
     };
-    if !resp.headers().contains_key(CORRELATION_HEADER) {
-        if let Ok(v) = HeaderValue::from_str(&uuid_v4()) {
+    if !resp.headers().contains_key(CORRELATION_HEADER)
+        && let Ok(v) = HeaderValue::from_str(&uuid_v4()) {
             resp.headers_mut().insert(CORRELATION_HEADER, v);
         }
-    }
     resp
 }

@@ -271,12 +271,11 @@ impl World {
     pub(crate) fn finish_request(&self, seq: u64, body: String, status: u16) {
         let mut log = lock(&self.requests);
         // Sequence numbers are increasing, so a binary search finds the entry.
-        if let Ok(i) = log.binary_search_by_key(&seq, |(s, _)| *s) {
-            if let Some((_, r)) = log.get_mut(i) {
+        if let Ok(i) = log.binary_search_by_key(&seq, |(s, _)| *s)
+            && let Some((_, r)) = log.get_mut(i) {
                 r.body = body;
                 r.status = status;
             }
-        }
     }
 
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
