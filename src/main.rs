@@ -38,6 +38,24 @@ enum Command {
         #[arg(long)]
         online: bool,
     },
+    /// Print decisions, steps and outcomes from the journal (works while the daemon runs).
+    History {
+        /// Path to the TOML config (for `[daemon] state_dir`).
+        #[arg(long, default_value = "/etc/genesys-closer/config.toml")]
+        config: PathBuf,
+        /// Read this state directory instead of the config's.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// How far back, e.g. "1h", "30m", "7d".
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: Duration,
+        /// Only this conversation.
+        #[arg(long)]
+        conversation: Option<String>,
+        /// JSON lines instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the built-in simulator and the daemon together on loopback.
     Demo {
         /// Stop after this many conversations and print a JSON summary as the last line.
@@ -99,6 +117,13 @@ fn main() -> ExitCode {
                 }
             }
             Command::Run { config } => run(&config).await,
+            Command::History {
+                config,
+                state_dir,
+                since,
+                conversation,
+                json,
+            } => history(&config, state_dir, since, conversation.as_deref(), json),
             Command::Demo {
                 conversations,
                 rate,
@@ -113,6 +138,47 @@ fn main() -> ExitCode {
             } => run_sim(listen, rate, heartbeat, faults).await,
         }
     })
+}
+
+fn history(
+    config: &std::path::Path,
+    state_dir: Option<PathBuf>,
+    since: Duration,
+    conversation: Option<&str>,
+    json: bool,
+) -> ExitCode {
+    use genesys_closer::journal::{self, Backend as _, history};
+    let dir = match state_dir {
+        Some(d) => d,
+        None => match load(config) {
+            Ok(c) => c.daemon.state_dir,
+            Err(code) => return code,
+        },
+    };
+    let mut j = match journal::open_read(&dir) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let since_ms = journal::now_ms() - since.as_millis() as i64;
+    match j.history(since_ms, conversation) {
+        Ok(entries) => {
+            if json {
+                for e in &entries {
+                    println!("{}", history::json_line(e));
+                }
+            } else {
+                print!("{}", history::table(&entries));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
@@ -168,6 +234,29 @@ fn check(path: &std::path::Path) -> ExitCode {
     for t in &topics {
         let _ = writeln!(out, "  {t}");
     }
+    let dir = &config.daemon.state_dir;
+    let state = if dir.is_dir() {
+        let probe = dir.join(".genesys-closer-check");
+        let writable = std::fs::write(&probe, b"").is_ok();
+        let _ = std::fs::remove_file(&probe);
+        if writable {
+            "writable"
+        } else {
+            "NOT WRITABLE: `run` would refuse to start"
+        }
+    } else if dir.exists() {
+        "NOT A DIRECTORY: `run` would refuse to start"
+    } else {
+        "absent (created at start; with systemd, StateDirectory= creates it)"
+    };
+    let _ = writeln!(
+        out,
+        "journal: {} ({state}); retention {}, at most {} closes at once, {} REST requests/min",
+        dir.display(),
+        humantime::format_duration(config.daemon.retention),
+        config.daemon.max_concurrent_closes,
+        config.genesys.requests_per_minute
+    );
     match &config.intake {
         None => {
             let _ = writeln!(out, "intake: off");

@@ -17,6 +17,7 @@
 //! customer-facing one; what is lost is only the ability to resume that close after a
 //! crash, and the error line says so.
 
+pub mod history;
 mod sqlite;
 
 use std::fs::File;
