@@ -83,6 +83,10 @@ backoff_max = "5s"
 enabled = true
 listen = "127.0.0.1:0"
 
+[metrics]
+enabled = true
+listen = "127.0.0.1:0"
+
 [log]
 format = "human"
 
@@ -193,6 +197,7 @@ pub(crate) async fn start_daemon_on(
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let (bound_tx, bound_rx) = oneshot::channel();
+    let (metrics_tx, metrics_rx) = oneshot::channel();
     let state = StateDir::new()?;
     let mut config = config.clone();
     config.daemon.state_dir = state.0.clone();
@@ -202,8 +207,10 @@ pub(crate) async fn start_daemon_on(
             drain_timeout: Duration::from_secs(10),
             reports: Some(reports_tx),
             notify_systemd: false,
+            reload: None,
             intake_token: Some(SecretString::from(intake_token.to_string())),
             intake_bound: Some(bound_tx),
+            metrics_bound: Some(metrics_tx),
         };
         let config = config.clone();
         tokio::spawn(async move { daemon::run(&config, secret, opts).await })
@@ -211,6 +218,12 @@ pub(crate) async fn start_daemon_on(
     let intake = tokio::time::timeout(Duration::from_secs(20), bound_rx)
         .await
         .map_err(|_| anyhow::anyhow!("the daemon's intake did not start within 20 s"))??;
+    // Started before the intake: known by now when `[metrics]` is on.
+    if config.metrics.is_some()
+        && let Ok(addr) = metrics_rx.await
+    {
+        eprintln!("demo: metrics at http://{addr}/metrics (health: /healthz, /readyz)");
+    }
     sim.set_data_action(Some(DataAction {
         url: format!("http://{intake}/v1/intents"),
         authorization: Some(format!("Bearer {intake_token}")),

@@ -307,6 +307,7 @@ async fn accept_loop(
                 }
                 drop(stream);
             });
+            crate::metrics::intake_request(503);
             tracing::debug!(%peer, "intake: connection limit reached");
             continue;
         };
@@ -364,6 +365,13 @@ fn router(shared: Arc<Shared>) -> Router {
             )
         })
         .with_state(shared)
+        .layer(axum::middleware::map_response(count_answer))
+}
+
+/// Counts every answer by status (`genesys_closer_intake_requests_total`).
+async fn count_answer(resp: Response) -> Response {
+    crate::metrics::intake_request(resp.status().as_u16());
+    resp
 }
 
 /// A JSON error naming the field at fault, if one is.

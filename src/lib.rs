@@ -13,8 +13,9 @@
 //!
 //! [`sim`] is a Genesys simulator (REST, socket, conversation generator) for the demo,
 //! the tests and the benchmarks; no daemon module imports it. [`demo`] runs both on
-//! loopback.
+//! loopback; [`matrix`] and [`burst`] measure the daemon against it.
 
+pub mod burst;
 pub mod closer;
 pub mod config;
 pub mod daemon;
@@ -24,6 +25,7 @@ pub mod genesys;
 pub mod intake;
 pub mod journal;
 pub mod matrix;
+pub mod metrics;
 pub mod rules;
 pub mod sim;
 pub mod state;

@@ -8,8 +8,9 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use clap::{Parser, Subcommand};
-use genesys_closer::config::{Config, EXIT_BAD_CONFIG, SecretSource};
+use genesys_closer::config::{Config, EXIT_BAD_CONFIG, EXIT_CREDENTIALS, SecretSource};
 use genesys_closer::{daemon, demo, genesys, sim, telemetry};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Ends Genesys Cloud messaging conversations when a bot intent matches a rule.
@@ -383,17 +384,26 @@ async fn run(path: &std::path::Path) -> ExitCode {
     };
     telemetry::init_logging(&config.log);
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    tokio::spawn(wait_for_signal(shutdown.clone(), reload_tx));
     let opts = daemon::RunOptions {
+        reload: Some(reload_rx),
         shutdown,
         drain_timeout: Duration::from_secs(20),
         reports: None,
         notify_systemd: true,
         intake_token,
         intake_bound: None,
+        metrics_bound: None,
     };
     match daemon::run(&config, secret, opts).await {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e @ daemon::DaemonError::Credentials(_)) => {
+            // Restarting cannot fix a refused secret: a code of its own, which the unit
+            // lists in RestartPreventExitStatus.
+            tracing::error!(error = %e, exit_code = EXIT_CREDENTIALS, "daemon stopped");
+            ExitCode::from(EXIT_CREDENTIALS as u8)
+        }
         Err(e) => {
             tracing::error!(error = %e, "daemon stopped");
             ExitCode::FAILURE
@@ -437,7 +447,9 @@ async fn run_demo(conversations: Option<u64>, rate: f64, paths: Vec<demo::Shape>
         return ExitCode::from(EXIT_BAD_CONFIG as u8);
     }
     let shutdown = CancellationToken::new();
-    tokio::spawn(wait_for_signal(shutdown.clone()));
+    // The demo has nothing to reload: a SIGHUP is dropped with its channel.
+    let (reload_tx, _) = mpsc::channel(1);
+    tokio::spawn(wait_for_signal(shutdown.clone(), reload_tx));
     match demo::run(
         demo::DemoOptions {
             conversations,
@@ -507,10 +519,10 @@ async fn run_sim(
     }
 }
 
-/// The next SIGHUP, or never if it cannot be listened for.
+/// The next such signal, or never if it cannot be listened for.
 #[cfg(unix)]
-async fn next_hangup(hup: &mut Option<tokio::signal::unix::Signal>) {
-    match hup {
+async fn next_signal(sig: &mut Option<tokio::signal::unix::Signal>) {
+    match sig {
         Some(h) => {
             h.recv().await;
         }
@@ -518,34 +530,43 @@ async fn next_hangup(hup: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// SIGTERM (systemd stop) or SIGINT (Ctrl-C) starts a graceful shutdown.
-async fn wait_for_signal(shutdown: CancellationToken) {
+/// SIGTERM or SIGINT: drain (stop deciding, finish closes in flight). A second one: exit
+/// now; what was in flight stays in the journal for the next start. SIGHUP: reload.
+async fn wait_for_signal(shutdown: CancellationToken, reload: mpsc::Sender<()>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        // SIGHUP's default action ends the process, which systemd counts as a clean exit
-        // (so `Restart=on-failure` leaves the service down). Until reload exists, say so
-        // and carry on.
         let mut hup = signal(SignalKind::hangup()).ok();
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => loop {
-                tokio::select! {
-                    _ = term.recv() => break,
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = next_hangup(&mut hup) => {
-                        tracing::warn!("SIGHUP received: configuration reload is not implemented yet; \
-                            ignoring it (restart the service to apply a new configuration)");
-                    }
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut stops = 0;
+        loop {
+            tokio::select! {
+                _ = next_signal(&mut term) => {}
+                _ = tokio::signal::ctrl_c() => {}
+                _ = next_signal(&mut hup) => {
+                    // Full queue: a reload is already pending, which reads the newest file.
+                    let _ = reload.try_send(());
+                    continue;
                 }
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+            }
+            stops += 1;
+            if stops == 1 {
+                shutdown.cancel();
+            } else {
+                tracing::warn!(
+                    "second stop signal: exiting now; closes still in flight stay in the \
+                     journal and the next start carries them on"
+                );
+                std::process::exit(130);
             }
         }
     }
     #[cfg(not(unix))]
     {
+        let _ = reload;
         let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
     }
-    shutdown.cancel();
 }

@@ -229,7 +229,7 @@ pub struct Closer {
     /// Back to the event loop: conversations read by REST, applied like pushed events.
     pub resync: mpsc::Sender<ConversationEvent>,
     /// Attribute names rules read (for parsing the REST read).
-    pub wanted_attributes: Arc<[Box<str>]>,
+    pub wanted_attributes: Arc<crate::genesys::frames::Wanted>,
     /// Every finished sequence's report, for the demo, tests and telemetry.
     pub reports: mpsc::UnboundedSender<CloseReport>,
     /// Tracks running sequences so shutdown can drain them.
@@ -265,10 +265,12 @@ impl Closer {
         if decision.resume.is_none() {
             self.journal.decision(decision_record(&decision, false));
         }
+        crate::metrics::decision(&decision.verdict.rule.name, decision.source.as_str());
         let this = self.clone();
         self.tracker.spawn(async move {
             let report = this.sequence(decision).await;
             log_report(&report);
+            crate::metrics::outcome(&report);
             let outcome = OutcomeRecord {
                 conversation_id: report.conversation_id.to_string(),
                 outcome: report.outcome.as_str().to_owned(),

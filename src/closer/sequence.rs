@@ -314,7 +314,7 @@ impl Closer {
     async fn read(&self, id: &str, r: &mut CloseReport) -> Option<bool> {
         match self
             .api
-            .get_conversation_as(Priority::Close, id, &self.wanted_attributes)
+            .get_conversation_as(Priority::Close, id, &self.wanted_attributes.get())
             .await
         {
             Ok(ev) => {

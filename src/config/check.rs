@@ -116,6 +116,7 @@ impl Checker<'_> {
                 "log",
                 "intake",
                 "daemon",
+                "metrics",
                 "rule",
             ],
         );
@@ -129,6 +130,7 @@ impl Checker<'_> {
         let log = self.log(root);
         let rules = self.rules(root);
         let daemon = self.daemon(root);
+        let metrics = self.metrics(root);
         Some(Config {
             daemon,
             source: self.file.to_path_buf(),
@@ -138,6 +140,7 @@ impl Checker<'_> {
             intent_attribute,
             log,
             intake,
+            metrics,
             rules,
         })
     }
@@ -341,6 +344,49 @@ impl Checker<'_> {
             max_connections,
             request_timeout,
         })
+    }
+
+    /// `[metrics]`: off unless `enabled = true`; loopback unless `allow_remote = true`
+    /// (see [`MetricsConfig`] for why).
+    fn metrics(&mut self, root: &dyn TableLike) -> Option<MetricsConfig> {
+        let (t, _) = self.section(root, "metrics")?;
+        self.unknown_keys(t, "[metrics]", &["enabled", "listen", "allow_remote"]);
+        let enabled = self.bool(t, "enabled").unwrap_or(false);
+        let allow_remote = self.bool(t, "allow_remote").unwrap_or(false);
+        let listen_span = t.get("listen").and_then(Item::span);
+        let listen = match self.string(t, "listen") {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.at(
+                        listen_span.clone(),
+                        format!(
+                            "`listen` = \"{text}\" is not an address such as \"127.0.0.1:9464\""
+                        ),
+                    );
+                    None
+                }
+            },
+        };
+        if let Some(a) = listen
+            && enabled
+            && !allow_remote
+            && !a.ip().is_loopback()
+        {
+            self.at(
+                listen_span,
+                format!(
+                    "metrics would listen on {a}, beyond this machine, without authentication: \
+                     listen on loopback (a local scraper or a reverse proxy reads it there), \
+                     or set `allow_remote = true`"
+                ),
+            );
+        }
+        if !enabled {
+            return None;
+        }
+        Some(MetricsConfig { listen: listen? })
     }
 
     fn stream(&mut self, root: &dyn TableLike, intake: bool) -> Option<StreamConfig> {

@@ -18,6 +18,10 @@ mod tests;
 /// Exit status for a configuration that cannot be used.
 pub const EXIT_BAD_CONFIG: i32 = 64;
 
+/// Exit status when Genesys refuses the OAuth client's credentials: an operator must fix
+/// them, so the systemd unit does not restart on it.
+pub const EXIT_CREDENTIALS: i32 = 65;
+
 /// Most topics one notification channel may carry (facts sheet B.3).
 pub const TOPICS_PER_CHANNEL: usize = 1000;
 /// Most channels one OAuth client may hold; a 21st evicts the oldest (facts sheet B.3).
@@ -72,6 +76,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The intake endpoint the bot flow's data action calls; `None` when off.
     pub intake: Option<IntakeConfig>,
+    /// `[metrics]`: Prometheus metrics and health endpoints; `None` when off.
+    pub metrics: Option<MetricsConfig>,
     /// Rules in file order; the first that matches decides.
     pub rules: Vec<RuleConfig>,
 }
@@ -161,6 +167,21 @@ pub struct IntakeConfig {
     pub max_connections: usize,
     /// A request (headers and body) must arrive within this.
     pub request_timeout: Duration,
+}
+
+/// `[metrics]`: `GET /metrics` (Prometheus text), `/healthz` and `/readyz` over plain
+/// HTTP.
+///
+/// Loopback (`127.0.0.1:9464`) by default, and a remote address only with
+/// `allow_remote = true`: the endpoints are read-only but unauthenticated and
+/// unencrypted, and what they tell (rule names, traffic and error rates, whether the
+/// daemon is stalled) is for the operator's scraper, not for whoever can reach the
+/// port. A scraper on the same host, or a reverse proxy with TLS and authentication,
+/// reads it there.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
 }
 
 /// PEM files for the intake's TLS.

@@ -117,3 +117,29 @@ fn secret_in_file_is_refused_with_advice() {
     let errs = parse(&text).unwrap_err().0;
     assert!(errs[0].message.contains(SECRET_ENV));
 }
+
+#[test]
+fn metrics_are_off_by_default_and_loopback_unless_allowed() {
+    assert!(parse(GOOD).expect("valid").metrics.is_none());
+    let with = |section: &str| format!("{GOOD}\n[metrics]\n{section}\n");
+    assert!(parse(&with("listen = \"127.0.0.1:9\"")).unwrap().metrics.is_none());
+    let on = parse(&with("enabled = true")).expect("valid");
+    assert_eq!(
+        on.metrics.expect("on").listen,
+        SocketAddr::from(([127, 0, 0, 1], 9464))
+    );
+    let errs = parse(&with("enabled = true\nlisten = \"0.0.0.0:9464\""))
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.contains("allow_remote"), "{errs:?}");
+    let remote = parse(&with(
+        "enabled = true\nlisten = \"0.0.0.0:9464\"\nallow_remote = true",
+    ))
+    .expect("allowed");
+    assert!(!remote.metrics.expect("on").listen.ip().is_loopback());
+    let errs = parse(&with("enabled = true\nlisten = \"nowhere\"\nport = 1"))
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 2, "{errs:?}");
+}

@@ -51,7 +51,7 @@ pub(crate) struct EventLoop {
     /// For catch-up and verify reads.
     pub api: Arc<ApiClient>,
     /// Attribute names rules read.
-    pub wanted: Arc<[Box<str>]>,
+    pub wanted: Arc<crate::genesys::frames::Wanted>,
     /// Where reads come back, to be applied like events.
     pub reads: mpsc::Sender<ConversationEvent>,
     /// A watched conversation live later than this after first heard of gets a read.
@@ -389,7 +389,7 @@ impl EventLoop {
         self.stats.catchup_reads.inc();
         tracing::debug!(conversation_id = id, why, "reading the conversation");
         let api = Arc::clone(&self.api);
-        let wanted = Arc::clone(&self.wanted);
+        let wanted = self.wanted.get();
         let reads = self.reads.clone();
         let id = id.to_string();
         tokio::spawn(async move {
@@ -438,10 +438,11 @@ impl EventLoop {
         if self.draining {
             return IntakeAnswer::ShuttingDown;
         }
+        let wanted_now = self.wanted.get();
         let attributes: Vec<(Box<str>, Box<str>)> = call
             .attributes
             .iter()
-            .filter(|(k, _)| self.wanted.iter().any(|w| **w == **k))
+            .filter(|(k, _)| wanted_now.iter().any(|w| **w == **k))
             .cloned()
             .collect();
         let has_intent = call.intent.is_some() || !attributes.is_empty();
@@ -565,7 +566,7 @@ impl EventLoop {
         }
         self.stats.resync_reads.add(wanted.len() as u64);
         let api = Arc::clone(&self.api);
-        let wanted_attrs = Arc::clone(&self.wanted);
+        let wanted_attrs = self.wanted.get();
         let reads = self.reads.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt as _;

@@ -76,11 +76,18 @@ impl Health {
         if e.is_none() {
             *e = Some(at);
         }
+        self.publish();
+    }
+
+    /// Sets the live-streams gauge.
+    fn publish(&self) {
+        crate::metrics::set_streams_live(self.up.values().filter(|u| u.is_some()).count());
     }
 
     /// The stream lost its socket.
     pub(crate) fn down(&mut self, stream: usize) {
         self.up.insert(stream, None);
+        self.publish();
     }
 
     /// The twin that was up for the whole of a gap that began at `since`, if any.

@@ -33,12 +33,16 @@ use crate::telemetry::Stats;
 
 mod event_loop;
 mod health;
+mod notify;
+mod reload;
 
 use event_loop::{Discovery, EventLoop};
 use health::Health;
 
 /// How often eviction runs.
 const EVICT_EVERY: Duration = Duration::from_secs(30);
+/// How often `STATUS=` is refreshed for systemd.
+const STATUS_EVERY: Duration = Duration::from_secs(15);
 /// How often the journal forgets closes past retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Closes a past run finished this recently become tombstones at start, so a repeated
@@ -57,10 +61,14 @@ pub struct RunOptions {
     pub reports: Option<mpsc::UnboundedSender<CloseReport>>,
     /// Tell systemd READY=1 / STOPPING=1 (no-op when not under systemd).
     pub notify_systemd: bool,
+    /// Each message re-reads the config file and applies it (SIGHUP); `None`: no reloads.
+    pub reload: Option<mpsc::Receiver<()>>,
     /// The intake credential, when `[intake]` is on (the CLI reads it before any I/O).
     pub intake_token: Option<SecretString>,
     /// Told the intake's bound address once it listens (tests, demo: port 0).
     pub intake_bound: Option<oneshot::Sender<SocketAddr>>,
+    /// Told the metrics server's bound address once it listens (tests, demo: port 0).
+    pub metrics_bound: Option<oneshot::Sender<SocketAddr>>,
 }
 
 /// Why the daemon could not run.
@@ -173,8 +181,12 @@ async fn usable_sources(config: &Config, api: &ApiClient) -> Result<Usable, Daem
 pub async fn run(
     config: &Config,
     secret: SecretString,
-    opts: RunOptions,
+    mut opts: RunOptions,
 ) -> Result<Summary, DaemonError> {
+    // The recorder before anything is counted (start-up requests included).
+    if config.metrics.is_some() {
+        crate::metrics::install();
+    }
     // The journal first: without it a crash could lose a close, so no state directory,
     // no start. It also refuses a second daemon on the same directory.
     let opened = crate::journal::open(
@@ -210,7 +222,7 @@ pub async fn run(
     let usable = usable_sources(config, &api).await?;
 
     let rules = Rules::compile(config);
-    let wanted: Arc<[Box<str>]> = rules.attributes().into();
+    let wanted = crate::genesys::frames::Wanted::new(rules.attributes());
     let stats = Arc::new(Stats::default());
     let store = Arc::new(Store::new());
     let waiters = Arc::new(Waiters::default());
@@ -270,9 +282,13 @@ pub async fn run(
     }
     // The mirrors hold the configured topics again, on channels of their own (the
     // slots hold no conversation yet: this is the configured set).
+    let mut mirror_slots = Vec::new();
     for (&index, slot) in mirrors.iter().zip(&slots) {
-        spawn_stream(index, Slot::new(slot.expected_live()));
+        let m = Slot::new(slot.expected_live());
+        mirror_slots.push(Arc::clone(&m));
+        spawn_stream(index, m);
     }
+    let static_slots: Vec<Arc<Slot>> = slots[..statics].to_vec();
     let slots_at_start = slots.len();
     let channels = slots_at_start + mirrors.len();
     let subs = match &usable.detail {
@@ -315,6 +331,20 @@ pub async fn run(
         }
     });
 
+    // Metrics and health (`[metrics]`), until `run` returns.
+    let probes = crate::metrics::Probes::new(journal.writable());
+    let _metrics = match &config.metrics {
+        Some(m) => {
+            let server = crate::metrics::start(m, probes.clone())
+                .await
+                .map_err(|e| DaemonError::Setup(e.to_string()))?;
+            if let Some(tell) = opts.metrics_bound {
+                let _ = tell.send(server.addr);
+            }
+            Some(server)
+        }
+        None => None,
+    };
     // The intake listens only once everything it feeds exists.
     let (intake_tx, mut intake_rx) = mpsc::channel::<IntakeCall>(intake::QUEUE);
     let stop_intake = CancellationToken::new();
@@ -390,10 +420,22 @@ pub async fn run(
         .map(|i| (i, false))
         .collect();
     let mut ready_sent = false;
+    let notifier = notify::Notifier::new(opts.notify_systemd);
+    let mut reloader = reload::Reloader {
+        current: config.clone(),
+        static_slots,
+        mirror_slots,
+    };
+    let mut reload_rx = opts.reload.take();
+    let mut watchdog = notifier.watchdog_every().map(tokio::time::interval);
+    let mut status_tick = tokio::time::interval(STATUS_EVERY);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drain_deadline = None::<Instant>;
+    let mut beat = tokio::time::interval(crate::metrics::TICK_EVERY);
     let mut evict = tokio::time::interval(EVICT_EVERY);
     evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        probes.tick();
         tokio::select! {
             // Shutdown: stop deciding, let running closes finish (they still need events).
             _ = opts.shutdown.cancelled(), if !lp.draining => {
@@ -401,9 +443,7 @@ pub async fn run(
                 stop_intake.cancel();
                 drain_deadline = Some(Instant::now() + opts.drain_timeout);
                 closes.close();
-                if opts.notify_systemd {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-                }
+                notifier.stopping(&format!("draining {} close(s) in flight", closes.len()));
                 tracing::info!(in_flight = closes.len(), "shutting down: draining in-flight closes");
             }
             _ = closes.wait(), if lp.draining => break,
@@ -424,12 +464,11 @@ pub async fn run(
                     lp.health.up(stream, Instant::now());
                     // A stream the subscription manager added is not awaited for readiness.
                     live.insert(stream, true);
+                    probes.set_ready(live.values().all(|l| *l));
                     if !ready_sent && live.values().all(|l| *l) {
                         ready_sent = true;
                         tracing::info!(%channel_id, "all channels live: ready");
-                        if opts.notify_systemd {
-                            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-                        }
+                        notifier.ready(&status_line(&live, &lp, &stats));
                     }
                 }
                 StreamEvent::Gap { stream, gap, reason } => lp.on_gap(stream, gap, reason),
@@ -438,6 +477,7 @@ pub async fn run(
                     if let Some(l) = live.get_mut(&stream) {
                         *l = false;
                     }
+                    probes.set_ready(live.values().all(|l| *l));
                     tracing::debug!(stream, %reason, "stream down");
                 }
             },
@@ -449,7 +489,21 @@ pub async fn run(
                 lp.on_event(&ev, Instant::now());
             }
             _ = evict.tick() => lp.evict(),
+            _ = beat.tick() => crate::metrics::set_tracked(store.len()),
             _ = prune.tick() => journal.prune(config.daemon.retention),
+            // Sent from the loop itself: a wedged loop stops it and systemd restarts us.
+            _ = tick_opt(&mut watchdog) => notifier.watchdog(),
+            _ = status_tick.tick() => {
+                if !lp.draining {
+                    notifier.status(&status_line(&live, &lp, &stats));
+                }
+            }
+            Some(()) = recv_opt(&mut reload_rx), if !lp.draining => {
+                notifier.reloading();
+                match reloader.reload(&mut lp) {
+                    Ok(status) | Err(status) => notifier.ready(&status),
+                }
+            }
         }
     }
     let abandoned = closes.len();
@@ -505,6 +559,34 @@ pub async fn run(
         opened.guard.finish();
     }
     Ok(summary)
+}
+
+/// `STATUS=` for systemd: connection state and counts.
+fn status_line(live: &HashMap<usize, bool>, lp: &EventLoop, stats: &Stats) -> String {
+    let up = live.values().filter(|l| **l).count();
+    format!(
+        "{up}/{} channels live; {} conversations tracked; {} decisions, {} closes in flight",
+        live.len(),
+        lp.store.len(),
+        stats.decisions.get(),
+        lp.waiters.len()
+    )
+}
+
+async fn tick_opt(i: &mut Option<tokio::time::Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -543,6 +543,7 @@ impl ApiClient {
         };
         url.set_path(&format!("{base_path}{path}"));
         url.set_query(query);
+        let operation = crate::metrics::api_operation(method.as_str(), path);
         let mut backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(10))
@@ -556,7 +557,9 @@ impl ApiClient {
             // The permit first, the token after it: a wait behind the budget (or a 429
             // pause) cannot leave the request holding a token that expired meanwhile.
             self.budget.acquire(priority).await;
-            let token = self.tokens.token().await?;
+            let token = self.tokens.token().await.inspect_err(|_| {
+                crate::metrics::api_failure(operation, "auth");
+            })?;
             let mut req = self
                 .http
                 .request(method.clone(), url.clone())
@@ -567,6 +570,7 @@ impl ApiClient {
             let result = req.send().await;
             let (err, wait) = match result {
                 Err(e) => {
+                    crate::metrics::api_failure(operation, "transport");
                     let err = ApiError::Transport {
                         method: method.clone(),
                         path: path.to_string(),
@@ -576,6 +580,7 @@ impl ApiClient {
                 }
                 Ok(resp) => {
                     let status = resp.status();
+                    crate::metrics::api_request(operation, status.as_u16());
                     let correlation_id = header(&resp, "inin-correlation-id");
                     let retry_after = header(&resp, "retry-after")
                         .and_then(|v| v.trim().parse::<u64>().ok())

@@ -191,8 +191,12 @@ impl TokenSource {
             .form(&[("grant_type", "client_credentials")])
             .send()
             .await
-            .map_err(|e| AuthError::Unavailable(e.without_url().to_string()))?;
+            .map_err(|e| {
+                crate::metrics::api_failure("token", "transport");
+                AuthError::Unavailable(e.without_url().to_string())
+            })?;
         let status = resp.status().as_u16();
+        crate::metrics::api_request("token", status);
         let body = resp
             .bytes()
             .await

@@ -125,11 +125,13 @@ impl State {
 
     fn depths(&mut self) -> [usize; 3] {
         self.prune();
-        [
+        let depths = [
             self.queues[0].len(),
             self.queues[1].len(),
             self.queues[2].len(),
-        ]
+        ];
+        crate::metrics::budget_queued(depths);
+        depths
     }
 
     fn is_empty(&mut self) -> bool {
@@ -214,9 +216,9 @@ impl Budget {
                     && st.is_empty()
                     && (std::mem::take(&mut st.spare) || self.inner.try_cell())
                 {
-                    return Permit {
-                        waited: start.elapsed(),
-                    };
+                    let waited = start.elapsed();
+                    crate::metrics::budget_wait(p, waited);
+                    return Permit { waited };
                 }
                 let (tx, rx) = oneshot::channel();
                 st.queues[p.index()].push_back(tx);
@@ -237,6 +239,7 @@ impl Budget {
             self.inner.waited_total.fetch_add(1, Ordering::Relaxed);
             self.report(waited);
         }
+        crate::metrics::budget_wait(p, waited);
         Permit { waited }
     }
 

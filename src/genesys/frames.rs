@@ -423,6 +423,28 @@ pub fn topic_kind(topic: &str) -> TopicKind {
     }
 }
 
+/// The participant attribute names some rule reads, shared by every reader (streams,
+/// REST reads, the intake) and replaced whole when a reload changes the rules.
+#[derive(Debug)]
+pub struct Wanted(std::sync::RwLock<std::sync::Arc<[Box<str>]>>);
+
+impl Wanted {
+    /// Shares `names`.
+    pub fn new(names: &[Box<str>]) -> std::sync::Arc<Wanted> {
+        std::sync::Arc::new(Wanted(std::sync::RwLock::new(names.into())))
+    }
+
+    /// The names now (one uncontended read lock and a reference count).
+    pub fn get(&self) -> std::sync::Arc<[Box<str>]> {
+        std::sync::Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the names (a reload).
+    pub fn set(&self, names: &[Box<str>]) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = names.into();
+    }
+}
+
 /// Reads one socket text frame. `wanted_attributes` are the participant attribute names
 /// some rule reads; all others are dropped here.
 pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, FrameError> {

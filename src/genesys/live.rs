@@ -260,6 +260,7 @@ impl ChannelStream {
                         Some(Err(e)) => {
                             let why = if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
                                 self.stats.oversized_frames.inc();
+                                crate::metrics::frame("oversized");
                                 format!("a frame over {} MiB cannot be skipped by the socket library: {e}", MAX_FRAME_BYTES >> 20)
                             } else {
                                 format!("socket error: {e}")
@@ -276,6 +277,7 @@ impl ChannelStream {
                         }
                         Some(Ok(Message::Binary(b))) => {
                             self.stats.binary_frames.inc();
+                            crate::metrics::frame("binary");
                             if let Some(held) = self.stats.log_limit.allow("binary") {
                                 tracing::warn!(stream = self.index, channel_id = %ch.id, bytes = b.len(),
                                     held_back = held, "skipping a binary frame (Genesys sends text)");
@@ -309,6 +311,11 @@ impl ChannelStream {
                             checking = Some(Box::pin(async move { self.resubscribe(&c).await }));
                         }
                     }
+                }
+                // A reload changed the configured topics: write the whole set in place.
+                _ = self.slot.static_changed(), if checking.is_none() => {
+                    let c = ch.clone();
+                    checking = Some(Box::pin(async move { self.apply_topic_change(&c).await }));
                 }
                 end = side(&mut checking) => {
                     checking = None;
@@ -345,6 +352,7 @@ impl ChannelStream {
                             pinged = false;
                             renew_at = rotate_at(&ch);
                             self.stats.rotations.inc();
+                            crate::metrics::rotation(crate::metrics::rotation_class(reason));
                             self.announce(&ch, None).await;
                         }
                         Err(e) => {
@@ -429,12 +437,30 @@ impl ChannelStream {
                 )
             });
         }
+        crate::metrics::rotation("no_longer_subscribed");
         self.gap(
             since.elapsed(),
             "no_longer_subscribed: topics re-added in place",
         )
         .await;
         None
+    }
+
+    /// A reload changed the configured topics: `PUT` the whole set on this channel (no
+    /// reconnect; topics kept are never absent, so nothing is missed on them).
+    async fn apply_topic_change(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
+        match self.subscribe(ch).await {
+            Ok(()) => {
+                tracing::info!(stream = self.index, channel_id = %ch.id,
+                    "configured topics changed by a reload: subscribed in place");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e,
+                    "subscribing the reloaded topics failed; the channel will be subscribed again");
+                Some(|ch| LiveEnd::Unsubscribed(ch, "subscribing the reloaded topics failed".into()))
+            }
+        }
     }
 
     async fn gap(&self, gap: Duration, reason: &'static str) {
@@ -483,6 +509,7 @@ impl ChannelStream {
             tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e, "re-adding dropped topics failed; will try again");
             return None;
         }
+        crate::metrics::rotation("topics_dropped");
         self.gap(
             self.config.verify_every,
             "topics dropped silently by the server",
@@ -496,16 +523,18 @@ impl ChannelStream {
         self.stats.frames.inc();
         if text.len() > OVERSIZED_FRAME_BYTES {
             self.stats.oversized_frames.inc();
+            crate::metrics::frame("oversized");
             if let Some(held) = self.stats.log_limit.allow("oversized") {
                 tracing::warn!(stream = self.index, channel_id = %ch.id, bytes = text.len(),
                     held_back = held, "skipping an oversized frame unparsed");
             }
             return Action::Continue;
         }
-        let frame = match parse_frame(text, &self.wanted_attributes) {
+        let frame = match parse_frame(text, &self.wanted_attributes.get()) {
             Ok(f) => f,
             Err(e) => {
                 self.stats.malformed_frames.inc();
+                crate::metrics::frame("malformed");
                 if let Some(held) = self.stats.log_limit.allow("malformed") {
                     let head: String = text.chars().take(120).collect();
                     tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e,
@@ -514,6 +543,7 @@ impl ChannelStream {
                 return Action::Continue;
             }
         };
+        crate::metrics::frame(crate::metrics::frame_kind(&frame));
         match frame {
             Frame::Heartbeat | Frame::Pong => Action::Continue,
             Frame::Conversation(ev) => {

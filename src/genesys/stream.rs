@@ -114,7 +114,7 @@ pub struct ChannelStream {
     /// Timing settings.
     pub config: StreamConfig,
     /// Attribute names to keep from frames.
-    pub wanted_attributes: Arc<[Box<str>]>,
+    pub wanted_attributes: Arc<super::frames::Wanted>,
     /// To the event loop.
     pub events: mpsc::Sender<StreamEvent>,
     /// Counters.
@@ -157,12 +157,14 @@ impl ChannelStream {
                     match end {
                         LiveEnd::Cancelled => return,
                         LiveEnd::Unsubscribed(ch, reason) => {
+                            crate::metrics::reconnect("unsubscribed");
                             self.down(&reason).await;
                             State::Backoff(Some(ch), false, reason)
                         }
                         // Through backoff, so a server that keeps dropping channels is not
                         // answered with a tight loop of channel creations.
                         LiveEnd::ChannelGone(reason) => {
+                            crate::metrics::reconnect("channel_gone");
                             self.down(&reason).await;
                             State::Backoff(
                                 None,
@@ -171,6 +173,7 @@ impl ChannelStream {
                             )
                         }
                         LiveEnd::Failed(ch, reason) => {
+                            crate::metrics::reconnect(crate::metrics::reconnect_class(&reason));
                             self.down(&reason).await;
                             if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
                                 // A connection that worked for a while is retried at once on

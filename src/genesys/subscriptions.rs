@@ -58,6 +58,8 @@ enum ConvSub {
 /// One channel's wanted topics, shared by the manager and the channel's stream.
 pub struct Slot {
     state: Mutex<SlotState>,
+    /// The configured topics changed (a reload): the stream re-subscribes in place.
+    static_changed: tokio::sync::Notify,
 }
 
 struct SlotState {
@@ -99,7 +101,26 @@ impl Slot {
                 stale_since: None,
                 removals: 0,
             }),
+            static_changed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Replaces the configured topics (a reload); returns whether they changed. The
+    /// stream then writes the whole set on its channel, without reconnecting.
+    pub fn set_static(&self, topics: Vec<String>) -> bool {
+        let mut s = lock(&self.state);
+        if s.static_topics == topics {
+            return false;
+        }
+        s.static_topics = topics;
+        drop(s);
+        self.static_changed.notify_one();
+        true
+    }
+
+    /// Resolves when the configured topics changed since the last call.
+    pub async fn static_changed(&self) {
+        self.static_changed.notified().await;
     }
 
     /// Every topic the channel should carry now, and the watched conversations among
@@ -442,6 +463,7 @@ impl Manager {
         let mut placed: HashMap<Box<str>, usize> = HashMap::new();
         let mut full_warned = false;
         loop {
+            crate::metrics::set_watched_topics(placed.len() * WATCH_SUFFIXES.len());
             let due = self
                 .slots
                 .iter()

@@ -22,6 +22,8 @@ mod sqlite;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -172,6 +174,8 @@ enum Cmd {
 #[derive(Clone)]
 pub struct Journal {
     tx: std_mpsc::Sender<Cmd>,
+    /// Whether the last write succeeded (for `/readyz`).
+    writable: Arc<AtomicBool>,
 }
 
 /// What `open` hands back besides the handle: the lock and the writer, kept alive
@@ -247,12 +251,14 @@ pub fn open(state_dir: &Path, finished_since_ms: i64) -> Result<Opened, JournalE
     let unfinished = backend.unfinished()?;
     let recently_finished = backend.finished_since(finished_since_ms)?;
     let (tx, rx) = std_mpsc::channel::<Cmd>();
+    let writable = Arc::new(AtomicBool::new(true));
+    let ok = Arc::clone(&writable);
     let writer = std::thread::Builder::new()
         .name("journal".into())
-        .spawn(move || writer(backend, rx))
+        .spawn(move || writer(backend, rx, &ok))
         .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
     Ok(Opened {
-        journal: Journal { tx },
+        journal: Journal { tx, writable },
         unfinished,
         recently_finished,
         guard: JournalGuard {
@@ -275,16 +281,18 @@ pub fn open_read(state_dir: &Path) -> Result<SqliteBackend, JournalError> {
     SqliteBackend::open_read_only(&path)
 }
 
-fn writer(mut b: SqliteBackend, rx: std_mpsc::Receiver<Cmd>) {
-    fn answer(reply: Option<Reply>, r: Result<(), JournalError>, what: &str, id: &str) {
+fn writer(mut b: SqliteBackend, rx: std_mpsc::Receiver<Cmd>, ok: &AtomicBool) {
+    let answer = |reply: Option<Reply>, r: Result<(), JournalError>, what: &str, id: &str| {
+        ok.store(r.is_ok(), Ordering::Relaxed);
         if let Err(e) = &r {
+            crate::metrics::journal_error();
             tracing::error!(conversation_id = id, error = %e, what,
                 "journal write failed; the close goes on, but a crash now could not resume it");
         }
         if let Some(reply) = reply {
             let _ = reply.send(r);
         }
-    }
+    };
     while let Ok(cmd) = rx.recv() {
         match cmd {
             Cmd::Decision(d, reply) => {
@@ -311,7 +319,10 @@ fn writer(mut b: SqliteBackend, rx: std_mpsc::Receiver<Cmd>) {
                 Ok(n) => {
                     tracing::info!(pruned = n, "journal: pruned finished closes past retention")
                 }
-                Err(e) => tracing::error!(error = %e, "journal prune failed"),
+                Err(e) => {
+                    crate::metrics::journal_error();
+                    tracing::error!(error = %e, "journal prune failed")
+                }
             },
         }
     }
@@ -320,8 +331,15 @@ fn writer(mut b: SqliteBackend, rx: std_mpsc::Receiver<Cmd>) {
 impl Journal {
     fn submit(&self, cmd: Cmd) {
         if self.tx.send(cmd).is_err() {
+            self.writable.store(false, Ordering::Relaxed);
             tracing::error!("journal writer stopped; records are no longer kept");
         }
+    }
+
+    /// Whether the last write succeeded: cleared by a failed write, set again by the
+    /// next one that succeeds (for `/readyz`).
+    pub fn writable(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.writable)
     }
 
     async fn submit_wait(&self, make: impl FnOnce(Reply) -> Cmd) -> Result<(), JournalError> {

@@ -22,7 +22,8 @@
 //! - `generator`: conversations at a steady rate;
 //! - `serve`: the `sim` subcommand;
 //! - `channels`: channels, their lifetime and sockets; `events`: event fan-out
-//!   and the event log; `rest_faults`, `faults`: fault injection.
+//!   and the event log; `rest_faults`, `faults`: fault injection; `rest_limits`: the
+//!   org's rate limit and held requests.
 //!
 //! Fault injection, for the daemon's fault matrix (all on `SimHandle`; the
 //! `sim` subcommand exposes none of it):
@@ -33,7 +34,9 @@
 //!   (timed expiry, renewed by re-subscribing), `no_longer_subscribed`,
 //!   `drop_topics_silently`;
 //! - REST: `fail_requests` (`RestFault`), `fail_requests_for`,
-//!   `clear_request_faults`, `revoke_tokens`;
+//!   `clear_request_faults`, `revoke_tokens`; the org's rate limit
+//!   (`SimConfig::rate_limit`, `set_rate_limit`); held, slow requests
+//!   (`delay_requests`, `hold_requests`), to stop a client while a request is in flight;
 //! - frames that are not notifications: `push_raw_text`, `push_binary`,
 //!   `push_oversized`;
 //! - evidence: `event_log` numbers every conversation event per conversation
@@ -55,6 +58,7 @@ mod model;
 mod rest;
 mod rest_conversations;
 mod rest_faults;
+mod rest_limits;
 mod rest_notifications;
 mod script;
 mod serve;
@@ -63,6 +67,7 @@ mod world;
 
 pub use channels::Scope;
 pub use faults::{EventRecord, RestFault};
+pub use rest_limits::RequestDelay;
 pub use script::{FAULT_NAMES, FaultAction, ScriptedFault};
 pub use serve::serve_forever;
 
@@ -113,6 +118,12 @@ pub struct SimConfig {
     /// "resubscribe to topics") restarts the lifetime from that moment. Change
     /// it mid-run with `SimHandle::expire_channels_after`.
     pub channel_ttl: Duration,
+    /// The org's API rate limit: at most this many API requests (`/api/...`; not the
+    /// token grant, not the WebSocket) in any sliding window of this length; one more
+    /// is answered 429 `too.many.requests` with `Retry-After` (whole seconds until the
+    /// window has room). Genesys's default is 300 per 60 s per OAuth client. `None`
+    /// (the default): no limit. Change it mid-run with `SimHandle::set_rate_limit`.
+    pub rate_limit: Option<(u32, Duration)>,
 }
 
 impl Default for SimConfig {
@@ -130,6 +141,7 @@ impl Default for SimConfig {
             data_action: None,
             refused_transports: Vec::new(),
             channel_ttl: Duration::from_secs(24 * 3600),
+            rate_limit: None,
         }
     }
 }
@@ -150,6 +162,7 @@ impl fmt::Debug for SimConfig {
             .field("data_action", &self.data_action)
             .field("refused_transports", &self.refused_transports)
             .field("channel_ttl", &self.channel_ttl)
+            .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
@@ -331,7 +344,9 @@ pub struct RecordedRequest {
     pub auth_scheme: Option<String>,
     /// The body as text (lossy UTF-8; a form `client_secret` is masked).
     pub body: String,
-    /// The status answered; 0 while the request is still being handled.
+    /// The status answered; 0 while the request is still being handled (or held,
+    /// see `SimHandle::delay_requests`); 499 for a held request dropped unserved
+    /// because its client went away (`RequestDelay::completes_without_client`).
     pub status: u16,
 }
 
@@ -396,6 +411,11 @@ impl SimHandle {
     /// Every HTTP request in arrival order with the status answered (the last 100,000).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.world().requests()
+    }
+
+    /// `requests()` with each request's arrival time.
+    pub fn requests_timed(&self) -> Vec<(std::time::Instant, RecordedRequest)> {
+        self.world().requests_timed()
     }
 
     /// The sockets attached now stall for `d`: they send nothing (no events, heartbeats

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::ids::uuid_v4;
 use super::world::World;
 use super::{
-    RecordedRequest, available_topics, rest_conversations as conv, rest_faults,
+    RecordedRequest, available_topics, rest_conversations as conv, rest_faults, rest_limits,
     rest_notifications as notif, socket,
 };
 
@@ -269,6 +269,7 @@ fn loggable_body(path: &str, bytes: &[u8]) -> String {
 
 /// Logs every request in arrival order, answers it, and normalises the answer:
 /// every error becomes an `ErrorBody`, every answer carries `ININ-Correlation-Id`.
+/// A request a hold matches (`rest_limits`) waits first, then is served the same way.
 async fn record(State(world): State<Arc<World>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
@@ -280,19 +281,8 @@ async fn record(State(world): State<Arc<World>>, req: Request, next: Next) -> Re
         body: String::new(),
         status: 0,
     });
-    let (logged_body, resp) = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(bytes) => {
-            let logged = loggable_body(&path, &bytes);
-            // An injected fault answers in place of the handler, like a gateway would.
-            let resp = match world.take_rest_fault(&path) {
-                Some(hit) => rest_faults::answer(&path, hit),
-                None => {
-                    next.run(Request::from_parts(parts, Body::from(bytes)))
-                        .await
-                }
-            };
-            (logged, resp)
-        }
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
         Err(_) => {
             let msg = format!("Request body unreadable or larger than {MAX_BODY} bytes.");
             let resp = ApiError::new(
@@ -301,11 +291,92 @@ async fn record(State(world): State<Arc<World>>, req: Request, next: Next) -> Re
                 msg,
             )
             .into_response();
-            ("<unreadable or too large>".to_owned(), resp)
+            let resp = normalise(resp);
+            world.finish_request(
+                seq,
+                "<unreadable or too large>".to_owned(),
+                resp.status().as_u16(),
+            );
+            return resp;
         }
     };
+    let logged = loggable_body(&path, &bytes);
+    let hold = world.take_hold(parts.method.as_str(), &path);
+    let req = Request::from_parts(parts, Body::from(bytes));
+    let Some(hold) = hold else {
+        return serve(&world, seq, logged, req, next).await;
+    };
+    let cancel = world.cancel.clone();
+    let held = {
+        let world = Arc::clone(&world);
+        async move {
+            tokio::select! {
+                _ = cancel.cancelled() => None,
+                _ = tokio::time::sleep(hold.delay) => Some(serve(&world, seq, logged, req, next).await),
+            }
+        }
+    };
+    let unserved = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service.unavailable",
+            "The service is shutting down.",
+        )
+        .into_response()
+    };
+    if hold.completes_without_client {
+        // Its own task: served even if the client goes and this future is dropped.
+        match tokio::spawn(held).await {
+            Ok(Some(resp)) => resp,
+            _ => unserved(),
+        }
+    } else {
+        // Dropped with this future if the client goes first: logged as 499.
+        let mut guard = Unserved {
+            world: &world,
+            seq,
+            armed: true,
+        };
+        let resp = held.await;
+        guard.armed = false;
+        resp.unwrap_or_else(unserved)
+    }
+}
+
+/// Logs a held request dropped before it was served (its client went away) as 499.
+struct Unserved<'a> {
+    world: &'a World,
+    seq: u64,
+    armed: bool,
+}
+
+impl Drop for Unserved<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.world.finish_request(
+                self.seq,
+                "<client went away while the request was held>".to_owned(),
+                rest_limits::CLIENT_CLOSED_REQUEST,
+            );
+        }
+    }
+}
+
+/// Answers one request (an injected fault, the org's rate limit, or its handler) and
+/// logs the answer's status.
+async fn serve(world: &World, seq: u64, logged: String, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    // An injected fault, then the rate limit, answer in place of the handler, like a
+    // gateway would.
+    let resp = if let Some(hit) = world.take_rest_fault(&path) {
+        rest_faults::answer(&path, hit)
+    } else if let Some(limited) = world.take_rate_limit(&path) {
+        rest_limits::answer(limited)
+    } else {
+        next.run(req).await
+    };
     let resp = normalise(resp);
-    world.finish_request(seq, logged_body, resp.status().as_u16());
+    world.finish_request(seq, logged, resp.status().as_u16());
     resp
 }
 

@@ -5,8 +5,8 @@
 //!
 //! Lock order, to rule out deadlocks: `conversations` -> `channels` -> `events`,
 //! and `conversations` -> `channels` -> `frames`; `tokens`, `requests`,
-//! `rest_faults`, `channel_ttl`, `data_action`, `data_action_log`, `sent_messages`
-//! and `wrapup_log` are leaves.
+//! `rest_faults`, `limits`, `channel_ttl`, `data_action`, `data_action_log`,
+//! `sent_messages` and `wrapup_log` are leaves.
 //! No guard is ever held across `.await`: fan-out uses `try_send`, so publishing
 //! never waits on a socket, and data-action POSTs copy their target out of the
 //! lock first.
@@ -25,6 +25,7 @@ use super::events::EventLog;
 use super::ids::uuid_v4;
 use super::lifecycle::Conversations;
 use super::rest_faults::ActiveFault;
+use super::rest_limits::Limits;
 use super::{
     DataAction, DataActionCall, Faults, FlowMetricsMode, RecordedRequest, SentMessage, SentWrapup,
     SimConfig,
@@ -75,6 +76,8 @@ pub(crate) struct World {
     pub(crate) channels: Mutex<HashMap<String, Channel>>,
     pub(crate) events: Mutex<EventLog>,
     pub(crate) rest_faults: Mutex<Vec<ActiveFault>>,
+    /// The org's rate limit and the requests to hold (`rest_limits`).
+    pub(crate) limits: Mutex<Limits>,
     pub(crate) conversations: Mutex<Conversations>,
     ignore_disconnect: AtomicBool,
     ignore_teardown: AtomicBool,
@@ -89,7 +92,8 @@ pub(crate) struct World {
     next_request: AtomicU64,
     tokens: Mutex<HashMap<String, Instant>>,
     frames: Mutex<VecDeque<Value>>,
-    requests: Mutex<VecDeque<(u64, RecordedRequest)>>,
+    /// Sequence number, arrival time, request.
+    requests: Mutex<VecDeque<(u64, Instant, RecordedRequest)>>,
     sent_messages: Mutex<VecDeque<SentMessage>>,
     wrapup_log: Mutex<VecDeque<SentWrapup>>,
 }
@@ -122,6 +126,7 @@ impl World {
             channels: Mutex::new(HashMap::new()),
             events: Mutex::new(EventLog::default()),
             rest_faults: Mutex::new(Vec::new()),
+            limits: Mutex::new(Limits::new(cfg.rate_limit)),
             conversations: Mutex::new(Conversations::default()),
             ignore_disconnect: AtomicBool::new(false),
             ignore_teardown: AtomicBool::new(false),
@@ -264,15 +269,15 @@ impl World {
         if log.len() >= REQUEST_LOG_CAP {
             log.pop_front();
         }
-        log.push_back((seq, req));
+        log.push_back((seq, Instant::now(), req));
         seq
     }
 
     pub(crate) fn finish_request(&self, seq: u64, body: String, status: u16) {
         let mut log = lock(&self.requests);
         // Sequence numbers are increasing, so a binary search finds the entry.
-        if let Ok(i) = log.binary_search_by_key(&seq, |(s, _)| *s)
-            && let Some((_, r)) = log.get_mut(i) {
+        if let Ok(i) = log.binary_search_by_key(&seq, |(s, _, _)| *s)
+            && let Some((_, _, r)) = log.get_mut(i) {
                 r.body = body;
                 r.status = status;
             }
@@ -281,7 +286,14 @@ impl World {
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.requests)
             .iter()
-            .map(|(_, r)| r.clone())
+            .map(|(_, _, r)| r.clone())
+            .collect()
+    }
+
+    pub(crate) fn requests_timed(&self) -> Vec<(Instant, RecordedRequest)> {
+        lock(&self.requests)
+            .iter()
+            .map(|(_, at, r)| (*at, r.clone()))
             .collect()
     }
 

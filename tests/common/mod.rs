@@ -108,8 +108,10 @@ pub async fn start_daemon(mut config: Config, sim: &SimHandle) -> Running {
         drain_timeout: Duration::from_secs(10),
         reports: Some(tx),
         notify_systemd: false,
+        reload: None,
         intake_token: None,
         intake_bound: None,
+        metrics_bound: None,
     };
     let secret = SecretString::from("sim-secret".to_string());
     let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
@@ -212,8 +214,10 @@ pub async fn start_bot_daemon(mut config: Config, sim: &SimHandle) -> (Running, 
         drain_timeout: Duration::from_secs(10),
         reports: Some(tx),
         notify_systemd: false,
+        reload: None,
         intake_token: Some(SecretString::from(INTAKE_TOKEN.to_string())),
         intake_bound: Some(bound_tx),
+        metrics_bound: None,
     };
     let secret = SecretString::from("sim-secret".to_string());
     let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
@@ -230,6 +234,61 @@ pub async fn start_bot_daemon(mut config: Config, sim: &SimHandle) -> (Running, 
             _state: state,
         },
         format!("http://{addr}/v1/intents"),
+    )
+}
+
+/// Starts the daemon with `[metrics]` on a free loopback port (and the intake when the
+/// config has it); returns it, the metrics address and the intake's, once its socket is
+/// connected.
+pub async fn start_metrics_daemon(
+    mut config: Config,
+    sim: &SimHandle,
+) -> (
+    Running,
+    std::net::SocketAddr,
+    Option<std::net::SocketAddr>,
+) {
+    genesys_closer::telemetry::init_logging(&config.log);
+    let state = private_state_dir(&mut config);
+    config.metrics = Some(genesys_closer::config::MetricsConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+    });
+    let (tx, reports) = mpsc::unbounded_channel();
+    let stop = CancellationToken::new();
+    let (intake_tx, intake_rx) = tokio::sync::oneshot::channel();
+    let (metrics_tx, metrics_rx) = tokio::sync::oneshot::channel();
+    let intake = config.intake.is_some();
+    let opts = RunOptions {
+        shutdown: stop.clone(),
+        drain_timeout: Duration::from_secs(10),
+        reports: Some(tx),
+        notify_systemd: false,
+        reload: None,
+        intake_token: intake.then(|| SecretString::from(INTAKE_TOKEN.to_string())),
+        intake_bound: Some(intake_tx),
+        metrics_bound: Some(metrics_tx),
+    };
+    let secret = SecretString::from("sim-secret".to_string());
+    let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
+    let metrics = tokio::time::timeout(Duration::from_secs(15), metrics_rx)
+        .await
+        .expect("metrics bound in time")
+        .expect("metrics bound");
+    let intake = if intake {
+        Some(intake_rx.await.expect("intake bound"))
+    } else {
+        None
+    };
+    wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 1).await;
+    (
+        Running {
+            reports,
+            stop,
+            task,
+            _state: state,
+        },
+        metrics,
+        intake,
     )
 }
 

@@ -1,0 +1,136 @@
+//! Reloading the configuration in place (SIGHUP, `systemctl reload`).
+//!
+//! The file is read and validated again. On any problem the running configuration
+//! stays, every problem is logged with its position, and systemd's `STATUS=` says so.
+//! On success the rules are swapped at once (closes in flight finish under the rule
+//! that started them: each holds its own), the attributes frames keep follow the new
+//! rules, and changed queues, users and flows are subscribed on the running channels
+//! without a reconnect. Settings only read at start are named in a warning and take
+//! effect at the next restart.
+
+use std::sync::Arc;
+
+use crate::config::{Config, TOPICS_PER_CHANNEL};
+use crate::genesys::subscriptions::Slot;
+use crate::rules::Rules;
+
+use super::event_loop::EventLoop;
+
+/// What a reload needs to reach.
+pub(crate) struct Reloader {
+    /// The configuration running now.
+    pub current: Config,
+    /// The slots holding the configured topics (one per 1,000), and their mirrors.
+    pub static_slots: Vec<Arc<Slot>>,
+    /// The mirrors' slots, by the same index.
+    pub mirror_slots: Vec<Arc<Slot>>,
+}
+
+impl Reloader {
+    /// Re-reads the file; `Ok(status)` when the new configuration runs, `Err(status)`
+    /// when the old one stays.
+    pub(crate) fn reload(&mut self, lp: &mut EventLoop) -> Result<String, String> {
+        let path = self.current.source.clone();
+        let mut new = match Config::load(&path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for issue in &errors.0 {
+                    tracing::error!(problem = %issue, "reload: configuration problem");
+                }
+                return Err(format!(
+                    "reload failed: {} problem(s) in {}; still running the previous configuration",
+                    errors.0.len(),
+                    path.display()
+                ));
+            }
+        };
+        let old = &self.current;
+        let mut at_restart: Vec<&str> = Vec::new();
+        // Sections read only at start keep their running values until a restart.
+        macro_rules! keep {
+            ($field:ident, $name:literal) => {
+                if format!("{:?}", new.$field) != format!("{:?}", old.$field) {
+                    at_restart.push($name);
+                    new.$field = old.$field.clone();
+                }
+            };
+        }
+        keep!(genesys, "[genesys]");
+        keep!(intake, "[intake]");
+        keep!(daemon, "[daemon]");
+        keep!(log, "[log]");
+        // [stream]: the topic lists apply now; timings and switches at restart.
+        let mut timings = new.stream.clone();
+        timings.queues = old.stream.queues.clone();
+        timings.users = old.stream.users.clone();
+        timings.flows = old.stream.flows.clone();
+        if format!("{timings:?}") != format!("{:?}", old.stream) {
+            at_restart.push("[stream] timings and switches");
+            let (q, u, f) = (
+                std::mem::take(&mut new.stream.queues),
+                std::mem::take(&mut new.stream.users),
+                std::mem::take(&mut new.stream.flows),
+            );
+            new.stream = old.stream.clone();
+            new.stream.queues = q;
+            new.stream.users = u;
+            new.stream.flows = f;
+        }
+        let topics = new.stream.topics();
+        let mut topics_changed = false;
+        if topics != old.stream.topics() {
+            let chunks: Vec<Vec<String>> = topics
+                .chunks(TOPICS_PER_CHANNEL)
+                .map(<[String]>::to_vec)
+                .collect();
+            if chunks.len() != self.static_slots.len() || self.static_slots.is_empty() {
+                at_restart.push(
+                    "[stream] queues/users/flows (they need a different number of channels)",
+                );
+                new.stream.queues = old.stream.queues.clone();
+                new.stream.users = old.stream.users.clone();
+                new.stream.flows = old.stream.flows.clone();
+            } else {
+                for (i, chunk) in chunks.into_iter().enumerate() {
+                    if let Some(m) = self.mirror_slots.get(i) {
+                        m.set_static(chunk.clone());
+                    }
+                    self.static_slots[i].set_static(chunk);
+                }
+                if let Some(d) = &mut lp.discovery {
+                    d.flows = new.stream.flows.clone().into();
+                }
+                topics_changed = true;
+            }
+        }
+        let rules = Rules::compile(&new);
+        lp.wanted.set(rules.attributes());
+        lp.rules = rules;
+        if !at_restart.is_empty() {
+            tracing::warn!(
+                sections = %at_restart.join(", "),
+                "reload: these changes take effect at the next restart; the running values stay"
+            );
+        }
+        tracing::info!(
+            config = %path.display(),
+            rules = new.rules.len(),
+            topics = new.stream.topics().len(),
+            topics_changed,
+            "configuration reloaded"
+        );
+        let status = format!(
+            "reloaded {}: {} rule(s), {} topic(s){}",
+            path.display(),
+            new.rules.len(),
+            new.stream.topics().len(),
+            if at_restart.is_empty() {
+                String::new()
+            } else {
+                format!("; at next restart: {}", at_restart.join(", "))
+            }
+        );
+        self.current = new;
+        Ok(status)
+    }
+}

@@ -1,0 +1,854 @@
+//! Prometheus metrics and the health endpoints (`[metrics]`).
+//!
+//! The daemon records through the `metrics` facade: the helpers here name every family
+//! and keep its labels bounded (no conversation ids; rule names come from the config).
+//! When `[metrics]` is on, a recorder is installed once per process and a small HTTP/1
+//! server on loopback answers `GET` only:
+//! - `/metrics`: the Prometheus text format;
+//! - `/healthz`: 200 while the event loop turned within [`STALL_AFTER`], else 503;
+//! - `/readyz`: 200 while every configured stream is live and the journal writable,
+//!   else 503 naming what is not.
+//!
+//! Anything else is 404 (405 for another method on a known path). The server reads no
+//! body, bounds the header read in size and time, serves a bounded number of connections
+//! at once (more get 503 at once), and asks each connection to close after a while.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::closer::{CloseReport, Outcome};
+use crate::config::MetricsConfig;
+use crate::genesys::budget::Priority;
+use crate::genesys::frames::Frame;
+
+/// Frames read from the notification sockets, by `kind`.
+pub const FRAMES: &str = "genesys_closer_frames_total";
+/// Close sequences started, by `rule` and `source`.
+pub const DECISIONS: &str = "genesys_closer_decisions_total";
+/// Close sequences finished, by `rule`, `source` and `outcome`.
+pub const OUTCOMES: &str = "genesys_closer_outcomes_total";
+/// Decision to confirmed close, seconds, by `rule`.
+pub const CLOSE_LATENCY: &str = "genesys_closer_close_latency_seconds";
+/// Sockets lost (each followed by a reconnect), by `reason` class.
+pub const RECONNECTS: &str = "genesys_closer_reconnects_total";
+/// Moves to a fresh channel and topic sets restored in place, by `reason`.
+pub const ROTATIONS: &str = "genesys_closer_rotations_total";
+/// HTTP requests to Genesys (each attempt), by `operation` and `status`.
+pub const API_REQUESTS: &str = "genesys_closer_api_requests_total";
+/// Time a REST request waited for the rate budget, seconds, by `priority`.
+pub const BUDGET_WAIT: &str = "genesys_closer_budget_wait_seconds";
+/// REST requests waiting for the rate budget now, by `priority`.
+pub const BUDGET_QUEUED: &str = "genesys_closer_budget_queued";
+/// Conversations in the state map.
+pub const TRACKED: &str = "genesys_closer_tracked_conversations";
+/// Per-conversation topics in use.
+pub const WATCHED_TOPICS: &str = "genesys_closer_watched_topics";
+/// Journal writes that failed.
+pub const JOURNAL_ERRORS: &str = "genesys_closer_journal_errors_total";
+/// Intake answers, by HTTP `status`.
+pub const INTAKE_REQUESTS: &str = "genesys_closer_intake_requests_total";
+/// Streams with a live socket now.
+pub const STREAMS_LIVE: &str = "genesys_closer_streams_live";
+
+/// Buckets of [`CLOSE_LATENCY`], seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+/// Buckets of [`BUDGET_WAIT`], seconds (most requests wait not at all).
+const WAIT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// How often the event loop turns at the least (it ticks [`Probes`] each turn).
+pub const TICK_EVERY: Duration = Duration::from_secs(1);
+/// `/healthz` fails once the event loop has not turned for this long.
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
+/// How often the recorder's histograms are drained when nobody scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for this process (once; later calls return the same
+/// handle). Metrics recorded before it are not kept, so the daemon calls it first.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(CLOSE_LATENCY.into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(BUDGET_WAIT.into()), WAIT_BUCKETS)
+                })
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let handle = match builder.install_recorder() {
+                Ok(h) => h,
+                Err(e) => {
+                    // Another recorder holds the process (an embedding program's):
+                    // serve an empty exposition rather than fail the daemon.
+                    tracing::warn!(error = %e, "metrics: cannot install the recorder; /metrics stays empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        FRAMES,
+        "Frames read from the notification sockets, by kind"
+    );
+    describe_counter!(DECISIONS, "Close sequences started, by rule and source");
+    describe_counter!(
+        OUTCOMES,
+        "Close sequences finished, by rule, source and outcome"
+    );
+    describe_histogram!(
+        CLOSE_LATENCY,
+        Unit::Seconds,
+        "Decision to confirmed close (confirmed and escalated_confirmed), by rule"
+    );
+    describe_counter!(RECONNECTS, "Notification sockets lost, by reason class");
+    describe_counter!(
+        ROTATIONS,
+        "Moves to a fresh channel and topic sets restored in place, by reason"
+    );
+    describe_counter!(
+        API_REQUESTS,
+        "HTTP requests to Genesys (each attempt), by operation and status"
+    );
+    describe_histogram!(
+        BUDGET_WAIT,
+        Unit::Seconds,
+        "Time a REST request waited for the rate budget, by priority"
+    );
+    describe_gauge!(
+        BUDGET_QUEUED,
+        "REST requests waiting for the rate budget, by priority"
+    );
+    describe_gauge!(TRACKED, "Conversations in the state map");
+    describe_gauge!(WATCHED_TOPICS, "Per-conversation topics in use");
+    describe_counter!(JOURNAL_ERRORS, "Journal writes that failed");
+    describe_counter!(INTAKE_REQUESTS, "Intake answers, by HTTP status");
+    describe_gauge!(STREAMS_LIVE, "Notification streams with a live socket");
+    // Present at zero from the start, so an alert on them has a series to watch.
+    metrics::counter!(JOURNAL_ERRORS).increment(0);
+    for class in RECONNECT_CLASSES {
+        metrics::counter!(RECONNECTS, "reason" => class).increment(0);
+    }
+    for reason in ROTATION_REASONS {
+        metrics::counter!(ROTATIONS, "reason" => reason).increment(0);
+    }
+}
+
+/// Every `reason` of [`RECONNECTS`].
+pub const RECONNECT_CLASSES: [&str; 6] = [
+    "socket_closed",
+    "socket_error",
+    "silent",
+    "connect_failed",
+    "channel_gone",
+    "unsubscribed",
+];
+
+/// Every `reason` of [`ROTATIONS`].
+pub const ROTATION_REASONS: [&str; 5] = [
+    "socket_closing",
+    "expiry",
+    "no_longer_subscribed",
+    "topics_dropped",
+    "other",
+];
+
+// ---- recording helpers: one per family, labels bounded ----
+
+/// A frame of `kind` was read (see [`frame_kind`]; also `malformed`, `binary`, `oversized`).
+pub fn frame(kind: &'static str) {
+    metrics::counter!(FRAMES, "kind" => kind).increment(1);
+}
+
+/// The `kind` label of a parsed frame.
+pub fn frame_kind(f: &Frame) -> &'static str {
+    match f {
+        Frame::Heartbeat => "heartbeat",
+        Frame::Pong => "pong",
+        Frame::SocketClosing { .. } | Frame::System { .. } => "system",
+        Frame::Conversation(_) => "conversation",
+        Frame::FlowMetric(_) => "flow_metric",
+        Frame::Reply { .. } => "reply",
+        Frame::Unknown { .. } => "unknown_topic",
+    }
+}
+
+/// A close sequence starts.
+pub fn decision(rule: &Arc<str>, source: &'static str) {
+    metrics::counter!(DECISIONS, "rule" => Arc::clone(rule), "source" => source).increment(1);
+}
+
+/// A close sequence ended: its outcome, and for a confirmed close its latency.
+pub fn outcome(r: &CloseReport) {
+    metrics::counter!(OUTCOMES,
+        "rule" => Arc::clone(&r.rule),
+        "source" => r.source.as_str(),
+        "outcome" => r.outcome.as_str())
+    .increment(1);
+    if matches!(r.outcome, Outcome::Confirmed | Outcome::EscalatedConfirmed) {
+        metrics::histogram!(CLOSE_LATENCY, "rule" => Arc::clone(&r.rule))
+            .record(r.latency.as_secs_f64());
+    }
+}
+
+/// A socket was lost; `class` is one of `socket_closed`, `socket_error`, `silent`,
+/// `connect_failed`, `channel_gone`, `unsubscribed`.
+pub fn reconnect(class: &'static str) {
+    metrics::counter!(RECONNECTS, "reason" => class).increment(1);
+}
+
+/// The class of a socket failure's free-text reason (`LiveEnd::Failed`).
+pub fn reconnect_class(reason: &str) -> &'static str {
+    let r = reason.trim_start().to_ascii_lowercase();
+    if r.starts_with("socket closed") {
+        "socket_closed"
+    } else if r.starts_with("no heartbeat") {
+        "silent"
+    } else if r.starts_with("cannot connect") || r.starts_with("socket connect") {
+        "connect_failed"
+    } else {
+        "socket_error"
+    }
+}
+
+/// A channel was replaced without a gap, or its topics restored in place; `reason` is
+/// `socket_closing`, `expiry`, `no_longer_subscribed`, `topics_dropped` or `other`.
+pub fn rotation(reason: &'static str) {
+    metrics::counter!(ROTATIONS, "reason" => reason).increment(1);
+}
+
+/// The `reason` label of a rotation's reason as the stream names it.
+pub fn rotation_class(reason: &str) -> &'static str {
+    match reason {
+        "socket_closing" => "socket_closing",
+        "channel expires soon" => "expiry",
+        _ => "other",
+    }
+}
+
+/// One HTTP request to Genesys was answered with `status`.
+pub fn api_request(operation: &'static str, status: u16) {
+    metrics::counter!(API_REQUESTS, "operation" => operation, "status" => status.to_string())
+        .increment(1);
+}
+
+/// One request to Genesys got no answer: `why` is `transport` (no HTTP answer) or
+/// `auth` (no token to send it with).
+pub fn api_failure(operation: &'static str, why: &'static str) {
+    metrics::counter!(API_REQUESTS, "operation" => operation, "status" => why).increment(1);
+}
+
+/// A bounded name for a Platform API call (or the token grant), from its method and
+/// path (a query is ignored); `other` for anything not listed.
+pub fn api_operation(method: &str, path: &str) -> &'static str {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let Some(rest) = segs.strip_prefix(&["api", "v2"]) else {
+        return match (method, segs.as_slice()) {
+            ("POST", ["oauth", "token"]) => "token",
+            _ => "other",
+        };
+    };
+    match (method, rest) {
+        ("POST", ["notifications", "channels"]) => "create_channel",
+        ("HEAD", ["notifications", "channels", _]) => "head_channel",
+        ("GET", ["notifications", "channels", _, "subscriptions"]) => "get_subscriptions",
+        ("PUT", ["notifications", "channels", _, "subscriptions"]) => "put_subscriptions",
+        ("POST", ["notifications", "channels", _, "subscriptions"]) => "post_subscriptions",
+        ("GET", ["notifications", "availabletopics"]) => "available_topics",
+        ("PATCH", ["conversations", "messages", _]) => "patch_conversation",
+        ("PATCH", ["conversations", "messages", _, "participants", _]) => "patch_participant",
+        ("GET", ["conversations", "messages", _]) => "get_conversation",
+        ("GET", ["conversations", id]) if *id != "messages" => "get_communications",
+        ("POST", ["conversations", id, "disconnect"]) if *id != "messages" => "teardown",
+        ("POST", ["conversations", "messages", _, "communications", _, "messages"]) => {
+            "send_message"
+        }
+        (
+            "POST",
+            [
+                "conversations",
+                "messages",
+                _,
+                "participants",
+                _,
+                "communications",
+                _,
+                "wrapup",
+            ],
+        ) => "wrapup",
+        ("POST", ["analytics", "flows", "activity", "query"]) => "flows_activity",
+        _ => "other",
+    }
+}
+
+/// The `priority` label.
+fn priority_label(p: Priority) -> &'static str {
+    match p {
+        Priority::Close => "close",
+        Priority::Subscribe => "subscribe",
+        Priority::Read => "read",
+    }
+}
+
+/// A request at `p` got its permit after `waited`.
+pub fn budget_wait(p: Priority, waited: Duration) {
+    metrics::histogram!(BUDGET_WAIT, "priority" => priority_label(p)).record(waited.as_secs_f64());
+}
+
+/// Requests waiting now, `[close, subscribe, read]`.
+pub fn budget_queued(depths: [usize; 3]) {
+    for (p, n) in Priority::ALL.into_iter().zip(depths) {
+        metrics::gauge!(BUDGET_QUEUED, "priority" => priority_label(p)).set(n as f64);
+    }
+}
+
+/// Conversations in the state map now.
+pub fn set_tracked(n: usize) {
+    metrics::gauge!(TRACKED).set(n as f64);
+}
+
+/// Per-conversation topics in use now.
+pub fn set_watched_topics(n: usize) {
+    metrics::gauge!(WATCHED_TOPICS).set(n as f64);
+}
+
+/// A journal write failed.
+pub fn journal_error() {
+    metrics::counter!(JOURNAL_ERRORS).increment(1);
+}
+
+/// The intake answered with `status`.
+pub fn intake_request(status: u16) {
+    metrics::counter!(INTAKE_REQUESTS, "status" => status.to_string()).increment(1);
+}
+
+/// Streams with a live socket now.
+pub fn set_streams_live(n: usize) {
+    metrics::gauge!(STREAMS_LIVE).set(n as f64);
+}
+
+// ---- health ----
+
+/// Milliseconds on a process-wide monotonic clock (immune to wall-clock steps).
+fn mono_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// What the health endpoints read; the daemon writes it. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    /// When the event loop last turned, ms on a monotonic clock ([`Probes::tick`]).
+    pub last_tick: Arc<AtomicU64>,
+    /// Every configured stream is live (set when the daemon logs "ready", cleared when
+    /// one of them goes down).
+    pub ready: Arc<AtomicBool>,
+    /// The journal's last write succeeded.
+    pub journal_writable: Arc<AtomicBool>,
+}
+
+impl Probes {
+    /// Probes of a loop that turned just now and is not ready yet.
+    pub fn new(journal_writable: Arc<AtomicBool>) -> Self {
+        Probes {
+            last_tick: Arc::new(AtomicU64::new(mono_ms())),
+            ready: Arc::new(AtomicBool::new(false)),
+            journal_writable,
+        }
+    }
+
+    /// The event loop turned.
+    pub fn tick(&self) {
+        self.last_tick.store(mono_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether every configured stream is live.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    fn health(&self) -> (StatusCode, String) {
+        let idle = mono_ms().saturating_sub(self.last_tick.load(Ordering::Relaxed));
+        if idle <= STALL_AFTER.as_millis() as u64 {
+            (StatusCode::OK, "ok\n".into())
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("event loop stalled: no progress for {idle} ms\n"),
+            )
+        }
+    }
+
+    fn readiness(&self) -> (StatusCode, String) {
+        let mut not = Vec::new();
+        if !self.ready.load(Ordering::Relaxed) {
+            not.push("streams: not every configured stream is live");
+        }
+        if !self.journal_writable.load(Ordering::Relaxed) {
+            not.push("journal: the last write failed");
+        }
+        if not.is_empty() {
+            (StatusCode::OK, "ready\n".into())
+        } else {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {}\n", not.join("; ")),
+            )
+        }
+    }
+}
+
+// ---- the server ----
+
+/// Bounds of the metrics server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// The request head must arrive within this.
+    pub header_timeout: Duration,
+    /// A connection is asked to close after this long.
+    pub lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 32,
+            header_timeout: Duration::from_secs(5),
+            lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Largest request head read (hyper's smallest allowed buffer).
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Why the metrics server could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics cannot listen on {addr}: {error}")]
+pub struct MetricsError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Why.
+    pub error: std::io::Error,
+}
+
+/// A running metrics server; it stops when this is dropped.
+#[derive(Debug)]
+pub struct Server {
+    /// The bound address (useful when the config asked for port 0).
+    pub addr: SocketAddr,
+    _stop: DropGuard,
+}
+
+/// Installs the recorder and serves `[metrics]` with the default [`Limits`].
+pub async fn start(cfg: &MetricsConfig, probes: Probes) -> Result<Server, MetricsError> {
+    serve(cfg.listen, probes, Limits::default()).await
+}
+
+/// Installs the recorder and serves on `listen` within `limits`.
+pub async fn serve(
+    listen: SocketAddr,
+    probes: Probes,
+    limits: Limits,
+) -> Result<Server, MetricsError> {
+    let handle = install();
+    let bind_err = |error| MetricsError {
+        addr: listen,
+        error,
+    };
+    let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    let cancel = CancellationToken::new();
+    tracing::info!(%addr, "metrics listening (GET /metrics, /healthz, /readyz)");
+    tokio::spawn(accept_loop(
+        listener,
+        Arc::new((handle, probes)),
+        limits,
+        cancel.clone(),
+    ));
+    Ok(Server {
+        addr,
+        _stop: cancel.drop_guard(),
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<(PrometheusHandle, Probes)>,
+    limits: Limits,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
+    loop {
+        let (mut stream, peer) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = upkeep.tick() => {
+                shared.0.run_upkeep();
+                continue;
+            }
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tokio::spawn(async move {
+                let body = "too many connections; retry later\n";
+                let answer = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+                     retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.write_all(answer.as_bytes()),
+                )
+                .await;
+            });
+            tracing::debug!(%peer, "metrics: connection limit reached");
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let resp = answer(&req, &shared.0, &shared.1);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(MAX_HEAD);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = tokio::time::sleep(limits.lifetime) => {}
+                _ = cancel.cancelled() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.header_timeout, conn).await;
+        });
+    }
+}
+
+/// Whether the request carries (or announces) a body.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+fn answer<B>(req: &Request<B>, handle: &PrometheusHandle, probes: &Probes) -> Response<Body> {
+    let path = req.uri().path();
+    if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+        return text(StatusCode::NOT_FOUND, "not found: GET /metrics, /healthz or /readyz\n");
+    }
+    if req.method() != Method::GET {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: GET only\n");
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        return r;
+    }
+    if has_body(req.headers()) {
+        // Never read: close the connection rather than drain it.
+        let mut r = text(StatusCode::PAYLOAD_TOO_LARGE, "no request body is accepted\n");
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    match path {
+        "/metrics" => {
+            let mut r = Response::new(Body::from(handle.render()));
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
+        "/healthz" => {
+            let (status, body) = probes.health();
+            text(status, body)
+        }
+        _ => {
+            let (status, body) = probes.readiness();
+            text(status, body)
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
+    let mut r = Response::new(body.into());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    #[test]
+    fn operations_are_bounded_names() {
+        let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
+        let cases = [
+            ("POST", "/oauth/token".to_string(), "token"),
+            ("POST", "/api/v2/notifications/channels".into(), "create_channel"),
+            ("HEAD", "/api/v2/notifications/channels/streaming-0-x".into(), "head_channel"),
+            (
+                "PUT",
+                "/api/v2/notifications/channels/streaming-0-x/subscriptions?ignoreErrors=true"
+                    .into(),
+                "put_subscriptions",
+            ),
+            (
+                "POST",
+                "/api/v2/notifications/channels/streaming-0-x/subscriptions?ignoreErrors=true"
+                    .into(),
+                "post_subscriptions",
+            ),
+            (
+                "GET",
+                "/api/v2/notifications/channels/streaming-0-x/subscriptions".into(),
+                "get_subscriptions",
+            ),
+            (
+                "GET",
+                "/api/v2/notifications/availabletopics?expand=transports".into(),
+                "available_topics",
+            ),
+            ("PATCH", format!("/api/v2/conversations/messages/{id}"), "patch_conversation"),
+            (
+                "PATCH",
+                format!("/api/v2/conversations/messages/{id}/participants/{id}"),
+                "patch_participant",
+            ),
+            ("GET", format!("/api/v2/conversations/messages/{id}"), "get_conversation"),
+            ("GET", format!("/api/v2/conversations/{id}"), "get_communications"),
+            ("POST", format!("/api/v2/conversations/{id}/disconnect"), "teardown"),
+            (
+                "POST",
+                format!("/api/v2/conversations/messages/{id}/communications/{id}/messages"),
+                "send_message",
+            ),
+            (
+                "POST",
+                format!(
+                    "/api/v2/conversations/messages/{id}/participants/{id}/communications/{id}/wrapup"
+                ),
+                "wrapup",
+            ),
+            (
+                "POST",
+                "/api/v2/analytics/flows/activity/query?pageSize=100".into(),
+                "flows_activity",
+            ),
+            // Anything else, whatever it carries, is one bounded name.
+            ("DELETE", format!("/api/v2/conversations/messages/{id}"), "other"),
+            ("GET", "/api/v2/conversations/messages".into(), "other"),
+            ("GET", "/api/v3/whatever".into(), "other"),
+            ("GET", String::new(), "other"),
+            ("GET", "//../..//".into(), "other"),
+        ];
+        for (method, path, want) in cases {
+            assert_eq!(api_operation(method, &path), want, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn reconnect_and_rotation_reasons_map_to_classes() {
+        assert_eq!(reconnect_class("socket closed by the server"), "socket_closed");
+        assert_eq!(
+            reconnect_class("socket closed by the server 1001 going away"),
+            "socket_closed"
+        );
+        assert_eq!(reconnect_class("no heartbeat or pong for 45000 ms"), "silent");
+        assert_eq!(reconnect_class("socket error: reset"), "socket_error");
+        assert_eq!(reconnect_class("cannot send ping: broken pipe"), "socket_error");
+        assert_eq!(reconnect_class("cannot connect the socket: refused"), "connect_failed");
+        assert_eq!(
+            reconnect_class("socket connect and handshake took longer than 10 s"),
+            "connect_failed"
+        );
+        assert_eq!(rotation_class("socket_closing"), "socket_closing");
+        assert_eq!(rotation_class("channel expires soon"), "expiry");
+        assert_eq!(rotation_class("retry"), "other");
+    }
+
+    #[test]
+    fn health_and_readiness_follow_the_probes() {
+        let journal = Arc::new(AtomicBool::new(true));
+        let p = Probes::new(Arc::clone(&journal));
+        assert_eq!(p.health().0, StatusCode::OK);
+        let (status, body) = p.readiness();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("streams"), "{body}");
+        p.set_ready(true);
+        assert_eq!(p.readiness().0, StatusCode::OK);
+        journal.store(false, Ordering::Relaxed);
+        let (status, body) = p.readiness();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("journal") && !body.contains("streams"), "{body}");
+        // A loop that has not turned for longer than the limit is stalled.
+        p.last_tick.store(0, Ordering::Relaxed);
+        let _ = mono_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        let stale = mono_ms();
+        if stale > STALL_AFTER.as_millis() as u64 {
+            assert_eq!(p.health().0, StatusCode::SERVICE_UNAVAILABLE);
+        }
+        p.last_tick
+            .store(stale.saturating_sub(STALL_AFTER.as_millis() as u64 + 1), Ordering::Relaxed);
+        if stale > STALL_AFTER.as_millis() as u64 {
+            let (status, body) = p.health();
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(body.contains("stalled"), "{body}");
+        }
+        p.tick();
+        assert_eq!(p.health().0, StatusCode::OK);
+    }
+
+    /// Sends `raw` on a fresh connection and reads until the server closes it (or 3 s).
+    async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let _ = s.write_all(raw).await;
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn status_of(answer: &str) -> &str {
+        answer.split(' ').nth(1).unwrap_or("")
+    }
+
+    #[tokio::test]
+    async fn serves_get_only_and_survives_hostile_input() {
+        let journal = Arc::new(AtomicBool::new(true));
+        let probes = Probes::new(journal);
+        let limits = Limits {
+            max_connections: 2,
+            header_timeout: Duration::from_millis(300),
+            lifetime: Duration::from_secs(5),
+        };
+        let server = serve(SocketAddr::from(([127, 0, 0, 1], 0)), probes.clone(), limits)
+            .await
+            .expect("binds");
+        let addr = server.addr;
+        frame("heartbeat");
+        let get = |path: &str| {
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes()
+        };
+
+        let metrics = exchange(addr, &get("/metrics")).await;
+        assert_eq!(status_of(&metrics), "200", "{metrics}");
+        assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
+        assert!(metrics.contains("genesys_closer_frames_total{kind=\"heartbeat\"}"), "{metrics}");
+        assert!(metrics.contains("genesys_closer_journal_errors_total 0"), "{metrics}");
+        assert_eq!(status_of(&exchange(addr, &get("/healthz")).await), "200");
+        assert_eq!(status_of(&exchange(addr, &get("/readyz")).await), "503");
+        probes.set_ready(true);
+        assert_eq!(status_of(&exchange(addr, &get("/readyz?verbose=1")).await), "200");
+        assert_eq!(status_of(&exchange(addr, &get("/nope")).await), "404");
+        assert_eq!(status_of(&exchange(addr, &get("/metrics/../etc")).await), "404");
+        let post = exchange(
+            addr,
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&post), "405", "{post}");
+        assert!(post.to_ascii_lowercase().contains("allow: get"), "{post}");
+        let body = exchange(
+            addr,
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nxxxx",
+        )
+        .await;
+        assert_eq!(status_of(&body), "413", "{body}");
+        let chunked = exchange(
+            addr,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&chunked), "413", "{chunked}");
+
+        // Garbage: a 400 or a closed connection, never a hang or a crash.
+        for raw in [
+            &b"GARBAGE\r\n\r\n"[..],
+            b"\x00\xff\xfe\r\n\r\n",
+            b"GET /metrics HTTP/9.9\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nBad Header Line\r\n\r\n",
+        ] {
+            let a = exchange(addr, raw).await;
+            assert!(a.is_empty() || status_of(&a).starts_with('4'), "{raw:?}: {a}");
+        }
+        // A head larger than the buffer.
+        let mut huge = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
+        huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
+        huge.extend(b"\r\n\r\n");
+        let a = exchange(addr, &huge).await;
+        assert!(a.is_empty() || status_of(&a).starts_with('4'), "{a}");
+
+        // A client that never finishes its head is cut off after the header timeout.
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+        let mut buf = Vec::new();
+        let done = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut buf)).await;
+        assert!(done.is_ok(), "a slow head is cut off");
+
+        // Connections over the limit are answered 503 at once.
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let over = exchange(addr, &get("/healthz")).await;
+        assert_eq!(status_of(&over), "503", "{over}");
+        drop((_a, _b));
+        // Once they go, it serves again.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(status_of(&exchange(addr, &get("/healthz")).await), "200");
+
+        // Dropping the server stops it.
+        drop(server);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            TcpStream::connect(addr).await.is_err()
+                || exchange(addr, &get("/healthz")).await.is_empty()
+        );
+    }
+}

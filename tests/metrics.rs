@@ -1,0 +1,175 @@
+//! `[metrics]`: the daemon against the simulator, scraped over its loopback endpoints.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use genesys_closer::closer::Outcome;
+use genesys_closer::sim::SimConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One HTTP/1.1 exchange on a fresh connection: (status, body).
+async fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("send");
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`;
+/// `None` when there is no such sample.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((head, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, label_text) = match head.split_once('{') {
+            Some((m, rest)) => (m, rest.trim_end_matches('}')),
+            None => (head, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\"")))
+        {
+            let v: f64 = value.parse().expect("a number");
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = http(addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Polls `/metrics` until `cond` holds on it.
+async fn scrape_until(addr: SocketAddr, what: &str, cond: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = scrape(addr).await;
+        if cond(&text) {
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn ready(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = http(addr, "GET", "/readyz", "").await;
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready in time: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_rotations_and_reconnects_show_in_the_metrics() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, maddr, intake) = start_metrics_daemon(bot_config(&url, ""), &sim).await;
+    let intake = intake.expect("the bot config has the intake");
+    ready(maddr).await;
+    let (status, body) = http(maddr, "GET", "/healthz", "").await;
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    // One matching queue conversation, closed and confirmed.
+    let bye = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, bye.as_str());
+    assert_eq!(r.outcome, Outcome::Confirmed);
+    // One intake call without its credential.
+    let (status, _) = http(intake, "POST", "/v1/intents", "Content-Length: 2\r\n\r\n{}").await;
+    assert_eq!(status, 401);
+
+    // A maintenance warning (a rotation), then every socket dropped (a reconnect).
+    sim.send_socket_closing();
+    scrape_until(maddr, "a rotation counted", |t| {
+        sample(t, "genesys_closer_rotations_total", &[("reason", "socket_closing")])
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    sim.drop_sockets();
+    let text = scrape_until(maddr, "a reconnect counted", |t| {
+        sample(t, "genesys_closer_reconnects_total", &[]).unwrap_or(0.0) >= 1.0
+            && sample(t, "genesys_closer_tracked_conversations", &[]).is_some()
+    })
+    .await;
+    ready(maddr).await;
+
+    let has = |name: &str, labels: &[(&str, &str)]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}:\n{text}"))
+    };
+    assert!(has("genesys_closer_frames_total", &[("kind", "conversation")]) >= 1.0);
+    assert!(has("genesys_closer_decisions_total", &[("rule", "goodbye"), ("source", "queue")]) >= 1.0);
+    assert!(
+        has(
+            "genesys_closer_outcomes_total",
+            &[("rule", "goodbye"), ("source", "queue"), ("outcome", "confirmed")]
+        ) >= 1.0
+    );
+    assert!(has("genesys_closer_close_latency_seconds_count", &[("rule", "goodbye")]) >= 1.0);
+    assert!(
+        has(
+            "genesys_closer_close_latency_seconds_bucket",
+            &[("rule", "goodbye"), ("le", "60")]
+        ) >= 1.0
+    );
+    assert!(has("genesys_closer_api_requests_total", &[("operation", "patch_conversation")]) >= 1.0);
+    assert!(has("genesys_closer_api_requests_total", &[("operation", "token"), ("status", "200")]) >= 1.0);
+    assert!(has("genesys_closer_api_requests_total", &[("operation", "create_channel")]) >= 2.0);
+    assert!(has("genesys_closer_api_requests_total", &[("operation", "put_subscriptions")]) >= 1.0);
+    assert!(has("genesys_closer_budget_wait_seconds_count", &[("priority", "close")]) >= 1.0);
+    assert!(has("genesys_closer_budget_queued", &[("priority", "close")]) >= 0.0);
+    assert!(has("genesys_closer_tracked_conversations", &[]) >= 0.0);
+    assert!(has("genesys_closer_watched_topics", &[]) >= 0.0);
+    assert!(has("genesys_closer_streams_live", &[]) >= 1.0);
+    assert_eq!(has("genesys_closer_journal_errors_total", &[]), 0.0);
+    assert!(has("genesys_closer_intake_requests_total", &[("status", "401")]) >= 1.0);
+    // No conversation id ever becomes a label.
+    assert!(!text.contains(bye.as_str()), "a conversation id in the metrics");
+
+    let (status, _) = http(maddr, "GET", "/healthz", "").await;
+    assert_eq!(status, 200);
+    let summary = d.shutdown().await;
+    assert_eq!(summary.decisions, 1);
+    sim.shutdown().await;
+}
