@@ -30,10 +30,10 @@ impl Notifier {
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {
-        if self.enabled {
-            if let Err(e) = sd_notify::notify(false, states) {
-                tracing::debug!(error = %e, "sd_notify failed");
-            }
+        if self.enabled
+            && let Err(e) = sd_notify::notify(false, states)
+        {
+            tracing::debug!(error = %e, "sd_notify failed");
         }
     }
 

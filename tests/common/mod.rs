@@ -243,11 +243,7 @@ pub async fn start_bot_daemon(mut config: Config, sim: &SimHandle) -> (Running, 
 pub async fn start_metrics_daemon(
     mut config: Config,
     sim: &SimHandle,
-) -> (
-    Running,
-    std::net::SocketAddr,
-    Option<std::net::SocketAddr>,
-) {
+) -> (Running, std::net::SocketAddr, Option<std::net::SocketAddr>) {
     genesys_closer::telemetry::init_logging(&config.log);
     let state = private_state_dir(&mut config);
     config.metrics = Some(genesys_closer::config::MetricsConfig {
