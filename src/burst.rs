@@ -119,8 +119,16 @@ impl fmt::Display for BurstReport {
         writeln!(f, "| confirmed | {} |", self.confirmed)?;
         writeln!(f, "| failed | {} |", self.failed)?;
         writeln!(f, "| no outcome | {} |", self.missing)?;
-        writeln!(f, "| duplicate disconnects | {} |", self.duplicate_disconnects)?;
-        writeln!(f, "| 429s answered by the simulator | {} |", self.rate_limited)?;
+        writeln!(
+            f,
+            "| duplicate disconnects | {} |",
+            self.duplicate_disconnects
+        )?;
+        writeln!(
+            f,
+            "| 429s answered by the simulator | {} |",
+            self.rate_limited
+        )?;
         writeln!(
             f,
             "| 429s after the first | {} |",

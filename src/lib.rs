@@ -21,6 +21,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod farewell;
+pub mod feed;
 pub mod genesys;
 pub mod intake;
 pub mod journal;

@@ -109,10 +109,7 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        FRAMES,
-        "Frames read from the notification sockets, by kind"
-    );
+    describe_counter!(FRAMES, "Frames read from the notification sockets, by kind");
     describe_counter!(DECISIONS, "Close sequences started, by rule and source");
     describe_counter!(
         OUTCOMES,
@@ -283,22 +280,11 @@ pub fn api_operation(method: &str, path: &str) -> &'static str {
         ("GET", ["conversations", "messages", _]) => "get_conversation",
         ("GET", ["conversations", id]) if *id != "messages" => "get_communications",
         ("POST", ["conversations", id, "disconnect"]) if *id != "messages" => "teardown",
-        ("POST", ["conversations", "messages", _, "communications", _, "messages"]) => {
-            "send_message"
-        }
-        (
-            "POST",
-            [
-                "conversations",
-                "messages",
-                _,
-                "participants",
-                _,
-                "communications",
-                _,
-                "wrapup",
-            ],
-        ) => "wrapup",
+        ("POST", ["conversations", "messages", _, tail @ ..]) => match tail {
+            ["communications", _, "messages"] => "send_message",
+            ["participants", _, "communications", _, "wrapup"] => "wrapup",
+            _ => "other",
+        },
         ("POST", ["analytics", "flows", "activity", "query"]) => "flows_activity",
         _ => "other",
     }
@@ -391,7 +377,11 @@ impl Probes {
     }
 
     fn health(&self) -> (StatusCode, String) {
-        let idle = mono_ms().saturating_sub(self.last_tick.load(Ordering::Relaxed));
+        self.health_at(mono_ms())
+    }
+
+    fn health_at(&self, now_ms: u64) -> (StatusCode, String) {
+        let idle = now_ms.saturating_sub(self.last_tick.load(Ordering::Relaxed));
         if idle <= STALL_AFTER.as_millis() as u64 {
             (StatusCode::OK, "ok\n".into())
         } else {
@@ -575,18 +565,22 @@ fn has_body(headers: &HeaderMap) -> bool {
 fn answer<B>(req: &Request<B>, handle: &PrometheusHandle, probes: &Probes) -> Response<Body> {
     let path = req.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-        return text(StatusCode::NOT_FOUND, "not found: GET /metrics, /healthz or /readyz\n");
+        let not_found = "not found: GET /metrics, /healthz or /readyz\n";
+        return text(StatusCode::NOT_FOUND, not_found);
     }
     if req.method() != Method::GET {
-        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: GET only\n");
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        let not_allowed = "method not allowed: GET only\n";
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, not_allowed);
+        let headers = r.headers_mut();
+        headers.insert(ALLOW, HeaderValue::from_static("GET"));
         return r;
     }
     if has_body(req.headers()) {
         // Never read: close the connection rather than drain it.
-        let mut r = text(StatusCode::PAYLOAD_TOO_LARGE, "no request body is accepted\n");
-        r.headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
+        let no_body = "no request body is accepted\n";
+        let mut r = text(StatusCode::PAYLOAD_TOO_LARGE, no_body);
+        let headers = r.headers_mut();
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
         return r;
     }
     match path {
@@ -629,85 +623,59 @@ mod tests {
     #[test]
     fn operations_are_bounded_names() {
         let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
-        let cases = [
-            ("POST", "/oauth/token".to_string(), "token"),
-            ("POST", "/api/v2/notifications/channels".into(), "create_channel"),
-            ("HEAD", "/api/v2/notifications/channels/streaming-0-x".into(), "head_channel"),
-            (
-                "PUT",
-                "/api/v2/notifications/channels/streaming-0-x/subscriptions?ignoreErrors=true"
-                    .into(),
-                "put_subscriptions",
-            ),
-            (
-                "POST",
-                "/api/v2/notifications/channels/streaming-0-x/subscriptions?ignoreErrors=true"
-                    .into(),
-                "post_subscriptions",
-            ),
-            (
-                "GET",
-                "/api/v2/notifications/channels/streaming-0-x/subscriptions".into(),
-                "get_subscriptions",
-            ),
-            (
-                "GET",
-                "/api/v2/notifications/availabletopics?expand=transports".into(),
-                "available_topics",
-            ),
-            ("PATCH", format!("/api/v2/conversations/messages/{id}"), "patch_conversation"),
-            (
-                "PATCH",
-                format!("/api/v2/conversations/messages/{id}/participants/{id}"),
-                "patch_participant",
-            ),
-            ("GET", format!("/api/v2/conversations/messages/{id}"), "get_conversation"),
-            ("GET", format!("/api/v2/conversations/{id}"), "get_communications"),
-            ("POST", format!("/api/v2/conversations/{id}/disconnect"), "teardown"),
-            (
-                "POST",
-                format!("/api/v2/conversations/messages/{id}/communications/{id}/messages"),
-                "send_message",
-            ),
-            (
-                "POST",
-                format!(
-                    "/api/v2/conversations/messages/{id}/participants/{id}/communications/{id}/wrapup"
-                ),
-                "wrapup",
-            ),
-            (
-                "POST",
-                "/api/v2/analytics/flows/activity/query?pageSize=100".into(),
-                "flows_activity",
-            ),
-            // Anything else, whatever it carries, is one bounded name.
-            ("DELETE", format!("/api/v2/conversations/messages/{id}"), "other"),
-            ("GET", "/api/v2/conversations/messages".into(), "other"),
-            ("GET", "/api/v3/whatever".into(), "other"),
-            ("GET", String::new(), "other"),
-            ("GET", "//../..//".into(), "other"),
-        ];
-        for (method, path, want) in cases {
-            assert_eq!(api_operation(method, &path), want, "{method} {path}");
+        // "METHOD path operation"; `C` is /api/v2/conversations, `N` /api/v2/notifications.
+        let cases = "\
+            POST /oauth/token token
+            POST N/channels create_channel
+            HEAD N/channels/streaming-0-x head_channel
+            PUT N/channels/streaming-0-x/subscriptions?ignoreErrors=true put_subscriptions
+            POST N/channels/streaming-0-x/subscriptions?ignoreErrors=true post_subscriptions
+            GET N/channels/streaming-0-x/subscriptions get_subscriptions
+            GET N/availabletopics?expand=transports available_topics
+            PATCH C/messages/{id} patch_conversation
+            PATCH C/messages/{id}/participants/{id} patch_participant
+            GET C/messages/{id} get_conversation
+            GET C/{id} get_communications
+            POST C/{id}/disconnect teardown
+            POST C/messages/{id}/communications/{id}/messages send_message
+            POST C/messages/{id}/participants/{id}/communications/{id}/wrapup wrapup
+            POST /api/v2/analytics/flows/activity/query?pageSize=100 flows_activity
+            DELETE C/messages/{id} other
+            GET C/messages other
+            POST C/messages/{id}/participants other
+            GET /api/v3/whatever other
+            GET //../..// other
+            GET / other";
+        for line in cases.lines() {
+            let line = line
+                .trim()
+                .replace("{id}", id)
+                .replace(" C/", " /api/v2/conversations/")
+                .replace(" N/", " /api/v2/notifications/");
+            let [method, path, want] = line.split(' ').collect::<Vec<_>>()[..] else {
+                panic!("bad case {line}");
+            };
+            assert_eq!(api_operation(method, path), want, "{line}");
         }
+        // Anything else, whatever it carries, is one bounded name.
+        assert_eq!(api_operation("GET", ""), "other");
     }
 
     #[test]
     fn reconnect_and_rotation_reasons_map_to_classes() {
-        assert_eq!(reconnect_class("socket closed by the server"), "socket_closed");
-        assert_eq!(
-            reconnect_class("socket closed by the server 1001 going away"),
-            "socket_closed"
-        );
-        assert_eq!(reconnect_class("no heartbeat or pong for 45000 ms"), "silent");
-        assert_eq!(reconnect_class("socket error: reset"), "socket_error");
-        assert_eq!(reconnect_class("cannot send ping: broken pipe"), "socket_error");
-        assert_eq!(reconnect_class("cannot connect the socket: refused"), "connect_failed");
-        assert_eq!(
-            reconnect_class("socket connect and handshake took longer than 10 s"),
-            "connect_failed"
-        );
+        for (reason, class) in [
+            ("socket closed by the server", "socket_closed"),
+            ("socket closed by the server 1001 bye", "socket_closed"),
+            ("no heartbeat or pong for 45000 ms", "silent"),
+            ("socket error: reset", "socket_error"),
+            ("a frame over 16 MiB cannot be skipped", "socket_error"),
+            ("cannot send ping: broken pipe", "socket_error"),
+            ("cannot connect the socket: refused", "connect_failed"),
+            ("socket connect and handshake took 10 s", "connect_failed"),
+        ] {
+            assert_eq!(reconnect_class(reason), class, "{reason}");
+            assert!(RECONNECT_CLASSES.contains(&class));
+        }
         assert_eq!(rotation_class("socket_closing"), "socket_closing");
         assert_eq!(rotation_class("channel expires soon"), "expiry");
         assert_eq!(rotation_class("retry"), "other");
@@ -726,22 +694,17 @@ mod tests {
         journal.store(false, Ordering::Relaxed);
         let (status, body) = p.readiness();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("journal") && !body.contains("streams"), "{body}");
+        assert!(body.contains("journal"), "{body}");
+        assert!(!body.contains("streams"), "{body}");
         // A loop that has not turned for longer than the limit is stalled.
-        p.last_tick.store(0, Ordering::Relaxed);
-        let _ = mono_ms();
-        std::thread::sleep(Duration::from_millis(5));
-        let stale = mono_ms();
-        if stale > STALL_AFTER.as_millis() as u64 {
-            assert_eq!(p.health().0, StatusCode::SERVICE_UNAVAILABLE);
-        }
-        p.last_tick
-            .store(stale.saturating_sub(STALL_AFTER.as_millis() as u64 + 1), Ordering::Relaxed);
-        if stale > STALL_AFTER.as_millis() as u64 {
-            let (status, body) = p.health();
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-            assert!(body.contains("stalled"), "{body}");
-        }
+        let limit = STALL_AFTER.as_millis() as u64;
+        p.last_tick.store(1_000, Ordering::Relaxed);
+        assert_eq!(p.health_at(1_000 + limit).0, StatusCode::OK);
+        let (status, body) = p.health_at(1_001 + limit);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("stalled"), "{body}");
+        // A clock read before the tick is no stall.
+        assert_eq!(p.health_at(0).0, StatusCode::OK);
         p.tick();
         assert_eq!(p.health().0, StatusCode::OK);
     }
@@ -759,6 +722,11 @@ mod tests {
         answer.split(' ').nth(1).unwrap_or("")
     }
 
+    /// Answered with a client error, or closed without an answer.
+    fn refused(answer: &str) -> bool {
+        answer.is_empty() || status_of(answer).starts_with('4')
+    }
+
     #[tokio::test]
     async fn serves_get_only_and_survives_hostile_input() {
         let journal = Arc::new(AtomicBool::new(true));
@@ -768,9 +736,8 @@ mod tests {
             header_timeout: Duration::from_millis(300),
             lifetime: Duration::from_secs(5),
         };
-        let server = serve(SocketAddr::from(([127, 0, 0, 1], 0)), probes.clone(), limits)
-            .await
-            .expect("binds");
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let server = serve(any, probes.clone(), limits).await.expect("binds");
         let addr = server.addr;
         frame("heartbeat");
         let get = |path: &str| {
@@ -780,14 +747,20 @@ mod tests {
         let metrics = exchange(addr, &get("/metrics")).await;
         assert_eq!(status_of(&metrics), "200", "{metrics}");
         assert!(metrics.contains("text/plain; version=0.0.4"), "{metrics}");
-        assert!(metrics.contains("genesys_closer_frames_total{kind=\"heartbeat\"}"), "{metrics}");
-        assert!(metrics.contains("genesys_closer_journal_errors_total 0"), "{metrics}");
-        assert_eq!(status_of(&exchange(addr, &get("/healthz")).await), "200");
-        assert_eq!(status_of(&exchange(addr, &get("/readyz")).await), "503");
+        for family in [
+            "genesys_closer_frames_total{kind=\"heartbeat\"} ",
+            "# TYPE genesys_closer_journal_errors_total counter",
+            "genesys_closer_reconnects_total{reason=\"silent\"} ",
+        ] {
+            assert!(metrics.contains(family), "{family}: {metrics}");
+        }
+        let status = async |path: &str| status_of(&exchange(addr, &get(path)).await).to_owned();
+        assert_eq!(status("/healthz").await, "200");
+        assert_eq!(status("/readyz").await, "503");
         probes.set_ready(true);
-        assert_eq!(status_of(&exchange(addr, &get("/readyz?verbose=1")).await), "200");
-        assert_eq!(status_of(&exchange(addr, &get("/nope")).await), "404");
-        assert_eq!(status_of(&exchange(addr, &get("/metrics/../etc")).await), "404");
+        assert_eq!(status("/readyz?verbose=1").await, "200");
+        assert_eq!(status("/nope").await, "404");
+        assert_eq!(status("/metrics/../etc").await, "404");
         let post = exchange(
             addr,
             b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -816,14 +789,15 @@ mod tests {
             b"GET /metrics HTTP/1.1\r\nBad Header Line\r\n\r\n",
         ] {
             let a = exchange(addr, raw).await;
-            assert!(a.is_empty() || status_of(&a).starts_with('4'), "{raw:?}: {a}");
+            assert!(refused(&a), "{raw:?}: {a}");
         }
+        assert_eq!(status_of(&exchange(addr, b"GARBAGE\r\n\r\n").await), "400");
         // A head larger than the buffer.
         let mut huge = b"GET /metrics HTTP/1.1\r\nX-Big: ".to_vec();
         huge.extend(std::iter::repeat_n(b'a', 64 * 1024));
         huge.extend(b"\r\n\r\n");
         let a = exchange(addr, &huge).await;
-        assert!(a.is_empty() || status_of(&a).starts_with('4'), "{a}");
+        assert!(refused(&a), "{a}");
 
         // A client that never finishes its head is cut off after the header timeout.
         let mut slow = TcpStream::connect(addr).await.expect("connect");

@@ -130,3 +130,19 @@ pub fn init_logging(log: &LogConfig) {
     // Already installed (tests, demo): keep the existing one.
     let _ = result;
 }
+
+/// An error and every cause under it, joined with ": " (a network failure says whether
+/// it was DNS, a refused connection, TLS or a timeout, not only "error sending request").
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}

@@ -115,7 +115,8 @@ retry_for = "2m"
     /// before it connects, so events from then on reach it).
     async fn start(&mut self) {
         assert!(self.child.is_none(), "one daemon at a time");
-        self.wait_sockets(0, "the previous daemon's socket to go").await;
+        self.wait_sockets(0, "the previous daemon's socket to go")
+            .await;
         self.runs += 1;
         let log = File::create(self.log(self.runs)).expect("log file");
         let child = Command::new(BIN)
@@ -155,7 +156,8 @@ retry_for = "2m"
         let mut child = self.child.take().expect("a daemon is running");
         child.kill().expect("SIGKILL sent");
         child.wait().expect("killed daemon reaped");
-        self.wait_sockets(0, "the killed daemon's socket to go").await;
+        self.wait_sockets(0, "the killed daemon's socket to go")
+            .await;
     }
 
     fn sigterm(&self) {
@@ -185,10 +187,7 @@ retry_for = "2m"
     }
 
     fn exited(&mut self) -> bool {
-        self.child_mut()
-            .try_wait()
-            .expect("child status")
-            .is_some()
+        self.child_mut().try_wait().expect("child status").is_some()
     }
 
     async fn wait_sockets(&self, n: usize, what: &str) {
@@ -241,9 +240,10 @@ retry_for = "2m"
     /// Whether the journal holds this step of `id`'s close; `None` without `history`.
     async fn journalled_step(&self, id: &str, step: &str) -> Option<bool> {
         let h = self.history().await?;
-        Some(h.iter().any(|e| {
-            e["conversation_id"] == id && e["kind"] == "step" && e["what"] == step
-        }))
+        Some(
+            h.iter()
+                .any(|e| e["conversation_id"] == id && e["kind"] == "step" && e["what"] == step),
+        )
     }
 
     /// Every `outcome` logged for `id`, over every daemon run, in order.
@@ -322,7 +322,10 @@ retry_for = "2m"
         if self.child.is_some() {
             self.sigterm();
             let status = self.wait_exit(Duration::from_secs(30)).await;
-            assert!(status.success(), "daemon exits cleanly on SIGTERM: {status}");
+            assert!(
+                status.success(),
+                "daemon exits cleanly on SIGTERM: {status}"
+            );
         }
         for id in ids {
             let patches = accepted_patches(&self.sim, id);
@@ -354,7 +357,10 @@ retry_for = "2m"
                 }
             }
             for id in ids {
-                assert!(decided.contains(id.as_str()), "{id}: no decision in history");
+                assert!(
+                    decided.contains(id.as_str()),
+                    "{id}: no decision in history"
+                );
                 let o = outcome.get(id.as_str()).copied();
                 assert!(
                     o.is_some_and(|o| CONFIRMED.contains(&o)),
@@ -442,7 +448,9 @@ fn status_of(sim: &SimHandle, pick: impl Fn(&sim::RecordedRequest) -> bool) -> O
 }
 
 fn farewell_post(r: &sim::RecordedRequest, id: &str) -> bool {
-    r.method == "POST" && r.path.starts_with(&format!("{MESSAGES}{id}/communications/"))
+    r.method == "POST"
+        && r.path
+            .starts_with(&format!("{MESSAGES}{id}/communications/"))
 }
 
 fn sim_config() -> SimConfig {
@@ -468,9 +476,11 @@ async fn killed_while_the_disconnect_is_in_flight() {
     })
     .await;
     s.kill().await;
-    wait_until(Duration::from_secs(15), "the held PATCH to be served", || {
-        status_of(&s.sim, |r| is_patch(r, &id)).is_some_and(|st| st != 0)
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "the held PATCH to be served",
+        || status_of(&s.sim, |r| is_patch(r, &id)).is_some_and(|st| st != 0),
+    )
     .await;
     assert!(
         status_of(&s.sim, |r| is_patch(r, &id)).is_some_and(|st| (200..300).contains(&st)),
@@ -482,7 +492,8 @@ async fn killed_while_the_disconnect_is_in_flight() {
     .await;
     let before = s.sim.requests().len();
     s.start().await;
-    s.finish(std::slice::from_ref(&id), Duration::from_secs(20)).await;
+    s.finish(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
     assert_eq!(accepted_patches(&s.sim, &id), 1);
     let after: Vec<String> = s.sim.requests()[before..]
         .iter()
@@ -523,7 +534,8 @@ async fn killed_while_the_disconnect_is_being_retried() {
     s.sim.clear_request_faults();
     assert_eq!(s.sim.is_closed(&id), Some(false));
     s.start().await;
-    s.finish(std::slice::from_ref(&id), Duration::from_secs(20)).await;
+    s.finish(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
     assert_eq!(accepted_patches(&s.sim, &id), 1);
 }
 
@@ -532,13 +544,16 @@ async fn killed_while_the_disconnect_is_being_retried() {
 /// the rest of the confirm time, and escalates to the full teardown, which closes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_after_the_disconnect_was_accepted() {
-    let mut s = Scenario::new("patch-accepted", SimConfig {
-        faults: Faults {
-            ignore_disconnect: true,
-            ..Faults::default()
+    let mut s = Scenario::new(
+        "patch-accepted",
+        SimConfig {
+            faults: Faults {
+                ignore_disconnect: true,
+                ..Faults::default()
+            },
+            ..sim_config()
         },
-        ..sim_config()
-    })
+    )
     .await;
     // Room between the accepted PATCH and the teardown for the kill.
     s.config(6000, "confirm_timeout = \"4s\"");
@@ -558,7 +573,10 @@ async fn killed_after_the_disconnect_was_accepted() {
                 break;
             }
             Some(false) => {
-                assert!(Instant::now() < deadline, "sent:patch_conversation never journalled");
+                assert!(
+                    Instant::now() < deadline,
+                    "sent:patch_conversation never journalled"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -571,8 +589,13 @@ async fn killed_after_the_disconnect_was_accepted() {
     );
     assert_eq!(s.sim.is_closed(&id), Some(false));
     s.start().await;
-    s.finish(std::slice::from_ref(&id), Duration::from_secs(20)).await;
-    assert_eq!(accepted_patches(&s.sim, &id), 1, "no second PATCH after a restart");
+    s.finish(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        accepted_patches(&s.sim, &id),
+        1,
+        "no second PATCH after a restart"
+    );
     assert_eq!(accepted_teardowns(&s.sim, &id), 1, "the restart escalated");
     assert_eq!(
         s.logged_outcomes(&id).last().map(String::as_str),
@@ -609,10 +632,15 @@ async fn killed_between_the_farewell_and_the_disconnect() {
     let held = status_of(&s.sim, |r| is_patch(r, &id));
     eprintln!("held PATCH ended with status {held:?} (499: dropped with its client)");
     s.start().await;
-    s.finish(std::slice::from_ref(&id), Duration::from_secs(20)).await;
+    s.finish(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
     assert_eq!(messages_for(&s.sim, &id), 1, "exactly one farewell");
     if held == Some(499) {
-        assert_eq!(accepted_patches(&s.sim, &id), 1, "the restart disconnected it");
+        assert_eq!(
+            accepted_patches(&s.sim, &id),
+            1,
+            "the restart disconnected it"
+        );
     }
 }
 
@@ -632,13 +660,20 @@ async fn killed_while_the_farewell_is_in_flight() {
     })
     .await;
     s.kill().await;
-    wait_until(Duration::from_secs(15), "the held farewell to be served", || {
-        status_of(&s.sim, |r| farewell_post(r, &id)).is_some_and(|st| st != 0)
-    })
+    wait_until(
+        Duration::from_secs(15),
+        "the held farewell to be served",
+        || status_of(&s.sim, |r| farewell_post(r, &id)).is_some_and(|st| st != 0),
+    )
     .await;
-    assert_eq!(accepted_patches(&s.sim, &id), 0, "killed before the disconnect");
+    assert_eq!(
+        accepted_patches(&s.sim, &id),
+        0,
+        "killed before the disconnect"
+    );
     s.start().await;
-    s.finish(std::slice::from_ref(&id), Duration::from_secs(20)).await;
+    s.finish(std::slice::from_ref(&id), Duration::from_secs(20))
+        .await;
     let farewells = s
         .sim
         .requests()
@@ -663,11 +698,18 @@ async fn killed_during_a_burst_queued_behind_the_budget() {
     s.config(120, "");
     s.start().await;
     let ids: Vec<String> = (0..200).map(|_| s.create(false)).collect();
-    let closed = |s: &Scenario| ids.iter().filter(|id| s.sim.is_closed(id) == Some(true)).count();
+    let closed = |s: &Scenario| {
+        ids.iter()
+            .filter(|id| s.sim.is_closed(id) == Some(true))
+            .count()
+    };
     wait_until(Duration::from_secs(30), "20 closes", || closed(&s) >= 20).await;
     s.kill().await;
     let at_kill = closed(&s);
-    assert!(at_kill < 150, "the kill came while most were queued ({at_kill} closed)");
+    assert!(
+        at_kill < 150,
+        "the kill came while most were queued ({at_kill} closed)"
+    );
     s.config(6000, "");
     s.start().await;
     s.finish(&ids, Duration::from_secs(60)).await;
@@ -709,15 +751,22 @@ async fn sigterm_drain_while_matches_arrive() {
         ids.push(id);
     }
     // Seen alive after the last one was created: every one was created before it exited.
-    assert!(!s.exited(), "the drain outlasted the matches (a close held 3 s)");
+    assert!(
+        !s.exited(),
+        "the drain outlasted the matches (a close held 3 s)"
+    );
     let status = s.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "clean exit after the drain: {status}");
-    let deferred = s.log_lines().iter().filter(|v| {
-        v["conversation_id"]
-            .as_str()
-            .is_some_and(|id| during_drain.iter().any(|d| d == id))
-            && v.to_string().contains("deferred")
-    }).count();
+    let deferred = s
+        .log_lines()
+        .iter()
+        .filter(|v| {
+            v["conversation_id"]
+                .as_str()
+                .is_some_and(|id| during_drain.iter().any(|d| d == id))
+                && v.to_string().contains("deferred")
+        })
+        .count();
     if let Some(h) = s.history().await {
         let journalled = h
             .iter()
@@ -726,7 +775,10 @@ async fn sigterm_drain_while_matches_arrive() {
                     && e["what"].as_str().is_some_and(|w| w.contains("deferred"))
             })
             .count();
-        assert!(journalled >= 1, "matches during the drain journalled as deferred");
+        assert!(
+            journalled >= 1,
+            "matches during the drain journalled as deferred"
+        );
     }
     assert!(deferred >= 1, "matches during the drain logged as deferred");
     let open_at_exit = ids

@@ -13,12 +13,14 @@ use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A family after `genesys_closer_`, labels its sample must have, and its least value.
+type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+
 /// One HTTP/1.1 exchange on a fresh connection: (status, body).
 async fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n"
-    );
+    let req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
     s.write_all(req.as_bytes()).await.expect("send");
     let mut out = Vec::new();
     tokio::time::timeout(WAIT, s.read_to_end(&mut out))
@@ -120,10 +122,9 @@ async fn a_close_rotations_and_reconnects_show_in_the_metrics() {
 
     // A maintenance warning (a rotation), then every socket dropped (a reconnect).
     sim.send_socket_closing();
+    let rotation = [("reason", "socket_closing")];
     scrape_until(maddr, "a rotation counted", |t| {
-        sample(t, "genesys_closer_rotations_total", &[("reason", "socket_closing")])
-            .unwrap_or(0.0)
-            >= 1.0
+        sample(t, "genesys_closer_rotations_total", &rotation).unwrap_or(0.0) >= 1.0
     })
     .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -135,37 +136,38 @@ async fn a_close_rotations_and_reconnects_show_in_the_metrics() {
     .await;
     ready(maddr).await;
 
-    let has = |name: &str, labels: &[(&str, &str)]| {
-        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}:\n{text}"))
-    };
-    assert!(has("genesys_closer_frames_total", &[("kind", "conversation")]) >= 1.0);
-    assert!(has("genesys_closer_decisions_total", &[("rule", "goodbye"), ("source", "queue")]) >= 1.0);
-    assert!(
-        has(
-            "genesys_closer_outcomes_total",
-            &[("rule", "goodbye"), ("source", "queue"), ("outcome", "confirmed")]
-        ) >= 1.0
-    );
-    assert!(has("genesys_closer_close_latency_seconds_count", &[("rule", "goodbye")]) >= 1.0);
-    assert!(
-        has(
-            "genesys_closer_close_latency_seconds_bucket",
-            &[("rule", "goodbye"), ("le", "60")]
-        ) >= 1.0
-    );
-    assert!(has("genesys_closer_api_requests_total", &[("operation", "patch_conversation")]) >= 1.0);
-    assert!(has("genesys_closer_api_requests_total", &[("operation", "token"), ("status", "200")]) >= 1.0);
-    assert!(has("genesys_closer_api_requests_total", &[("operation", "create_channel")]) >= 2.0);
-    assert!(has("genesys_closer_api_requests_total", &[("operation", "put_subscriptions")]) >= 1.0);
-    assert!(has("genesys_closer_budget_wait_seconds_count", &[("priority", "close")]) >= 1.0);
-    assert!(has("genesys_closer_budget_queued", &[("priority", "close")]) >= 0.0);
-    assert!(has("genesys_closer_tracked_conversations", &[]) >= 0.0);
-    assert!(has("genesys_closer_watched_topics", &[]) >= 0.0);
-    assert!(has("genesys_closer_streams_live", &[]) >= 1.0);
-    assert_eq!(has("genesys_closer_journal_errors_total", &[]), 0.0);
-    assert!(has("genesys_closer_intake_requests_total", &[("status", "401")]) >= 1.0);
+    let rule = ("rule", "goodbye");
+    let queue = ("source", "queue");
+    let op = |name| ("operation", name);
+    let confirmed = ("outcome", "confirmed");
+    let expected: [Expected; 17] = [
+        ("frames_total", &[("kind", "conversation")], 1.0),
+        ("decisions_total", &[rule, queue], 1.0),
+        ("outcomes_total", &[rule, queue, confirmed], 1.0),
+        ("close_latency_seconds_count", &[rule], 1.0),
+        ("close_latency_seconds_bucket", &[rule, ("le", "60")], 1.0),
+        ("api_requests_total", &[op("patch_conversation")], 1.0),
+        ("api_requests_total", &[op("token"), ("status", "200")], 1.0),
+        ("api_requests_total", &[op("create_channel")], 2.0),
+        ("api_requests_total", &[op("put_subscriptions")], 1.0),
+        ("budget_wait_seconds_count", &[("priority", "close")], 1.0),
+        ("budget_queued", &[("priority", "close")], 0.0),
+        ("tracked_conversations", &[], 0.0),
+        ("watched_topics", &[], 0.0),
+        ("streams_live", &[], 1.0),
+        ("journal_errors_total", &[], 0.0),
+        ("intake_requests_total", &[("status", "401")], 1.0),
+        ("reconnects_total", &[("reason", "socket_error")], 0.0),
+    ];
+    for (family, labels, least) in expected {
+        let name = format!("genesys_closer_{family}");
+        let v = sample(&text, &name, labels).unwrap_or_else(|| panic!("no {name} {labels:?}"));
+        assert!(v >= least, "{name} {labels:?} = {v}:\n{text}");
+    }
+    let errors = sample(&text, "genesys_closer_journal_errors_total", &[]);
+    assert_eq!(errors, Some(0.0));
     // No conversation id ever becomes a label.
-    assert!(!text.contains(bye.as_str()), "a conversation id in the metrics");
+    assert!(!text.contains(bye.as_str()), "a conversation id in a label");
 
     let (status, _) = http(maddr, "GET", "/healthz", "").await;
     assert_eq!(status, 200);

@@ -277,6 +277,7 @@ impl Closer {
                 reason: report.reason.clone(),
                 correlation_id: report.correlation_id.clone(),
                 requests: report.sent.len() as i64,
+                latency_ms: Some(report.latency.as_millis() as i64),
             };
             // A failed write is logged by the journal; the report still goes out.
             let _ = this.journal.outcome(outcome).await;

@@ -117,6 +117,7 @@ impl Checker<'_> {
                 "intake",
                 "daemon",
                 "metrics",
+                "feed",
                 "rule",
             ],
         );
@@ -131,6 +132,7 @@ impl Checker<'_> {
         let rules = self.rules(root);
         let daemon = self.daemon(root);
         let metrics = self.metrics(root);
+        let feed = self.feed(root);
         Some(Config {
             daemon,
             source: self.file.to_path_buf(),
@@ -141,6 +143,7 @@ impl Checker<'_> {
             log,
             intake,
             metrics,
+            feed,
             rules,
         })
     }
@@ -348,6 +351,31 @@ impl Checker<'_> {
 
     /// `[metrics]`: off unless `enabled = true`; loopback unless `allow_remote = true`
     /// (see [`MetricsConfig`] for why).
+    fn feed(&mut self, root: &dyn TableLike) -> Option<FeedConfig> {
+        let (t, here) = self.section(root, "feed")?;
+        self.unknown_keys(t, "[feed]", &["url", "file", "token_file", "timeout"]);
+        let url = self.url(t, "url");
+        let file = self.nonempty_string(t, "file").map(PathBuf::from);
+        let token_file = self.nonempty_string(t, "token_file").map(PathBuf::from);
+        let timeout = self
+            .duration(t, "timeout")
+            .unwrap_or(Duration::from_secs(10));
+        if url.is_none() && file.is_none() && !t.contains_key("url") {
+            self.at(
+                here,
+                "[feed] delivers nowhere: set `url` (an https endpoint) and/or `file` (JSON lines)"
+                    .into(),
+            );
+            return None;
+        }
+        Some(FeedConfig {
+            url,
+            file,
+            token_file,
+            timeout,
+        })
+    }
+
     fn metrics(&mut self, root: &dyn TableLike) -> Option<MetricsConfig> {
         let (t, _) = self.section(root, "metrics")?;
         self.unknown_keys(t, "[metrics]", &["enabled", "listen", "allow_remote"]);

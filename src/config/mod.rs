@@ -78,6 +78,8 @@ pub struct Config {
     pub intake: Option<IntakeConfig>,
     /// `[metrics]`: Prometheus metrics and health endpoints; `None` when off.
     pub metrics: Option<MetricsConfig>,
+    /// `[feed]`: every final outcome delivered to an endpoint and/or a file; `None`: off.
+    pub feed: Option<FeedConfig>,
     /// Rules in file order; the first that matches decides.
     pub rules: Vec<RuleConfig>,
 }
@@ -119,6 +121,25 @@ impl Default for DaemonConfig {
         }
     }
 }
+
+/// `[feed]`: the outcome feed for analytics. Each final outcome is one JSON object,
+/// delivered at least once across crashes (an outbox in the journal) with an
+/// idempotency key, retried with backoff, never in the way of closes.
+#[derive(Debug, Clone)]
+pub struct FeedConfig {
+    /// `POST` each outcome here (https; http only to loopback).
+    pub url: Option<Url>,
+    /// Append each outcome here as a JSON line.
+    pub file: Option<PathBuf>,
+    /// A bearer token for `url`, read from this file (or from the environment variable
+    /// [`FEED_TOKEN_ENV`]).
+    pub token_file: Option<PathBuf>,
+    /// Per delivery attempt.
+    pub timeout: Duration,
+}
+
+/// Environment variable holding the feed endpoint's bearer token.
+pub const FEED_TOKEN_ENV: &str = "GENESYS_CLOSER_FEED_TOKEN";
 
 /// Longest farewell Genesys accepts on SMS (`AdditionalMessage.textBody`, facts D.5).
 pub const FAREWELL_MAX_SMS: usize = 765;

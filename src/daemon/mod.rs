@@ -189,9 +189,18 @@ pub async fn run(
     }
     // The journal first: without it a crash could lose a close, so no state directory,
     // no start. It also refuses a second daemon on the same directory.
-    let opened = crate::journal::open(
+    let sinks = crate::journal::Sinks {
+        http: config.feed.as_ref().is_some_and(|f| f.url.is_some()),
+        file: config.feed.as_ref().is_some_and(|f| f.file.is_some()),
+    };
+    let feed_token = match &config.feed {
+        Some(f) => crate::feed::load_token(f).map_err(DaemonError::Setup)?,
+        None => None,
+    };
+    let opened = crate::journal::open_with(
         &config.daemon.state_dir,
         crate::journal::now_ms() - FINISHED_REMEMBERED.as_millis() as i64,
+        sinks,
     )?;
     let journal = opened.journal.clone();
     journal.prune(config.daemon.retention);
@@ -202,6 +211,23 @@ pub async fn run(
         "journal open"
     );
     let http = ApiClient::http_client().map_err(|e| DaemonError::Setup(e.to_string()))?;
+    // The outcome feed delivers from the journal's outbox on its own task.
+    let stop_feed = CancellationToken::new();
+    let feed_task = config.feed.as_ref().map(|f| {
+        tracing::info!(url = f.url.as_ref().map(|u| u.as_str()),
+            file = f.file.as_ref().map(|p| p.display().to_string()), "outcome feed on");
+        tokio::spawn(
+            crate::feed::Feed {
+                journal: journal.clone(),
+                http: http.clone(),
+                url: f.url.clone(),
+                token: feed_token.clone(),
+                file: f.file.clone(),
+                timeout: f.timeout,
+            }
+            .run(stop_feed.clone()),
+        )
+    });
     let tokens = TokenSource::new(
         http.clone(),
         &config.genesys.login_url,
@@ -516,6 +542,11 @@ pub async fn run(
     // Deferred decisions and the last outcomes must be on disk before the process ends.
     if let Err(e) = journal.flush().await {
         tracing::error!(error = %e, "journal: could not store the last records");
+    }
+    // Outcomes not yet delivered stay in the outbox for the next start.
+    stop_feed.cancel();
+    if let Some(t) = feed_task {
+        let _ = t.await;
     }
     drop(journal);
     if abandoned == 0 {

@@ -92,6 +92,71 @@ pub struct OutcomeRecord {
     pub correlation_id: Option<String>,
     /// Requests Genesys answered.
     pub requests: i64,
+    /// Decision to confirmation (or to giving up), ms.
+    pub latency_ms: Option<i64>,
+}
+
+/// Where finished outcomes are delivered (the outcome feed); each journalled outcome
+/// gets an outbox entry per sink, in the same transaction, so delivery is at least once
+/// across crashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sinks {
+    /// `[feed] url`.
+    pub http: bool,
+    /// `[feed] file`.
+    pub file: bool,
+}
+
+/// An outcome waiting for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// Row id.
+    pub id: i64,
+    /// Idempotency key: the same for every delivery attempt of this outcome.
+    pub key: String,
+    /// The JSON object to deliver.
+    pub payload: String,
+    /// Still to POST.
+    pub http_pending: bool,
+    /// Still to append to the file.
+    pub file_pending: bool,
+    /// Failed attempts so far.
+    pub attempts: i64,
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64))
+        .to_string()
+}
+
+/// The outcome feed's JSON object (stable field names; documented in the README).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn feed_payload(
+    key: &str,
+    o: &OutcomeRecord,
+    rule: &str,
+    intent: &str,
+    source: &str,
+    queue_id: Option<&str>,
+    decided_ms: i64,
+    finished_ms: i64,
+) -> String {
+    serde_json::json!({
+        "idempotency_key": key,
+        "conversation_id": o.conversation_id,
+        "rule": rule,
+        "intent": intent,
+        "source": source,
+        "queue_id": queue_id,
+        "outcome": o.outcome,
+        "decided_at": rfc3339_ms(decided_ms),
+        "finished_at": rfc3339_ms(finished_ms),
+        "latency_ms": o.latency_ms,
+        "requests": o.requests,
+        "reason": o.reason,
+        "correlation_id": o.correlation_id,
+    })
+    .to_string()
 }
 
 /// The storage a journal needs. Implementations must be safe to call from one thread
@@ -102,8 +167,17 @@ pub trait Backend: Send {
     fn decision(&mut self, d: &DecisionRecord) -> Result<(), JournalError>;
     /// Records a step of a conversation's close.
     fn step(&mut self, conversation_id: &str, step: &str, at_ms: i64) -> Result<(), JournalError>;
-    /// Records how a close ended.
-    fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64) -> Result<(), JournalError>;
+    /// Records how a close ended, with an outbox entry for each sink in `sinks`.
+    fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64, sinks: Sinks)
+    -> Result<(), JournalError>;
+    /// Outbox entries due for delivery at `now_ms`, oldest first.
+    fn outbox_due(&mut self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, JournalError>;
+    /// Marks sinks of an outbox entry delivered.
+    fn outbox_done(&mut self, id: i64, http: bool, file: bool) -> Result<(), JournalError>;
+    /// Counts a failed delivery and sets the next attempt.
+    fn outbox_retry(&mut self, id: i64, next_ms: i64, error: &str) -> Result<(), JournalError>;
+    /// Entries not yet delivered to every sink.
+    fn outbox_pending(&mut self) -> Result<usize, JournalError>;
     /// Records an accepted intake call.
     fn intake(
         &mut self,
@@ -168,6 +242,9 @@ enum Cmd {
     Intake(String, Option<String>, String, i64),
     Prune(i64),
     Flush(Reply),
+    OutboxDue(i64, usize, oneshot::Sender<Result<(Vec<OutboxItem>, usize), JournalError>>),
+    OutboxDone(i64, bool, bool),
+    OutboxRetry(i64, i64, String),
 }
 
 /// The daemon's handle on the journal. Cheap to clone.
@@ -176,6 +253,8 @@ pub struct Journal {
     tx: std_mpsc::Sender<Cmd>,
     /// Whether the last write succeeded (for `/readyz`).
     writable: Arc<AtomicBool>,
+    /// Woken when an outcome enters the outbox.
+    outbox_ready: Arc<tokio::sync::Notify>,
 }
 
 /// What `open` hands back besides the handle: the lock and the writer, kept alive
@@ -224,6 +303,15 @@ pub fn db_path(state_dir: &Path) -> PathBuf {
 /// database, and reads what a past run left unfinished and the closes finished since
 /// `finished_since_ms`.
 pub fn open(state_dir: &Path, finished_since_ms: i64) -> Result<Opened, JournalError> {
+    open_with(state_dir, finished_since_ms, Sinks::default())
+}
+
+/// [`open`], with an outbox entry per outcome for each of `sinks` (the outcome feed).
+pub fn open_with(
+    state_dir: &Path,
+    finished_since_ms: i64,
+    sinks: Sinks,
+) -> Result<Opened, JournalError> {
     let dir_err = |reason: String| JournalError::StateDir {
         dir: state_dir.to_path_buf(),
         reason,
@@ -252,13 +340,21 @@ pub fn open(state_dir: &Path, finished_since_ms: i64) -> Result<Opened, JournalE
     let recently_finished = backend.finished_since(finished_since_ms)?;
     let (tx, rx) = std_mpsc::channel::<Cmd>();
     let writable = Arc::new(AtomicBool::new(true));
+    let outbox_ready = Arc::new(tokio::sync::Notify::new());
     let ok = Arc::clone(&writable);
     let writer = std::thread::Builder::new()
         .name("journal".into())
-        .spawn(move || writer(backend, rx, &ok))
+        .spawn({
+            let ready = Arc::clone(&outbox_ready);
+            move || writer(backend, rx, &ok, sinks, &ready)
+        })
         .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
     Ok(Opened {
-        journal: Journal { tx, writable },
+        journal: Journal {
+            tx,
+            writable,
+            outbox_ready,
+        },
         unfinished,
         recently_finished,
         guard: JournalGuard {
@@ -281,7 +377,13 @@ pub fn open_read(state_dir: &Path) -> Result<SqliteBackend, JournalError> {
     SqliteBackend::open_read_only(&path)
 }
 
-fn writer(mut b: SqliteBackend, rx: std_mpsc::Receiver<Cmd>, ok: &AtomicBool) {
+fn writer(
+    mut b: SqliteBackend,
+    rx: std_mpsc::Receiver<Cmd>,
+    ok: &AtomicBool,
+    sinks: Sinks,
+    outbox_ready: &tokio::sync::Notify,
+) {
     let answer = |reply: Option<Reply>, r: Result<(), JournalError>, what: &str, id: &str| {
         ok.store(r.is_ok(), Ordering::Relaxed);
         if let Err(e) = &r {
@@ -304,8 +406,12 @@ fn writer(mut b: SqliteBackend, rx: std_mpsc::Receiver<Cmd>, ok: &AtomicBool) {
                 answer(reply, r, "step", &id);
             }
             Cmd::Outcome(o, at, reply) => {
-                let r = b.outcome(&o, at);
+                let r = b.outcome(&o, at, sinks);
+                let fed = r.is_ok() && (sinks.http || sinks.file);
                 answer(reply, r, "outcome", &o.conversation_id);
+                if fed {
+                    outbox_ready.notify_one();
+                }
             }
             Cmd::Intake(id, intent, ans, at) => {
                 let r = b.intake(&id, intent.as_deref(), &ans, at);
@@ -313,6 +419,22 @@ fn writer(mut b: SqliteBackend, rx: std_mpsc::Receiver<Cmd>, ok: &AtomicBool) {
             }
             Cmd::Flush(reply) => {
                 let _ = reply.send(Ok(()));
+            }
+            Cmd::OutboxDue(now, limit, reply) => {
+                let r = b
+                    .outbox_due(now, limit)
+                    .and_then(|due| Ok((due, b.outbox_pending()?)));
+                let _ = reply.send(r);
+            }
+            Cmd::OutboxDone(id, http, file) => {
+                if let Err(e) = b.outbox_done(id, http, file) {
+                    tracing::error!(error = %e, "journal: cannot mark an outcome delivered (it may be delivered again)");
+                }
+            }
+            Cmd::OutboxRetry(id, next, err) => {
+                if let Err(e) = b.outbox_retry(id, next, &err) {
+                    tracing::error!(error = %e, "journal: cannot record a failed delivery");
+                }
             }
             Cmd::Prune(before) => match b.prune(before) {
                 Ok(0) => {}
@@ -379,6 +501,30 @@ impl Journal {
     pub async fn outcome(&self, o: OutcomeRecord) -> Result<(), JournalError> {
         self.submit_wait(|r| Cmd::Outcome(o, now_ms(), Some(r)))
             .await
+    }
+
+    /// Outcomes due for delivery now (at most `limit`), and how many are pending in all.
+    pub async fn outbox_due(&self, limit: usize) -> Result<(Vec<OutboxItem>, usize), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::OutboxDue(now_ms(), limit, tx))
+            .map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Marks an outcome delivered to these sinks (queued).
+    pub fn outbox_done(&self, id: i64, http: bool, file: bool) {
+        self.submit(Cmd::OutboxDone(id, http, file));
+    }
+
+    /// Records a failed delivery; the next attempt is due at `next_ms` (queued).
+    pub fn outbox_retry(&self, id: i64, next_ms: i64, error: &str) {
+        self.submit(Cmd::OutboxRetry(id, next_ms, error.to_owned()));
+    }
+
+    /// Resolves when a new outcome entered the outbox.
+    pub async fn outbox_ready(&self) {
+        self.outbox_ready.notified().await;
     }
 
     /// Records an accepted intake call (queued).

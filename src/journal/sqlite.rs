@@ -12,9 +12,12 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{Backend, DecisionRecord, HistoryEntry, JournalError, OutcomeRecord, Unfinished};
+use super::{
+    Backend, DecisionRecord, HistoryEntry, JournalError, OutboxItem, OutcomeRecord, Sinks,
+    Unfinished,
+};
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS decisions (
@@ -31,7 +34,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     outcome_ms      INTEGER,
     reason          TEXT,
     correlation_id  TEXT,
-    requests        INTEGER
+    requests        INTEGER,
+    latency_ms      INTEGER
 );
 CREATE INDEX IF NOT EXISTS decisions_open ON decisions(decided_ms) WHERE outcome IS NULL;
 CREATE INDEX IF NOT EXISTS decisions_finished ON decisions(outcome_ms);
@@ -50,6 +54,18 @@ CREATE TABLE IF NOT EXISTS intake (
     answer          TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS intake_at ON intake(at_ms);
+CREATE TABLE IF NOT EXISTS outbox (
+    id              INTEGER PRIMARY KEY,
+    key             TEXT NOT NULL UNIQUE,
+    payload         TEXT NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    http_pending    INTEGER NOT NULL,
+    file_pending    INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_ms         INTEGER NOT NULL,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(next_ms) WHERE http_pending OR file_pending;
 ";
 
 fn storage(e: rusqlite::Error) -> JournalError {
@@ -86,6 +102,11 @@ impl SqliteBackend {
                 "{} was written by a newer genesys-closer (schema {version}, this one knows {SCHEMA_VERSION})",
                 path.display()
             )));
+        }
+        if version == 1 {
+            // Version 2 added the latency of each outcome and the outbox.
+            db.execute_batch("ALTER TABLE decisions ADD COLUMN latency_ms INTEGER;")
+                .map_err(storage)?;
         }
         db.execute_batch(SCHEMA).map_err(storage)?;
         db.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
@@ -175,23 +196,114 @@ impl Backend for SqliteBackend {
         Ok(())
     }
 
-    fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64) -> Result<(), JournalError> {
+    fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64, sinks: Sinks) -> Result<(), JournalError> {
+        // The outcome and its outbox entry in one transaction: a crash keeps both or
+        // neither, so every journalled outcome is delivered at least once.
+        let tx = self.db.transaction().map_err(storage)?;
+        tx.execute(
+            "UPDATE decisions SET outcome = ?2, outcome_ms = ?3, reason = ?4,
+                    correlation_id = ?5, requests = ?6, latency_ms = ?7
+             WHERE conversation_id = ?1",
+            params![
+                o.conversation_id,
+                o.outcome,
+                at_ms,
+                o.reason,
+                o.correlation_id,
+                o.requests,
+                o.latency_ms
+            ],
+        )
+        .map_err(storage)?;
+        if sinks.http || sinks.file {
+            let row = tx
+                .query_row(
+                    "SELECT rule, intent, source, queue_id, decided_ms FROM decisions
+                     WHERE conversation_id = ?1",
+                    [&o.conversation_id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, i64>(4)?,
+                        ))
+                    },
+                )
+                .optional()
+                .map_err(storage)?;
+            if let Some((rule, intent, source, queue_id, decided_ms)) = row {
+                let key = format!("{}:{decided_ms}", o.conversation_id);
+                let payload = super::feed_payload(
+                    &key, o, &rule, &intent, &source, queue_id.as_deref(), decided_ms, at_ms,
+                );
+                tx.execute(
+                    "INSERT OR IGNORE INTO outbox (key, payload, created_ms, http_pending,
+                        file_pending, next_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
+                    params![key, payload, at_ms, sinks.http, sinks.file],
+                )
+                .map_err(storage)?;
+            }
+        }
+        tx.commit().map_err(storage)
+    }
+
+    fn outbox_due(&mut self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, JournalError> {
+        let mut st = self
+            .db
+            .prepare_cached(
+                "SELECT id, key, payload, http_pending, file_pending, attempts FROM outbox
+                 WHERE (http_pending OR file_pending) AND next_ms <= ?1
+                 ORDER BY next_ms, id LIMIT ?2",
+            )
+            .map_err(storage)?;
+        let rows = st
+            .query_map(params![now_ms, limit as i64], |r| {
+                Ok(OutboxItem {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    payload: r.get(2)?,
+                    http_pending: r.get(3)?,
+                    file_pending: r.get(4)?,
+                    attempts: r.get(5)?,
+                })
+            })
+            .map_err(storage)?;
+        rows.collect::<Result<_, _>>().map_err(storage)
+    }
+
+    fn outbox_done(&mut self, id: i64, http: bool, file: bool) -> Result<(), JournalError> {
         self.db
             .execute(
-                "UPDATE decisions SET outcome = ?2, outcome_ms = ?3, reason = ?4,
-                        correlation_id = ?5, requests = ?6
-                 WHERE conversation_id = ?1",
-                params![
-                    o.conversation_id,
-                    o.outcome,
-                    at_ms,
-                    o.reason,
-                    o.correlation_id,
-                    o.requests
-                ],
+                "UPDATE outbox SET http_pending = http_pending AND NOT ?2,
+                        file_pending = file_pending AND NOT ?3 WHERE id = ?1",
+                params![id, http, file],
             )
             .map_err(storage)?;
         Ok(())
+    }
+
+    fn outbox_retry(&mut self, id: i64, next_ms: i64, error: &str) -> Result<(), JournalError> {
+        self.db
+            .execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_ms = ?2, last_error = ?3
+                 WHERE id = ?1",
+                params![id, next_ms, error],
+            )
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    fn outbox_pending(&mut self) -> Result<usize, JournalError> {
+        self.db
+            .query_row(
+                "SELECT COUNT(*) FROM outbox WHERE http_pending OR file_pending",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as usize)
+            .map_err(storage)
     }
 
     fn intake(
@@ -321,6 +433,12 @@ impl Backend for SqliteBackend {
             .map_err(storage)?;
         tx.execute("DELETE FROM intake WHERE at_ms < ?1", [before_ms])
             .map_err(storage)?;
+        // Delivered entries go with retention; undelivered ones are kept (at least once).
+        tx.execute(
+            "DELETE FROM outbox WHERE created_ms < ?1 AND NOT http_pending AND NOT file_pending",
+            [before_ms],
+        )
+        .map_err(storage)?;
         tx.commit().map_err(storage)?;
         Ok(n)
     }

@@ -21,6 +21,7 @@ fn outcome(id: &str) -> OutcomeRecord {
         reason: None,
         correlation_id: None,
         requests: 1,
+        latency_ms: Some(20),
     }
 }
 

@@ -78,7 +78,10 @@ impl RateWindow {
             self.accepted.push_back(now);
             return Ok(());
         }
-        let frees_at = self.accepted.front().map_or(now + self.window, |t| *t + self.window);
+        let frees_at = self
+            .accepted
+            .front()
+            .map_or(now + self.window, |t| *t + self.window);
         let wait = frees_at.saturating_duration_since(now);
         Err(wait.as_secs_f64().ceil().max(1.0) as u64)
     }
