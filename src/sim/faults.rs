@@ -85,6 +85,11 @@ impl SimHandle {
         self.world().revoke_tokens();
     }
 
+    /// The access tokens issued and still valid (for tests proving none is logged).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.world().issued_tokens()
+    }
+
     /// Removes every channel at once, as if expired or evicted: each attached socket
     /// gets the text frame `{"result":"404"}` and is then closed abruptly, and
     /// later REST calls on the channel answer 404. The `404` frame is not a

@@ -237,6 +237,10 @@ impl World {
         lock(&self.tokens).clear();
     }
 
+    pub(crate) fn issued_tokens(&self) -> Vec<String> {
+        lock(&self.tokens).keys().cloned().collect()
+    }
+
     // ---- frames ----
 
     /// Keeps the last `FRAME_LOG_CAP` frames for `pushed_frames()`.
