@@ -177,6 +177,9 @@ pub struct ApiClient {
     base: Url,
     tokens: TokenSource,
     budget: Arc<Budget>,
+    /// Since when, and why, Genesys has been unreachable (transport errors, 5xx, login
+    /// down): the outage and the recovery each get one log line.
+    outage: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 /// The budget of a client built without [`ApiClient::with_budget`]: the config default.
@@ -190,6 +193,34 @@ impl ApiClient {
             base: api_url,
             tokens,
             budget: Arc::new(Budget::new(DEFAULT_REQUESTS_PER_MINUTE)),
+            outage: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A call failed for a reason that says Genesys (or the way to it) is down.
+    fn outage_failure(&self, err: &ApiError) {
+        let down = match err {
+            ApiError::Transport { .. } => true,
+            ApiError::Status { status, .. } => *status >= 500,
+            ApiError::Auth(e) => e.is_retryable(),
+            ApiError::Decode { .. } => false,
+        };
+        if !down {
+            return;
+        }
+        let mut o = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        if o.is_none() {
+            tracing::warn!(error = %err, "Genesys unreachable; calls are retried (one line when it is back)");
+            *o = Some((std::time::Instant::now(), err.to_string()));
+        }
+    }
+
+    /// A call got an answer: an outage, if any, is over.
+    fn outage_over(&self) {
+        let mut o = self.outage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((since, what)) = o.take() {
+            tracing::info!(outage_ms = since.elapsed().as_millis() as u64, first_error = %what,
+                "Genesys reachable again");
         }
     }
 
@@ -574,7 +605,7 @@ impl ApiClient {
                     let err = ApiError::Transport {
                         method: method.clone(),
                         path: path.to_string(),
-                        reason: e.without_url().to_string(),
+                        reason: crate::telemetry::error_chain(&e.without_url()),
                     };
                     (err, None)
                 }
@@ -582,16 +613,19 @@ impl ApiClient {
                     let status = resp.status();
                     crate::metrics::api_request(operation, status.as_u16());
                     let correlation_id = header(&resp, "inin-correlation-id");
-                    let retry_after = header(&resp, "retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs);
+                    let retry_after =
+                        header(&resp, "retry-after").and_then(|v| parse_retry_after(&v));
                     let bytes = resp.bytes().await.unwrap_or_default();
                     if status.is_success() {
+                        self.outage_over();
                         return Ok(Answer {
                             status: status.as_u16(),
                             correlation_id,
                             body: bytes,
                         });
+                    }
+                    if status.as_u16() < 500 {
+                        self.outage_over();
                     }
                     let err = status_error(&method, path, status, correlation_id, &bytes);
                     if status == StatusCode::UNAUTHORIZED && !renewed {
@@ -612,6 +646,7 @@ impl ApiClient {
                     (err, wait)
                 }
             };
+            self.outage_failure(&err);
             if !err.is_retryable()
                 || attempt >= MAX_ATTEMPTS
                 || (!retry_ambiguous && wait.is_none())
@@ -630,6 +665,62 @@ impl ApiClient {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// `Retry-After`: delay-seconds, or an HTTP-date (IMF-fixdate,
+/// `Sun, 06 Nov 1994 08:49:37 GMT`) turned into the time left until then.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = imf_fixdate_unix(v)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    Some(Duration::from_secs((at - now).max(0) as u64))
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate (RFC 9110 5.6.7).
+fn imf_fixdate_unix(v: &str) -> Option<i64> {
+    let rest = v.split_once(", ")?.1;
+    let mut it = rest.split(' ');
+    let day: i64 = it.next()?.parse().ok()?;
+    let month = match it.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':');
+    let (h, m, s): (i64, i64, i64) = (
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+    );
+    if it.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from the civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
 }
 
 fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
@@ -787,4 +878,23 @@ fn comm_participant(p: &serde_json::Value) -> Option<CommParticipant> {
 
 fn flag_of(v: &serde_json::Value, key: &str) -> bool {
     v.get(key).and_then(serde_json::Value::as_bool) == Some(true)
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(imf_fixdate_unix("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(imf_fixdate_unix("Tue, 29 Feb 2028 00:00:00 GMT"), Some(1_835_395_200));
+        // A date in the past means "now".
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(imf_fixdate_unix("Sunday, 06-Nov-94 08:49:37 GMT"), None);
+    }
 }
