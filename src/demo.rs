@@ -211,6 +211,7 @@ pub(crate) async fn start_daemon_on(
             intake_token: Some(SecretString::from(intake_token.to_string())),
             intake_bound: Some(bound_tx),
             metrics_bound: Some(metrics_tx),
+            record: None,
         };
         let config = config.clone();
         tokio::spawn(async move { daemon::run(&config, secret, opts).await })
@@ -363,9 +364,13 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let mut unmatched = Vec::new();
     let mut reports: Vec<CloseReport> = Vec::new();
     let limit = opts.conversations.unwrap_or(u64::MAX);
+    // Live progress on one line for a person at a terminal; nothing otherwise.
+    let status = crate::progress::StatusLine::for_terminal();
+    let mut redraw = tokio::time::interval(PROGRESS_EVERY);
     while created < limit {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = redraw.tick(), if status.is_some() => show_progress(status.as_ref(), created, &reports),
             Some(r) = reports_rx.recv() => reports.push(r),
             _ = tick.tick() => {
                 let (id, shape, intent) = create(&sim, &shapes, created);
@@ -390,6 +395,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep_until(wait_until) => break,
+            _ = redraw.tick(), if status.is_some() => show_progress(status.as_ref(), created, &reports),
             r = reports_rx.recv() => match r {
                 Some(r) => reports.push(r),
                 None => break,
@@ -409,6 +415,8 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Cleared before the summary: stdout stays exactly the JSON line.
+    drop(status);
     stop_daemon.cancel();
     let run_summary = match daemon_task.await {
         Ok(Ok(s)) => s,
@@ -424,6 +432,26 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     summary.catchup_reads = run_summary.catchup_reads;
     count_requests(&mut summary, &requests, &reports, &queue_ids, &bot_ids);
     Ok(summary)
+}
+
+/// How often the terminal's progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// The progress line: counts so far and the p99 of confirmed closes.
+fn show_progress(
+    status: Option<&crate::progress::StatusLine>,
+    created: u64,
+    reports: &[CloseReport],
+) {
+    let Some(status) = status else { return };
+    let s = summarise(created, 0, reports);
+    status.set(&format!(
+        "demo: {created} created, {} matched, {} confirmed, {} failed, p99 {:.0} ms",
+        s.matched,
+        s.confirmed + s.escalated_confirmed,
+        s.failed,
+        s.p99_ms
+    ));
 }
 
 fn topic_total(sim: &SimHandle) -> usize {

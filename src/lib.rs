@@ -14,6 +14,9 @@
 //! [`sim`] is a Genesys simulator (REST, socket, conversation generator) for the demo,
 //! the tests and the benchmarks; no daemon module imports it. [`demo`] runs both on
 //! loopback; [`matrix`] and [`burst`] measure the daemon against it.
+//!
+//! [`record`] appends every frame the sockets read to a file (`run --record`), and
+//! [`replay`] feeds such a file through the parser, the state map and the rules offline.
 
 pub mod burst;
 pub mod closer;
@@ -27,6 +30,9 @@ pub mod intake;
 pub mod journal;
 pub mod matrix;
 pub mod metrics;
+pub mod progress;
+pub mod record;
+pub mod replay;
 pub mod rules;
 pub mod sim;
 pub mod state;

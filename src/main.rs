@@ -7,15 +7,19 @@ use std::time::Duration;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use genesys_closer::config::{Config, EXIT_BAD_CONFIG, EXIT_CREDENTIALS, SecretSource};
 use genesys_closer::{daemon, demo, genesys, sim, telemetry};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// `--version`: the package version and the git commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GIT_COMMIT"), ")");
+
 /// Ends Genesys Cloud messaging conversations when a bot intent matches a rule.
 #[derive(Parser)]
-#[command(version, about)]
+// Our own `help` subcommand (below) replaces clap's, which fails on `help --help`.
+#[command(version = VERSION, about, disable_help_subcommand = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,6 +32,36 @@ enum Command {
         /// Path to the TOML config.
         #[arg(long, default_value = "/etc/genesys-closer/config.toml")]
         config: PathBuf,
+        /// Also append every text frame read from the notification sockets to FILE, one
+        /// JSON line each, for `replay`. Never slows the sockets: when the disk cannot
+        /// keep up, frames are left out of the recording (counted, logged).
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+        /// Rotate the recording before it passes this size (FILE becomes FILE.1, one
+        /// previous file is kept), e.g. 100MB, 1GiB.
+        #[arg(long, value_name = "SIZE", default_value = "100MB", value_parser = genesys_closer::record::parse_size)]
+        record_max: u64,
+    },
+    /// Replay frames recorded by `run --record` through a config's rules; nothing is sent.
+    ///
+    /// The frames go through the daemon's own parser, state map and rules, with no
+    /// network. Use it to test rule edits on real traffic before a reload: record with the
+    /// running config, edit a copy, replay the recording with the copy, compare the
+    /// decisions. One line per decision (conversation id, rule, intent, source, time),
+    /// then a summary (frames, conversations, decisions by rule, frames that failed to
+    /// parse). Lines that are not recorded frames are reported with their line number
+    /// and skipped. Intake calls and REST reads are not in a recording: decisions the
+    /// daemon made on those do not appear.
+    Replay {
+        /// Path to the TOML config whose rules are tried.
+        #[arg(long, default_value = "/etc/genesys-closer/config.toml")]
+        config: PathBuf,
+        /// JSON lines: one per decision, then the summary (`"type"` tells which).
+        #[arg(long)]
+        json: bool,
+        /// Recording files, oldest first (FILE.1 before FILE to span a rotation).
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
     },
     /// Validate a config and print what would run; no network I/O unless --online.
     Check {
@@ -75,11 +109,28 @@ enum Command {
     /// Run the stream's fault matrix against the simulator and print a table (each
     /// scenario: matched, confirmed, lost, duplicate closes, REST requests, recovery).
     FaultMatrix,
+    /// A burst of matching conversations against the simulator with the org's rate limit
+    /// on; prints a table (bench/burst.sh).
+    Burst {
+        /// Conversations created at once.
+        #[arg(long, default_value_t = 1000)]
+        conversations: usize,
+        /// The simulated org's limit, requests per 60 s (0: none).
+        #[arg(long, default_value_t = 300)]
+        sim_limit: u32,
+        /// The daemon's budget, requests per minute.
+        #[arg(long, default_value_t = 240)]
+        requests_per_minute: u32,
+    },
     /// Run the Genesys simulator alone (for pointing a daemon at it by hand).
     Sim {
-        /// Address to listen on (loopback).
+        /// Address to listen on: loopback unless --allow-remote.
         #[arg(long, default_value = "127.0.0.1:8900")]
         listen: std::net::SocketAddr,
+        /// Allow a --listen address other machines can reach (the simulator's
+        /// credentials are fixed and printed: anyone who reaches it can use it).
+        #[arg(long)]
+        allow_remote: bool,
         /// New conversations per second from the built-in generator (0: none).
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
@@ -93,10 +144,49 @@ enum Command {
         #[arg(long = "fault", value_parser = parse_fault)]
         faults: Vec<sim::ScriptedFault>,
     },
+    /// Print shell completions or the man page on stdout (see README.md).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+    /// Print this message or the help of the given subcommand(s).
+    Help {
+        /// The subcommand (and its subcommands) to describe.
+        #[arg(value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generate {
+    /// Completions for a shell, e.g.
+    /// `genesys-closer generate completions bash | sudo tee /usr/share/bash-completion/completions/genesys-closer`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// The man page (roff), e.g. `genesys-closer generate man | sudo tee
+    /// /usr/share/man/man1/genesys-closer.1`; with COMMAND, that subcommand's page.
+    Man {
+        /// A subcommand (`run`, `check`, ...).
+        command: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The commands that need no async runtime.
+    let command = match cli.command {
+        Command::Help { command } => return help(&command),
+        Command::Generate { what } => return generate(what),
+        Command::Replay {
+            config,
+            json,
+            files,
+        } => return replay(&config, &files, json),
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,7 +198,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Check { config, online } => {
                 let code = check(&config);
                 if online && code == ExitCode::SUCCESS {
@@ -117,7 +207,11 @@ fn main() -> ExitCode {
                     code
                 }
             }
-            Command::Run { config } => run(&config).await,
+            Command::Run {
+                config,
+                record,
+                record_max,
+            } => run(&config, record.as_deref(), record_max).await,
             Command::History {
                 config,
                 state_dir,
@@ -131,14 +225,143 @@ fn main() -> ExitCode {
                 paths,
             } => run_demo(conversations, rate, paths).await,
             Command::FaultMatrix => run_matrix().await,
+            Command::Burst {
+                conversations,
+                sim_limit,
+                requests_per_minute,
+            } => run_burst(conversations, sim_limit, requests_per_minute).await,
             Command::Sim {
                 listen,
+                allow_remote,
                 rate,
                 heartbeat,
                 faults,
-            } => run_sim(listen, rate, heartbeat, faults).await,
+            } => {
+                if !allow_remote && !listen.ip().is_loopback() {
+                    eprintln!(
+                        "error: --listen {listen} is not a loopback address: other machines \
+                         could reach the simulator, whose credentials are fixed and printed; \
+                         add --allow-remote to listen there anyway"
+                    );
+                    return ExitCode::from(EXIT_BAD_CONFIG as u8);
+                }
+                run_sim(listen, rate, heartbeat, faults).await
+            }
+            Command::Help { .. } | Command::Generate { .. } | Command::Replay { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
+}
+
+/// `help [COMMAND]...`: the long help of the command named (of the program without one).
+fn help(path: &[String]) -> ExitCode {
+    let mut cmd = Cli::command();
+    // Built first, so a subcommand's usage line names the program.
+    cmd.build();
+    let mut current = &mut cmd;
+    for name in path {
+        match current.find_subcommand_mut(name) {
+            Some(sub) => current = sub,
+            None => {
+                eprintln!(
+                    "error: unrecognized subcommand '{name}'\n\nFor a list of subcommands, \
+                     try 'genesys-closer help'."
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match current.print_long_help() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// `generate completions SHELL` / `generate man [COMMAND]`, on stdout.
+fn generate(what: Generate) -> ExitCode {
+    let mut cmd = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match what {
+        Generate::Completions { shell } => {
+            // Into memory first: the generator panics on a write error (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "genesys-closer", &mut script);
+            let _ = out.write_all(&script);
+        }
+        Generate::Man { command } => {
+            cmd.build();
+            let page = match command {
+                None => cmd,
+                Some(name) => match cmd.find_subcommand(&name) {
+                    Some(sub) => sub.clone().version(VERSION),
+                    None => {
+                        eprintln!("error: no subcommand '{name}'");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            // `generate man | head` closing the pipe early is not worth an error.
+            if let Err(e) = clap_mangen::Man::new(page).render(&mut out)
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                eprintln!("error: cannot write the man page: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let _ = out.flush();
+    ExitCode::SUCCESS
+}
+
+/// `replay`: recorded frames through the parser, the state map and the rules.
+fn replay(config: &std::path::Path, files: &[PathBuf], json: bool) -> ExitCode {
+    use genesys_closer::replay::{Item, JsonLine, Replay};
+    const BAD_LINES_SHOWN: u64 = 20;
+    let config = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut replay = Replay::new(&config);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut bad_shown = 0u64;
+    for path in files {
+        let name = path.display().to_string();
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("error: cannot read {name}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let fed = replay.feed(&name, std::io::BufReader::new(file), |item| match item {
+            Item::Decision(d) => {
+                let _ = if json {
+                    writeln!(out, "{}", JsonLine::Decision(&d).to_json())
+                } else {
+                    writeln!(out, "{}", d.text_line())
+                };
+            }
+            Item::Bad(b) => {
+                bad_shown += 1;
+                if bad_shown <= BAD_LINES_SHOWN {
+                    eprintln!("warning: {}:{}: skipped: {}", b.file, b.line, b.error);
+                }
+            }
+        });
+        if let Err(e) = fed {
+            eprintln!("error: cannot read {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let summary = replay.summary();
+    let _ = if json {
+        writeln!(out, "{}", JsonLine::Summary(summary).to_json())
+    } else {
+        write!(out, "{}", summary.text())
+    };
+    let _ = out.flush();
+    ExitCode::SUCCESS
 }
 
 fn history(
@@ -360,7 +583,11 @@ async fn check_online(path: &std::path::Path) -> ExitCode {
     code
 }
 
-async fn run(path: &std::path::Path) -> ExitCode {
+async fn run(
+    path: &std::path::Path,
+    record: Option<&std::path::Path>,
+    record_max: u64,
+) -> ExitCode {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -383,10 +610,21 @@ async fn run(path: &std::path::Path) -> ExitCode {
         },
     };
     telemetry::init_logging(&config.log);
+    let (recorder, recording) = match record {
+        None => (None, None),
+        Some(file) => match genesys_closer::record::start(file, record_max) {
+            Ok((r, w)) => (Some(r), Some(w)),
+            Err(e) => {
+                eprintln!("error: cannot record frames to {}: {e}", file.display());
+                return ExitCode::from(EXIT_BAD_CONFIG as u8);
+            }
+        },
+    };
     let shutdown = CancellationToken::new();
     let (reload_tx, reload_rx) = mpsc::channel(1);
     tokio::spawn(wait_for_signal(shutdown.clone(), reload_tx));
     let opts = daemon::RunOptions {
+        record: recorder,
         reload: Some(reload_rx),
         shutdown,
         drain_timeout: Duration::from_secs(20),
@@ -396,7 +634,12 @@ async fn run(path: &std::path::Path) -> ExitCode {
         intake_bound: None,
         metrics_bound: None,
     };
-    match daemon::run(&config, secret, opts).await {
+    let result = daemon::run(&config, secret, opts).await;
+    // What is queued for the recording goes to disk before the process ends.
+    if let Some(w) = recording {
+        w.finish();
+    }
+    match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e @ daemon::DaemonError::Credentials(_)) => {
             // Restarting cannot fix a refused secret: a code of its own, which the unit
@@ -406,6 +649,24 @@ async fn run(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %e, "daemon stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_burst(conversations: usize, sim_limit: u32, requests_per_minute: u32) -> ExitCode {
+    let rate = (sim_limit > 0).then_some((sim_limit, Duration::from_secs(60)));
+    match genesys_closer::burst::run(conversations, rate, requests_per_minute).await {
+        Ok(r) => {
+            println!("{r}");
+            if r.passes() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: burst could not run: {e:#}");
             ExitCode::FAILURE
         }
     }

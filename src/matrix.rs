@@ -311,12 +311,14 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         }
         let confirmed = confirmed_ids(&reports);
         if let Some((p, _)) = &probe
-            && probe_done.is_none() && confirmed.contains(p.as_str()) {
-                probe_done = reports
-                    .iter()
-                    .find(|(_, r)| &*r.conversation_id == p.as_str())
-                    .map(|(at, _)| *at);
-            }
+            && probe_done.is_none()
+            && confirmed.contains(p.as_str())
+        {
+            probe_done = reports
+                .iter()
+                .find(|(_, r)| &*r.conversation_id == p.as_str())
+                .map(|(at, _)| *at);
+        }
         if expected.iter().all(|id| confirmed.contains(id.as_str())) || Instant::now() > deadline {
             break;
         }
@@ -345,10 +347,12 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         let is_close = (r.method == "PATCH"
             && r.path.starts_with("/api/v2/conversations/messages/"))
             || (r.method == "POST" && r.path.ends_with("/disconnect"));
-        if is_close && (200..300).contains(&r.status)
-            && let Some(id) = r.path.split('/').nth(5) {
-                *accepted.entry(id).or_default() += 1;
-            }
+        if is_close
+            && (200..300).contains(&r.status)
+            && let Some(id) = r.path.split('/').nth(5)
+        {
+            *accepted.entry(id).or_default() += 1;
+        }
     }
     let duplicate_closes = accepted
         .iter()

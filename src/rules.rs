@@ -151,7 +151,7 @@ mod tests {
 region = "us-east-1"
 client_id = "x"
 [stream]
-queues = ["q1", "q2"]
+queues = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"]
 {extra}
 "#
         );
@@ -199,21 +199,37 @@ intents = ["CancelSubscription", "Goodbye"]
 "#,
         );
         let v = r
-            .evaluate(&conversation(Some("Goodbye"), "q1", "webmessaging"))
+            .evaluate(&conversation(
+                Some("Goodbye"),
+                "11111111-1111-4111-8111-111111111111",
+                "webmessaging",
+            ))
             .unwrap();
         assert_eq!(&*v.rule.name, "bye");
         assert_eq!(&*v.intent, "Goodbye");
         assert!(
-            r.evaluate(&conversation(Some("goodbye"), "q1", "webmessaging"))
-                .is_none()
+            r.evaluate(&conversation(
+                Some("goodbye"),
+                "11111111-1111-4111-8111-111111111111",
+                "webmessaging"
+            ))
+            .is_none()
         );
         assert!(
-            r.evaluate(&conversation(None, "q1", "webmessaging"))
-                .is_none()
+            r.evaluate(&conversation(
+                None,
+                "11111111-1111-4111-8111-111111111111",
+                "webmessaging"
+            ))
+            .is_none()
         );
         assert!(
-            r.evaluate(&conversation(Some("TalkToAgent"), "q1", "webmessaging"))
-                .is_none()
+            r.evaluate(&conversation(
+                Some("TalkToAgent"),
+                "11111111-1111-4111-8111-111111111111",
+                "webmessaging"
+            ))
+            .is_none()
         );
     }
 
@@ -225,20 +241,32 @@ intents = ["CancelSubscription", "Goodbye"]
 [[rule]]
 name = "q2-open-only"
 intents = ["Goodbye"]
-queues = ["q2"]
+queues = ["22222222-2222-4222-8222-222222222222"]
 message_types = ["open"]
 "#,
         );
         assert!(
-            r.evaluate(&conversation(Some("Goodbye"), "q1", "open"))
-                .is_none()
+            r.evaluate(&conversation(
+                Some("Goodbye"),
+                "11111111-1111-4111-8111-111111111111",
+                "open"
+            ))
+            .is_none()
         );
         assert!(
-            r.evaluate(&conversation(Some("Goodbye"), "q2", "webmessaging"))
-                .is_none()
+            r.evaluate(&conversation(
+                Some("Goodbye"),
+                "22222222-2222-4222-8222-222222222222",
+                "webmessaging"
+            ))
+            .is_none()
         );
         let v = r
-            .evaluate(&conversation(Some("Goodbye"), "q2", "open"))
+            .evaluate(&conversation(
+                Some("Goodbye"),
+                "22222222-2222-4222-8222-222222222222",
+                "open",
+            ))
             .unwrap();
         assert!(v.rule.dry_run, "global dry run reaches every rule");
     }

@@ -117,7 +117,8 @@ pub fn init_logging(log: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        // stderr, kept clear of the demo's status line (a no-op when there is none).
+        .with_writer(crate::progress::stderr);
     let result = match log.format {
         LogFormat::Json => builder
             .json()

@@ -75,7 +75,7 @@ fn bad_configs_exit_64_with_file_line_column_and_message() {
             "unknown key",
             GOOD.replace("client_id = \"abc\"", "client_id = \"abc\"\nclientid = \"typo\""),
             "CONFIG:5:1: unknown key `clientid` in [genesys]",
-            "expected one of",
+            "did you mean `client_id`?",
         ),
         (
             "empty intents",

@@ -248,11 +248,18 @@ retry_for = "2m"
 
     /// Every `outcome` logged for `id`, over every daemon run, in order.
     fn logged_outcomes(&self, id: &str) -> Vec<String> {
-        self.log_lines()
-            .iter()
-            .filter(|v| v["conversation_id"] == id)
-            .filter_map(|v| v["outcome"].as_str().map(str::to_owned))
-            .collect()
+        self.all_outcomes().remove(id).unwrap_or_default()
+    }
+
+    /// Every `outcome` logged, per conversation, over every daemon run, in order.
+    fn all_outcomes(&self) -> HashMap<String, Vec<String>> {
+        let mut all: HashMap<String, Vec<String>> = HashMap::new();
+        for v in self.log_lines() {
+            if let (Some(id), Some(o)) = (v["conversation_id"].as_str(), v["outcome"].as_str()) {
+                all.entry(id.to_owned()).or_default().push(o.to_owned());
+            }
+        }
+        all
     }
 
     /// Whether daemon run `run` logged a line about `id` whose message contains `needle`.
@@ -291,11 +298,13 @@ retry_for = "2m"
         let deadline = Instant::now() + within;
         loop {
             let still_open = open(self);
+            let outcomes = self.all_outcomes();
             let unconfirmed: Vec<&String> = ids
                 .iter()
                 .filter(|id| {
-                    self.logged_outcomes(id)
-                        .last()
+                    outcomes
+                        .get(id.as_str())
+                        .and_then(|o| o.last())
                         .is_none_or(|o| !CONFIRMED.contains(&o.as_str()))
                 })
                 .collect();
@@ -306,7 +315,7 @@ retry_for = "2m"
                 let outcomes: Vec<(&String, Vec<String>)> = unconfirmed
                     .iter()
                     .take(5)
-                    .map(|id| (*id, self.logged_outcomes(id)))
+                    .map(|id| (*id, outcomes.get(id.as_str()).cloned().unwrap_or_default()))
                     .collect();
                 panic!(
                     "within {within:?}: {} of {} still open in the simulator ({:?}...), {} \
@@ -327,6 +336,7 @@ retry_for = "2m"
                 "daemon exits cleanly on SIGTERM: {status}"
             );
         }
+        let outcomes = self.all_outcomes();
         for id in ids {
             let patches = accepted_patches(&self.sim, id);
             assert!(
@@ -335,7 +345,7 @@ retry_for = "2m"
             );
             let messages = messages_for(&self.sim, id);
             assert!(messages <= 1, "{id}: the guest got {messages} farewells");
-            let outcomes = self.logged_outcomes(id);
+            let outcomes = outcomes.get(id.as_str()).cloned().unwrap_or_default();
             assert!(
                 !outcomes.iter().any(|o| o == "failed"),
                 "{id}: a run logged a failed close: {outcomes:?}"
@@ -716,7 +726,7 @@ async fn killed_during_a_burst_queued_behind_the_budget() {
     eprintln!("burst: {at_kill} of 200 closed before the kill, the rest after the restart");
 }
 
-/// (e) SIGTERM while matches keep arriving: closes in flight drain (one held 3 s keeps
+/// (e) SIGTERM while matches keep arriving: closes in flight drain (one held 5 s keeps
 /// the drain going), matches during the drain are journalled as deferred, and the next
 /// start closes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -731,7 +741,7 @@ async fn sigterm_drain_while_matches_arrive() {
         ids.push(s.create(false));
     }
     s.sim
-        .delay_requests(MESSAGES, Some("PATCH"), Duration::from_secs(3), 2);
+        .delay_requests(MESSAGES, Some("PATCH"), Duration::from_secs(5), 2);
     let held: Vec<String> = (0..2).map(|_| s.create(false)).collect();
     ids.extend(held.iter().cloned());
     wait_until(Duration::from_secs(15), "a PATCH to be held", || {
@@ -753,7 +763,7 @@ async fn sigterm_drain_while_matches_arrive() {
     // Seen alive after the last one was created: every one was created before it exited.
     assert!(
         !s.exited(),
-        "the drain outlasted the matches (a close held 3 s)"
+        "the drain outlasted the matches (a close held 5 s)"
     );
     let status = s.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "clean exit after the drain: {status}");

@@ -25,11 +25,7 @@ struct Endpoint {
     fail_first: AtomicUsize,
 }
 
-async fn receive(
-    State(ep): State<Arc<Endpoint>>,
-    headers: HeaderMap,
-    body: String,
-) -> StatusCode {
+async fn receive(State(ep): State<Arc<Endpoint>>, headers: HeaderMap, body: String) -> StatusCode {
     if ep
         .fail_first
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -98,7 +94,8 @@ async fn every_outcome_reaches_the_endpoint_and_the_file_through_failures() {
     for id in [&a, &b] {
         let keys = keys_for(&ep, id);
         assert!(
-            keys.iter().all(|k| k == &keys[0] && k.starts_with(id.as_str())),
+            keys.iter()
+                .all(|k| k == &keys[0] && k.starts_with(id.as_str())),
             "one stable key per outcome: {keys:?}"
         );
         let got = ep.got.lock().expect("lock");
@@ -112,7 +109,10 @@ async fn every_outcome_reaches_the_endpoint_and_the_file_through_failures() {
         assert_eq!(v["source"], "queue");
         assert_eq!(v["queue_id"], QUEUE);
         assert!(v["latency_ms"].as_i64().is_some_and(|l| l >= 0), "{v}");
-        assert!(v["decided_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+        assert!(
+            v["decided_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{v}"
+        );
         assert_eq!(v["idempotency_key"], keys[0]);
     }
     let lines = std::fs::read_to_string(&file).expect("feed file");
@@ -120,7 +120,10 @@ async fn every_outcome_reaches_the_endpoint_and_the_file_through_failures() {
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("json line");
-            v["conversation_id"].as_str().unwrap_or_default().to_string()
+            v["conversation_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
         })
         .collect();
     assert!(ids.contains(&a) && ids.contains(&b), "{lines}");

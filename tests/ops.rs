@@ -73,6 +73,7 @@ async fn start(path: &Path, sim: &SimHandle, notify: bool) -> Daemon {
         intake_token: None,
         intake_bound: None,
         metrics_bound: None,
+        record: None,
     };
     let secret = SecretString::from("sim-secret".to_string());
     let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
@@ -203,9 +204,8 @@ async fn systemd_hears_ready_watchdog_status_reloading_and_stopping() {
     .expect("write config");
     let d = start(&path, &sim, true).await;
 
-    let seen = tokio::task::block_in_place(|| {
-        expect_notify(&sock, "READY=1", Duration::from_secs(10))
-    });
+    let seen =
+        tokio::task::block_in_place(|| expect_notify(&sock, "READY=1", Duration::from_secs(10)));
     let ready = seen.last().expect("ready message");
     assert!(
         ready.contains("STATUS=1/1 channels live"),
@@ -217,9 +217,8 @@ async fn systemd_hears_ready_watchdog_status_reloading_and_stopping() {
 
     d.reload.send(()).await.expect("reload");
     tokio::task::block_in_place(|| expect_notify(&sock, "RELOADING=1", Duration::from_secs(5)));
-    let after = tokio::task::block_in_place(|| {
-        expect_notify(&sock, "READY=1", Duration::from_secs(5))
-    });
+    let after =
+        tokio::task::block_in_place(|| expect_notify(&sock, "READY=1", Duration::from_secs(5)));
     assert!(
         after.last().is_some_and(|m| m.contains("STATUS=reloaded")),
         "{after:?}"

@@ -62,18 +62,21 @@ impl Closer {
 
         // Step 0 (bot phase): the confirming topic must be live before the disconnect.
         if d.watch
-            && let Err(e) = self.subs.ensure(id, ENSURE_WITHIN).await {
-                tracing::warn!(conversation_id = id, rule = &*rule.name, reason = %e,
+            && let Err(e) = self.subs.ensure(id, ENSURE_WITHIN).await
+        {
+            tracing::warn!(conversation_id = id, rule = &*rule.name, reason = %e,
                     "confirming topic not subscribed; disconnecting anyway (the close will be \
                      confirmed by a read if no event arrives)");
-            }
+        }
 
         let accepted_before = resume.as_ref().is_some_and(|s| s.disconnect_accepted());
         // Step 1 (optional): the farewell, before the disconnect, at most once.
         if let Some(text) = &rule.farewell
-            && !accepted_before && !self.store.is_closed(id) {
-                self.farewell(id, text, resume.as_ref(), &mut r).await;
-            }
+            && !accepted_before
+            && !self.store.is_closed(id)
+        {
+            self.farewell(id, text, resume.as_ref(), &mut r).await;
+        }
 
         // Step 2: disconnect, with the waiter in place first.
         let mut waiter = self.waiters.register(id);
@@ -94,6 +97,10 @@ impl Closer {
             // rule's deadline; the teardown is never the answer to it. A conversation
             // seen closed meanwhile is confirmed and nothing more is sent.
             let mut pause = Duration::from_secs(1);
+            // The retry deadline runs from the first attempt, not the decision: a close
+            // that waited its turn behind the budget or the concurrency bound (a burst
+            // larger than the budget) still gets its whole `retry_for`.
+            let first_attempt = Instant::now();
             loop {
                 let (call, about, sent_step) = match (rule.disconnect, d.customer_id.as_deref()) {
                     (DisconnectMode::Customer, Some(_)) => (
@@ -131,7 +138,7 @@ impl Closer {
                         break true;
                     }
                     Err(e)
-                        if e.is_retryable() && d.decided_at.elapsed() + pause < rule.retry_for =>
+                        if e.is_retryable() && first_attempt.elapsed() + pause < rule.retry_for =>
                     {
                         self.journal.note(id, &format!("failed:{call}: {e}"));
                         tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,

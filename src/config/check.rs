@@ -33,6 +33,51 @@ const REGIONS: &[(&str, &str)] = &[
     ("eusc-de-east-1", "edee1.eusc-pure.cloud"),
 ];
 
+/// Whether `id` is a UUID in its 8-4-4-4-12 hex form, as every Genesys entity id is.
+fn is_uuid(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// The sensible range of each duration key; a value outside it is a mistake (a
+/// `1ms` confirm timeout, `1000years`), not a choice.
+fn duration_bounds(key: &str) -> (Duration, Duration) {
+    let ms = Duration::from_millis;
+    let s = Duration::from_secs;
+    match key {
+        // Genesys pushes the closing event some hundreds of ms after the disconnect.
+        "confirm_timeout" => (ms(250), s(3600)),
+        "retry_for" => (s(1), s(86_400)),
+        "heartbeat_timeout" | "ping_after" => (ms(500), s(600)),
+        "backoff_min" | "backoff_max" => (ms(1), s(600)),
+        "healthy_after" => (ms(100), s(3600)),
+        "subscribe_window" | "unsubscribe_window" | "catchup_after" => (ms(1), s(600)),
+        "verify_every" => (ms(100), s(86_400)),
+        "retention" => (s(3600), s(3650 * 86_400)),
+        "request_timeout" | "timeout" => (ms(100), s(300)),
+        _ => (ms(1), s(365 * 86_400)),
+    }
+}
+
+/// Edit distance between two short keys (for "did you mean").
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Validates config text; `file` is only used in messages.
 pub(super) fn check(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
     let mut cx = Checker {
@@ -52,6 +97,8 @@ pub(super) fn check(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         }
     };
     let config = cx.document(doc.as_item());
+    // In file order, whatever order the sections were checked in.
+    cx.issues.sort_by_key(|i| (i.line, i.column));
     match config {
         Some(c) if cx.issues.is_empty() => Ok(c),
         _ => Err(ConfigErrors(cx.issues)),
@@ -92,6 +139,12 @@ impl Checker<'_> {
                         "`client_secret` is not accepted in a config file; set {SECRET_ENV}, \
                          `client_secret_file`, or systemd LoadCredential=client_secret"
                     )
+                } else if let Some(near) = allowed
+                    .iter()
+                    .filter(|a| distance(key, a) <= 2.max(key.len() / 4))
+                    .min_by_key(|a| distance(key, a))
+                {
+                    format!("unknown key `{key}` in {section}; did you mean `{near}`?")
                 } else {
                     format!(
                         "unknown key `{key}` in {section} (expected one of: {})",
@@ -294,15 +347,18 @@ impl Checker<'_> {
             }
         };
         if let Some(a) = listen
-            && !a.ip().is_loopback() && tls.is_none() && enabled {
-                self.at(
-                    listen_span,
-                    format!(
-                        "the intake would listen on {a} without TLS: set `tls_cert` and `tls_key`, \
+            && !a.ip().is_loopback()
+            && tls.is_none()
+            && enabled
+        {
+            self.at(
+                listen_span,
+                format!(
+                    "the intake would listen on {a} without TLS: set `tls_cert` and `tls_key`, \
                          or listen on loopback behind a reverse proxy that terminates TLS"
-                    ),
-                );
-            }
+                ),
+            );
+        }
         let token = match self.nonempty_string(t, "token_file") {
             Some(p) => TokenSource::File(PathBuf::from(p)),
             None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
@@ -627,7 +683,11 @@ impl Checker<'_> {
             ],
         );
         let intents = self.string_list(t, "intents");
-        if intents.is_empty() {
+        // A wrong type or a bad element was reported already: one mistake, one message.
+        let absent_or_empty = t
+            .get("intents")
+            .is_none_or(|i| i.as_array().is_some_and(|a| a.is_empty()));
+        if intents.is_empty() && absent_or_empty {
             let span = t.get("intents").and_then(Item::span).or(t.span());
             self.at(
                 span,
@@ -806,13 +866,35 @@ impl Checker<'_> {
     fn duration(&mut self, t: &dyn TableLike, key: &str) -> Option<Duration> {
         let v = self.value(t, key)?;
         let parsed = v.as_str().map(humantime::parse_duration);
+        // The value as written (bounded: it goes into a message).
+        let shown: String = v
+            .span()
+            .and_then(|r| self.src.get(r))
+            .unwrap_or("?")
+            .chars()
+            .take(60)
+            .collect();
+        let (min, max) = duration_bounds(key);
         match parsed {
-            Some(Ok(d)) if !d.is_zero() => Some(d),
+            Some(Ok(d)) if d.is_zero() || d < min || d > max => {
+                self.at(
+                    v.span(),
+                    format!(
+                        "`{key}` = {} is out of range: between {} and {}",
+                        shown.trim(),
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                None
+            }
+            Some(Ok(d)) => Some(d),
             _ => {
                 self.at(
                     v.span(),
                     format!(
-                        "`{key}` must be a positive duration string such as \"10s\" or \"500ms\""
+                        "`{key}` = {} is not a duration such as \"10s\" or \"500ms\"",
+                        shown.trim()
                     ),
                 );
                 None
@@ -843,13 +925,20 @@ impl Checker<'_> {
     /// characters that ids use are accepted.
     fn id_list(&mut self, t: &dyn TableLike, key: &str) -> Vec<String> {
         let ids = self.string_list(t, key);
+        let span = t.get(key).and_then(Item::span);
+        let mut seen = HashSet::new();
         for id in &ids {
-            if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-                let span = t.get(key).and_then(Item::span);
+            if !is_uuid(id) {
                 self.at(
-                    span,
-                    format!("`{key}` entry `{id}` is not an id (letters, digits and '-' only)"),
+                    span.clone(),
+                    format!(
+                        "`{key}` entry \"{}\" is not a Genesys id (a UUID such as \
+                         8f14e45f-ceea-467a-9575-3b9d1c2e4a77)",
+                        id.chars().take(80).collect::<String>()
+                    ),
                 );
+            } else if !seen.insert(id.to_ascii_lowercase()) {
+                self.at(span.clone(), format!("`{key}` lists {id} twice"));
             }
         }
         ids

@@ -62,7 +62,7 @@ client_id = "abc"
 colour = "blue"
 
 [stream]
-queues = ["q1"]
+queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
 
 [[rule]]
 name = "empty"
@@ -82,6 +82,51 @@ confirm_timeout = "soon"
     assert!(errs[1].message.contains("at least one intent"));
     assert_eq!(errs[2].rule.as_deref(), Some("typed"));
     assert!(errs[2].message.contains("confirm_timeout"));
+    assert!(
+        errs[2].message.contains("\"soon\""),
+        "the bad value is echoed"
+    );
+}
+
+#[test]
+fn ids_typos_and_absurd_values_are_caught_once_each_in_file_order() {
+    let text = r#"
+[genesys]
+region = "eu-west-1"
+client_id = "abc"
+
+[stream]
+queues = ["q1", "8f14e45f-ceea-467a-9575-3b9d1c2e4a77", "8F14E45F-CEEA-467A-9575-3B9D1C2E4A77"]
+
+[[rule]]
+name = "r"
+intents = "Goodbye"
+dry_rnu = true
+confirm_timeout = "1ms"
+retry_for = "1000years"
+"#;
+    let errs = parse(text).unwrap_err().0;
+    let msgs: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(errs.len(), 6, "{msgs:#?}");
+    assert!(msgs[0].contains("\"q1\" is not a Genesys id"), "{msgs:#?}");
+    assert!(
+        msgs[1].contains("lists 8F14E45F") && msgs[1].contains("twice"),
+        "{msgs:#?}"
+    );
+    assert!(msgs[2].contains("must be an array of strings"), "{msgs:#?}");
+    assert!(msgs[3].contains("did you mean `dry_run`?"), "{msgs:#?}");
+    assert!(
+        msgs[4].contains("`confirm_timeout` = \"1ms\" is out of range"),
+        "{msgs:#?}"
+    );
+    assert!(
+        msgs[5].contains("`retry_for` = \"1000years\" is out of range"),
+        "{msgs:#?}"
+    );
+    let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
+    let mut sorted = lines.clone();
+    sorted.sort();
+    assert_eq!(lines, sorted, "in file order");
 }
 
 #[test]

@@ -26,9 +26,9 @@ use crate::state::Store;
 use crate::telemetry::Stats;
 
 /// Closed conversations stay this long so late duplicates find them closed and decided.
-const CLOSED_GRACE: Duration = Duration::from_secs(600);
+pub(crate) const CLOSED_GRACE: Duration = Duration::from_secs(600);
 /// Open conversations with no event for this long are dropped (their end was missed).
-const IDLE_MAX: Duration = Duration::from_secs(48 * 3600);
+pub(crate) const IDLE_MAX: Duration = Duration::from_secs(48 * 3600);
 /// Most conversations one gap's resync reads; beyond it the gap is logged as capped.
 pub(crate) const RESYNC_CAP: usize = 100;
 /// Resync reads in flight at once, so a resync does not crowd out closes.
@@ -554,10 +554,9 @@ impl EventLoop {
                 "stream gap covered by the mirror: nothing missed, nothing to read"
             );
         }
-        if discover
-            && let Some(d) = &self.discovery {
-                d.run(Arc::clone(&self.api));
-            }
+        if discover && let Some(d) = &self.discovery {
+            d.run(Arc::clone(&self.api));
+        }
         if wanted.is_empty() {
             return;
         }

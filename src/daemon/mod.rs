@@ -36,11 +36,12 @@ mod health;
 mod notify;
 mod reload;
 
+pub(crate) use event_loop::{CLOSED_GRACE, IDLE_MAX};
 use event_loop::{Discovery, EventLoop};
 use health::Health;
 
 /// How often eviction runs.
-const EVICT_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const EVICT_EVERY: Duration = Duration::from_secs(30);
 /// How often `STATUS=` is refreshed for systemd.
 const STATUS_EVERY: Duration = Duration::from_secs(15);
 /// How often the journal forgets closes past retention.
@@ -69,6 +70,9 @@ pub struct RunOptions {
     pub intake_bound: Option<oneshot::Sender<SocketAddr>>,
     /// Told the metrics server's bound address once it listens (tests, demo: port 0).
     pub metrics_bound: Option<oneshot::Sender<SocketAddr>>,
+    /// Every text frame read from a notification socket is also appended here
+    /// (`run --record FILE`; `replay` reads it back).
+    pub record: Option<crate::record::Recorder>,
 }
 
 /// Why the daemon could not run.
@@ -214,8 +218,11 @@ pub async fn run(
     // The outcome feed delivers from the journal's outbox on its own task.
     let stop_feed = CancellationToken::new();
     let feed_task = config.feed.as_ref().map(|f| {
-        tracing::info!(url = f.url.as_ref().map(|u| u.as_str()),
-            file = f.file.as_ref().map(|p| p.display().to_string()), "outcome feed on");
+        tracing::info!(
+            url = f.url.as_ref().map(|u| u.as_str()),
+            file = f.file.as_ref().map(|p| p.display().to_string()),
+            "outcome feed on"
+        );
         tokio::spawn(
             crate::feed::Feed {
                 journal: journal.clone(),
@@ -288,6 +295,7 @@ pub async fn run(
         let stats = Arc::clone(&stats);
         let cancel = stop_streams.clone();
         let streams = streams.clone();
+        let record = opts.record.clone();
         move |index: usize, slot: Arc<Slot>| {
             let s = ChannelStream {
                 index,
@@ -299,6 +307,7 @@ pub async fn run(
                 stats: Arc::clone(&stats),
                 cancel: cancel.clone(),
                 all_rejected: Default::default(),
+                record: record.clone(),
             };
             streams.spawn(s.run());
         }

@@ -26,7 +26,8 @@ impl Notifier {
 
     /// How often the loop must say it is alive: half of `WatchdogSec`.
     pub(crate) fn watchdog_every(&self) -> Option<Duration> {
-        self.watchdog.map(|w| (w / 2).max(Duration::from_millis(10)))
+        self.watchdog
+            .map(|w| (w / 2).max(Duration::from_millis(10)))
     }
 
     fn send(&self, states: &[NotifyState<'_>]) {

@@ -84,9 +84,8 @@ impl Reloader {
                 .map(<[String]>::to_vec)
                 .collect();
             if chunks.len() != self.static_slots.len() || self.static_slots.is_empty() {
-                at_restart.push(
-                    "[stream] queues/users/flows (they need a different number of channels)",
-                );
+                at_restart
+                    .push("[stream] queues/users/flows (they need a different number of channels)");
                 new.stream.queues = old.stream.queues.clone();
                 new.stream.users = old.stream.users.clone();
                 new.stream.flows = old.stream.flows.clone();

@@ -887,8 +887,14 @@ mod retry_after_tests {
     #[test]
     fn retry_after_takes_seconds_and_http_dates() {
         assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
-        assert_eq!(imf_fixdate_unix("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
-        assert_eq!(imf_fixdate_unix("Tue, 29 Feb 2028 00:00:00 GMT"), Some(1_835_395_200));
+        assert_eq!(
+            imf_fixdate_unix("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            imf_fixdate_unix("Tue, 29 Feb 2028 00:00:00 GMT"),
+            Some(1_835_395_200)
+        );
         // A date in the past means "now".
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),

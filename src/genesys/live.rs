@@ -458,7 +458,9 @@ impl ChannelStream {
             Err(e) => {
                 tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e,
                     "subscribing the reloaded topics failed; the channel will be subscribed again");
-                Some(|ch| LiveEnd::Unsubscribed(ch, "subscribing the reloaded topics failed".into()))
+                Some(|ch| {
+                    LiveEnd::Unsubscribed(ch, "subscribing the reloaded topics failed".into())
+                })
             }
         }
     }
@@ -521,6 +523,9 @@ impl ChannelStream {
     /// Handles one text frame.
     async fn handle_text(&self, ch: &Channel, text: &str, received: Instant) -> Action {
         self.stats.frames.inc();
+        if let Some(r) = &self.record {
+            r.frame(self.index, text);
+        }
         if text.len() > OVERSIZED_FRAME_BYTES {
             self.stats.oversized_frames.inc();
             crate::metrics::frame("oversized");

@@ -123,6 +123,8 @@ pub struct ChannelStream {
     pub cancel: CancellationToken,
     /// The "every topic rejected" error was said (it is said once per episode).
     pub all_rejected: std::sync::atomic::AtomicBool,
+    /// `run --record`: every text frame read is also handed here (never waits).
+    pub record: Option<crate::record::Recorder>,
 }
 
 impl ChannelStream {

@@ -277,13 +277,14 @@ fn rejected_conversations(answer: &[ChannelTopic]) -> HashMap<String, String> {
         }
         let lower = t.id.to_ascii_lowercase();
         if let Some(rest) = lower.strip_prefix("v2.detail.events.conversation.")
-            && let Some((id, _)) = rest.split_once('.') {
-                let why = t
-                    .rejection_reason
-                    .clone()
-                    .unwrap_or_else(|| "rejected".into());
-                out.insert(id.to_string(), why);
-            }
+            && let Some((id, _)) = rest.split_once('.')
+        {
+            let why = t
+                .rejection_reason
+                .clone()
+                .unwrap_or_else(|| "rejected".into());
+            out.insert(id.to_string(), why);
+        }
     }
     out
 }
@@ -638,9 +639,10 @@ impl Manager {
                     let mut live = Vec::new();
                     for id in &ids {
                         if let Some(sub) = s.convs.get_mut(id)
-                            && settle(sub, rejected.get(&**id).map(String::as_str)).is_some() {
-                                live.push(id.clone());
-                            }
+                            && settle(sub, rejected.get(&**id).map(String::as_str)).is_some()
+                        {
+                            live.push(id.clone());
+                        }
                     }
                     tracing::debug!(
                         stream = index,

@@ -64,17 +64,35 @@ mod tests {
     #[test]
     fn the_table_groups_by_conversation_and_the_json_keeps_every_field() {
         let es = vec![
-            e(1_000, "c1", "decision", "rule goodbye, intent Goodbye", Some("source queue")),
+            e(
+                1_000,
+                "c1",
+                "decision",
+                "rule goodbye, intent Goodbye",
+                Some("source queue"),
+            ),
             e(1_001, "c2", "intake", "close", Some("intent Goodbye")),
-            e(1_002, "c1", "step", "about_to_send:patch_conversation", None),
+            e(
+                1_002,
+                "c1",
+                "step",
+                "about_to_send:patch_conversation",
+                None,
+            ),
             e(1_050, "c1", "outcome", "confirmed", Some("requests 1")),
         ];
         let t = table(&es);
         let c1 = t.find("conversation c1").expect("c1 header");
         let c2 = t.find("conversation c2").expect("c2 header");
         assert!(c1 < c2, "{t}");
-        assert!(t.contains("1970-01-01T00:00:01.050Z  outcome   confirmed  (requests 1)"), "{t}");
-        assert!(t.contains("1 decision(s), 1 outcome(s) in this period"), "{t}");
+        assert!(
+            t.contains("1970-01-01T00:00:01.050Z  outcome   confirmed  (requests 1)"),
+            "{t}"
+        );
+        assert!(
+            t.contains("1 decision(s), 1 outcome(s) in this period"),
+            "{t}"
+        );
         let j: serde_json::Value = serde_json::from_str(&json_line(&es[3])).expect("json");
         assert_eq!(j["conversation_id"], "c1");
         assert_eq!(j["kind"], "outcome");

@@ -168,8 +168,7 @@ pub trait Backend: Send {
     /// Records a step of a conversation's close.
     fn step(&mut self, conversation_id: &str, step: &str, at_ms: i64) -> Result<(), JournalError>;
     /// Records how a close ended, with an outbox entry for each sink in `sinks`.
-    fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64, sinks: Sinks)
-    -> Result<(), JournalError>;
+    fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64, sinks: Sinks) -> Result<(), JournalError>;
     /// Outbox entries due for delivery at `now_ms`, oldest first.
     fn outbox_due(&mut self, now_ms: i64, limit: usize) -> Result<Vec<OutboxItem>, JournalError>;
     /// Marks sinks of an outbox entry delivered.
@@ -242,7 +241,11 @@ enum Cmd {
     Intake(String, Option<String>, String, i64),
     Prune(i64),
     Flush(Reply),
-    OutboxDue(i64, usize, oneshot::Sender<Result<(Vec<OutboxItem>, usize), JournalError>>),
+    OutboxDue(
+        i64,
+        usize,
+        oneshot::Sender<Result<(Vec<OutboxItem>, usize), JournalError>>,
+    ),
     OutboxDone(i64, bool, bool),
     OutboxRetry(i64, i64, String),
 }

@@ -236,7 +236,14 @@ impl Backend for SqliteBackend {
             if let Some((rule, intent, source, queue_id, decided_ms)) = row {
                 let key = format!("{}:{decided_ms}", o.conversation_id);
                 let payload = super::feed_payload(
-                    &key, o, &rule, &intent, &source, queue_id.as_deref(), decided_ms, at_ms,
+                    &key,
+                    o,
+                    &rule,
+                    &intent,
+                    &source,
+                    queue_id.as_deref(),
+                    decided_ms,
+                    at_ms,
                 );
                 tx.execute(
                     "INSERT OR IGNORE INTO outbox (key, payload, created_ms, http_pending,

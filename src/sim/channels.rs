@@ -303,9 +303,10 @@ impl World {
     pub(crate) fn detach_socket(&self, id: &str, conn_id: u64) {
         let mut channels = lock(&self.channels);
         if let Some(ch) = channels.get_mut(id)
-            && ch.socket.as_ref().is_some_and(|s| s.conn_id == conn_id) {
-                ch.socket = None;
-            }
+            && ch.socket.as_ref().is_some_and(|s| s.conn_id == conn_id)
+        {
+            ch.socket = None;
+        }
     }
 
     pub(crate) fn connected_sockets(&self) -> usize {

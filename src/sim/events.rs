@@ -87,9 +87,10 @@ impl EventLog {
             return;
         }
         if let Ok(i) = self.records.binary_search_by_key(&id, |(k, _)| *k)
-            && let Some((_, r)) = self.records.get_mut(i) {
-                r.delivered += n;
-            }
+            && let Some((_, r)) = self.records.get_mut(i)
+        {
+            r.delivered += n;
+        }
     }
 
     pub(crate) fn records(&self) -> Vec<EventRecord> {
@@ -162,9 +163,10 @@ impl World {
                     delivered += 1;
                 }
                 if let Some(h) = earlier
-                    && hand(id, ch, &h.msg, h.copies) {
-                        log.credit(h.log_id, 1);
-                    }
+                    && hand(id, ch, &h.msg, h.copies)
+                {
+                    log.credit(h.log_id, 1);
+                }
             }
             log.credit(log_id, delivered);
         }

@@ -62,12 +62,13 @@ fn flow_filter(body: &Value) -> Result<Option<Vec<String>>, ApiError> {
             ));
         }
         if let Some(op) = p.get("operator").and_then(Value::as_str)
-            && op != "matches" {
-                return Err(ApiError::field(
-                    "filter.predicates.operator",
-                    format!("Operator '{op}' is not supported here."),
-                ));
-            }
+            && op != "matches"
+        {
+            return Err(ApiError::field(
+                "filter.predicates.operator",
+                format!("Operator '{op}' is not supported here."),
+            ));
+        }
         if dim == "flowId" {
             let v = p.get("value").and_then(Value::as_str).ok_or_else(|| {
                 ApiError::field(

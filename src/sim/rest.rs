@@ -316,13 +316,22 @@ async fn record(State(world): State<Arc<World>>, req: Request, next: Next) -> Re
             }
         }
     };
+    // The simulator shut down while the request was held.
     let unserved = || {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service.unavailable",
-            "The service is shutting down.",
-        )
-        .into_response()
+        let resp = normalise(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service.unavailable",
+                "The service is shutting down.",
+            )
+            .into_response(),
+        );
+        world.finish_request(
+            seq,
+            "<simulator stopped while the request was held>".to_owned(),
+            resp.status().as_u16(),
+        );
+        resp
     };
     if hold.completes_without_client {
         // Its own task: served even if the client goes and this future is dropped.
@@ -405,8 +414,9 @@ fn normalise(resp: Response) -> Response {
         resp
     };
     if !resp.headers().contains_key(CORRELATION_HEADER)
-        && let Ok(v) = HeaderValue::from_str(&uuid_v4()) {
-            resp.headers_mut().insert(CORRELATION_HEADER, v);
-        }
+        && let Ok(v) = HeaderValue::from_str(&uuid_v4())
+    {
+        resp.headers_mut().insert(CORRELATION_HEADER, v);
+    }
     resp
 }

@@ -15,7 +15,18 @@ pub async fn serve_forever(
 ) -> anyhow::Result<()> {
     let client_id = cfg.client_id.clone();
     let client_secret = cfg.client_secret.clone();
-    let sim = start(cfg).await?;
+    let listen = cfg.listen;
+    let sim = start(cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let bound = sim.addr();
+    if !bound.ip().is_loopback() {
+        // The URLs below name loopback for a wildcard address; say what really listens.
+        println!(
+            "WARNING: bound to {bound}: reachable from other machines, with the fixed \
+             simulator credentials below (--allow-remote)\n"
+        );
+    }
     println!(
         "{}",
         instructions(

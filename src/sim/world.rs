@@ -281,10 +281,11 @@ impl World {
         let mut log = lock(&self.requests);
         // Sequence numbers are increasing, so a binary search finds the entry.
         if let Ok(i) = log.binary_search_by_key(&seq, |(s, _, _)| *s)
-            && let Some((_, _, r)) = log.get_mut(i) {
-                r.body = body;
-                r.status = status;
-            }
+            && let Some((_, _, r)) = log.get_mut(i)
+        {
+            r.body = body;
+            r.status = status;
+        }
     }
 
     pub(crate) fn requests(&self) -> Vec<RecordedRequest> {

@@ -112,6 +112,7 @@ pub async fn start_daemon(mut config: Config, sim: &SimHandle) -> Running {
         intake_token: None,
         intake_bound: None,
         metrics_bound: None,
+        record: None,
     };
     let secret = SecretString::from("sim-secret".to_string());
     let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
@@ -218,6 +219,7 @@ pub async fn start_bot_daemon(mut config: Config, sim: &SimHandle) -> (Running, 
         intake_token: Some(SecretString::from(INTAKE_TOKEN.to_string())),
         intake_bound: Some(bound_tx),
         metrics_bound: None,
+        record: None,
     };
     let secret = SecretString::from("sim-secret".to_string());
     let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
@@ -263,6 +265,7 @@ pub async fn start_metrics_daemon(
         intake_token: intake.then(|| SecretString::from(INTAKE_TOKEN.to_string())),
         intake_bound: Some(intake_tx),
         metrics_bound: Some(metrics_tx),
+        record: None,
     };
     let secret = SecretString::from("sim-secret".to_string());
     let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });

@@ -1,0 +1,2 @@
+//! Memory per tracked conversation (work in progress).
+fn main() {}
