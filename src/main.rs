@@ -435,6 +435,51 @@ fn check(path: &std::path::Path) -> ExitCode {
         ),
     };
     let found = genesys::auth::load_secret(&config.genesys.secret).is_ok();
+    // What `run` would refuse to start on; `check` then exits 64 too.
+    let mut refuse: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    if !found {
+        refuse.push("the client secret is not found".into());
+    }
+    #[cfg(unix)]
+    if let genesys_closer::config::SecretSource::File(p) = &config.genesys.secret {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(m) = std::fs::metadata(p)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            warnings.push(format!(
+                "{} is readable by other users (mode {:o}): chmod 600 it",
+                p.display(),
+                m.permissions().mode() & 0o777
+            ));
+        }
+    }
+    for (i, r) in config.rules.iter().enumerate() {
+        if !r.queues.is_empty() && !r.queues.iter().any(|q| config.stream.queues.contains(q)) {
+            warnings.push(format!(
+                "rule \"{}\" only matches queues no [stream] queue watches ({}): no queue \
+                 event can reach it",
+                r.name,
+                r.queues.join(", ")
+            ));
+        }
+        let attr = |x: &genesys_closer::config::RuleConfig| {
+            x.attribute
+                .clone()
+                .unwrap_or_else(|| config.intent_attribute.clone())
+        };
+        if let Some(earlier) = config.rules[..i].iter().find(|e| {
+            e.queues.is_empty()
+                && e.message_types.is_empty()
+                && attr(e) == attr(r)
+                && r.intents.iter().all(|x| e.intents.contains(x))
+        }) {
+            warnings.push(format!(
+                "rule \"{}\" can never match: the earlier rule \"{}\" takes every intent it lists",
+                r.name, earlier.name
+            ));
+        }
+    }
     let _ = writeln!(
         out,
         "client secret: from {secret} ({})",
@@ -488,7 +533,10 @@ fn check(path: &std::path::Path) -> ExitCode {
         Some(i) => {
             let token = match genesys_closer::intake::load_token(&i.token) {
                 Ok(_) => "present".to_string(),
-                Err(e) => format!("NOT USABLE ({e}): `run` would refuse to start"),
+                Err(e) => {
+                    refuse.push("the intake credential is not usable".into());
+                    format!("NOT USABLE ({e}): `run` would refuse to start")
+                }
             };
             let _ = writeln!(
                 out,
@@ -523,7 +571,24 @@ fn check(path: &std::path::Path) -> ExitCode {
         }
         let _ = writeln!(out, "{line}");
     }
+    for w in &warnings {
+        let _ = writeln!(out, "WARNING: {w}");
+    }
     print_out(&out);
+    if state.starts_with("NOT") {
+        refuse.push(format!(
+            "the state directory {} cannot be used",
+            dir.display()
+        ));
+    }
+    if !refuse.is_empty() {
+        eprintln!(
+            "{}: `run` would refuse to start: {}",
+            path.display(),
+            refuse.join("; ")
+        );
+        return ExitCode::from(EXIT_BAD_CONFIG as u8);
+    }
     ExitCode::SUCCESS
 }
 

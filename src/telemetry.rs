@@ -109,16 +109,42 @@ impl LogLimit {
 /// Installs the global log subscriber. `RUST_LOG`, when set, overrides the configured level.
 /// Calling it twice is harmless (the second call keeps the first subscriber).
 pub fn init_logging(log: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only for a person at a terminal, never into journald or a file.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // RUST_LOG wins over the config's level; a value that is not a filter is said, not
+    // silently ignored.
+    let mut problems = Vec::new();
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let filter = match env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => f,
+        other => {
+            if let (Some(Err(e)), Some(v)) = (&other, &env) {
+                problems.push(format!(
+                    "RUST_LOG={:?} is not a log filter ({e}); using the config's level",
+                    v.chars().take(100).collect::<String>()
+                ));
+            }
+            EnvFilter::try_new(&log.level).unwrap_or_else(|e| {
+                problems.push(format!(
+                    "[log] level {:?} is not a log filter ({e}); using \"info\"",
+                    log.level
+                ));
+                EnvFilter::new("info")
+            })
+        }
+    };
+    // Colour only for a person at a terminal who did not ask for none (NO_COLOR), never
+    // into journald or a file.
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color;
+    // Under systemd with stderr to the journal, each line starts with its syslog
+    // priority (`<3>`...), which journald strips and stores: `journalctl -p warning` works.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         // stderr, kept clear of the demo's status line (a no-op when there is none).
-        .with_writer(crate::progress::stderr);
+        .with_writer(PriorityPrefix { journald });
     let result = match log.format {
         LogFormat::Json => builder
             .json()
@@ -129,7 +155,64 @@ pub fn init_logging(log: &LogConfig) {
         LogFormat::Human => builder.with_target(false).compact().try_init(),
     };
     // Already installed (tests, demo): keep the existing one.
-    let _ = result;
+    if result.is_ok() {
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+    }
+}
+
+/// The log writer: stderr (through the demo's status line keeper), each line prefixed
+/// with its syslog priority when journald reads it.
+struct PriorityPrefix {
+    journald: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for PriorityPrefix {
+    type Writer = Prefixed;
+
+    fn make_writer(&'a self) -> Prefixed {
+        Prefixed {
+            prefix: None,
+            inner: crate::progress::stderr(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Prefixed {
+        let prefix: Option<&'static [u8]> = self.journald.then(|| match *meta.level() {
+            tracing::Level::ERROR => &b"<3>"[..],
+            tracing::Level::WARN => b"<4>",
+            tracing::Level::INFO => b"<6>",
+            _ => b"<7>",
+        });
+        Prefixed {
+            prefix,
+            inner: crate::progress::stderr(),
+        }
+    }
+}
+
+/// One event's writer: the prefix goes out before its first byte.
+struct Prefixed {
+    prefix: Option<&'static [u8]>,
+    inner: crate::progress::Stderr,
+}
+
+impl std::io::Write for Prefixed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(p) = self.prefix.take() {
+            let mut line = Vec::with_capacity(p.len() + buf.len());
+            line.extend_from_slice(p);
+            line.extend_from_slice(buf);
+            self.inner.write_all(&line)?;
+            return Ok(buf.len());
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// An error and every cause under it, joined with ": " (a network failure says whether

@@ -18,6 +18,10 @@ intents = ["Goodbye", "CancelSubscription"]
 "#;
 
 fn run(args: &[&str], config_text: &str) -> (Output, String) {
+    run_env(args, config_text, &[])
+}
+
+fn run_env(args: &[&str], config_text: &str, env: &[(&str, &str)]) -> (Output, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config_text).expect("write config");
@@ -27,6 +31,9 @@ fn run(args: &[&str], config_text: &str) -> (Output, String) {
         .arg(&path)
         .env_remove("GENESYSCLOUD_OAUTHCLIENT_SECRET")
         .env_remove("CREDENTIALS_DIRECTORY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let out = cmd.output().expect("binary runs");
     let text = format!(
         "{}{}",
@@ -38,8 +45,20 @@ fn run(args: &[&str], config_text: &str) -> (Output, String) {
 
 #[test]
 fn check_prints_what_would_run() {
-    let (out, text) = run(&["check"], GOOD);
+    let (out, text) = run_env(
+        &["check"],
+        GOOD,
+        &[("GENESYSCLOUD_OAUTHCLIENT_SECRET", "s")],
+    );
     assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("NOT FOUND"), "{text}");
+    // Without the secret `run` would refuse, and so does `check`.
+    let (out, text) = run(&["check"], GOOD);
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(
+        text.contains("`run` would refuse to start: the client secret is not found"),
+        "{text}"
+    );
     assert!(text.contains("https://api.mypurecloud.ie/"), "{text}");
     assert!(
         text.contains(
@@ -144,6 +163,32 @@ fn run_without_a_secret_refuses_before_any_network_io() {
 fn the_example_config_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
     let text = std::fs::read_to_string(example).expect("config.example.toml exists");
-    let (out, output) = run(&["check"], &text);
+    let (out, output) = run_env(
+        &["check"],
+        &text,
+        &[("GENESYSCLOUD_OAUTHCLIENT_SECRET", "s")],
+    );
     assert_eq!(out.status.code(), Some(0), "{output}");
+}
+
+#[test]
+fn check_warns_of_rules_nothing_can_reach() {
+    let text = format!(
+        "{GOOD}\n[[rule]]\nname = \"shadowed\"\nintents = [\"Goodbye\"]\n\n[[rule]]\nname = \"elsewhere\"\nintents = [\"X\"]\nqueues = [\"2b7e1516-28ae-4d2a-a6d2-abf7158809cf\"]\n"
+    );
+    let (out, output) = run_env(
+        &["check"],
+        &text,
+        &[("GENESYSCLOUD_OAUTHCLIENT_SECRET", "s")],
+    );
+    assert_eq!(out.status.code(), Some(0), "warnings do not fail: {output}");
+    assert!(
+        output.contains("WARNING: rule \"shadowed\" can never match: the earlier rule \"goodbye\""),
+        "{output}"
+    );
+    assert!(
+        output
+            .contains("WARNING: rule \"elsewhere\" only matches queues no [stream] queue watches"),
+        "{output}"
+    );
 }

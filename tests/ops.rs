@@ -228,3 +228,56 @@ async fn systemd_hears_ready_watchdog_status_reloading_and_stopping() {
     tokio::task::block_in_place(|| expect_notify(&sock, "STOPPING=1", Duration::from_secs(5)));
     d.task.await.expect("join").expect("clean stop");
 }
+
+#[test]
+fn under_journald_each_line_carries_its_priority_and_a_bad_rust_log_is_said() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    // Nothing listens on port 9: the daemon logs that the login service is unreachable.
+    std::fs::write(
+        &path,
+        config_text(
+            "http://127.0.0.1:9",
+            &dir.path().join("state"),
+            &[QUEUE],
+            &["Goodbye"],
+        ),
+    )
+    .expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_genesys-closer"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("GENESYSCLOUD_OAUTHCLIENT_SECRET", "sim-secret")
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("RUST_LOG", "genesys_closer=[")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("daemon starts");
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "it logged something");
+    for l in &lines {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| l.starts_with(p)),
+            "every line starts with its priority: {l}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<4>") && l.contains("RUST_LOG")),
+        "the bad RUST_LOG is reported at warning level: {text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<6>") && l.contains("journal open")),
+        "{text}"
+    );
+}
