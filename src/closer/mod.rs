@@ -52,6 +52,8 @@ pub struct Decision {
     pub watch: bool,
     /// A close a past run journalled and did not finish: the steps it reached.
     pub resume: Option<Resume>,
+    /// Genesys's correlation id of the event that led to the decision, when it had one.
+    pub event_correlation_id: Option<Box<str>>,
 }
 
 /// What a past run journalled of an unfinished close.
@@ -164,6 +166,10 @@ pub struct CloseReport {
     pub confirmed_by: Option<ConfirmedBy>,
     /// Genesys correlation id of the last failed call, for support cases.
     pub correlation_id: Option<String>,
+    /// Genesys correlation id of the disconnect Genesys accepted, for support cases.
+    pub request_correlation_id: Option<String>,
+    /// Genesys correlation id of the event that led to the decision.
+    pub event_correlation_id: Option<Box<str>>,
     /// Why it failed, or what went wrong on the way to a later success.
     pub reason: Option<String>,
 }
@@ -324,6 +330,8 @@ fn log_report(r: &CloseReport) {
                 sent = %r.sent.join(","),
                 confirmed_by,
                 correlation_id = r.correlation_id.as_deref(),
+                request_correlation_id = r.request_correlation_id.as_deref(),
+                event_correlation_id = r.event_correlation_id.as_deref(),
                 reason = r.reason.as_deref(),
                 $msg
             )

@@ -31,6 +31,8 @@ impl Closer {
             sent: Vec::new(),
             confirmed_by: None,
             correlation_id: None,
+            request_correlation_id: None,
+            event_correlation_id: d.event_correlation_id.clone(),
             reason: None,
         };
         let id = &*d.conversation_id;
@@ -133,7 +135,8 @@ impl Closer {
                     r.sent.push(call);
                 }
                 match sent {
-                    Ok(_) => {
+                    Ok(answer) => {
+                        r.request_correlation_id = answer.correlation_id;
                         self.journal.note(id, sent_step);
                         break true;
                     }

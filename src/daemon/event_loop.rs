@@ -218,6 +218,7 @@ impl EventLoop {
                 source: ev.source,
                 watch: !conv.seen_on_topic(),
                 resume: None,
+                event_correlation_id: ev.correlation_id.clone(),
             })
         });
         if ev.source == Source::Read {
@@ -323,6 +324,7 @@ impl EventLoop {
                 source: Source::from_name(&d.source),
                 watch: d.watch,
                 resume: Some(Resume { steps: u.steps }),
+                event_correlation_id: None,
             });
         }
     }

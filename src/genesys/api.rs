@@ -747,13 +747,23 @@ fn status_error(
             text
         }
     });
+    // Text from the server reaches logs bounded, whatever size it came in.
+    let clip = |s: String, n: usize| -> String {
+        if s.chars().count() > n {
+            let mut c: String = s.chars().take(n).collect();
+            c.push('…');
+            c
+        } else {
+            s
+        }
+    };
     ApiError::Status {
         method: method.clone(),
         path: path.to_string(),
         status: status.as_u16(),
-        code: parsed.code,
-        message,
-        correlation_id: correlation_id.or(parsed.context_id),
+        code: parsed.code.map(|c| clip(c, 100)),
+        message: clip(message, 300),
+        correlation_id: correlation_id.or(parsed.context_id).map(|c| clip(c, 100)),
     }
 }
 
