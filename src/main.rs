@@ -454,6 +454,16 @@ fn check(path: &std::path::Path) -> ExitCode {
             ));
         }
     }
+    for url in [&config.genesys.api_url, &config.genesys.login_url] {
+        if let Some(host) = url.host_str()
+            && !genesys_closer::config::known_genesys_host(host)
+            && !genesys_closer::config::is_loopback(url)
+        {
+            warnings.push(format!(
+                "{host} is not in a Genesys Cloud region the SDKs list: check `region` / the URLs"
+            ));
+        }
+    }
     for (i, r) in config.rules.iter().enumerate() {
         if !r.queues.is_empty() && !r.queues.iter().any(|q| config.stream.queues.contains(q)) {
             warnings.push(format!(

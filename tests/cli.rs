@@ -192,3 +192,24 @@ fn check_warns_of_rules_nothing_can_reach() {
         "{output}"
     );
 }
+
+#[test]
+fn a_file_that_is_not_utf8_names_the_line_and_byte_offset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    let mut bytes = b"[genesys]\nregion = \"eu-west-1\"\nclient_id = \"ab".to_vec();
+    bytes.push(0xff);
+    bytes.extend_from_slice(b"c\"\n");
+    std::fs::write(&path, &bytes).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_genesys-closer"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stderr).replace(&*path.to_string_lossy(), "CONFIG");
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(
+        text.contains("CONFIG:3:16: the file is not UTF-8 text (invalid byte at offset 46)"),
+        "{text}"
+    );
+}

@@ -599,8 +599,14 @@ impl Checker<'_> {
     }
 
     fn log(&mut self, root: &dyn TableLike) -> LogConfig {
+        // JSON lines for journald and shippers; text for a person at a terminal.
+        let default_format = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            LogFormat::Human
+        } else {
+            LogFormat::Json
+        };
         let mut log = LogConfig {
-            format: LogFormat::Json,
+            format: default_format,
             level: "info".into(),
         };
         let Some((t, _)) = self.section(root, "log") else {
@@ -977,6 +983,14 @@ impl Checker<'_> {
 }
 
 /// Region key (`us-east-1` or `us_east_1`) or bare domain -> domain.
+/// Whether `host` is a known region's domain or a host under one.
+pub(super) fn known_domain(host: &str) -> bool {
+    let host = host.to_ascii_lowercase();
+    REGIONS
+        .iter()
+        .any(|(_, d)| host == *d || host.ends_with(&format!(".{d}")))
+}
+
 pub(super) fn region_domain(region: &str) -> Option<String> {
     let key = region.trim().to_ascii_lowercase().replace('_', "-");
     if let Some((_, domain)) = REGIONS.iter().find(|(k, _)| *k == key) {

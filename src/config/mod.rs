@@ -393,8 +393,30 @@ impl fmt::Display for ConfigErrors {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text, path),
+        let one = |line, column, message| {
+            Err(ConfigErrors(vec![ConfigIssue {
+                file: path.to_path_buf(),
+                line,
+                column,
+                rule: None,
+                message,
+            }]))
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Config::parse(&text, path),
+                Err(e) => {
+                    let at = e.utf8_error().valid_up_to();
+                    let good = String::from_utf8_lossy(&e.as_bytes()[..at]);
+                    let line = good.matches('\n').count() + 1;
+                    let column = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    one(
+                        line,
+                        column,
+                        format!("the file is not UTF-8 text (invalid byte at offset {at})"),
+                    )
+                }
+            },
             Err(e) => Err(ConfigErrors(vec![ConfigIssue {
                 file: path.to_path_buf(),
                 line: 0,
@@ -409,6 +431,11 @@ impl Config {
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
         check::check(text, file)
     }
+}
+
+/// Whether `host` is in one of the Genesys Cloud regions the SDKs list (facts sheet A).
+pub fn known_genesys_host(host: &str) -> bool {
+    check::known_domain(host)
 }
 
 /// Whether a URL points at this machine (where plain http is acceptable).
