@@ -281,3 +281,81 @@ fn under_journald_each_line_carries_its_priority_and_a_bad_rust_log_is_said() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_exits_at_once_and_the_next_start_finishes_the_close() {
+    use genesys_closer::sim::RequestDelay;
+    let sim = start_sim(SimConfig::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        config_text(
+            &sim.base_url(),
+            &dir.path().join("state"),
+            &[QUEUE],
+            &["Goodbye"],
+        ),
+    )
+    .expect("config");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_genesys-closer"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("GENESYSCLOUD_OAUTHCLIENT_SECRET", "sim-secret")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("daemon starts")
+    };
+    let mut first = spawn();
+    wait_for(Duration::from_secs(20), || sim.connected_sockets() >= 1).await;
+    // The disconnect hangs (dropped unserved if the daemon goes), so the drain waits on it.
+    sim.hold_requests(RequestDelay {
+        path_prefix: "/api/v2/conversations/messages/".into(),
+        method: Some("PATCH".into()),
+        delay: Duration::from_secs(30),
+        count: 1,
+        completes_without_client: false,
+    });
+    let id = sim.create_conversation(conversation(Some("Goodbye")));
+    wait_for(Duration::from_secs(10), || {
+        sim.requests()
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.contains(&id))
+    })
+    .await;
+    let pid = first.id().to_string();
+    let term = || {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status();
+    };
+    term();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        first.try_wait().expect("wait").is_none(),
+        "the first signal drains: the held close keeps it running"
+    );
+    let asked = std::time::Instant::now();
+    term();
+    let status = tokio::task::spawn_blocking(move || first.wait())
+        .await
+        .expect("join")
+        .expect("exit");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "the second signal exits at once"
+    );
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(
+        sim.is_closed(&id),
+        Some(false),
+        "the held disconnect never took"
+    );
+    // The close was journalled: the next start carries it out.
+    let mut second = spawn();
+    wait_for(Duration::from_secs(20), || sim.is_closed(&id) == Some(true)).await;
+    let _ = second.kill();
+    let _ = second.wait();
+}
