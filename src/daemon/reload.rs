@@ -59,6 +59,8 @@ impl Reloader {
         keep!(intake, "[intake]");
         keep!(daemon, "[daemon]");
         keep!(log, "[log]");
+        keep!(metrics, "[metrics]");
+        keep!(feed, "[feed]");
         // [stream]: the topic lists apply now; timings and switches at restart.
         let mut timings = new.stream.clone();
         timings.queues = old.stream.queues.clone();
