@@ -178,6 +178,7 @@ pub async fn run(
         mut reports,
         stop,
         _state,
+        ..
     } = start_daemon_on(
         &sim,
         &config,

@@ -159,6 +159,8 @@ pub(crate) struct Harness {
     pub stop: CancellationToken,
     /// The daemon's journal directory, removed when the harness goes.
     pub _state: StateDir,
+    /// Where the daemon's intake listens.
+    pub intake: std::net::SocketAddr,
 }
 
 /// A private journal directory for a demo or matrix run (never /var/lib), removed on
@@ -241,6 +243,7 @@ pub(crate) async fn start_daemon_on(
         reports,
         stop,
         _state: state,
+        intake,
     })
 }
 
@@ -342,6 +345,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         reports: mut reports_rx,
         stop: stop_daemon,
         _state,
+        ..
     } = start_daemon_on(&sim, &config, secret, DEMO_INTAKE_TOKEN).await?;
     let baseline_topics = topic_total(&sim);
 

@@ -28,6 +28,7 @@ pub mod feed;
 pub mod genesys;
 pub mod intake;
 pub mod journal;
+pub mod latency;
 pub mod matrix;
 pub mod metrics;
 pub mod progress;

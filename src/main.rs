@@ -122,6 +122,16 @@ enum Command {
         #[arg(long, default_value_t = 240)]
         requests_per_minute: u32,
     },
+    /// Decision latency against the simulator with other events flowing: intent event
+    /// -> disconnect request, and intake request -> disconnect request (bench/latency.sh).
+    Latency {
+        /// Measurements of each path.
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        /// Other conversation frames per second meanwhile.
+        #[arg(long, default_value_t = 10000)]
+        background: u32,
+    },
     /// Run the Genesys simulator alone (for pointing a daemon at it by hand).
     Sim {
         /// Address to listen on: loopback unless --allow-remote.
@@ -225,6 +235,23 @@ fn main() -> ExitCode {
                 paths,
             } => run_demo(conversations, rate, paths).await,
             Command::FaultMatrix => run_matrix().await,
+            Command::Latency {
+                samples,
+                background,
+            } => match genesys_closer::latency::run(samples, background).await {
+                Ok(r) => {
+                    println!("{r}");
+                    if r.missing == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: latency could not run: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::Burst {
                 conversations,
                 sim_limit,

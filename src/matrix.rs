@@ -248,6 +248,7 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         reports: mut raw_reports,
         stop,
         _state,
+        ..
     } = start_daemon_on(
         &sim,
         &config,
