@@ -396,7 +396,11 @@ impl Closer {
                 return;
             }
         };
-        if let Err(e) = self.journal.step(id, step::ABOUT_TO_SEND_FAREWELL).await {
+        if let Err(e) = self
+            .journal
+            .step_durable(id, step::ABOUT_TO_SEND_FAREWELL)
+            .await
+        {
             // Without the record, a crash could send it twice: better none than two.
             tracing::error!(conversation_id = id, error = %e,
                 "farewell skipped: it could not be journalled first");

@@ -167,6 +167,16 @@ pub trait Backend: Send {
     fn decision(&mut self, d: &DecisionRecord) -> Result<(), JournalError>;
     /// Records a step of a conversation's close.
     fn step(&mut self, conversation_id: &str, step: &str, at_ms: i64) -> Result<(), JournalError>;
+    /// Records a step durably even against an OS crash or power loss (the farewell's
+    /// "about to send"); a backend whose every write is that durable uses `step`.
+    fn step_durable(
+        &mut self,
+        conversation_id: &str,
+        step: &str,
+        at_ms: i64,
+    ) -> Result<(), JournalError> {
+        self.step(conversation_id, step, at_ms)
+    }
     /// Records how a close ended, with an outbox entry for each sink in `sinks`.
     fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64, sinks: Sinks) -> Result<(), JournalError>;
     /// Outbox entries due for delivery at `now_ms`, oldest first.
@@ -237,6 +247,7 @@ type Reply = oneshot::Sender<Result<(), JournalError>>;
 enum Cmd {
     Decision(DecisionRecord, Option<Reply>),
     Step(String, String, i64, Option<Reply>),
+    StepDurable(String, String, i64, Reply),
     Outcome(OutcomeRecord, i64, Option<Reply>),
     Intake(String, Option<String>, String, i64),
     Prune(i64),
@@ -404,6 +415,10 @@ fn writer(
                 let r = b.decision(&d);
                 answer(reply, r, "decision", &d.conversation_id);
             }
+            Cmd::StepDurable(id, step, at, reply) => {
+                let r = b.step_durable(&id, &step, at);
+                answer(Some(reply), r, "step", &id);
+            }
             Cmd::Step(id, step, at, reply) => {
                 let r = b.step(&id, &step, at);
                 answer(reply, r, "step", &id);
@@ -487,6 +502,18 @@ impl Journal {
     pub async fn step(&self, conversation_id: &str, step: &str) -> Result<(), JournalError> {
         let (id, step) = (conversation_id.to_owned(), step.to_owned());
         self.submit_wait(|r| Cmd::Step(id, step, now_ms(), Some(r)))
+            .await
+    }
+
+    /// Records a step and waits until it is on disk even against power loss (the
+    /// farewell's "about to send", whose loss could send a second farewell).
+    pub async fn step_durable(
+        &self,
+        conversation_id: &str,
+        step: &str,
+    ) -> Result<(), JournalError> {
+        let (id, step) = (conversation_id.to_owned(), step.to_owned());
+        self.submit_wait(|r| Cmd::StepDurable(id, step, now_ms(), r))
             .await
     }
 

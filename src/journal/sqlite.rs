@@ -1,12 +1,16 @@
 //! The SQLite backend of the journal (rusqlite, SQLite compiled in).
 //!
 //! WAL mode: `history` reads while the daemon writes, and a crash never corrupts the
-//! file. `synchronous = FULL`: every commit reaches the disk before the write is
-//! acknowledged, so "about to send" survives not only a killed process (NORMAL would
-//! do for that) but an OS crash or power loss too, which is what "a farewell at most
-//! once" needs. The cost is one fsync per record; closes are bounded by the REST
-//! budget (a few hundred a minute), so a few records per close is a few fsyncs a
-//! second at most.
+//! file. `synchronous = NORMAL` for most records: in WAL mode a commit is then durable
+//! against the process being killed (SIGKILL, a crash: the WAL is in the OS's hands),
+//! and only an OS crash or power loss can roll back the last commits. That is enough for
+//! every record whose loss is harmless to repeat: a disconnect or teardown sent again
+//! is idempotent, a decision or outcome journalled again changes nothing. And it keeps
+//! an fsync (milliseconds on a disk) out of the path between a decision and its
+//! disconnect. The one record whose loss could do harm is "about to send" of a
+//! farewell: lost to a power cut after the message went out, a restart would send it
+//! again. It is written with `synchronous = FULL` ([`Backend::step_durable`]): that
+//! commit, and every one before it, reaches the disk before the farewell is sent.
 
 use std::path::Path;
 
@@ -92,7 +96,7 @@ impl SqliteBackend {
                 path.display()
             )));
         }
-        db.execute_batch("PRAGMA synchronous = FULL;")
+        db.execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(storage)?;
         let version: i64 = db
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -194,6 +198,23 @@ impl Backend for SqliteBackend {
             )
             .map_err(storage)?;
         Ok(())
+    }
+
+    fn step_durable(
+        &mut self,
+        conversation_id: &str,
+        step: &str,
+        at_ms: i64,
+    ) -> Result<(), JournalError> {
+        self.db
+            .execute_batch("PRAGMA synchronous = FULL;")
+            .map_err(storage)?;
+        let r = self.step(conversation_id, step, at_ms);
+        let back = self
+            .db
+            .execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(storage);
+        r.and(back)
     }
 
     fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64, sinks: Sinks) -> Result<(), JournalError> {
