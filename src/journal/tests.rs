@@ -118,7 +118,8 @@ async fn prune_forgets_only_finished_closes_past_retention() {
     j.step("open", "about_to_send:patch_conversation")
         .await
         .expect("step");
-    // Everything finished so far is older than "now + 1 min" retention of zero.
+    // Everything finished so far is older than now (retention zero) once a few ms pass.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     j.prune(Duration::ZERO);
     j.decision_durable(decision("after", 3))
         .await
