@@ -280,8 +280,9 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
     loop {
         let reqs = sim.requests_timed();
         let done = all.iter().all(|id| {
-            reqs.iter()
-                .any(|(_, r)| r.method == "PATCH" && r.path.starts_with(MESSAGES) && r.path.contains(id.as_str()))
+            reqs.iter().any(|(_, r)| {
+                r.method == "PATCH" && r.path.starts_with(MESSAGES) && r.path.contains(id.as_str())
+            })
         });
         if done || std::time::Instant::now() > deadline {
             break;
