@@ -116,7 +116,7 @@ fn message(rng: &mut fastrand::Rng, i: usize) -> Value {
     json!({
         "message": { "id": format!("{:032x}", rng.u128(..)) },
         "messageTime": format!("2026-11-23T14:{:02}:{:02}.{:03}Z", 2 + i / 60, i % 60, rng.u32(..1000)),
-        "messageStatus": if i % 2 == 0 { "received" } else { "sent" },
+        "messageStatus": if i.is_multiple_of(2) { "received" } else { "sent" },
         "messageSegmentCount": 1
     })
 }
