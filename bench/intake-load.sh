@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The intake endpoint under load: authenticated POST /v1/intents with distinct conversation
+# ids and an intent no rule matches (each answered `no_rule`: auth, body, event loop, state,
+# rules and the journal's intake record, without a close), measured with wrk (Debian
+# package `wrk`). Prints wrk's latency distribution and requests per second.
+# Usage: bench/intake-load.sh [seconds] [connections]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+conns=${2:-16}
+command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
+cargo build --release --locked --quiet
+bin=target/release/genesys-closer
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+sim_port=18911
+intake_port=18912
+$bin sim --listen 127.0.0.1:$sim_port --rate 0 >"$work/sim.log" 2>&1 &
+cat >"$work/config.toml" <<TOML
+[genesys]
+api_url = "http://127.0.0.1:$sim_port"
+login_url = "http://127.0.0.1:$sim_port"
+client_id = "sim-client"
+requests_per_minute = 100000
+[stream]
+queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
+[intake]
+enabled = true
+listen = "127.0.0.1:$intake_port"
+max_connections = 1024
+[daemon]
+state_dir = "$work/state"
+[log]
+format = "json"
+level = "warn"
+[[rule]]
+name = "goodbye"
+intents = ["Goodbye"]
+TOML
+token=intake-load-credential-0123456789
+sleep 1
+GENESYSCLOUD_OAUTHCLIENT_SECRET=sim-secret GENESYS_CLOSER_INTAKE_TOKEN=$token \
+  $bin run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
+for _ in $(seq 100); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$intake_port/v1/intents" || true)
+  [ "$code" = 401 ] && break
+  sleep 0.1
+done
+cat >"$work/intake.lua" <<LUA
+local n = 0
+local tid = 0
+setup = function(thread) thread:set("tid", tid); tid = tid + 1 end
+request = function()
+  n = n + 1
+  local id = string.format("%08x-0000-4000-8000-%012x", tid, n)
+  local body = '{"conversationId":"' .. id .. '","intent":"TalkToAgent"}'
+  return wrk.format("POST", "/v1/intents",
+    {["Authorization"] = "Bearer $token", ["Content-Type"] = "application/json"}, body)
+end
+LUA
+wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/intake.lua" "http://127.0.0.1:$intake_port/v1/intents"
+grep -c '"level":"ERROR"' "$work/daemon.log" | sed 's/^/daemon error lines: /' || true
