@@ -110,24 +110,42 @@ fn pass(v: Variant, set: &Set, rules: &Rules) -> Duration {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` and `-- --test` do not run
+    // the measurements, only one pass of each on a twentieth of the frames (criterion's
+    // test mode, and ours): a smoke test that runs in seconds even unoptimised.
+    let args: Vec<String> = std::env::args().collect();
+    let measuring = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test");
+    let profiling = std::env::var("INGEST_PROFILE").ok();
+    let scale = if measuring || profiling.is_some() {
+        1
+    } else {
+        20
+    };
     let rules = common::rules();
-    let (frames, decisions) = common::example_frames(GROUPS);
+    let (frames, decisions) = common::example_frames(GROUPS / scale);
     let examples = Set {
         name: "examples",
         frames,
         decisions,
     };
-    let (frames, decisions) = common::generated_frames(CONVERSATIONS);
+    let (frames, decisions) = common::generated_frames(CONVERSATIONS / scale);
     let generated = Set {
         name: "generated",
         frames,
         decisions,
     };
     let sets = [examples, generated];
-    // `cargo bench` passes `--bench`; `cargo test --benches` and `-- --test` do not run
-    // the measurements, only one pass of each (criterion's test mode, and ours).
-    let args: Vec<String> = std::env::args().collect();
-    let measuring = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test");
+    // `INGEST_PROFILE=generated:0` (set name, variant index in `VARIANTS`): one pass of
+    // that variant only, for `valgrind --tool=callgrind` (instruction counts are stable
+    // on a noisy machine; compare with the same run of another variant).
+    if let Some(spec) = profiling {
+        let (set, v) = spec.split_once(':').expect("INGEST_PROFILE=set:variant");
+        let set = sets.iter().find(|s| s.name == set).expect("set name");
+        let v: usize = v.parse().expect("variant index");
+        let d = pass(VARIANTS[v].0, set, &rules);
+        println!("{} on {}: {d:?}", VARIANTS[v].1, set.name);
+        return;
+    }
 
     let mut c = Criterion::default()
         .sample_size(10)
@@ -191,6 +209,10 @@ fn main() {
         }
         let sonic = medians[3].as_secs_f64();
         let ignored = medians[4].as_secs_f64();
+        if !measuring {
+            println!("smoke run (one pass, a twentieth of the frames): no verdict on the targets");
+            continue;
+        }
         println!(
             "targets: ours / sonic Value = {:.2} (< 1.00: {}), ours / IgnoredAny = {:.2} (<= 1.50: {})",
             ours / sonic,

@@ -259,19 +259,29 @@ pub fn queue_frame(rng: &mut fastrand::Rng, c: &Generated, stage: usize, stages:
             )
         })
         .collect();
-    let frame = json!({
-        "topicName": format!("v2.routing.queues.{QUEUE}.conversations.messages"),
-        "version": "2",
-        "eventBody": {
-            "id": c.id,
-            "participants": ps,
-            "otherMediaUris": [],
-            "divisions": [ { "division": { "id": "5c1e9d2a-3b47-4f0e-9a1d-6e2f7b8c9d01" },
-                             "entities": [ { "id": QUEUE } ] } ]
-        },
-        "metadata": { "CorrelationId": uuid(rng) }
+    let body = json!({
+        "id": c.id,
+        "participants": ps,
+        "otherMediaUris": [],
+        "divisions": [ { "division": { "id": "5c1e9d2a-3b47-4f0e-9a1d-6e2f7b8c9d01" },
+                         "entities": [ { "id": QUEUE } ] } ]
     });
-    frame.to_string()
+    envelope(
+        &format!("v2.routing.queues.{QUEUE}.conversations.messages"),
+        &body,
+        &uuid(rng),
+    )
+}
+
+/// A frame as Genesys sends it: `topicName` first, then `version`, `eventBody` and
+/// `metadata` (`json!` would sort the keys, putting the topic last).
+pub fn envelope(topic: &str, body: &Value, correlation: &str) -> String {
+    format!(
+        r#"{{"topicName":{},"version":"2","eventBody":{},"metadata":{{"CorrelationId":{}}}}}"#,
+        Value::from(topic),
+        body,
+        Value::from(correlation)
+    )
 }
 
 /// `conversations` generated conversations of 2 to 8 participants and 1 to 20 messages,
@@ -306,44 +316,38 @@ pub fn generated_frames(conversations: usize) -> (Vec<String>, usize) {
 pub fn bot_frames(rng: &mut fastrand::Rng, id: &str, customer: &str, intent: &str) -> [String; 3] {
     let flow = "a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93";
     [
-        json!({
-            "topicName": format!("v2.analytics.flow.{flow}.metrics"),
-            "version": "2",
-            "metadata": { "CorrelationId": uuid(rng) },
-            "eventBody": {
+        envelope(
+            &format!("v2.analytics.flow.{flow}.metrics"),
+            &json!({
                 "metric": "nFlow", "metricDate": "2026-11-24T09:15:02.311Z", "value": 1,
                 "conversationId": id, "flowId": flow, "flowName": "Web messaging bot",
                 "flowType": "inboundshortmessage", "flowVersion": "12.0", "mediaType": "message",
                 "messageType": "webmessaging", "purpose": "workflow", "direction": "inbound",
                 "sessionId": uuid(rng), "participantName": "Web messaging bot"
-            }
-        })
-        .to_string(),
-        json!({
-            "topicName": format!("v2.detail.events.conversation.{id}.customer.start"),
-            "version": "2",
-            "metadata": { "CorrelationId": uuid(rng) },
-            "eventBody": {
+            }),
+            &uuid(rng),
+        ),
+        envelope(
+            &format!("v2.detail.events.conversation.{id}.customer.start"),
+            &json!({
                 "eventTime": 1795511702298u64, "conversationId": id, "participantId": customer,
                 "sessionId": uuid(rng), "mediaType": "MESSAGE", "messageType": "WEBMESSAGING",
                 "direction": "INBOUND", "provider": "PureCloud Webmessaging",
                 "divisionId": "d4f7a2c9-3e61-4b85-8d0a-5c9e2b7f1a36"
-            }
-        })
-        .to_string(),
-        json!({
-            "topicName": format!("v2.detail.events.conversation.{id}.attributes"),
-            "version": "2",
-            "metadata": { "CorrelationId": uuid(rng) },
-            "eventBody": {
+            }),
+            &uuid(rng),
+        ),
+        envelope(
+            &format!("v2.detail.events.conversation.{id}.attributes"),
+            &json!({
                 "eventTime": 1795511704512u64, "conversationId": id, "participantId": customer,
                 "attributes": { "Bot.Intent": intent, "Bot.Confidence": "0.93",
                                 "Bot.Name": "Web messaging bot" },
                 "communications": [ { "id": uuid(rng), "mediaType": "MESSAGE" } ],
                 "participantStartTime": 1795511702298u64
-            }
-        })
-        .to_string(),
+            }),
+            &uuid(rng),
+        ),
     ]
 }
 

@@ -6,9 +6,9 @@
 //! message type), so a tracked conversation stays small whatever the frame size.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 /// One frame from the notification socket.
@@ -149,21 +149,168 @@ pub struct FlowMetric {
     pub metric: Option<Box<str>>,
 }
 
-/// One participant in a conversation event.
+/// One participant in a conversation event. Its short texts are [`InlineStr`]s: reading
+/// a participant allocates nothing but the attributes rules read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParticipantUpdate {
     /// Participant id.
-    pub id: Box<str>,
+    pub id: InlineStr,
     /// `purpose`: `customer`, `agent`, `acd`, `workflow`, ... (free text in the model).
-    pub purpose: Box<str>,
+    pub purpose: InlineStr,
     /// `disconnected` or `terminated`, or an `endTime` is set.
     pub ended: bool,
     /// `queue.id`, when the participant has one.
-    pub queue_id: Option<Box<str>>,
+    pub queue_id: Option<InlineStr>,
     /// Messaging `type` (`webmessaging`, `open`, ...).
-    pub message_type: Option<Box<str>>,
+    pub message_type: Option<InlineStr>,
     /// Only the attributes that some rule reads, as `(name, value)`.
-    pub attributes: Vec<(Box<str>, Box<str>)>,
+    pub attributes: Vec<(InlineStr, InlineStr)>,
+}
+
+/// Most bytes an [`InlineStr`] holds without the heap (a UUID is 36).
+const INLINE_STR: usize = 38;
+
+/// Text kept inline when short (ids, purposes, messaging types: a UUID fits), on the
+/// heap when longer. Reads as a `str`; made from any string with `into()`.
+#[derive(Clone)]
+pub struct InlineStr(InlineRepr);
+
+#[derive(Clone)]
+enum InlineRepr {
+    Inline(u8, [u8; INLINE_STR]),
+    Heap(Box<str>),
+}
+
+impl InlineStr {
+    /// A copy of `s`.
+    pub fn new(s: &str) -> InlineStr {
+        if s.len() <= INLINE_STR {
+            let mut b = [0u8; INLINE_STR];
+            b[..s.len()].copy_from_slice(s.as_bytes());
+            InlineStr(InlineRepr::Inline(s.len() as u8, b))
+        } else {
+            InlineStr(InlineRepr::Heap(s.into()))
+        }
+    }
+
+    /// Lowercases ASCII letters in place.
+    pub fn make_ascii_lowercase(&mut self) {
+        match &mut self.0 {
+            InlineRepr::Inline(n, b) => b[..usize::from(*n)].make_ascii_lowercase(),
+            InlineRepr::Heap(s) => s.make_ascii_lowercase(),
+        }
+    }
+
+    /// The text's bytes (no UTF-8 check: for comparing and hashing).
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            InlineRepr::Inline(n, b) => &b[..usize::from(*n)],
+            InlineRepr::Heap(s) => s.as_bytes(),
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Whole characters only: always copied from a `str`.
+            InlineRepr::Inline(n, b) => std::str::from_utf8(&b[..usize::from(*n)]).unwrap_or(""),
+            InlineRepr::Heap(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for InlineStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for InlineStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::borrow::Borrow<str> for InlineStr {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for InlineStr {
+    fn from(s: &str) -> InlineStr {
+        InlineStr::new(s)
+    }
+}
+
+impl From<String> for InlineStr {
+    fn from(s: String) -> InlineStr {
+        InlineStr::new(&s)
+    }
+}
+
+impl From<Box<str>> for InlineStr {
+    fn from(s: Box<str>) -> InlineStr {
+        if s.len() <= INLINE_STR {
+            InlineStr::new(&s)
+        } else {
+            InlineStr(InlineRepr::Heap(s))
+        }
+    }
+}
+
+impl From<Cow<'_, str>> for InlineStr {
+    fn from(s: Cow<'_, str>) -> InlineStr {
+        InlineStr::new(&s)
+    }
+}
+
+impl From<InlineStr> for Box<str> {
+    fn from(s: InlineStr) -> Box<str> {
+        match s.0 {
+            InlineRepr::Heap(b) => b,
+            InlineRepr::Inline(..) => s.as_str().into(),
+        }
+    }
+}
+
+impl PartialEq for InlineStr {
+    fn eq(&self, other: &InlineStr) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for InlineStr {}
+
+impl PartialEq<str> for InlineStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for InlineStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::hash::Hash for InlineStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::fmt::Debug for InlineStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+impl std::fmt::Display for InlineStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
 }
 
 /// Why a text could not be read as a frame.
@@ -187,18 +334,156 @@ impl FrameError {
     }
 }
 
-#[derive(Deserialize)]
+/// The frame's envelope. Read in one pass: when `topicName` comes before `eventBody`
+/// (as Genesys sends it), a conversation or detail body is read into what the daemon
+/// keeps as it goes by, skipping the rest; otherwise it is kept as raw text and read
+/// once the topic is known.
 struct Envelope<'a> {
-    #[serde(rename = "topicName", borrow, default)]
     topic: Option<Cow<'a, str>>,
-    #[serde(rename = "eventBody", borrow, default)]
-    body: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    body: Body<'a>,
     metadata: Option<Metadata<'a>>,
-    #[serde(borrow, default)]
     result: Option<StrOrNum<'a>>,
-    #[serde(borrow, default)]
     status: Option<Cow<'a, str>>,
+}
+
+/// An `eventBody`, read or not yet.
+enum Body<'a> {
+    /// No body, or `null`.
+    Absent,
+    /// Read later, when the topic is known.
+    Raw(&'a RawValue),
+    /// Read already, for a queue or user topic.
+    Conversation(ConversationBody<'a>),
+    /// Read already, for a detail topic.
+    Detail(DetailBody<'a>),
+}
+
+const ENVELOPE_FIELDS: &[&str] = &["topicName", "eventBody", "metadata", "result", "status"];
+
+struct EnvelopeSeed<'w> {
+    wanted: &'w [Box<str>],
+}
+
+impl<'de, 'w> DeserializeSeed<'de> for EnvelopeSeed<'w> {
+    type Value = Envelope<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Envelope<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, 'w> Visitor<'de> for EnvelopeSeed<'w> {
+    type Value = Envelope<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a notification frame object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'de>, A::Error> {
+        let mut env = Envelope {
+            topic: None,
+            body: Body::Absent,
+            metadata: None,
+            result: None,
+            status: None,
+        };
+        let mut seen = [false; ENVELOPE_FIELDS.len()];
+        while let Some(field) = map.next_key_seed(FieldOf(ENVELOPE_FIELDS))? {
+            let Some(i) = field else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if std::mem::replace(&mut seen[i], true) {
+                return Err(de::Error::duplicate_field(ENVELOPE_FIELDS[i]));
+            }
+            match i {
+                0 => env.topic = map.next_value::<Option<CowStr<'de>>>()?.map(|s| s.0),
+                1 => {
+                    let wanted = self.wanted;
+                    env.body = match env.topic.as_deref().map(topic_kind) {
+                        Some(TopicKind::QueueConversation | TopicKind::UserConversation) => map
+                            .next_value_seed(OrNull(ConversationSeed { wanted }))?
+                            .map_or(Body::Absent, Body::Conversation),
+                        Some(TopicKind::Detail(_)) => map
+                            .next_value_seed(OrNull(DetailSeed { wanted }))?
+                            .map_or(Body::Absent, Body::Detail),
+                        _ => map
+                            .next_value::<Option<&'de RawValue>>()?
+                            .map_or(Body::Absent, Body::Raw),
+                    }
+                }
+                2 => env.metadata = map.next_value()?,
+                3 => env.result = map.next_value()?,
+                _ => env.status = map.next_value::<Option<CowStr<'de>>>()?.map(|s| s.0),
+            }
+        }
+        Ok(env)
+    }
+}
+
+/// Which of `names` a map key is (`None`: another key), read without copying it.
+struct FieldOf<'n, N>(&'n [N]);
+
+impl<'de, N: AsRef<str>> DeserializeSeed<'de> for FieldOf<'_, N> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_identifier(self)
+    }
+}
+
+impl<'de, N: AsRef<str>> Visitor<'de> for FieldOf<'_, N> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|n| n.as_ref() == v))
+    }
+}
+
+/// A string, borrowed from the frame unless it has escapes; any other type is an error.
+struct CowStr<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for CowStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<CowStr<'de>, E> {
+                Ok(CowStr(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `S`, or `None` for `null` (as an absent field would be).
+struct OrNull<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for OrNull<S> {
+    type Value = Option<S::Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<S::Value>, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for OrNull<S> {
+    type Value = Option<S::Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a value or null")
+    }
+    fn visit_none<E>(self) -> Result<Option<S::Value>, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Option<S::Value>, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<S::Value>, D::Error> {
+        self.0.deserialize(d).map(Some)
+    }
 }
 
 #[derive(Deserialize)]
@@ -225,30 +510,264 @@ struct MessageBody<'a> {
     reason: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize)]
+/// A conversation object as read: its id and the participants that have one.
+#[derive(Default)]
 struct ConversationBody<'a> {
-    #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    participants: Vec<ParticipantBody<'a>>,
+    participants: Vec<ParticipantUpdate>,
 }
 
-#[derive(Deserialize)]
-struct ParticipantBody<'a> {
-    #[serde(borrow, default)]
-    id: Text<'a>,
-    #[serde(borrow, default)]
-    purpose: Text<'a>,
-    #[serde(borrow, default)]
-    state: Text<'a>,
-    #[serde(rename = "endTime", borrow, default)]
-    end_time: Text<'a>,
-    #[serde(borrow, default)]
-    queue: Option<&'a RawValue>,
-    #[serde(rename = "type", borrow, default)]
-    message_type: Text<'a>,
-    #[serde(borrow, default)]
-    attributes: Option<&'a RawValue>,
+const CONVERSATION_FIELDS: &[&str] = &["id", "participants"];
+
+/// Reads a conversation object, skipping every field but `id` and `participants`.
+/// `id` must be a string (or null); `participants` an array of objects.
+struct ConversationSeed<'w> {
+    wanted: &'w [Box<str>],
+}
+
+impl<'de> DeserializeSeed<'de> for ConversationSeed<'_> {
+    type Value = ConversationBody<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ConversationSeed<'_> {
+    type Value = ConversationBody<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a conversation object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut body = ConversationBody::default();
+        while let Some(field) = map.next_key_seed(FieldOf(CONVERSATION_FIELDS))? {
+            match field {
+                Some(0) => body.id = map.next_value::<Option<CowStr<'de>>>()?.map(|s| s.0),
+                Some(_) => {
+                    body.participants = map.next_value_seed(ParticipantsSeed {
+                        wanted: self.wanted,
+                    })?
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(body)
+    }
+}
+
+struct ParticipantsSeed<'w> {
+    wanted: &'w [Box<str>],
+}
+
+impl<'de> DeserializeSeed<'de> for ParticipantsSeed<'_> {
+    type Value = Vec<ParticipantUpdate>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParticipantsSeed<'_> {
+    type Value = Vec<ParticipantUpdate>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of participants")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut v = Vec::with_capacity(4);
+        while let Some(p) = seq.next_element_seed(ParticipantSeed {
+            wanted: self.wanted,
+        })? {
+            v.extend(p);
+        }
+        Ok(v)
+    }
+}
+
+const PARTICIPANT_FIELDS: &[&str] = &[
+    "id",
+    "purpose",
+    "state",
+    "endTime",
+    "queue",
+    "type",
+    "attributes",
+];
+
+/// Reads one participant object, leniently: a field of a wrong type reads as absent. A
+/// participant without a string id cannot be tracked across events: `None`.
+struct ParticipantSeed<'w> {
+    wanted: &'w [Box<str>],
+}
+
+impl<'de> DeserializeSeed<'de> for ParticipantSeed<'_> {
+    type Value = Option<ParticipantUpdate>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParticipantSeed<'_> {
+    type Value = Option<ParticipantUpdate>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a participant object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id = None;
+        let mut purpose = None;
+        let mut state = None;
+        let mut end_time = None;
+        let mut queue_id = None;
+        let mut message_type = None;
+        let mut attributes = Vec::new();
+        while let Some(field) = map.next_key_seed(FieldOf(PARTICIPANT_FIELDS))? {
+            match field {
+                Some(0) => id = map.next_value::<Text<'de>>()?.get(),
+                Some(1) => purpose = map.next_value::<Text<'de>>()?.get(),
+                Some(2) => state = map.next_value::<Text<'de>>()?.get(),
+                Some(3) => end_time = map.next_value::<Text<'de>>()?.get(),
+                // A queue that is not an object with a string id is ignored, not fatal.
+                Some(4) => queue_id = map.next_value_seed(EntityIdSeed)?,
+                Some(5) => message_type = map.next_value::<Text<'de>>()?.get(),
+                Some(_) => attributes = map.next_value_seed(AttributesSeed::new(self.wanted))?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let Some(id) = id.filter(|id| !id.is_empty()) else {
+            return Ok(None);
+        };
+        let ended = end_time.is_some_and(|t| !t.is_empty())
+            || state.is_some_and(|s| {
+                s.eq_ignore_ascii_case("disconnected") || s.eq_ignore_ascii_case("terminated")
+            });
+        Ok(Some(ParticipantUpdate {
+            id: id.into(),
+            purpose: purpose.as_deref().unwrap_or_default().into(),
+            ended,
+            queue_id,
+            message_type: message_type.map(Into::into),
+            attributes,
+        }))
+    }
+}
+
+/// Visitor methods for a value of any type that only a map can give a result: every
+/// other type is skipped and reads as the default.
+macro_rules! lenient_non_map {
+    ($t:ty) => {
+        fn visit_bool<E>(self, _: bool) -> Result<$t, E> {
+            Ok(Default::default())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<$t, E> {
+            Ok(Default::default())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<$t, E> {
+            Ok(Default::default())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<$t, E> {
+            Ok(Default::default())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<$t, E> {
+            Ok(Default::default())
+        }
+        fn visit_unit<E>(self) -> Result<$t, E> {
+            Ok(Default::default())
+        }
+        fn visit_none<E>(self) -> Result<$t, E> {
+            Ok(Default::default())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<$t, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Default::default())
+        }
+    };
+}
+
+/// The string `id` of an entity reference (`{"id": "..."}`); anything else reads as
+/// absent.
+struct EntityIdSeed;
+
+impl<'de> DeserializeSeed<'de> for EntityIdSeed {
+    type Value = Option<InlineStr>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EntityIdSeed {
+    type Value = Option<InlineStr>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    lenient_non_map!(Option<InlineStr>);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut id = None;
+        while let Some(field) = map.next_key_seed(FieldOf(&["id"]))? {
+            match field {
+                Some(_) => id = map.next_value::<Text<'de>>()?.get().map(Into::into),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(id)
+    }
+}
+
+/// The attributes some rule reads, from an attributes object: other names are skipped
+/// unread, a value that is not a string is ignored, and anything but an object reads as
+/// no attributes (the rest of the frame may carry what matters). Latest wins. `T` is the
+/// text type kept ([`InlineStr`] for participants, `Box<str>` for events).
+struct AttributesSeed<'w, T> {
+    wanted: &'w [Box<str>],
+    text: std::marker::PhantomData<T>,
+}
+
+impl<'w, T> AttributesSeed<'w, T> {
+    fn new(wanted: &'w [Box<str>]) -> Self {
+        AttributesSeed {
+            wanted,
+            text: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'de, T: for<'s> From<&'s str> + std::ops::Deref<Target = str>> DeserializeSeed<'de>
+    for AttributesSeed<'_, T>
+{
+    type Value = Vec<(T, T)>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: for<'s> From<&'s str> + std::ops::Deref<Target = str>> Visitor<'de>
+    for AttributesSeed<'_, T>
+{
+    type Value = Vec<(T, T)>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    lenient_non_map!(Vec<(T, T)>);
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut kept: Vec<(T, T)> = Vec::new();
+        while let Some(field) = map.next_key_seed(FieldOf(self.wanted))? {
+            let Some(i) = field else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            let Some(value) = map.next_value::<Text<'de>>()?.get() else {
+                continue;
+            };
+            let name: &str = &self.wanted[i];
+            match kept.iter_mut().find(|(k, _)| &**k == name) {
+                Some(slot) => slot.1 = T::from(&value),
+                None => kept.push((T::from(name), T::from(&value))),
+            }
+        }
+        Ok(kept)
+    }
 }
 
 /// A string field read leniently: any other JSON type (a number, `null`, an object)
@@ -311,19 +830,60 @@ impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     }
 }
 
-/// The fields the daemon reads from any `v2.detail.events.conversation.{id}.*` body.
-#[derive(Deserialize, Default)]
+/// The fields the daemon reads from any `v2.detail.events.conversation.{id}.*` body
+/// (each read leniently: a wrong type reads as absent), the attributes only those
+/// some rule reads.
+#[derive(Default)]
 struct DetailBody<'a> {
-    #[serde(rename = "conversationId", borrow, default)]
-    conversation_id: Text<'a>,
-    #[serde(rename = "participantId", borrow, default)]
-    participant_id: Text<'a>,
-    #[serde(borrow, default)]
-    attributes: Option<&'a RawValue>,
-    #[serde(rename = "messageType", borrow, default)]
-    message_type: Text<'a>,
-    #[serde(rename = "exitReason", borrow, default)]
-    exit_reason: Text<'a>,
+    conversation_id: Option<Cow<'a, str>>,
+    participant_id: Option<Cow<'a, str>>,
+    attributes: Vec<(Box<str>, Box<str>)>,
+    message_type: Option<Cow<'a, str>>,
+    exit_reason: Option<Cow<'a, str>>,
+}
+
+const DETAIL_FIELDS: &[&str] = &[
+    "conversationId",
+    "participantId",
+    "attributes",
+    "messageType",
+    "exitReason",
+];
+
+struct DetailSeed<'w> {
+    wanted: &'w [Box<str>],
+}
+
+impl<'de> DeserializeSeed<'de> for DetailSeed<'_> {
+    type Value = DetailBody<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DetailSeed<'_> {
+    type Value = DetailBody<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a detail event object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut body = DetailBody::default();
+        while let Some(field) = map.next_key_seed(FieldOf(DETAIL_FIELDS))? {
+            match field {
+                Some(0) => body.conversation_id = map.next_value::<Text<'de>>()?.get(),
+                Some(1) => body.participant_id = map.next_value::<Text<'de>>()?.get(),
+                Some(2) => {
+                    body.attributes = map.next_value_seed(AttributesSeed::new(self.wanted))?
+                }
+                Some(3) => body.message_type = map.next_value::<Text<'de>>()?.get(),
+                Some(_) => body.exit_reason = map.next_value::<Text<'de>>()?.get(),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(body)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -334,12 +894,6 @@ struct FlowMetricBody<'a> {
     flow_id: Text<'a>,
     #[serde(borrow, default)]
     metric: Text<'a>,
-}
-
-#[derive(Deserialize)]
-struct EntityRef<'a> {
-    #[serde(borrow, default)]
-    id: Text<'a>,
 }
 
 /// Which topic family a topic name belongs to.
@@ -448,7 +1002,12 @@ impl Wanted {
 /// Reads one socket text frame. `wanted_attributes` are the participant attribute names
 /// some rule reads; all others are dropped here.
 pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, FrameError> {
-    let env: Envelope<'_> = serde_json::from_str(text)?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let env = EnvelopeSeed {
+        wanted: wanted_attributes,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
     let Some(topic) = env.topic else {
         return Ok(match env.result {
             Some(r) => Frame::Reply {
@@ -466,7 +1025,7 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
     let kind = topic_kind(&topic);
     match kind {
         TopicKind::ChannelMetadata => {
-            let body = message_body(env.body)?;
+            let body = message_body(env.body.raw())?;
             let msg = body.message.unwrap_or_default();
             Ok(if msg.eq_ignore_ascii_case("pong") {
                 Frame::Pong
@@ -477,7 +1036,7 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
             })
         }
         TopicKind::System => {
-            let body = message_body(env.body)?;
+            let body = message_body(env.body.raw())?;
             if topic.eq_ignore_ascii_case("v2.system.socket_closing") {
                 Ok(Frame::SocketClosing {
                     message: body.message.unwrap_or_default().into_owned(),
@@ -492,12 +1051,21 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
             }
         }
         TopicKind::Detail(kind) => {
-            let raw = env.body.map_or("{}", RawValue::get);
             let correlation = env.metadata.and_then(|m| m.correlation_id);
-            parse_detail_body(&topic, kind, raw, correlation.as_deref(), wanted_attributes)
+            let body = match env.body {
+                Body::Detail(body) => body,
+                Body::Raw(raw) => read_raw(
+                    raw.get(),
+                    DetailSeed {
+                        wanted: wanted_attributes,
+                    },
+                )?,
+                Body::Absent | Body::Conversation(_) => DetailBody::default(),
+            };
+            detail_event(&topic, kind, body, correlation.as_deref())
         }
         TopicKind::FlowMetrics => {
-            let raw = env.body.map_or("{}", RawValue::get);
+            let raw = env.body.raw().map_or("{}", RawValue::get);
             let body: FlowMetricBody<'_> = serde_json::from_str(raw)?;
             match body.conversation_id.get().filter(|c| !c.is_empty()) {
                 Some(id) => Ok(Frame::FlowMetric(FlowMetric {
@@ -511,14 +1079,23 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
             }
         }
         TopicKind::QueueConversation | TopicKind::UserConversation => {
-            let raw = env.body.map_or("{}", RawValue::get);
             let correlation = env.metadata.and_then(|m| m.correlation_id);
             let source = if kind == TopicKind::QueueConversation {
                 Source::Queue
             } else {
                 Source::User
             };
-            parse_conversation_body(raw, correlation.as_deref(), wanted_attributes)
+            let body = match env.body {
+                Body::Conversation(body) => body,
+                Body::Raw(raw) => read_raw(
+                    raw.get(),
+                    ConversationSeed {
+                        wanted: wanted_attributes,
+                    },
+                )?,
+                Body::Absent | Body::Detail(_) => ConversationBody::default(),
+            };
+            conversation_event(body, correlation.as_deref())
                 .map(|mut ev| {
                     ev.source = source;
                     Frame::Conversation(ev)
@@ -543,20 +1120,35 @@ pub fn parse_conversation_body(
     correlation_id: Option<&str>,
     wanted_attributes: &[Box<str>],
 ) -> Result<ConversationEvent, FrameError> {
-    let body: ConversationBody<'_> = serde_json::from_str(raw)?;
+    let body = read_raw(
+        raw,
+        ConversationSeed {
+            wanted: wanted_attributes,
+        },
+    )?;
+    conversation_event(body, correlation_id)
+}
+
+/// Reads `raw`, a whole JSON text, with `seed`.
+fn read_raw<'de, S: DeserializeSeed<'de>>(raw: &'de str, seed: S) -> Result<S::Value, FrameError> {
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let v = seed.deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+fn conversation_event(
+    body: ConversationBody<'_>,
+    correlation_id: Option<&str>,
+) -> Result<ConversationEvent, FrameError> {
     let Some(id) = body.id.filter(|id| !id.is_empty()) else {
         return Err(FrameError::MissingId {
             topic: String::new(),
         });
     };
-    let participants = body
-        .participants
-        .into_iter()
-        .filter_map(|p| participant(p, wanted_attributes))
-        .collect();
     let mut ev = ConversationEvent::empty(id.into(), Source::Read);
     ev.correlation_id = correlation_id.map(Into::into);
-    ev.participants = participants;
+    ev.participants = body.participants;
     Ok(ev)
 }
 
@@ -566,21 +1158,19 @@ fn exit_ends_conversation(reason: &str) -> bool {
     reason.to_ascii_uppercase().ends_with("DISCONNECT")
 }
 
-/// Reads a detail-event body into the one fact it carries about its conversation.
-fn parse_detail_body(
+/// The one fact a detail-event body carries about its conversation.
+fn detail_event(
     topic: &str,
     kind: DetailKind,
-    raw: &str,
+    body: DetailBody<'_>,
     correlation_id: Option<&str>,
-    wanted: &[Box<str>],
 ) -> Result<Frame, FrameError> {
-    let body: DetailBody<'_> = serde_json::from_str(raw)?;
     // The body names the conversation; the topic does too, as a fallback.
     let from_topic = topic
         .get("v2.detail.events.conversation.".len()..)
         .and_then(|rest| rest.split('.').next())
         .filter(|id| !id.is_empty());
-    let conversation_id = body.conversation_id.get();
+    let conversation_id = body.conversation_id;
     let id = match conversation_id.as_deref().filter(|c| !c.is_empty()) {
         Some(id) => id,
         None => from_topic.ok_or_else(|| FrameError::MissingId {
@@ -589,14 +1179,15 @@ fn parse_detail_body(
     };
     let mut ev = ConversationEvent::empty(id.into(), Source::Detail);
     ev.correlation_id = correlation_id.map(Into::into);
-    let message_type = body
-        .message_type
-        .get()
-        .map(|t| t.to_ascii_lowercase().into_boxed_str());
-    let participant_id = body.participant_id.get().filter(|p| !p.is_empty());
+    let message_type = body.message_type.map(|t| {
+        let mut t = InlineStr::new(&t);
+        t.make_ascii_lowercase();
+        t
+    });
+    let participant_id = body.participant_id.filter(|p| !p.is_empty());
     match kind {
         DetailKind::Attributes => {
-            ev.attributes = wanted_attributes(body.attributes, wanted);
+            ev.attributes = body.attributes;
         }
         DetailKind::CustomerStart | DetailKind::CustomerEnd => {
             if let Some(pid) = participant_id {
@@ -613,7 +1204,6 @@ fn parse_detail_body(
         DetailKind::FlowEnd => {
             ev.flow_disconnected = body
                 .exit_reason
-                .get()
                 .as_deref()
                 .is_some_and(exit_ends_conversation);
             if let Some(pid) = participant_id {
@@ -636,23 +1226,14 @@ fn parse_detail_body(
 /// whether Genesys calls it `workflow` or `botflow` (facts sheet H.2).
 pub const FLOW_PURPOSE: &str = "flow";
 
-/// Keeps only the attributes rules read; a value that is not a string is ignored rather
-/// than failing the whole frame (the rest of the frame may carry what matters).
-fn wanted_attributes(attrs: Option<&RawValue>, wanted: &[Box<str>]) -> Vec<(Box<str>, Box<str>)> {
-    // Not an object (a wrong type): no attributes, the rest of the frame still counts.
-    let Some(attrs) = attrs
-        .and_then(|raw| serde_json::from_str::<HashMap<Cow<'_, str>, &RawValue>>(raw.get()).ok())
-    else {
-        return Vec::new();
-    };
-    attrs
-        .into_iter()
-        .filter(|(k, _)| wanted.iter().any(|w| **w == **k))
-        .filter_map(|(k, v)| {
-            let v: Cow<'_, str> = serde_json::from_str(v.get()).ok()?;
-            Some((k.into(), v.into()))
-        })
-        .collect()
+impl<'a> Body<'a> {
+    /// The body as raw text, for the topics read after the envelope.
+    fn raw(&self) -> Option<&'a RawValue> {
+        match self {
+            Body::Raw(raw) => Some(raw),
+            _ => None,
+        }
+    }
 }
 
 fn message_body(raw: Option<&RawValue>) -> Result<MessageBody<'_>, FrameError> {
@@ -660,30 +1241,6 @@ fn message_body(raw: Option<&RawValue>) -> Result<MessageBody<'_>, FrameError> {
         Some(raw) => Ok(serde_json::from_str(raw.get())?),
         None => Ok(MessageBody::default()),
     }
-}
-
-/// A participant without an id cannot be tracked across events; it is skipped.
-fn participant(p: ParticipantBody<'_>, wanted: &[Box<str>]) -> Option<ParticipantUpdate> {
-    let id = p.id.get().filter(|id| !id.is_empty())?;
-    let ended = p.end_time.get().is_some_and(|t| !t.is_empty())
-        || p.state.get().as_deref().is_some_and(|s| {
-            s.eq_ignore_ascii_case("disconnected") || s.eq_ignore_ascii_case("terminated")
-        });
-    let attributes = wanted_attributes(p.attributes, wanted);
-    // A queue that is not an object with a string id is ignored, not fatal.
-    let queue_id = p
-        .queue
-        .and_then(|raw| serde_json::from_str::<EntityRef<'_>>(raw.get()).ok())
-        .and_then(|q| q.id.get())
-        .map(|q| q.into_owned().into_boxed_str());
-    Some(ParticipantUpdate {
-        id: id.into(),
-        purpose: p.purpose.get().unwrap_or_default().into(),
-        ended,
-        queue_id,
-        message_type: p.message_type.get().map(Into::into),
-        attributes,
-    })
 }
 
 #[cfg(test)]
@@ -783,6 +1340,122 @@ mod tests {
         assert!(!c.ended && c.queue_id.is_none() && c.message_type.is_none());
         assert!(ev.participants[1].ended);
         assert_eq!(&*ev.participants[1].purpose, "");
+    }
+
+    #[test]
+    fn a_body_before_its_topic_reads_the_same() {
+        let w = vec!["Bot.Intent".into(), "Bot.Score".into()];
+        let body = r#"{"id":"c1","participants":[
+            {"id":"p1","purpose":"customer","state":"connected","type":"webmessaging",
+             "attributes":{"Bot.Intent":"Good\u0062ye","Bot.Score":"1","Bot.Intent":"Goodbye"},
+             "queue":{"name":"x","id":"q"},"messages":[{"a":[1,{"b":null}]}]},
+            {"id":"p2","purpose":"agent","endTime":"2026-01-01T00:00:00Z"}]}"#;
+        let topic = r#""v2.users.u.conversations.messages""#;
+        let first = format!(
+            r#"{{"topicName":{topic},"eventBody":{body},"metadata":{{"CorrelationId":"k"}}}}"#
+        );
+        let last = format!(
+            r#"{{"metadata":{{"CorrelationId":"k"}},"eventBody":{body},"topicName":{topic}}}"#
+        );
+        let a = parse_frame(&first, &w).unwrap();
+        assert_eq!(a, parse_frame(&last, &w).unwrap());
+        let Frame::Conversation(ev) = a else {
+            panic!("not a conversation")
+        };
+        assert_eq!(ev.source, Source::User);
+        assert_eq!(ev.correlation_id.as_deref(), Some("k"));
+        let p = &ev.participants[0];
+        assert_eq!(
+            p.attributes,
+            vec![
+                ("Bot.Intent".into(), "Goodbye".into()),
+                ("Bot.Score".into(), "1".into())
+            ],
+            "escapes read, latest wins"
+        );
+        assert_eq!(p.queue_id.as_deref(), Some("q"));
+        assert!(ev.participants[1].ended);
+        assert_eq!(
+            parse_conversation_body(body, None, &w)
+                .unwrap()
+                .participants,
+            ev.participants,
+            "a REST read of the same object"
+        );
+
+        let detail = r#"{"conversationId":"c2","participantId":"p","messageType":"WEBMESSAGING"}"#;
+        let t = r#""v2.detail.events.conversation.c2.customer.end""#;
+        let a = parse_frame(&format!(r#"{{"topicName":{t},"eventBody":{detail}}}"#), &w).unwrap();
+        let b = parse_frame(&format!(r#"{{"eventBody":{detail},"topicName":{t}}}"#), &w).unwrap();
+        assert_eq!(a, b);
+        let Frame::Conversation(ev) = a else {
+            panic!("not a conversation")
+        };
+        assert_eq!(
+            ev.participants[0].message_type.as_deref(),
+            Some("webmessaging")
+        );
+    }
+
+    #[test]
+    fn envelope_edges() {
+        let w = wanted();
+        // A repeated envelope field is refused, as before.
+        assert!(
+            parse_frame(
+                r#"{"topicName":"channel.metadata","topicName":"x","eventBody":{}}"#,
+                &w
+            )
+            .is_err()
+        );
+        // A null body is an absent body.
+        assert!(matches!(
+            parse_frame(
+                r#"{"topicName":"v2.users.u.conversations.messages","eventBody":null}"#,
+                &w
+            ),
+            Err(FrameError::MissingId { .. })
+        ));
+        let Frame::Conversation(ev) = parse_frame(
+            r#"{"topicName":"v2.detail.events.conversation.c3.flow.end","eventBody":null}"#,
+            &w,
+        )
+        .unwrap() else {
+            panic!("not a conversation")
+        };
+        assert_eq!(&*ev.conversation_id, "c3", "the topic names it");
+        // Trailing text after the frame is refused.
+        assert!(parse_frame(r#"{"topicName":"channel.metadata"} x"#, &w).is_err());
+        // Participants that are not objects, or not an array, refuse the frame.
+        for body in [
+            r#"{"id":"c","participants":[1]}"#,
+            r#"{"id":"c","participants":null}"#,
+        ] {
+            let text = format!(
+                r#"{{"topicName":"v2.users.u.conversations.messages","eventBody":{body}}}"#
+            );
+            assert!(parse_frame(&text, &w).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn inline_strings_hold_any_length() {
+        let long = "x".repeat(100);
+        for s in [
+            "",
+            "customer",
+            "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38",
+            &long,
+            "é",
+        ] {
+            let i = InlineStr::from(s);
+            assert_eq!(&*i, s);
+            assert_eq!(Box::<str>::from(i.clone()), s.into());
+            assert_eq!(i, InlineStr::from(Box::<str>::from(s)));
+        }
+        let mut m = InlineStr::from("WebMessaging");
+        m.make_ascii_lowercase();
+        assert_eq!(m, "webmessaging");
     }
 
     #[test]
