@@ -23,7 +23,7 @@ use crate::config::Config;
 use crate::demo::{Harness, start_daemon_on};
 use crate::sim::{self, ConversationSpec, SimConfig};
 
-const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
+const QUEUE: &str = crate::demo::SIM_QUEUE;
 const TOKEN: &str = "burst-bench-intake-credential";
 /// Conversation PATCHes (and customer-participant PATCHes under them).
 const MESSAGES: &str = "/api/v2/conversations/messages/";

@@ -149,6 +149,11 @@ pub struct DemoSummary {
     pub catchup_reads: u64,
 }
 
+/// The queue the simulator-backed runs (fault matrix, burst, latency) watch.
+pub(crate) const SIM_QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
+/// The bot flow those runs discover conversations in.
+pub(crate) const SIM_FLOW: &str = "a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93";
+
 /// A daemon running against a simulator, for the demo and the fault matrix.
 pub(crate) struct Harness {
     /// The daemon's task.

@@ -24,8 +24,8 @@ use crate::config::Config;
 use crate::demo::{Harness, start_daemon_on};
 use crate::sim::{self, BotConversationSpec, BotPurpose, ConversationSpec, SimConfig};
 
-const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
-const FLOW: &str = "a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93";
+const QUEUE: &str = crate::demo::SIM_QUEUE;
+const FLOW: &str = crate::demo::SIM_FLOW;
 const TOKEN: &str = "latency-bench-intake-credential";
 const MESSAGES: &str = "/api/v2/conversations/messages/";
 

@@ -26,8 +26,8 @@ use crate::sim::{
     self, BotConversationSpec, BotPurpose, ConversationSpec, Faults, Scope, SimConfig, SimHandle,
 };
 
-const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
-const FLOW: &str = "a3c9e5f1-8b27-4d60-9e4a-2f7b1c6d8e93";
+const QUEUE: &str = crate::demo::SIM_QUEUE;
+const FLOW: &str = crate::demo::SIM_FLOW;
 const TOKEN: &str = "fault-matrix-intake-credential";
 
 /// Timings shortened so a dead socket is noticed in about 2 s (the defaults, 35 s and 45 s,
