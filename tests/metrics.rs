@@ -129,12 +129,18 @@ async fn a_close_rotations_and_reconnects_show_in_the_metrics() {
     .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     sim.drop_sockets();
-    let text = scrape_until(maddr, "a reconnect counted", |t| {
+    scrape_until(maddr, "a reconnect counted", |t| {
         sample(t, "genesys_closer_reconnects_total", &[]).unwrap_or(0.0) >= 1.0
-            && sample(t, "genesys_closer_tracked_conversations", &[]).is_some()
     })
     .await;
     ready(maddr).await;
+    // `/readyz` may still answer from before the drop was noticed, so the
+    // final scrape waits for the replacement socket itself.
+    let text = scrape_until(maddr, "the socket back", |t| {
+        sample(t, "genesys_closer_streams_live", &[]).unwrap_or(0.0) >= 1.0
+            && sample(t, "genesys_closer_tracked_conversations", &[]).is_some()
+    })
+    .await;
 
     let rule = ("rule", "goodbye");
     let queue = ("source", "queue");
