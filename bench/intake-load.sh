@@ -3,6 +3,8 @@
 # ids and an intent no rule matches (each answered `no_rule`: auth, body, event loop, state,
 # rules and the journal's intake record, without a close), measured with wrk (Debian
 # package `wrk`). Prints wrk's latency distribution and requests per second.
+# The daemon runs on one core (CPU 0) and wrk and the simulator on another (CPU 1), with
+# taskset, when the machine has two or more; INTAKE_PIN=0 turns that off.
 # Usage: bench/intake-load.sh [seconds] [connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,11 +13,18 @@ conns=${2:-16}
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 cargo build --release --locked --quiet
 bin=target/release/genesys-closer
+on_daemon=()
+on_load=()
+if [ "${INTAKE_PIN:-1}" != 0 ] && command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  on_daemon=(taskset -c 0)
+  on_load=(taskset -c 1)
+  echo "daemon on CPU 0; wrk and the simulator on CPU 1"
+fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 sim_port=18911
 intake_port=18912
-$bin sim --listen 127.0.0.1:$sim_port --rate 0 >"$work/sim.log" 2>&1 &
+"${on_load[@]}" $bin sim --listen 127.0.0.1:$sim_port --rate 0 >"$work/sim.log" 2>&1 &
 cat >"$work/config.toml" <<TOML
 [genesys]
 api_url = "http://127.0.0.1:$sim_port"
@@ -40,7 +49,7 @@ TOML
 token=intake-load-credential-0123456789
 sleep 1
 GENESYSCLOUD_OAUTHCLIENT_SECRET=sim-secret GENESYS_CLOSER_INTAKE_TOKEN=$token \
-  $bin run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
+  "${on_daemon[@]}" $bin run --config "$work/config.toml" >"$work/daemon.log" 2>&1 &
 for _ in $(seq 100); do
   code=$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$intake_port/v1/intents" || true)
   [ "$code" = 401 ] && break
@@ -58,5 +67,5 @@ request = function()
     {["Authorization"] = "Bearer $token", ["Content-Type"] = "application/json"}, body)
 end
 LUA
-wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/intake.lua" "http://127.0.0.1:$intake_port/v1/intents"
+"${on_load[@]}" wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/intake.lua" "http://127.0.0.1:$intake_port/v1/intents"
 grep -c '"level":"ERROR"' "$work/daemon.log" | sed 's/^/daemon error lines: /' || true

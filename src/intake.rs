@@ -287,6 +287,9 @@ async fn accept_loop(
                 }
             },
         };
+        // Answers are small and latency is the point: no Nagle delay behind an
+        // unacknowledged segment.
+        let _ = stream.set_nodelay(true);
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             // Full: say so at once rather than queueing, so a flood cannot pile up.
             // (Over TLS a plain answer would be noise: just close.)

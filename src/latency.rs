@@ -161,12 +161,21 @@ fn background_frame(id: &str) -> String {
 
 /// Runs `samples` measurements of each path with `background` other frames a second.
 pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyReport> {
-    let sim = sim::start(SimConfig {
-        // A close is confirmed when Genesys pushes the end; keep it prompt here.
-        close_delay: Duration::from_millis(5),
-        ..SimConfig::default()
-    })
-    .await?;
+    // The simulator (and the background it pushes) gets a runtime of its own, as Genesys
+    // is another machine: its tasks never queue in front of the daemon's in one
+    // scheduler. They still share the machine's cores with the daemon.
+    let sim_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sim")
+        .enable_all()
+        .build()?;
+    let sim = sim_rt
+        .spawn(sim::start(SimConfig {
+            // A close is confirmed when Genesys pushes the end; keep it prompt here.
+            close_delay: Duration::from_millis(5),
+            ..SimConfig::default()
+        }))
+        .await??;
     let config = Config::parse(
         &CONFIG.replace("{URL}", &sim.base_url()),
         Path::new("<latency>"),
@@ -188,7 +197,7 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
     // The intake is called by this driver, not by the simulated flow.
     sim.set_data_action(None);
 
-    // Background frames, in batches every 10 ms.
+    // Background frames, spread over each second (a few every millisecond).
     let pool: Vec<String> = (0..1000)
         .map(|i| background_frame(&format!("00000000-0000-4000-8000-{i:012}")))
         .collect();
@@ -196,10 +205,11 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
     let bg = {
         let sim = sim.clone();
         let stop_bg = stop_bg.clone();
-        tokio::spawn(async move {
+        sim_rt.spawn(async move {
             let started = std::time::Instant::now();
             let mut sent: u64 = 0;
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut i = 0usize;
             while !stop_bg.is_cancelled() {
                 tick.tick().await;
@@ -219,12 +229,15 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
     let mut event_starts = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t0 = std::time::Instant::now();
+        // Entered so the conversation's own tasks run on the simulator's runtime.
+        let _on_sim = sim_rt.enter();
         let id = sim.create_conversation(ConversationSpec {
             queue_id: QUEUE.into(),
             intent_attribute: "Bot.Intent".into(),
             intent: Some("Goodbye".into()),
             agent_user_id: None,
         });
+        drop(_on_sim);
         event_starts.push((id, t0));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -232,6 +245,7 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
     // Path 2: watched bot-phase conversations, then the intake call.
     let mut watched = Vec::with_capacity(samples);
     for _ in 0..samples {
+        let _on_sim = sim_rt.enter();
         watched.push(sim.create_bot_conversation(BotConversationSpec {
             flow_id: FLOW.into(),
             purpose: BotPurpose::Workflow,
@@ -310,6 +324,7 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
     stop.cancel();
     let _ = task.await;
     sim.shutdown().await;
+    sim_rt.shutdown_background();
     Ok(LatencyReport {
         background_per_s: background,
         background_sent,

@@ -377,6 +377,13 @@ pub async fn start(cfg: SimConfig) -> std::io::Result<SimHandle> {
     let app = rest::router(Arc::clone(&world));
     let stop = world.cancel.clone();
     let server = tokio::spawn(async move {
+        // Frames are pushed one small write at a time: without TCP_NODELAY, Nagle's
+        // algorithm holds a frame behind an unacknowledged one until the client's
+        // delayed ACK, adding milliseconds the daemon is not to blame for.
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop.cancelled_owned())
             .await
