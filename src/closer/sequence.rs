@@ -123,7 +123,12 @@ impl Closer {
                         "no customer participant known; disconnecting the whole conversation instead"
                     );
                 }
-                let _ = self.journal.step(id, about).await;
+                // Queued, not awaited: the writer stores it before anything journalled
+                // after it, and a disconnect is idempotent. A crash that loses it loses
+                // nothing: a resumed close reads the conversation before it acts, so a
+                // disconnect that went out is found closed, and one that did not is sent.
+                // Waiting for the writer here cost about 0.2 ms on every close.
+                self.journal.note(id, about);
                 let sent = match (call, d.customer_id.as_deref()) {
                     ("patch_customer", Some(customer)) => {
                         self.api.disconnect_participant(id, customer).await

@@ -8,8 +8,9 @@
 //!
 //! Writes go through one writer thread in submission order, so a step journalled after
 //! its decision is never stored before it. A caller that must know a record is durable
-//! before it acts (the step "about to send", the farewell) awaits the write; others
-//! send and move on.
+//! before it acts (the farewell's "about to send": a second farewell would reach the
+//! guest) awaits the write; others, the disconnect's "about to send" among them (a
+//! disconnect is idempotent and a resumed close reads before it acts), send and move on.
 //!
 //! A write that fails at run time is logged at error level and the close goes on: the
 //! journal serves recovery after a crash, while the close serves a guest waiting now.
@@ -289,8 +290,18 @@ pub struct Opened {
 pub struct JournalGuard {
     _lock: File,
     writer: Option<std::thread::JoinHandle<()>>,
+    checkpointer: Option<Checkpointer>,
     dir: PathBuf,
 }
+
+/// The thread that checkpoints the WAL, and the sender whose drop stops it.
+struct Checkpointer {
+    stop: std_mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// How often the WAL is copied into the database off the writer's path.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 impl JournalGuard {
     /// Waits for every queued write to be stored. Call after the last [`Journal`]
@@ -298,6 +309,10 @@ impl JournalGuard {
     pub fn finish(mut self) {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
+        }
+        if let Some(c) = self.checkpointer.take() {
+            drop(c.stop);
+            let _ = c.thread.join();
         }
     }
 
@@ -363,6 +378,7 @@ pub fn open_with(
             move || writer(backend, rx, &ok, sinks, &ready)
         })
         .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
+    let checkpointer = start_checkpointer(&db_path(state_dir));
     Ok(Opened {
         journal: Journal {
             tx,
@@ -374,6 +390,7 @@ pub fn open_with(
         guard: JournalGuard {
             _lock: lock,
             writer: Some(writer),
+            checkpointer,
             dir: state_dir.to_path_buf(),
         },
     })
@@ -389,6 +406,41 @@ pub fn open_read(state_dir: &Path) -> Result<SqliteBackend, JournalError> {
         });
     }
     SqliteBackend::open_read_only(&path)
+}
+
+/// Starts the checkpoint thread. Without it the writer's own (rarer) automatic
+/// checkpoint still bounds the WAL, so a failure here is a warning, not a refusal.
+fn start_checkpointer(path: &Path) -> Option<Checkpointer> {
+    let db = match SqliteBackend::open_checkpointer(path) {
+        Ok(db) => db,
+        Err(e) => {
+            tracing::warn!(error = %e, "journal: no checkpoint thread; the writer checkpoints inline (slower closes now and then)");
+            return None;
+        }
+    };
+    let (stop, rx) = std_mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("journal-checkpoint".into())
+        .spawn(move || {
+            let mut warned = false;
+            while let Err(std_mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(CHECKPOINT_EVERY) {
+                match db.checkpoint() {
+                    Ok(_) => warned = false,
+                    Err(e) if !warned => {
+                        warned = true;
+                        tracing::warn!(error = %e, "journal: checkpoint failed; retrying each second");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    match thread {
+        Ok(thread) => Some(Checkpointer { stop, thread }),
+        Err(e) => {
+            tracing::warn!(error = %e, "journal: no checkpoint thread; the writer checkpoints inline (slower closes now and then)");
+            None
+        }
+    }
 }
 
 fn writer(
