@@ -69,3 +69,9 @@ end
 LUA
 "${on_load[@]}" wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/intake.lua" "http://127.0.0.1:$intake_port/v1/intents"
 grep -c '"level":"ERROR"' "$work/daemon.log" | sed 's/^/daemon error lines: /' || true
+# Every answered call must be in the journal: stop the daemon (it drains the writer),
+# then count the intake records: at least wrk's request count (calls still in flight when
+# wrk stopped are answered and journalled too, but wrk does not count them).
+pkill -TERM -f "$bin run --config $work/config.toml" || true
+for _ in $(seq 100); do pgrep -f "$bin run --config $work/config.toml" >/dev/null || break; sleep 0.1; done
+$bin history --state-dir "$work/state" --since 1h --json | grep -c '"kind":"intake"' | sed 's/^/intake calls journalled: /' || true

@@ -174,10 +174,23 @@ impl SqliteBackend {
 }
 
 impl Backend for SqliteBackend {
+    fn begin_group(&mut self) -> Result<(), JournalError> {
+        self.db.execute_batch("BEGIN").map_err(storage)
+    }
+
+    fn end_group(&mut self) -> Result<(), JournalError> {
+        let r = self.db.execute_batch("COMMIT").map_err(storage);
+        if r.is_err() && !self.db.is_autocommit() {
+            let _ = self.db.execute_batch("ROLLBACK");
+        }
+        r
+    }
+
     fn decision(&mut self, d: &DecisionRecord) -> Result<(), JournalError> {
         // A conversation is decided once; a finished one decided again (after its
         // tombstone went) starts a fresh record.
-        let tx = self.db.transaction().map_err(storage)?;
+        // A savepoint: its own transaction alone, nested in the writer's group.
+        let tx = self.db.savepoint().map_err(storage)?;
         let finished: Option<bool> = tx
             .query_row(
                 "SELECT outcome IS NOT NULL FROM decisions WHERE conversation_id = ?1",
@@ -248,7 +261,8 @@ impl Backend for SqliteBackend {
     fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64, sinks: Sinks) -> Result<(), JournalError> {
         // The outcome and its outbox entry in one transaction: a crash keeps both or
         // neither, so every journalled outcome is delivered at least once.
-        let tx = self.db.transaction().map_err(storage)?;
+        // A savepoint: its own transaction alone, nested in the writer's group.
+        let tx = self.db.savepoint().map_err(storage)?;
         tx.execute(
             "UPDATE decisions SET outcome = ?2, outcome_ms = ?3, reason = ?4,
                     correlation_id = ?5, requests = ?6, latency_ms = ?7
@@ -473,7 +487,8 @@ impl Backend for SqliteBackend {
     }
 
     fn prune(&mut self, before_ms: i64) -> Result<usize, JournalError> {
-        let tx = self.db.transaction().map_err(storage)?;
+        // A savepoint: its own transaction alone, nested in the writer's group.
+        let tx = self.db.savepoint().map_err(storage)?;
         tx.execute(
             "DELETE FROM steps WHERE conversation_id IN
                (SELECT conversation_id FROM decisions
