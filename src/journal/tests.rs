@@ -141,3 +141,56 @@ async fn prune_forgets_only_finished_closes_past_retention() {
     drop(o.journal);
     o.guard.finish();
 }
+
+/// A burst queued faster than the writer commits is grouped; nothing is lost or
+/// reordered, a durable step in the middle commits the group before it, and the
+/// callers that wait are answered only once their records are stored.
+#[tokio::test]
+async fn grouped_writes_are_stored_whole_and_in_order() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let opened = open(dir.path(), 0).expect("the journal opens");
+    let j = opened.journal.clone();
+    for i in 0..2000 {
+        j.intake(&format!("intake-{i}"), Some("TalkToAgent"), "no_rule");
+    }
+    for i in 0..300 {
+        let id = format!("conv-{i}");
+        j.decision(decision(&id, now_ms()));
+        j.note(&id, "about_to_send:patch_conversation");
+        if i == 150 {
+            j.step_durable(&id, "about_to_send:farewell")
+                .await
+                .expect("the durable step is stored");
+        }
+        j.note(&id, "sent:patch_conversation");
+    }
+    // Awaited: answered after its group's commit, so a reader sees it at once.
+    j.outcome(outcome("conv-7"))
+        .await
+        .expect("the outcome is stored");
+    let mut reader = open_read(dir.path()).expect("a reader");
+    let seen = reader.history(0, Some("conv-7")).expect("history");
+    let kinds: Vec<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["decision", "step", "step", "outcome"], "{seen:?}");
+    assert_eq!(seen[1].what, "about_to_send:patch_conversation");
+    assert_eq!(seen[2].what, "sent:patch_conversation");
+
+    drop(j);
+    drop(opened.journal);
+    opened.guard.finish();
+    let all = reader.history(0, None).expect("history");
+    let count = |kind: &str| all.iter().filter(|e| e.kind == kind).count();
+    assert_eq!(count("intake"), 2000);
+    assert_eq!(count("decision"), 300);
+    assert_eq!(count("step"), 601);
+    let mid = reader.history(0, Some("conv-150")).expect("history");
+    let steps: Vec<&str> = mid.iter().skip(1).map(|e| e.what.as_str()).collect();
+    assert_eq!(
+        steps,
+        [
+            "about_to_send:patch_conversation",
+            "about_to_send:farewell",
+            "sent:patch_conversation"
+        ]
+    );
+}
