@@ -123,12 +123,10 @@ impl Closer {
                         "no customer participant known; disconnecting the whole conversation instead"
                     );
                 }
-                // Queued, not awaited: the writer stores it before anything journalled
-                // after it, and a disconnect is idempotent. A crash that loses it loses
-                // nothing: a resumed close reads the conversation before it acts, so a
-                // disconnect that went out is found closed, and one that did not is sent.
-                // Waiting for the writer here cost about 0.2 ms on every close.
-                self.journal.note(id, about);
+                // Stored before the request goes: with it, the decision queued before it
+                // (the event loop does not wait for that one), so every disconnect sent
+                // is in the journal even if the process is killed the next instant.
+                let _ = self.journal.step(id, about).await;
                 let sent = match (call, d.customer_id.as_deref()) {
                     ("patch_customer", Some(customer)) => {
                         self.api.disconnect_participant(id, customer).await

@@ -7,10 +7,9 @@
 //! pair can implement the same trait). Nothing outside `sqlite.rs` knows it is SQLite.
 //!
 //! Writes go through one writer thread in submission order, so a step journalled after
-//! its decision is never stored before it. A caller that must know a record is durable
-//! before it acts (the farewell's "about to send": a second farewell would reach the
-//! guest) awaits the write; others, the disconnect's "about to send" among them (a
-//! disconnect is idempotent and a resumed close reads before it acts), send and move on.
+//! its decision is never stored before it. A caller that must know a record is stored
+//! before it acts (the step "about to send" of a disconnect, and of the farewell, which
+//! must even survive a power cut) awaits the write; others send and move on.
 //!
 //! A write that fails at run time is logged at error level and the close goes on: the
 //! journal serves recovery after a crash, while the close serves a guest waiting now.

@@ -175,11 +175,20 @@ impl SqliteBackend {
 
 impl Backend for SqliteBackend {
     fn begin_group(&mut self) -> Result<(), JournalError> {
-        self.db.execute_batch("BEGIN").map_err(storage)
+        self.db
+            .prepare_cached("BEGIN")
+            .and_then(|mut st| st.execute([]))
+            .map(drop)
+            .map_err(storage)
     }
 
     fn end_group(&mut self) -> Result<(), JournalError> {
-        let r = self.db.execute_batch("COMMIT").map_err(storage);
+        let r = self
+            .db
+            .prepare_cached("COMMIT")
+            .and_then(|mut st| st.execute([]))
+            .map(drop)
+            .map_err(storage);
         if r.is_err() && !self.db.is_autocommit() {
             let _ = self.db.execute_batch("ROLLBACK");
         }
@@ -192,11 +201,9 @@ impl Backend for SqliteBackend {
         // A savepoint: its own transaction alone, nested in the writer's group.
         let tx = self.db.savepoint().map_err(storage)?;
         let finished: Option<bool> = tx
-            .query_row(
-                "SELECT outcome IS NOT NULL FROM decisions WHERE conversation_id = ?1",
-                [&d.conversation_id],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT outcome IS NOT NULL FROM decisions WHERE conversation_id = ?1")
+            .map_err(storage)?
+            .query_row([&d.conversation_id], |r| r.get(0))
             .optional()
             .map_err(storage)?;
         if finished == Some(false) {
@@ -204,39 +211,38 @@ impl Backend for SqliteBackend {
             return tx.commit().map_err(storage);
         }
         if finished == Some(true) {
-            tx.execute(
-                "DELETE FROM steps WHERE conversation_id = ?1",
-                [&d.conversation_id],
-            )
-            .map_err(storage)?;
+            tx.prepare_cached("DELETE FROM steps WHERE conversation_id = ?1")
+                .map_err(storage)?
+                .execute([&d.conversation_id])
+                .map_err(storage)?;
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO decisions
                (conversation_id, rule, intent, queue_id, customer_id, source, watch, deferred,
                 decided_ms, outcome, outcome_ms, reason, correlation_id, requests)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL, NULL, NULL, NULL, NULL)",
-            params![
-                d.conversation_id,
-                d.rule,
-                d.intent,
-                d.queue_id,
-                d.customer_id,
-                d.source,
-                d.watch,
-                d.deferred,
-                d.decided_ms
-            ],
         )
+        .map_err(storage)?
+        .execute(params![
+            d.conversation_id,
+            d.rule,
+            d.intent,
+            d.queue_id,
+            d.customer_id,
+            d.source,
+            d.watch,
+            d.deferred,
+            d.decided_ms
+        ])
         .map_err(storage)?;
         tx.commit().map_err(storage)
     }
 
     fn step(&mut self, conversation_id: &str, step: &str, at_ms: i64) -> Result<(), JournalError> {
         self.db
-            .execute(
-                "INSERT INTO steps (conversation_id, at_ms, step) VALUES (?1, ?2, ?3)",
-                params![conversation_id, at_ms, step],
-            )
+            .prepare_cached("INSERT INTO steps (conversation_id, at_ms, step) VALUES (?1, ?2, ?3)")
+            .map_err(storage)?
+            .execute(params![conversation_id, at_ms, step])
             .map_err(storage)?;
         Ok(())
     }
@@ -263,37 +269,38 @@ impl Backend for SqliteBackend {
         // neither, so every journalled outcome is delivered at least once.
         // A savepoint: its own transaction alone, nested in the writer's group.
         let tx = self.db.savepoint().map_err(storage)?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE decisions SET outcome = ?2, outcome_ms = ?3, reason = ?4,
                     correlation_id = ?5, requests = ?6, latency_ms = ?7
              WHERE conversation_id = ?1",
-            params![
-                o.conversation_id,
-                o.outcome,
-                at_ms,
-                o.reason,
-                o.correlation_id,
-                o.requests,
-                o.latency_ms
-            ],
         )
+        .map_err(storage)?
+        .execute(params![
+            o.conversation_id,
+            o.outcome,
+            at_ms,
+            o.reason,
+            o.correlation_id,
+            o.requests,
+            o.latency_ms
+        ])
         .map_err(storage)?;
         if sinks.http || sinks.file {
             let row = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT rule, intent, source, queue_id, decided_ms FROM decisions
                      WHERE conversation_id = ?1",
-                    [&o.conversation_id],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, Option<String>>(3)?,
-                            r.get::<_, i64>(4)?,
-                        ))
-                    },
                 )
+                .map_err(storage)?
+                .query_row([&o.conversation_id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })
                 .optional()
                 .map_err(storage)?;
             if let Some((rule, intent, source, queue_id, decided_ms)) = row {
@@ -308,11 +315,12 @@ impl Backend for SqliteBackend {
                     decided_ms,
                     at_ms,
                 );
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR IGNORE INTO outbox (key, payload, created_ms, http_pending,
                         file_pending, next_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?3)",
-                    params![key, payload, at_ms, sinks.http, sinks.file],
                 )
+                .map_err(storage)?
+                .execute(params![key, payload, at_ms, sinks.http, sinks.file])
                 .map_err(storage)?;
             }
         }
@@ -384,8 +392,9 @@ impl Backend for SqliteBackend {
         at_ms: i64,
     ) -> Result<(), JournalError> {
         self.db
-            .execute(
-                "INSERT INTO intake (conversation_id, at_ms, intent, answer) VALUES (?1, ?2, ?3, ?4)",
+            .prepare_cached("INSERT INTO intake (conversation_id, at_ms, intent, answer) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(storage)?
+                .execute(
                 params![conversation_id, at_ms, intent, answer],
             )
             .map_err(storage)?;
