@@ -88,6 +88,18 @@ enum Id {
     Text(Box<str>),
 }
 
+/// A 128-bit UUID as canonical text: 8-4-4-4-12 lowercase hex digits.
+pub fn uuid_text(v: u128) -> String {
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        v >> 96,
+        (v >> 80) & 0xffff,
+        (v >> 64) & 0xffff,
+        (v >> 48) & 0xffff,
+        v & 0xffff_ffff_ffff
+    )
+}
+
 impl Id {
     fn new(s: &str) -> Id {
         match canonical_uuid(s) {
@@ -96,21 +108,10 @@ impl Id {
         }
     }
 
-    /// The id as it came.
+    /// The id as it came (a canonical UUID is lowercase, so its text is the same).
     fn text(&self) -> Box<str> {
         match self {
-            Id::Uuid(hi, lo) => {
-                let h = format!("{:016x}{:016x}", hi, lo);
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &h[..8],
-                    &h[8..12],
-                    &h[12..16],
-                    &h[16..20],
-                    &h[20..]
-                )
-                .into()
-            }
+            Id::Uuid(hi, lo) => uuid_text((u128::from(*hi) << 64) | u128::from(*lo)).into(),
             Id::Text(t) => t.clone(),
         }
     }

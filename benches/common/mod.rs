@@ -48,18 +48,7 @@ fn example(name: &str) -> String {
 
 /// A random version-4 UUID in canonical lowercase form.
 pub fn uuid(rng: &mut fastrand::Rng) -> String {
-    let v = rng.u128(..);
-    let v = (v & !(0xf << 76)) | (0x4 << 76); // version 4
-    let v = (v & !(0x3 << 62)) | (0x2 << 62); // RFC 4122 variant
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
+    genesys_closer::sim::uuid_v4_from(rng.u128(..))
 }
 
 /// `groups` copies of the example stream, each with its own conversation ids: the

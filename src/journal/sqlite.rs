@@ -129,33 +129,26 @@ impl SqliteBackend {
 
     /// Opens a second connection for [`checkpoint`](Self::checkpoint) calls.
     pub fn open_checkpointer(path: &Path) -> Result<Self, JournalError> {
-        let db = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(storage)?;
-        db.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(storage)?;
-        Ok(SqliteBackend { db })
+        Self::open_existing(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
     }
 
     /// Copies what it can of the WAL into the database without waiting for the
-    /// writer or readers (`PASSIVE`); returns the WAL's frames and those copied.
-    pub fn checkpoint(&self) -> Result<(i64, i64), JournalError> {
+    /// writer or readers (`PASSIVE`).
+    pub fn checkpoint(&self) -> Result<(), JournalError> {
         self.db
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-            })
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
             .map_err(storage)
     }
 
     /// Opens the journal for reading only.
     pub fn open_read_only(path: &Path) -> Result<Self, JournalError> {
-        let db = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(storage)?;
+        Self::open_existing(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    }
+
+    /// A further connection to a journal the writer has created.
+    fn open_existing(path: &Path, mode: OpenFlags) -> Result<Self, JournalError> {
+        let db = Connection::open_with_flags(path, mode | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(storage)?;
         db.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(storage)?;
         Ok(SqliteBackend { db })
@@ -496,7 +489,7 @@ impl Backend for SqliteBackend {
     }
 
     fn prune(&mut self, before_ms: i64) -> Result<usize, JournalError> {
-        // A savepoint: its own transaction alone, nested in the writer's group.
+        // Never grouped (the writer commits its group first): a transaction of its own.
         let tx = self.db.savepoint().map_err(storage)?;
         tx.execute(
             "DELETE FROM steps WHERE conversation_id IN

@@ -4,22 +4,19 @@ use std::time::SystemTime;
 
 /// A lowercase UUID v4 (8-4-4-4-12 hex), the shape of every Genesys entity id.
 pub(crate) fn uuid_v4() -> String {
-    let mut n = fastrand::u128(..);
+    uuid_v4_from(fastrand::u128(..))
+}
+
+/// [`uuid_v4`] made of the given random bits (for seeded, repeatable ids).
+pub fn uuid_v4_from(random: u128) -> String {
+    let mut n = random;
     // Version 4 in the high nibble of byte 6, RFC 4122 variant (10xx) in byte 8,
     // so strict UUID parsers in the daemon accept the ids.
     n &= !(0xF_u128 << 76);
     n |= 0x4_u128 << 76;
     n &= !(0x3_u128 << 62);
     n |= 0x2_u128 << 62;
-    let h = format!("{n:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    crate::state::uuid_text(n)
 }
 
 /// 32 lowercase hex characters: the shape of message ids in conversation events.

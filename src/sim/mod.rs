@@ -67,6 +67,7 @@ mod world;
 
 pub use channels::Scope;
 pub use faults::{EventRecord, RestFault};
+pub use ids::uuid_v4_from;
 pub use rest_limits::RequestDelay;
 pub use script::{FAULT_NAMES, FaultAction, ScriptedFault};
 pub use serve::serve_forever;
