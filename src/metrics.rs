@@ -62,6 +62,10 @@ pub const JOURNAL_ERRORS: &str = "genesys_closer_journal_errors_total";
 pub const INTAKE_REQUESTS: &str = "genesys_closer_intake_requests_total";
 /// Streams with a live socket now.
 pub const STREAMS_LIVE: &str = "genesys_closer_streams_live";
+/// Blind windows recovered (start-up, gaps no mirror covered).
+pub const RECOVERY_WINDOWS: &str = "genesys_closer_recovery_windows_total";
+/// Conversations read, decided and left unread by recoveries, by `what`.
+pub const RECOVERED: &str = "genesys_closer_recovered_conversations_total";
 
 /// Buckets of [`CLOSE_LATENCY`], seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -143,6 +147,15 @@ fn describe() {
     describe_counter!(JOURNAL_ERRORS, "Journal writes that failed");
     describe_counter!(INTAKE_REQUESTS, "Intake answers, by HTTP status");
     describe_gauge!(STREAMS_LIVE, "Notification streams with a live socket");
+    describe_counter!(
+        RECOVERY_WINDOWS,
+        "Blind windows recovered by listing the watched queues and flows"
+    );
+    describe_counter!(
+        RECOVERED,
+        "Conversations listed after a blind window, by what became of them (read, decided, left)"
+    );
+    metrics::counter!(RECOVERY_WINDOWS).increment(0);
     // Present at zero from the start, so an alert on them has a series to watch.
     metrics::counter!(JOURNAL_ERRORS).increment(0);
     for class in RECONNECT_CLASSES {
@@ -286,6 +299,7 @@ pub fn api_operation(method: &str, path: &str) -> &'static str {
             _ => "other",
         },
         ("POST", ["analytics", "flows", "activity", "query"]) => "flows_activity",
+        ("POST", ["analytics", "queues", "observations", "query"]) => "queue_observations",
         _ => "other",
     }
 }
@@ -329,6 +343,15 @@ pub fn journal_error() {
 /// The intake answered with `status`.
 pub fn intake_request(status: u16) {
     metrics::counter!(INTAKE_REQUESTS, "status" => status.to_string()).increment(1);
+}
+
+/// A blind window was recovered: `read` conversations read, `decided` of them matched a
+/// rule, `left` listed but over the per-window bound.
+pub fn recovery_window(read: u64, decided: u64, left: u64) {
+    metrics::counter!(RECOVERY_WINDOWS).increment(1);
+    metrics::counter!(RECOVERED, "what" => "read").increment(read);
+    metrics::counter!(RECOVERED, "what" => "decided").increment(decided);
+    metrics::counter!(RECOVERED, "what" => "left").increment(left);
 }
 
 /// Streams with a live socket now.

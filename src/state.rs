@@ -538,7 +538,7 @@ impl Conversation {
         if ev.full_view {
             self.flags |= FULL_VIEW;
         }
-        if matches!(ev.source, Source::Queue | Source::User) {
+        if matches!(ev.source, Source::Queue | Source::User | Source::Recovery) {
             self.flags |= ON_TOPIC;
         }
         if ev.flow_disconnected {

@@ -57,6 +57,7 @@ fn duration_bounds(key: &str) -> (Duration, Duration) {
         "healthy_after" => (ms(100), s(3600)),
         "subscribe_window" | "unsubscribe_window" | "catchup_after" => (ms(1), s(600)),
         "verify_every" => (ms(100), s(86_400)),
+        "silence_check" => (ms(100), s(3600)),
         "retention" => (s(3600), s(3650 * 86_400)),
         "request_timeout" | "timeout" => (ms(100), s(300)),
         _ => (ms(1), s(365 * 86_400)),
@@ -500,6 +501,9 @@ impl Checker<'_> {
                 "verify_every",
                 "mirror",
                 "discover_after_gap",
+                "recover_queues",
+                "recover_max_reads",
+                "silence_check",
             ],
         );
         let queues = self.id_list(t, "queues");
@@ -530,6 +534,13 @@ impl Checker<'_> {
             );
         }
         let discover_after_gap = self.bool(t, "discover_after_gap").unwrap_or(true);
+        let recover_queues = self.bool(t, "recover_queues").unwrap_or(true);
+        let recover_max_reads = self
+            .int_in(t, "recover_max_reads", 1..=100_000)
+            .map_or(500, |n| n as usize);
+        let silence_check = self
+            .duration(t, "silence_check")
+            .unwrap_or(Duration::from_secs(10));
         // Genesys sends a heartbeat every 30 s: ping after 35 s of silence and give the
         // socket up after 45 s, so a dead socket is replaced within about 45 s.
         let heartbeat_timeout = self
@@ -578,8 +589,11 @@ impl Checker<'_> {
         };
         let verify_every = self
             .duration(t, "verify_every")
-            .unwrap_or(Duration::from_secs(300));
+            .unwrap_or(Duration::from_secs(60));
         Some(StreamConfig {
+            recover_queues,
+            recover_max_reads,
+            silence_check,
             verify_every,
             mirror,
             discover_after_gap,

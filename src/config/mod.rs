@@ -254,6 +254,19 @@ pub struct StreamConfig {
     /// flows (`POST /api/v2/analytics/flows/activity/query`, one request per gap) so
     /// that bot-phase conversations that started in the gap are found.
     pub discover_after_gap: bool,
+    /// At every start and after every gap no mirror covered, list the conversations now
+    /// in the watched queues (`POST /api/v2/analytics/queues/observations/query`) and
+    /// read those the daemon does not know: a conversation that started and got its
+    /// intent while the daemon was blind is still closed.
+    pub recover_queues: bool,
+    /// At most this many conversations are read per blind window (listed ones the
+    /// daemon does not know); the rest are logged as left.
+    pub recover_max_reads: usize,
+    /// A channel whose configured topics carried events and then none for this long,
+    /// while its socket still answers, is checked at once: a ping (a stalled socket is
+    /// found within seconds rather than at `heartbeat_timeout`) and a read of its
+    /// subscriptions (topics the server dropped without a word).
+    pub silence_check: Duration,
 }
 
 impl StreamConfig {

@@ -68,105 +68,8 @@ pub(crate) struct EventLoop {
     pub resyncing: HashSet<Box<str>>,
     /// Which streams are up, for deciding what a gap missed.
     pub health: Health,
-    /// Listing the watched flows' conversations after a gap (`None`: off).
-    pub discovery: Option<Discovery>,
-}
-
-/// After a gap, lists the conversations now in the watched flows
-/// (`POST /api/v2/analytics/flows/activity/query`) and hands them to the event loop as
-/// discovered, so a bot-phase conversation whose flow start fell in the gap is found.
-pub(crate) struct Discovery {
-    /// The watched flows.
-    pub flows: Arc<[String]>,
-    /// Where found conversations go.
-    pub found: mpsc::Sender<FlowMetric>,
-    /// Genesys refused the query for good (permission, not found): said once, not
-    /// asked again.
-    pub refused: Arc<std::sync::atomic::AtomicBool>,
-    /// A query is running; a gap that ends meanwhile sets `again` and it runs once more.
-    pub running: Arc<std::sync::atomic::AtomicBool>,
-    /// Run the query once more when the running one ends.
-    pub again: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// Entities per flow asked for; a busier flow's list comes back truncated (logged).
-const DISCOVERY_PAGE: usize = 1_000;
-
-impl Discovery {
-    fn run(&self, api: Arc<ApiClient>) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.refused.load(Relaxed) {
-            return;
-        }
-        if self.running.swap(true, Relaxed) {
-            self.again.store(true, Relaxed);
-            return;
-        }
-        let flows = Arc::clone(&self.flows);
-        let found = self.found.clone();
-        let refused = Arc::clone(&self.refused);
-        let running = Arc::clone(&self.running);
-        let again = Arc::clone(&self.again);
-        tokio::spawn(async move {
-            loop {
-                again.store(false, Relaxed);
-                let started = Instant::now();
-                let mut pause = Duration::from_secs(1);
-                loop {
-                    match api.flows_activity(&flows, DISCOVERY_PAGE).await {
-                        Ok((list, truncated)) => {
-                            let listed = list.len();
-                            if truncated {
-                                tracing::warn!(
-                                    flows = flows.len(),
-                                    listed,
-                                    "flow activity list truncated by Genesys: conversations in the \
-                                 middle of a busy flow are not listed"
-                                );
-                            }
-                            tracing::info!(
-                                flows = flows.len(),
-                                listed,
-                                "after a gap: listed the conversations in the watched flows"
-                            );
-                            for m in list {
-                                if found.send(m).await.is_err() {
-                                    break;
-                                }
-                            }
-                            break;
-                        }
-                        Err(e)
-                            if e.is_retryable() && started.elapsed() + pause < READ_RETRY_FOR =>
-                        {
-                            tokio::time::sleep(pause).await;
-                            pause = (pause * 2).min(Duration::from_secs(20));
-                        }
-                        Err(e) => {
-                            if matches!(e.status(), Some(400..=499)) {
-                                refused.store(true, Relaxed);
-                                tracing::error!(error = %e, correlation_id = e.correlation_id(),
-                                "cannot list the conversations in the watched flows after a gap \
-                                 (POST /api/v2/analytics/flows/activity/query needs the permission \
-                                 analytics:flowObservation:view); bot-phase conversations whose \
-                                 flow started during a gap are missed until their next event; \
-                                 not asking again (set [stream] discover_after_gap = false to \
-                                 silence this)");
-                            } else {
-                                tracing::warn!(error = %e, correlation_id = e.correlation_id(),
-                                "listing the conversations in the watched flows after a gap failed");
-                            }
-                            break;
-                        }
-                    }
-                }
-                if refused.load(Relaxed) || !again.load(Relaxed) {
-                    break;
-                }
-            }
-            running.store(false, Relaxed);
-        });
-    }
+    /// Lists what is in the watched queues and flows after a blind window.
+    pub recovery: super::recovery::Recovery,
 }
 
 /// How long a catch-up, verify or resync read is retried when it fails for a reason
@@ -175,7 +78,7 @@ impl Discovery {
 const READ_RETRY_FOR: Duration = Duration::from_secs(120);
 
 /// Reads one conversation, retrying failures that pass until [`READ_RETRY_FOR`].
-async fn read_with_retry(
+pub(super) async fn read_with_retry(
     api: &ApiClient,
     id: &str,
     wanted: &[Box<str>],
@@ -221,7 +124,7 @@ impl EventLoop {
                 event_correlation_id: ev.correlation_id.clone(),
             })
         });
-        if ev.source == Source::Read {
+        if matches!(ev.source, Source::Read | Source::Recovery) {
             self.verifying.remove(&ev.conversation_id);
             self.resyncing.remove(&ev.conversation_id);
         }
@@ -237,7 +140,7 @@ impl EventLoop {
         // A queue or user topic carries it now (the bot transferred it): its detail
         // topics are no longer needed, the topic shows its intent and its end.
         if applied.watched
-            && matches!(ev.source, Source::Queue | Source::User)
+            && matches!(ev.source, Source::Queue | Source::User | Source::Recovery)
             && self.store.set_watched(&ev.conversation_id, false)
         {
             self.subs.unwatch(&ev.conversation_id);
@@ -282,6 +185,16 @@ impl EventLoop {
             return true;
         }
         false
+    }
+
+    /// Marks the closes a past run left unfinished as decided (before their sequences
+    /// resume, which waits for the channels): no event or intake call may start a second
+    /// close of one of them meanwhile.
+    pub fn hold(&mut self, unfinished: &[Unfinished]) {
+        let now = Instant::now();
+        for u in unfinished {
+            self.store.mark_decided(&u.decision.conversation_id, now);
+        }
     }
 
     /// Carries on the closes a past run left unfinished (from the journal): each is
@@ -490,19 +403,22 @@ impl EventLoop {
     ///
     /// What a stream missed depends on what it carries. Configured topics (queues,
     /// users, flow metrics) missed nothing if the stream's mirror was up for the whole
-    /// gap; otherwise every tracked conversation may have changed, and bot-phase
-    /// conversations that started in the gap are listed from the watched flows (one
-    /// query; queue conversations cannot be listed by any listed endpoint). Per-conversation
+    /// gap; otherwise every tracked conversation may have changed, and conversations that
+    /// started in the gap are listed from the watched queues and flows (the recovery of a
+    /// blind window, [`super::recovery`]). A gap of topics the server dropped without a
+    /// word (`silent`) is never taken as covered: a server that drops one channel's
+    /// topics silently may have dropped its twin's too, and nothing says otherwise until
+    /// the twin's own check. Per-conversation
     /// topics are held once, so a primary stream's gap always reads the watched
     /// conversations. Order: closes in flight (their confirmation may have been pushed
     /// in the gap), then open conversations no rule has decided on (their intent may
     /// have been), then the other open ones (their end may have been), each group most
     /// recently active first.
-    pub fn on_gap(&mut self, stream: usize, gap: Duration, reason: &'static str) {
+    pub fn on_gap(&mut self, stream: usize, gap: Duration, reason: &'static str, silent: bool) {
         let now = Instant::now();
         let since = now.checked_sub(gap).unwrap_or(now);
         let configured = self.health.carries_configured(stream);
-        let covered_by = if configured {
+        let covered_by = if configured && !silent {
             self.health.covered_by(stream, since)
         } else {
             None
@@ -522,9 +438,9 @@ impl EventLoop {
         wanted.retain(|id| seen.insert(id.clone()) && !self.resyncing.contains(id));
         let capped = wanted.len() > RESYNC_CAP;
         wanted.truncate(RESYNC_CAP);
-        let discover = configured_missed && self.discovery.is_some();
+        let recover = configured_missed;
         // One line per gap: what happened, how long, and what is done about it.
-        let covered = covered_by.map(|t| t as i64).unwrap_or(-1);
+        let covered = covered_by.map(|t| t as u64);
         if capped {
             tracing::warn!(
                 stream,
@@ -532,7 +448,7 @@ impl EventLoop {
                 gap_ms = gap.as_millis() as u64,
                 covered_by_stream = covered,
                 reads = wanted.len(),
-                discover_flows = discover,
+                recover_listing = recover,
                 cap = RESYNC_CAP,
                 "stream gap: events pushed meanwhile are lost; resyncing by REST reads, capped \
                  (the least recently active open conversations are not read)"
@@ -544,7 +460,7 @@ impl EventLoop {
                 gap_ms = gap.as_millis() as u64,
                 covered_by_stream = covered,
                 reads = wanted.len(),
-                discover_flows = discover,
+                recover_listing = recover,
                 "stream gap: events pushed meanwhile are lost; resyncing by REST reads"
             );
         } else {
@@ -556,8 +472,8 @@ impl EventLoop {
                 "stream gap covered by the mirror: nothing missed, nothing to read"
             );
         }
-        if discover && let Some(d) = &self.discovery {
-            d.run(Arc::clone(&self.api));
+        if recover {
+            self.recovery.trigger(reason, Some(gap));
         }
         if wanted.is_empty() {
             return;
@@ -585,6 +501,53 @@ impl EventLoop {
                 })
                 .await;
         });
+    }
+
+    /// The recovery worker listed a blind window's conversations: the new flow ones are
+    /// discovered (watched, read once live); the queue ones this map does not know (nor
+    /// remembers as closed) are to be read, at most `max_reads`.
+    pub fn on_recovery(&mut self, ask: super::recovery::Ask, max_reads: usize) {
+        use super::recovery::{Ask, Plan};
+        match ask {
+            Ask::Listed {
+                queues,
+                flows,
+                reply,
+            } => {
+                let mut plan = Plan::default();
+                let now = Instant::now();
+                for m in &flows {
+                    let before = self.stats.discovered.get();
+                    self.on_discovered(m, now);
+                    if self.stats.discovered.get() > before {
+                        plan.flow_new += 1;
+                    }
+                }
+                for l in queues {
+                    let id = l.conversation_id;
+                    let known = self.store.with(&id, |_| ()).is_some()
+                        || self.store.tombstone(&id).is_some()
+                        || self.resyncing.contains(&id);
+                    if known {
+                        continue;
+                    }
+                    if plan.read.len() >= max_reads {
+                        plan.left += 1;
+                        continue;
+                    }
+                    self.resyncing.insert(id.clone());
+                    plan.read.push(id);
+                }
+                let _ = reply.send(plan);
+            }
+            Ask::Read { event, reply } => {
+                let decided = self.on_event(&event, Instant::now());
+                let _ = reply.send(decided);
+            }
+            Ask::Failed(id) => {
+                self.resyncing.remove(&id);
+            }
+        }
     }
 
     /// Forgets old conversations; watched ones lose their topics.

@@ -22,7 +22,7 @@ use crate::closer::{CloseReport, Closer, Waiters};
 use crate::config::{Config, MAX_CHANNELS, TOPICS_PER_CHANNEL};
 use crate::genesys::api::{ApiClient, ApiError};
 use crate::genesys::auth::TokenSource;
-use crate::genesys::frames::{ConversationEvent, FlowMetric};
+use crate::genesys::frames::ConversationEvent;
 use crate::genesys::stream::{ChannelStream, StreamEvent};
 use crate::genesys::subscriptions::{Manager, Slot, Subscriptions};
 use crate::genesys::topics::{self, Family};
@@ -34,10 +34,11 @@ use crate::telemetry::Stats;
 mod event_loop;
 mod health;
 mod notify;
+mod recovery;
 mod reload;
 
 pub(crate) use event_loop::{CLOSED_GRACE, IDLE_MAX};
-use event_loop::{Discovery, EventLoop};
+use event_loop::EventLoop;
 use health::Health;
 
 /// How often eviction runs.
@@ -51,6 +52,26 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const FINISHED_REMEMBERED: Duration = Duration::from_secs(24 * 3600);
 /// Room for bursts between the sockets and the event loop.
 const EVENT_QUEUE: usize = 8192;
+/// The backlog of unfinished closes waits for the configured channels to be live, but
+/// no longer than this (a platform that is down at start must not keep it for ever).
+const BACKLOG_WAITS_AT_MOST: Duration = Duration::from_secs(30);
+
+/// Resumes the unfinished closes of a past run; what to log its progress by.
+fn resume_backlog(
+    lp: &mut EventLoop,
+    unfinished: Vec<crate::journal::Unfinished>,
+) -> Option<(Instant, usize)> {
+    let n = unfinished.len();
+    if n == 0 {
+        return None;
+    }
+    tracing::info!(
+        unfinished = n,
+        "resuming the closes a past run left unfinished"
+    );
+    lp.resume(unfinished);
+    Some((Instant::now(), n))
+}
 
 /// Options for one run.
 pub struct RunOptions {
@@ -187,6 +208,7 @@ pub async fn run(
     secret: SecretString,
     mut opts: RunOptions,
 ) -> Result<Summary, DaemonError> {
+    let started = Instant::now();
     // The recorder before anything is counted (start-up requests included).
     if config.metrics.is_some() {
         crate::metrics::install();
@@ -296,6 +318,7 @@ pub async fn run(
         let cancel = stop_streams.clone();
         let streams = streams.clone();
         let record = opts.record.clone();
+        let reconnects = Arc::new(crate::genesys::stream::Reconnects::default());
         move |index: usize, slot: Arc<Slot>| {
             let s = ChannelStream {
                 index,
@@ -308,6 +331,9 @@ pub async fn run(
                 cancel: cancel.clone(),
                 all_rejected: Default::default(),
                 record: record.clone(),
+                reconnects: Arc::clone(&reconnects),
+                held_at: Default::default(),
+                event_seen: Default::default(),
             };
             streams.spawn(s.run());
         }
@@ -411,21 +437,30 @@ pub async fn run(
         "genesys-closer started"
     );
 
-    let (found_tx, mut found_rx) = mpsc::channel::<FlowMetric>(256);
-    let discovery = (config.stream.discover_after_gap
-        && !config.stream.flows.is_empty()
-        && subs.enabled()
-        && usable
-            .topics
-            .iter()
-            .any(|t| t.starts_with("v2.analytics.flow.")))
-    .then(|| Discovery {
-        flows: config.stream.flows.clone().into(),
-        found: found_tx,
-        refused: Default::default(),
-        running: Default::default(),
-        again: Default::default(),
-    });
+    // After every blind window (this start included) the watched queues and flows are
+    // listed, so what started meanwhile is found (see `recovery`).
+    let (ask_tx, mut ask_rx) = mpsc::channel::<recovery::Ask>(256);
+    let listed = |prefix: &str, on: bool, ids: &[String]| {
+        (on && !ids.is_empty() && usable.topics.iter().any(|t| t.starts_with(prefix)))
+            .then(|| Arc::<[String]>::from(ids))
+    };
+    let recovery = recovery::Recovery::start(
+        Arc::clone(&api),
+        recovery::Sources {
+            queues: listed(
+                "v2.routing.queues.",
+                config.stream.recover_queues,
+                &config.stream.queues,
+            ),
+            flows: listed(
+                "v2.analytics.flow.",
+                config.stream.discover_after_gap && subs.enabled(),
+                &config.stream.flows,
+            ),
+        },
+        Arc::clone(&wanted),
+        ask_tx,
+    );
     let mut lp = EventLoop {
         store: Arc::clone(&store),
         rules,
@@ -443,10 +478,17 @@ pub async fn run(
         verifying: Default::default(),
         resyncing: Default::default(),
         health,
-        discovery,
+        recovery,
     };
     store.bury_decided(opened.recently_finished.iter().map(String::as_str));
-    lp.resume(opened.unfinished);
+    // The backlog a past run left waits until the configured topics are live: its reads
+    // and disconnects must not hold the subscriptions up (they would leave the daemon
+    // deaf, and not ready, for as long as the backlog takes). Its conversations are
+    // marked decided now, so no event or intake call starts a second close meanwhile.
+    lp.hold(&opened.unfinished);
+    let mut backlog = Some(opened.unfinished);
+    let backlog_deadline = Instant::now() + BACKLOG_WAITS_AT_MOST;
+    let mut draining_backlog: Option<(Instant, usize)> = None;
     let mut prune = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Readiness: every configured stream and mirror live.
@@ -494,7 +536,7 @@ pub async fn run(
                 StreamEvent::Watching(ids, at) => lp.on_watching(&ids, at),
                 StreamEvent::Live { stream, channel_id, gap } => {
                     if let Some(gap) = gap {
-                        lp.on_gap(stream, gap, "the socket was down");
+                        lp.on_gap(stream, gap, "the socket was down", false);
                     }
                     lp.health.up(stream, Instant::now());
                     // A stream the subscription manager added is not awaited for readiness.
@@ -502,11 +544,21 @@ pub async fn run(
                     probes.set_ready(live.values().all(|l| *l));
                     if !ready_sent && live.values().all(|l| *l) {
                         ready_sent = true;
-                        tracing::info!(%channel_id, "all channels live: ready");
+                        tracing::info!(%channel_id, channels = live.len(),
+                            since_start_ms = started.elapsed().as_millis() as u64,
+                            "every configured channel live: ready");
                         notifier.ready(&status_line(&live, &lp, &stats));
+                        // Listening now: what started while the daemon was not running
+                        // is listed, and the backlog may use the budget.
+                        lp.recovery.trigger("start-up", None);
+                        if let Some(b) = backlog.take() {
+                            draining_backlog = resume_backlog(&mut lp, b);
+                        }
                     }
                 }
-                StreamEvent::Gap { stream, gap, reason } => lp.on_gap(stream, gap, reason),
+                StreamEvent::Gap { stream, gap, reason, silent } => {
+                    lp.on_gap(stream, gap, reason, silent);
+                }
                 StreamEvent::Down { stream, reason } => {
                     lp.health.down(stream);
                     if let Some(l) = live.get_mut(&stream) {
@@ -517,7 +569,18 @@ pub async fn run(
                 }
             },
             Some(ids) = live_rx.recv() => lp.on_watching(&ids, Instant::now()),
-            Some(m) = found_rx.recv() => lp.on_discovered(&m, Instant::now()),
+            Some(ask) = ask_rx.recv() => lp.on_recovery(ask, config.stream.recover_max_reads),
+            // The streams did not come up in time: the backlog goes ahead anyway (its
+            // closes retry what fails, and confirm by reads if no event comes).
+            _ = sleep_until_opt(Some(backlog_deadline)), if backlog.is_some() => {
+                if let Some(b) = backlog.take() {
+                    tracing::warn!(unfinished = b.len(),
+                        waited_ms = BACKLOG_WAITS_AT_MOST.as_millis() as u64,
+                        "the configured channels are not all live yet; resuming the unfinished \
+                         closes anyway");
+                    draining_backlog = resume_backlog(&mut lp, b);
+                }
+            }
             Some(call) = intake_rx.recv() => lp.on_intake(call),
             // A REST read (catch-up, verify, or the closer's): applied like an event.
             Some(ev) = reads_rx.recv() => {
@@ -531,6 +594,19 @@ pub async fn run(
             _ = status_tick.tick() => {
                 if !lp.draining {
                     notifier.status(&status_line(&live, &lp, &stats));
+                }
+                if let Some((since, resumed)) = draining_backlog {
+                    let in_flight = closes.len();
+                    let queued = api.budget().queued();
+                    if in_flight == 0 {
+                        tracing::info!(resumed, took_ms = since.elapsed().as_millis() as u64,
+                            "the resumed backlog is done");
+                        draining_backlog = None;
+                    } else {
+                        tracing::info!(resumed, in_flight, queued_close = queued[1],
+                            queued_read = queued[2], elapsed_ms = since.elapsed().as_millis() as u64,
+                            "draining the resumed backlog behind the live channels");
+                    }
                 }
             }
             Some(()) = recv_opt(&mut reload_rx), if !lp.draining => {

@@ -98,9 +98,8 @@ impl Reloader {
                     }
                     self.static_slots[i].set_static(chunk);
                 }
-                if let Some(d) = &mut lp.discovery {
-                    d.flows = new.stream.flows.clone().into();
-                }
+                lp.recovery
+                    .set_lists(&new.stream.queues, &new.stream.flows);
                 topics_changed = true;
             }
         }

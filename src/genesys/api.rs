@@ -28,6 +28,15 @@ const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// Per-request deadline, so a hung connection cannot stall a close sequence.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A conversation a queue observation query listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The conversation.
+    pub conversation_id: Box<str>,
+    /// The queue it was listed in.
+    pub queue_id: Option<Box<str>>,
+}
+
 /// A failed API call.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -516,6 +525,70 @@ impl ApiClient {
             }
         }
         Ok((found, truncated))
+    }
+
+    /// `POST /api/v2/analytics/queues/observations/query` (facts sheet D.6; permission
+    /// `analytics:queueObservation:view`): the conversations waiting in and interacting
+    /// with these queues now, by `detailMetrics` observations of `oWaiting` and
+    /// `oInteracting`. One request covers every queue given (the caller pages the list);
+    /// groups of another media type than `message` are skipped. Returns the listed
+    /// conversations (once each, with the queue they were listed in) and whether Genesys
+    /// truncated a list (it then keeps the oldest and the newest halves).
+    pub async fn queue_observations(
+        &self,
+        queue_ids: &[String],
+    ) -> Result<(Vec<Listed>, bool), ApiError> {
+        let path = "/api/v2/analytics/queues/observations/query";
+        let predicates: Vec<_> = queue_ids
+            .iter()
+            .map(|q| {
+                serde_json::json!({
+                    "type": "dimension", "dimension": "queueId", "operator": "matches", "value": q
+                })
+            })
+            .collect();
+        let metrics = ["oWaiting", "oInteracting"];
+        let body = serde_json::json!({
+            "filter": { "type": "or", "predicates": predicates },
+            "metrics": metrics,
+            "detailMetrics": metrics,
+        });
+        let a = self.send(Method::POST, path, Some(body)).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&a.body).map_err(|e| ApiError::Decode {
+                method: Method::POST,
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?;
+        let mut listed: Vec<Listed> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut truncated = false;
+        let results = v.get("results").and_then(|r| r.as_array());
+        for r in results.into_iter().flatten() {
+            let group = r.get("group");
+            let field = |k: &str| group.and_then(|g| g.get(k)).and_then(|v| v.as_str());
+            if field("mediaType").is_some_and(|m| !m.eq_ignore_ascii_case("message")) {
+                continue;
+            }
+            let queue_id = field("queueId").map(Box::<str>::from);
+            let data = r.get("data").and_then(|d| d.as_array());
+            for d in data.into_iter().flatten() {
+                truncated |= d.get("truncated").and_then(serde_json::Value::as_bool) == Some(true);
+                let observations = d.get("observations").and_then(|o| o.as_array());
+                for o in observations.into_iter().flatten() {
+                    let Some(id) = o.get("conversationId").and_then(|v| v.as_str()) else {
+                        continue;
+                    };
+                    if seen.insert(id.to_string()) {
+                        listed.push(Listed {
+                            conversation_id: id.into(),
+                            queue_id: queue_id.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok((listed, truncated))
     }
 
     /// Sends one call under the retry policy, at the budget priority its method and path

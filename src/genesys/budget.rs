@@ -26,18 +26,21 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Which queue a request waits in; a higher one is always served first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Priority {
+    /// Notification channels and their subscriptions. They go first: a channel that
+    /// waits for its topics behind a backlog of closes is a blind daemon, and every
+    /// conversation that gets its intent meanwhile would be missed (a restart with a
+    /// thousand unfinished closes must be listening within seconds, not minutes).
+    Subscribe = 0,
     /// Ending a conversation: disconnects, teardown, the farewell message, wrap-up, and
     /// the closer's own confirming read.
-    Close = 0,
-    /// Notification channels and their subscriptions.
-    Subscribe = 1,
-    /// Everything else: resync, catch-up, verification and flow-activity reads.
+    Close = 1,
+    /// Everything else: resync, catch-up, verification, recovery listings and reads.
     Read = 2,
 }
 
 impl Priority {
     /// All priorities, highest first (the index order of [`Budget::queued`]).
-    pub const ALL: [Priority; 3] = [Priority::Close, Priority::Subscribe, Priority::Read];
+    pub const ALL: [Priority; 3] = [Priority::Subscribe, Priority::Close, Priority::Read];
 
     fn index(self) -> usize {
         self as usize
@@ -96,6 +99,9 @@ pub struct Budget {
 struct Inner {
     /// `None`: no rate limit (tests); pauses still apply.
     limiter: Option<DefaultDirectRateLimiter>,
+    /// The steady spacing between two permits (a minute over the rate); `None` without
+    /// a limit. After a 429 pause the queue drains at this pace, not as one burst.
+    spacing: Option<Duration>,
     state: Mutex<State>,
     waited_total: AtomicU64,
 }
@@ -111,6 +117,13 @@ struct State {
     spare: bool,
     /// No permit is handed out before this (a 429's `Retry-After`).
     paused_until: Option<Instant>,
+    /// A pause ended and the requests it held are still queued: they go out one per
+    /// `spacing`, not all at once (the governor's burst filled up during the pause, and
+    /// releasing it the moment `Retry-After` ends would meet the limit again at once).
+    /// Cleared when the queues are empty.
+    pacing: bool,
+    /// When the dispatcher last handed out a permit.
+    last_handout: Option<Instant>,
     /// When the last "requests are queueing" line was logged.
     last_log: Option<Instant>,
 }
@@ -189,13 +202,19 @@ impl Budget {
 
     /// A budget with an explicit governor quota.
     pub fn with_quota(quota: Quota) -> Self {
-        Budget::build(Some(RateLimiter::direct(quota)))
+        let spacing = quota.replenish_interval();
+        let mut b = Budget::build(Some(RateLimiter::direct(quota)));
+        if let Some(inner) = Arc::get_mut(&mut b.inner) {
+            inner.spacing = Some(spacing);
+        }
+        b
     }
 
     fn build(limiter: Option<DefaultDirectRateLimiter>) -> Self {
         Budget {
             inner: Arc::new(Inner {
                 limiter,
+                spacing: None,
                 state: Mutex::new(State::default()),
                 waited_total: AtomicU64::new(0),
             }),
@@ -213,6 +232,7 @@ impl Budget {
                 let mut st = self.inner.lock();
                 // The fast path: nobody waiting, no pause, and a cell free right now.
                 if st.paused_at(Instant::now()).is_none()
+                    && !st.pacing
                     && st.is_empty()
                     && (std::mem::take(&mut st.spare) || self.inner.try_cell())
                 {
@@ -258,8 +278,8 @@ impl Budget {
             st.depths()
         };
         tracing::info!(
-            queued_close = depths[0],
-            queued_subscribe = depths[1],
+            queued_subscribe = depths[0],
+            queued_close = depths[1],
             queued_read = depths[2],
             waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
             waited_total = self.waited_total(),
@@ -281,7 +301,7 @@ impl Budget {
         }
     }
 
-    /// Requests waiting now, per priority: `[close, subscribe, read]`.
+    /// Requests waiting now, per priority: `[subscribe, close, read]`.
     pub fn queued(&self) -> [usize; 3] {
         self.inner.lock().depths()
     }
@@ -320,6 +340,7 @@ impl Drop for Running {
 
 enum Step {
     Pause(Instant),
+    Pace(Instant),
     Cell,
     Next,
     Done,
@@ -340,26 +361,44 @@ async fn dispatch(inner: Arc<Inner>) {
             if !cell {
                 cell = std::mem::take(&mut st.spare);
             }
-            if let Some(until) = st.paused_at(Instant::now()) {
+            let now = Instant::now();
+            if let Some(until) = st.paused_at(now) {
                 Step::Pause(until)
             } else if st.is_empty() {
                 // Decided under the same lock `acquire` queues under: a waiter queued
                 // after this sees `dispatching == false` and starts a new dispatcher.
                 st.dispatching = false;
+                st.pacing = false;
                 st.spare |= cell;
                 running.armed = false;
                 Step::Done
             } else if !cell {
                 Step::Cell
+            } else if let Some(next) = st
+                .pacing
+                .then(|| st.last_handout.zip(inner.spacing))
+                .flatten()
+                .map(|(last, spacing)| last + spacing)
+                .filter(|next| *next > now)
+            {
+                Step::Pace(next)
             } else {
                 if st.hand_over() {
                     cell = false;
+                    st.last_handout = Some(now);
                 }
                 Step::Next
             }
         };
         match step {
-            Step::Pause(until) => tokio::time::sleep_until(until).await,
+            Step::Pause(until) => {
+                tokio::time::sleep_until(until).await;
+                // What queued during the pause drains at the steady pace.
+                let mut st = inner.lock();
+                st.pacing = inner.spacing.is_some();
+                st.last_handout = Some(Instant::now());
+            }
+            Step::Pace(next) => tokio::time::sleep_until(next).await,
             Step::Cell => {
                 if let Some(limiter) = &inner.limiter {
                     limiter.until_ready().await;
@@ -395,7 +434,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn close_requests_overtake_queued_reads() {
+    async fn subscriptions_then_closes_overtake_queued_reads() {
         let b = slow(Duration::from_millis(100));
         // Spend the only cell: everything below has to queue.
         b.acquire(Priority::Read).await;
@@ -424,7 +463,7 @@ mod tests {
         }
         assert_eq!(
             *order.lock().unwrap(),
-            ["close1", "close2", "sub", "read1", "read2"]
+            ["sub", "close1", "close2", "read1", "read2"]
         );
         assert_eq!(b.queued(), [0, 0, 0]);
     }
@@ -472,7 +511,7 @@ mod tests {
             let b = b.clone();
             tokio::spawn(async move { b.acquire(Priority::Close).await })
         };
-        wait_for_depths(&b, [1, 0, 0]).await;
+        wait_for_depths(&b, [0, 1, 0]).await;
         cancelled.abort();
         assert!(cancelled.await.unwrap_err().is_cancelled());
         assert_eq!(b.queued(), [0, 0, 0], "the cancelled waiter is not counted");
@@ -491,7 +530,7 @@ mod tests {
             let b = b.clone();
             tokio::spawn(async move { b.acquire(Priority::Subscribe).await })
         };
-        wait_for_depths(&b, [0, 1, 0]).await;
+        wait_for_depths(&b, [1, 0, 0]).await;
         lone.abort();
         let _ = lone.await;
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -575,6 +614,37 @@ mod tests {
         for (method, path, want) in cases {
             assert_eq!(priority_of(&method, path), want, "{method} {path}");
         }
+    }
+
+    #[tokio::test]
+    async fn what_a_pause_held_goes_out_at_the_steady_pace_not_at_once() {
+        // 600 a minute: one permit per 100 ms, and a burst of 60 that fills up during
+        // the pause. Without pacing, all ten would go out the moment the pause ends.
+        let b = Arc::new(Budget::new(600));
+        b.pause_for(Duration::from_millis(200));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            let (b, times) = (b.clone(), times.clone());
+            tasks.push(tokio::spawn(async move {
+                b.acquire(Priority::Close).await;
+                times.lock().unwrap().push(Instant::now());
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .expect("every request gets its permit")
+                .unwrap();
+        }
+        let mut times = times.lock().unwrap().clone();
+        times.sort();
+        // A lower bound only (a sleep can run late, never early): ten permits spaced
+        // 100 ms apart span at least 900 ms.
+        let span = times[9] - times[0];
+        assert!(span >= Duration::from_millis(900), "released within {span:?}");
+        // Once the queue is empty the burst is available again.
+        assert!(b.acquire(Priority::Read).await.waited() < SLOW_WAIT);
     }
 
     #[tokio::test]

@@ -68,6 +68,10 @@ pub enum Source {
     Intake,
     /// A REST read of the conversation.
     Read,
+    /// A REST read of a conversation a queue observation listed in a watched queue
+    /// after a blind window (start-up, or a gap no mirror covered): like [`Source::Read`],
+    /// and the queue's topic carries the conversation from now on.
+    Recovery,
 }
 
 impl Source {
@@ -80,6 +84,7 @@ impl Source {
             Source::Flow => "flow",
             Source::Intake => "intake",
             Source::Read => "read",
+            Source::Recovery => "recovery",
         }
     }
 
@@ -92,6 +97,7 @@ impl Source {
             "detail" => Source::Detail,
             "flow" => Source::Flow,
             "intake" => Source::Intake,
+            "recovery" => Source::Recovery,
             _ => Source::Read,
         }
     }
@@ -129,7 +135,10 @@ impl ConversationEvent {
             conversation_id,
             correlation_id: None,
             source,
-            full_view: matches!(source, Source::Queue | Source::User | Source::Read),
+            full_view: matches!(
+                source,
+                Source::Queue | Source::User | Source::Read | Source::Recovery
+            ),
             participants: Vec::new(),
             attributes: Vec::new(),
             intent: None,

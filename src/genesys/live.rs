@@ -42,6 +42,15 @@ type Preparing<'a> = Pin<Box<dyn Future<Output = Result<(Channel, Ws), String>> 
 /// a socket not read for `heartbeat_timeout` is declared dead).
 type Side<'a> = Pin<Box<dyn Future<Output = Option<fn(Channel) -> LiveEnd>> + Send + 'a>>;
 
+/// After a ping sent because events stopped, a socket that answers nothing within this
+/// long (nor within `heartbeat_timeout`, if shorter) is dead: a stall is found in
+/// `silence_check` plus this, not in `heartbeat_timeout`.
+const PONG_WITHIN: Duration = Duration::from_secs(5);
+/// The subscription check that events stopping triggers runs at most this often per
+/// channel (a quiet queue that gets an event every few seconds costs at most two reads
+/// a minute); the ping that goes with it costs nothing and is always sent.
+const SILENCE_VERIFY_SPACING: Duration = Duration::from_secs(30);
+
 /// After the replacement is live, the old socket is still read this long.
 const OVERLAP: Duration = Duration::from_secs(2);
 /// Attempts at a rotation before waiting for the old socket to end on its own.
@@ -198,6 +207,7 @@ impl ChannelStream {
     }
 
     async fn announce(&self, ch: &Channel, gap: Option<Duration>) {
+        self.reconnects.up(self.index);
         let _ = self
             .events
             .send(StreamEvent::Live {
@@ -235,6 +245,14 @@ impl ChannelStream {
         let mut draining: Option<Draining> = None;
         let mut verify_at = Instant::now() + self.config.verify_every;
         let mut checking: Option<Side<'_>> = None;
+        // When the last event was read, while events flow (cleared once a silence has
+        // been checked, so one silence costs one check).
+        let mut last_event: Option<Instant> = None;
+        self.event_seen
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        // A ping was sent because events stopped: the socket must answer by then.
+        let mut pong_by: Option<Instant> = None;
+        let mut silence_verified: Option<Instant> = None;
         loop {
             let silence_deadline = last_frame
                 + if pinged {
@@ -292,7 +310,12 @@ impl ChannelStream {
                     last_frame = Instant::now();
                     *last_seen = Some(last_frame);
                     pinged = false;
-                    match self.handle_text(&ch, &text, last_frame).await {
+                    pong_by = None;
+                    let action = self.handle_text(&ch, &text, last_frame).await;
+                    if self.event_seen.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        last_event = Some(last_frame);
+                    }
+                    match action {
                         Action::Continue => {}
                         Action::End(end) => {
                             let _ = ws.close(None).await;
@@ -404,6 +427,34 @@ impl ChannelStream {
                         checking = Some(Box::pin(async move { self.verify(&c).await }));
                     }
                 }
+                // Events were flowing and stopped, though the socket may still send
+                // heartbeats: a stalled socket or topics dropped without a word look
+                // like this. A ping (a stall answers nothing) and a subscription check.
+                _ = sleep_until_opt(last_event.map(|t| t + self.config.silence_check)) => {
+                    last_event = None;
+                    let verify = checking.is_none()
+                        && silence_verified.is_none_or(|t| t.elapsed() >= SILENCE_VERIFY_SPACING);
+                    tracing::info!(stream = self.index, channel_id = %ch.id,
+                        silent_ms = self.config.silence_check.as_millis() as u64, verify,
+                        "events stopped on this channel: checking the socket and its subscriptions");
+                    if pong_by.is_none() {
+                        if let Err(e) = ws.send(Message::text(r#"{"message":"ping"}"#)).await {
+                            return LiveEnd::Failed(ch, format!("cannot send ping: {e}"));
+                        }
+                        pong_by = Some(Instant::now() + PONG_WITHIN.min(self.config.heartbeat_timeout));
+                    }
+                    if verify {
+                        silence_verified = Some(Instant::now());
+                        let c = ch.clone();
+                        checking = Some(Box::pin(async move { self.verify(&c).await }));
+                    }
+                }
+                _ = sleep_until_opt(pong_by) => {
+                    let _ = ws.close(None).await;
+                    return LiveEnd::Failed(ch, format!(
+                        "no pong within {} ms of a ping sent when events stopped (socket stalled)",
+                        PONG_WITHIN.min(self.config.heartbeat_timeout).as_millis()));
+                }
                 // Silence: ping once, then declare the socket dead.
                 _ = tokio::time::sleep_until(silence_deadline) => {
                     if pinged {
@@ -441,6 +492,7 @@ impl ChannelStream {
         self.gap(
             since.elapsed(),
             "no_longer_subscribed: topics re-added in place",
+            false,
         )
         .await;
         None
@@ -465,20 +517,24 @@ impl ChannelStream {
         }
     }
 
-    async fn gap(&self, gap: Duration, reason: &'static str) {
+    async fn gap(&self, gap: Duration, reason: &'static str, silent: bool) {
         let _ = self
             .events
             .send(StreamEvent::Gap {
                 stream: self.index,
                 gap,
                 reason,
+                silent,
             })
             .await;
     }
 
-    /// `GET .../subscriptions` (one request per channel per `verify_every`): topics the
-    /// server no longer holds are re-added and the stretch since the last check resynced.
+    /// `GET .../subscriptions` (one request per channel per `verify_every`, and one
+    /// when events stop while the socket still answers): topics the server no longer
+    /// holds are re-added and the stretch since `held_at` (the last check that found
+    /// them all, or the subscribe) resynced.
     async fn verify(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
+        let held_at = self.held_since();
         let held = match self.api.get_subscriptions(&ch.id).await {
             Ok(t) => t,
             Err(e) if e.status() == Some(404) => {
@@ -501,6 +557,7 @@ impl ChannelStream {
             .filter(|t| !held.contains(&t.to_ascii_lowercase()))
             .count();
         if missing == 0 {
+            self.mark_held();
             tracing::debug!(stream = self.index, channel_id = %ch.id, topics = held.len(), "subscription check: all topics held");
             return None;
         }
@@ -513,8 +570,9 @@ impl ChannelStream {
         }
         crate::metrics::rotation("topics_dropped");
         self.gap(
-            self.config.verify_every,
+            held_at.elapsed(),
             "topics dropped silently by the server",
+            true,
         )
         .await;
         None
@@ -552,6 +610,7 @@ impl ChannelStream {
         match frame {
             Frame::Heartbeat | Frame::Pong => Action::Continue,
             Frame::Conversation(ev) => {
+                self.event_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 self.stats.conversation_events.inc();
                 if self
                     .events
@@ -564,6 +623,7 @@ impl ChannelStream {
                 Action::Continue
             }
             Frame::FlowMetric(m) => {
+                self.event_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 self.stats.conversation_events.inc();
                 let _ = self.events.send(StreamEvent::Discovered(m, received)).await;
                 Action::Continue

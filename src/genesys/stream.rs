@@ -35,6 +35,46 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_AT_ONCE_AFTER: Duration = Duration::from_secs(1);
 /// Rotate to a fresh channel this long before the current one expires.
 pub(super) const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(600);
+/// While every stream is down, the first of them tries again at least this often
+/// (jittered down to half of it), whatever its backoff says: a platform that recovers is
+/// seen within a couple of seconds, and one probe at a time stays gentle on a platform
+/// that is still down. The others wait for their backoff or for a probe that succeeds.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// The reconnect attempts of every stream, coordinated: which streams are down, and a
+/// wake-up for all of them when one gets its socket back.
+#[derive(Debug, Default)]
+pub struct Reconnects {
+    /// Streams without a live socket now.
+    down: std::sync::Mutex<std::collections::BTreeSet<usize>>,
+    /// Woken when a stream's socket goes live: the platform is back, the others try at
+    /// once rather than sit out their backoff.
+    back: tokio::sync::Notify,
+}
+
+impl Reconnects {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<usize>> {
+        self.down.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The stream has no live socket.
+    pub fn down(&self, stream: usize) {
+        self.set().insert(stream);
+    }
+
+    /// The stream's socket is live: the others, if down, try again now.
+    pub fn up(&self, stream: usize) {
+        let was_down = self.set().remove(&stream);
+        if was_down {
+            self.back.notify_waiters();
+        }
+    }
+
+    /// Whether the stream probes for the others: it is the first of those down.
+    fn probes(&self, stream: usize) -> bool {
+        self.set().first() == Some(&stream)
+    }
+}
 
 /// What a stream tells the event loop.
 #[derive(Debug)]
@@ -65,6 +105,9 @@ pub enum StreamEvent {
         gap: Duration,
         /// What happened.
         reason: &'static str,
+        /// The server dropped the topics without a word: nothing says its twin still
+        /// holds them, so the mirror is not taken to have covered the gap.
+        silent: bool,
     },
     /// The stream lost its socket and is reconnecting.
     Down {
@@ -125,6 +168,13 @@ pub struct ChannelStream {
     pub all_rejected: std::sync::atomic::AtomicBool,
     /// `run --record`: every text frame read is also handed here (never waits).
     pub record: Option<crate::record::Recorder>,
+    /// Shared by every stream: coordinated reconnects.
+    pub reconnects: Arc<Reconnects>,
+    /// When this stream's topics were last known to be held (a subscribe, or a check
+    /// that found them all): a silent drop is resynced from here.
+    pub held_at: std::sync::Mutex<Option<Instant>>,
+    /// A conversation or flow event was read since the live loop last looked.
+    pub event_seen: std::sync::atomic::AtomicBool,
 }
 
 impl ChannelStream {
@@ -134,6 +184,7 @@ impl ChannelStream {
         let mut backoff = self.new_backoff();
         // Since when no socket of this stream has been live (None before the first).
         let mut down_since: Option<Instant> = None;
+        self.reconnects.down(self.index);
         loop {
             if self.cancel.is_cancelled() {
                 return;
@@ -168,11 +219,20 @@ impl ChannelStream {
                         LiveEnd::ChannelGone(reason) => {
                             crate::metrics::reconnect("channel_gone");
                             self.down(&reason).await;
-                            State::Backoff(
-                                None,
-                                false,
-                                format!("channel unusable ({reason}); a new one will be created"),
-                            )
+                            if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
+                                // A channel that worked for a while (a 404, a revoked
+                                // token): a new one at once, every moment without a
+                                // socket loses events.
+                                tracing::warn!(stream = self.index, %reason,
+                                    "channel unusable; creating a new one at once");
+                                State::Connecting
+                            } else {
+                                State::Backoff(
+                                    None,
+                                    false,
+                                    format!("channel unusable ({reason}); a new one will be created"),
+                                )
+                            }
                         }
                         LiveEnd::Failed(ch, reason) => {
                             crate::metrics::reconnect(crate::metrics::reconnect_class(&reason));
@@ -192,11 +252,24 @@ impl ChannelStream {
                     }
                 }
                 State::Backoff(ch, subscribed, reason) => {
-                    let delay = backoff.next().unwrap_or(self.config.backoff_max);
-                    tracing::warn!(stream = self.index, %reason, delay_ms = delay.as_millis() as u64, "stream down; backing off");
+                    let mut delay = backoff.next().unwrap_or(self.config.backoff_max);
+                    let probes = self.reconnects.probes(self.index);
+                    if probes {
+                        let probe = PROBE_EVERY.mul_f64(0.5 + fastrand::f64() * 0.5);
+                        delay = delay.min(probe);
+                    }
+                    tracing::warn!(stream = self.index, %reason, delay_ms = delay.as_millis() as u64,
+                        probes_for_the_others = probes, "stream down; backing off");
+                    let back = self.reconnects.back.notified();
+                    tokio::pin!(back);
+                    back.as_mut().enable();
                     tokio::select! {
                         _ = self.cancel.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
+                        _ = back => {
+                            tracing::info!(stream = self.index,
+                                "another stream's socket is live again: retrying now");
+                        }
                     }
                     match ch {
                         Some(ch) if self.channel_usable(&ch).await => {
@@ -211,6 +284,19 @@ impl ChannelStream {
                 }
             };
         }
+    }
+
+    /// The topics are known to be held now.
+    pub(super) fn mark_held(&self) {
+        *self.held_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Since when the topics are known to be held (now, if never).
+    pub(super) fn held_since(&self) -> Instant {
+        self.held_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(Instant::now)
     }
 
     /// A fresh channel; whatever the old one carried goes on the new one's `PUT`.
@@ -229,6 +315,7 @@ impl ChannelStream {
     }
 
     pub(super) async fn down(&self, reason: &str) {
+        self.reconnects.down(self.index);
         let _ = self
             .events
             .send(StreamEvent::Down {
@@ -288,6 +375,7 @@ impl ChannelStream {
         }
         self.all_rejected
             .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.mark_held();
         let synced = self.slot.synced(&ch.id, &ids, removals, &answer);
         tracing::info!(stream = self.index, channel_id = %ch.id, topics = topics.len() - rejected,
             watched_conversations = ids.len() - synced.rejected, "subscribed");
