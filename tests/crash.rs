@@ -844,3 +844,77 @@ async fn login_outage_during_a_burst() {
     }
     eprintln!("login outage of {OUTAGE:?}: all 30 confirmed {took:?} after it began");
 }
+
+/// (h) Restarted with about a thousand unfinished closes and a small budget: the restart
+/// listens first (channel created, subscribed and connected within seconds, although the
+/// backlog needs minutes of the budget), and matches made while the backlog drains are
+/// decided at once, not left behind it. Then a larger budget drains everything, the
+/// conversations that started and got their intent while no daemon ran included (found
+/// by a start-up listing, whose reads queue with the close steps): each closed, none
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_with_a_thousand_unfinished_closes_listens_first() {
+    let mut s = Scenario::new("backlog", sim_config()).await;
+    // 120 a minute: the backlog alone would take eight minutes.
+    s.config(120, "");
+    s.start().await;
+    let mut ids: Vec<String> = (0..1000).map(|_| s.create(false)).collect();
+    let closed = |s: &Scenario, ids: &[String]| {
+        ids.iter()
+            .filter(|id| s.sim.is_closed(id) == Some(true))
+            .count()
+    };
+    wait_until(Duration::from_secs(60), "10 closes", || closed(&s, &ids) >= 10).await;
+    // Every match is journalled by now (decisions are written within milliseconds; the
+    // closes queue behind the budget).
+    wait_until(Duration::from_secs(30), "1,000 decisions logged", || {
+        std::fs::read_to_string(s.log(1))
+            .map(|l| l.matches("rule matched").count() >= 1000)
+            .unwrap_or(false)
+    })
+    .await;
+    s.kill().await;
+    let at_kill = closed(&s, &ids);
+    // Born, with their intent, while no daemon ran.
+    let dark: Vec<String> = (0..5).map(|_| s.create(false)).collect();
+    let restarted = Instant::now();
+    s.start().await;
+    let listening = restarted.elapsed();
+    assert!(
+        listening < Duration::from_secs(15),
+        "the restart connected its socket only after {listening:?}"
+    );
+    // Matches while the backlog drains.
+    let fresh: Vec<String> = (0..5).map(|_| s.create(false)).collect();
+    let log = s.log(2);
+    wait_until(
+        Duration::from_secs(30),
+        "the fresh conversations decided",
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            fresh.iter().all(|id| {
+                text.lines()
+                    .any(|l| l.contains("rule matched") && l.contains(id.as_str()))
+            })
+        },
+    )
+    .await;
+    let ready_ms = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("every configured channel live: ready"))
+        .map(str::to_owned);
+    eprintln!(
+        "backlog: {} unfinished at the kill; the restart's socket connected after {} ms; {:?}",
+        1000 - at_kill,
+        listening.as_millis(),
+        ready_ms
+    );
+    assert!(ready_ms.is_some(), "the restart said it was ready");
+    s.kill().await;
+    s.config(6000, "");
+    s.start().await;
+    ids.extend(dark);
+    ids.extend(fresh);
+    s.finish(&ids, Duration::from_secs(120)).await;
+}

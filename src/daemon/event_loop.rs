@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::closer::{Closer, Decision, Resume, Waiters, decision_record};
 use crate::genesys::api::ApiClient;
+use crate::genesys::budget::Priority;
 use crate::genesys::frames::{ConversationEvent, FlowMetric, Source};
 use crate::genesys::subscriptions::Subscriptions;
 use crate::journal::Unfinished;
@@ -84,10 +85,21 @@ pub(super) async fn read_with_retry(
     wanted: &[Box<str>],
     why: &'static str,
 ) -> Option<ConversationEvent> {
+    read_at(Priority::Read, api, id, wanted, why).await
+}
+
+/// [`read_with_retry`] at budget priority `priority`.
+pub(super) async fn read_at(
+    priority: Priority,
+    api: &ApiClient,
+    id: &str,
+    wanted: &[Box<str>],
+    why: &'static str,
+) -> Option<ConversationEvent> {
     let started = Instant::now();
     let mut pause = Duration::from_secs(1);
     loop {
-        match api.get_conversation(id, wanted).await {
+        match api.get_conversation_as(priority, id, wanted).await {
             Ok(ev) => return Some(ev),
             Err(e) if e.is_retryable() && started.elapsed() + pause < READ_RETRY_FOR => {
                 tracing::debug!(conversation_id = id, error = %e, why, "read failed; retrying");

@@ -13,9 +13,12 @@
 //!
 //! The event loop, the only writer of the state map, says which listed conversations it
 //! does not know (at most `recover_max_reads` per window, the rest logged as left); the
-//! worker reads them ([`Source::Recovery`], read priority of the budget, so closes and
-//! subscriptions go first) and hands each read back, where rules decide on it as on any
-//! event. Bot-phase conversations found in the flows go through discovery (watched, then
+//! worker reads them ([`Source::Recovery`]) and hands each read back, where rules decide
+//! on it as on any event. In the budget the listings go with the subscriptions (they are
+//! how the daemon sees what it missed: one request per window, which must not wait
+//! behind a backlog of closes), and the reads with the closes (a read may find a match,
+//! and queues behind at most `max_concurrent_closes` close steps, not behind every
+//! resync read). Bot-phase conversations found in the flows go through discovery (watched, then
 //! read once their topics are live). One line per window says its cause, its length, how
 //! many conversations were listed, read and decided, and what was left.
 //!
@@ -29,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::genesys::api::{ApiClient, ApiError, Listed};
+use crate::genesys::budget::Priority;
 use crate::genesys::frames::{ConversationEvent, FlowMetric, Source};
 
 /// Queue ids per observation query (the filter's predicates); more queues take more
@@ -237,7 +241,8 @@ impl Worker {
             futures_util::stream::iter(plan.read)
                 .map(|id| async move {
                     let Some(mut ev) =
-                        super::event_loop::read_with_retry(api, &id, wanted, "recovery").await
+                        super::event_loop::read_at(Priority::Close, api, &id, wanted, "recovery")
+                            .await
                     else {
                         let _ = ask.send(Ask::Failed(id)).await;
                         return (1, 0);

@@ -499,7 +499,10 @@ impl ApiClient {
             "groupBy": ["flowId"],
             "filter": { "type": "or", "predicates": predicates },
         });
-        let a = self.send(Method::POST, &path, Some(body)).await?;
+        // With the subscriptions: a listing is how the daemon sees what it missed.
+        let a = self
+            .send_as(Priority::Subscribe, Method::POST, &path, Some(body))
+            .await?;
         let decode = |reason: String| ApiError::Decode {
             method: Method::POST,
             path: path.clone(),
@@ -553,7 +556,10 @@ impl ApiClient {
             "metrics": metrics,
             "detailMetrics": metrics,
         });
-        let a = self.send(Method::POST, path, Some(body)).await?;
+        // With the subscriptions: a listing is how the daemon sees what it missed.
+        let a = self
+            .send_as(Priority::Subscribe, Method::POST, path, Some(body))
+            .await?;
         let v: serde_json::Value =
             serde_json::from_slice(&a.body).map_err(|e| ApiError::Decode {
                 method: Method::POST,
