@@ -864,7 +864,10 @@ async fn restarted_with_a_thousand_unfinished_closes_listens_first() {
             .filter(|id| s.sim.is_closed(id) == Some(true))
             .count()
     };
-    wait_until(Duration::from_secs(60), "10 closes", || closed(&s, &ids) >= 10).await;
+    wait_until(Duration::from_secs(60), "10 closes", || {
+        closed(&s, &ids) >= 10
+    })
+    .await;
     // Every match is journalled by now (decisions are written within milliseconds; the
     // closes queue behind the budget).
     wait_until(Duration::from_secs(30), "1,000 decisions logged", || {

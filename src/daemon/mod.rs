@@ -37,8 +37,8 @@ mod notify;
 mod recovery;
 mod reload;
 
-pub(crate) use event_loop::{CLOSED_GRACE, IDLE_MAX};
 use event_loop::EventLoop;
+pub(crate) use event_loop::{CLOSED_GRACE, IDLE_MAX};
 use health::Health;
 
 /// How often eviction runs.

@@ -98,8 +98,7 @@ impl Reloader {
                     }
                     self.static_slots[i].set_static(chunk);
                 }
-                lp.recovery
-                    .set_lists(&new.stream.queues, &new.stream.flows);
+                lp.recovery.set_lists(&new.stream.queues, &new.stream.flows);
                 topics_changed = true;
             }
         }

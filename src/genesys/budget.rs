@@ -642,7 +642,10 @@ mod tests {
         // A lower bound only (a sleep can run late, never early): ten permits spaced
         // 100 ms apart span at least 900 ms.
         let span = times[9] - times[0];
-        assert!(span >= Duration::from_millis(900), "released within {span:?}");
+        assert!(
+            span >= Duration::from_millis(900),
+            "released within {span:?}"
+        );
         // Once the queue is empty the burst is available again.
         assert!(b.acquire(Priority::Read).await.waited() < SLOW_WAIT);
     }

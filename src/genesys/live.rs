@@ -610,7 +610,8 @@ impl ChannelStream {
         match frame {
             Frame::Heartbeat | Frame::Pong => Action::Continue,
             Frame::Conversation(ev) => {
-                self.event_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.event_seen
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.stats.conversation_events.inc();
                 if self
                     .events
@@ -623,7 +624,8 @@ impl ChannelStream {
                 Action::Continue
             }
             Frame::FlowMetric(m) => {
-                self.event_seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.event_seen
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.stats.conversation_events.inc();
                 let _ = self.events.send(StreamEvent::Discovered(m, received)).await;
                 Action::Continue

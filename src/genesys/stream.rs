@@ -230,7 +230,9 @@ impl ChannelStream {
                                 State::Backoff(
                                     None,
                                     false,
-                                    format!("channel unusable ({reason}); a new one will be created"),
+                                    format!(
+                                        "channel unusable ({reason}); a new one will be created"
+                                    ),
                                 )
                             }
                         }
