@@ -166,6 +166,37 @@ pub(crate) struct Harness {
     pub _state: StateDir,
     /// Where the daemon's intake listens.
     pub intake: std::net::SocketAddr,
+    /// The runtime of its own the daemon runs on (`Launch::own_runtime`); dropping it
+    /// ends every task of the daemon at once.
+    pub runtime: Option<OwnRuntime>,
+}
+
+impl Harness {
+    /// Stops the daemon as abruptly as a process can be stopped from inside one: on a
+    /// runtime of its own, every task it spawned (streams, closes in flight, intake) is
+    /// dropped at its next await, with no drain and no farewell to Genesys; sockets
+    /// close as the kernel would close them. Without one, only its main task is
+    /// aborted (tasks it spawned run on). Hands back the journal directory, still
+    /// there, for a restart ([`StateDir::wait_unlocked`] first).
+    pub(crate) fn kill(self) -> StateDir {
+        match self.runtime {
+            Some(rt) => drop(rt),
+            None => self.task.abort(),
+        }
+        self._state
+    }
+}
+
+/// A runtime of the daemon's own, shut down without waiting when dropped (allowed
+/// inside an async context, unlike dropping a `Runtime`).
+pub(crate) struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A private journal directory for a demo or matrix run (never /var/lib), removed on
@@ -184,12 +215,41 @@ impl StateDir {
         std::fs::create_dir_all(&dir)?;
         Ok(StateDir(dir))
     }
+
+    /// Waits until no daemon holds the directory's lock any more (a killed daemon's
+    /// tasks release it as they are dropped), at most `limit`; whether it is free.
+    pub(crate) async fn wait_unlocked(&self, limit: Duration) -> bool {
+        let lock = self.0.join("lock");
+        let until = Instant::now() + limit;
+        loop {
+            let free = match std::fs::OpenOptions::new().write(true).open(&lock) {
+                // Locked and released again at once (dropped).
+                Ok(f) => f.try_lock().is_ok(),
+                // No lock file: no daemon ever ran here.
+                Err(_) => true,
+            };
+            if free || Instant::now() >= until {
+                return free;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for StateDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// How to start a daemon with [`start_daemon_with`].
+#[derive(Default)]
+pub(crate) struct Launch {
+    /// The journal directory (a restart's: the killed daemon's); `None`: a fresh one.
+    pub state: Option<StateDir>,
+    /// Run the daemon on a runtime of its own, so that [`Harness::kill`] ends every
+    /// task it spawned.
+    pub own_runtime: bool,
 }
 
 /// Starts the daemon on `config` with its intake on, makes the simulator play the bot
@@ -201,13 +261,38 @@ pub(crate) async fn start_daemon_on(
     secret: SecretString,
     intake_token: &str,
 ) -> anyhow::Result<Harness> {
+    start_daemon_with(sim, config, secret, intake_token, Launch::default()).await
+}
+
+/// [`start_daemon_on`], on the journal directory and runtime `launch` says.
+pub(crate) async fn start_daemon_with(
+    sim: &SimHandle,
+    config: &Config,
+    secret: SecretString,
+    intake_token: &str,
+    launch: Launch,
+) -> anyhow::Result<Harness> {
     let (reports_tx, reports) = mpsc::unbounded_channel();
     let stop = CancellationToken::new();
     let (bound_tx, bound_rx) = oneshot::channel();
     let (metrics_tx, metrics_rx) = oneshot::channel();
-    let state = StateDir::new()?;
+    let state = match launch.state {
+        Some(s) => s,
+        None => StateDir::new()?,
+    };
     let mut config = config.clone();
     config.daemon.state_dir = state.0.clone();
+    let runtime = if launch.own_runtime {
+        Some(OwnRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("daemon")
+                .enable_all()
+                .build()?,
+        )))
+    } else {
+        None
+    };
     let task = {
         let opts = RunOptions {
             shutdown: stop.clone(),
@@ -221,7 +306,11 @@ pub(crate) async fn start_daemon_on(
             record: None,
         };
         let config = config.clone();
-        tokio::spawn(async move { daemon::run(&config, secret, opts).await })
+        let run = async move { daemon::run(&config, secret, opts).await };
+        match runtime.as_ref().and_then(|r| r.0.as_ref()) {
+            Some(rt) => rt.spawn(run),
+            None => tokio::spawn(run),
+        }
     };
     let intake = tokio::time::timeout(Duration::from_secs(20), bound_rx)
         .await
@@ -249,6 +338,7 @@ pub(crate) async fn start_daemon_on(
         stop,
         _state: state,
         intake,
+        runtime,
     })
 }
 

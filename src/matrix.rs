@@ -9,6 +9,15 @@
 //! (a probe conversation created at the moment of the fault, until its close is confirmed),
 //! and how many events of the scenario's conversations Genesys pushed while no socket of
 //! the daemon received them (the simulator numbers every event per conversation).
+//!
+//! Most faults strike one channel, or the REST API, or the frames. The rows of
+//! [`Fault::BLIND`] open a window in which the daemon is blind on every socket at once
+//! (no mirror covers it): an outage, a kill and restart, every socket refused, stalled,
+//! unsubscribed silently or gone (also with channel creation failing). What happened in
+//! such a window can only be learnt by listing: the flows' conversations
+//! (`POST /api/v2/analytics/flows/activity/query`) and the queues' conversations
+//! (`POST /api/v2/analytics/queues/observations/query`); the `REST by kind` column
+//! shows which of them a row used.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -21,9 +30,10 @@ use tokio::time::Instant;
 
 use crate::closer::{CloseReport, Outcome};
 use crate::config::Config;
-use crate::demo::{Harness, start_daemon_on};
+use crate::demo::{Harness, Launch, start_daemon_with};
 use crate::sim::{
-    self, BotConversationSpec, BotPurpose, ConversationSpec, Faults, Scope, SimConfig, SimHandle,
+    self, BotConversationSpec, BotPurpose, ConversationSpec, Faults, RecordedRequest, Scope,
+    SimConfig, SimHandle,
 };
 
 const QUEUE: &str = crate::demo::SIM_QUEUE;
@@ -100,11 +110,28 @@ pub enum Fault {
     /// An outage: every socket dropped, and for 3 s no socket can connect and every
     /// API call gets 503.
     Outage,
+    /// The daemon killed (every task dropped at once: no drain, nothing said to
+    /// Genesys) and started again 2 s later on the same state directory and config,
+    /// while conversations keep starting and getting their intents.
+    Restart,
+    /// Every socket dropped, and for 4 s WebSocket upgrades are refused (503) while
+    /// the REST API works.
+    SocketsDown,
+    /// `{"result":"404"}` on every channel (both mirrors gone), and channel creation
+    /// (`POST /api/v2/notifications/channels`) answering 503 for 3 s.
+    ChannelsGoneNoCreate,
+    /// Every socket sends nothing and answers no ping for 4 s; connections made later
+    /// work.
+    StallEvery,
+    /// Every channel's topics dropped without a word while heartbeats go on.
+    TopicsDroppedEvery,
+    /// `{"result":"404"}` on every channel: every channel vanishes at once.
+    ChannelGoneEvery,
 }
 
 impl Fault {
     /// Every scenario, in table order.
-    pub const ALL: [Fault; 13] = [
+    pub const ALL: [Fault; 19] = [
         Fault::Drop,
         Fault::Stall,
         Fault::SocketClosing,
@@ -118,6 +145,24 @@ impl Fault {
         Fault::DuplicatedReordered,
         Fault::TopicsDroppedSilently,
         Fault::Outage,
+        Fault::Restart,
+        Fault::SocketsDown,
+        Fault::ChannelsGoneNoCreate,
+        Fault::StallEvery,
+        Fault::TopicsDroppedEvery,
+        Fault::ChannelGoneEvery,
+    ];
+
+    /// The windows in which every socket of the daemon is blind at once (no mirror
+    /// covers them): the rows after `Outage` in [`Fault::ALL`], plus `Outage`.
+    pub const BLIND: [Fault; 7] = [
+        Fault::Outage,
+        Fault::Restart,
+        Fault::SocketsDown,
+        Fault::ChannelsGoneNoCreate,
+        Fault::StallEvery,
+        Fault::TopicsDroppedEvery,
+        Fault::ChannelGoneEvery,
     ];
 
     /// The row's name.
@@ -136,6 +181,14 @@ impl Fault {
             Fault::DuplicatedReordered => "duplicated and reordered events",
             Fault::TopicsDroppedSilently => "one channel's topics dropped silently",
             Fault::Outage => "outage: every socket, and the API, down for 3 s",
+            Fault::Restart => "daemon killed, restarted 2 s later on the same state",
+            Fault::SocketsDown => "every socket down for 4 s (upgrades refused; API up)",
+            Fault::ChannelsGoneNoCreate => {
+                "{\"result\":\"404\"} on every channel, channel creation 503 for 3 s"
+            }
+            Fault::StallEvery => "every socket stalled for 4 s (new connections work)",
+            Fault::TopicsDroppedEvery => "every channel's topics dropped silently",
+            Fault::ChannelGoneEvery => "{\"result\":\"404\"} on every channel",
         }
     }
 
@@ -186,6 +239,25 @@ impl Fault {
             }),
             Fault::TopicsDroppedSilently => sim.drop_topics_silently_on(Scope::Busiest),
             Fault::Outage => sim.outage(Duration::from_secs(3)),
+            // The harness kills and restarts the daemon (see `run`).
+            Fault::Restart => {}
+            Fault::SocketsDown => {
+                sim.refuse_sockets_for(Duration::from_secs(4));
+                sim.drop_sockets_on(Scope::Every);
+            }
+            Fault::ChannelsGoneNoCreate => {
+                sim.fail_endpoint_for(
+                    "POST",
+                    "/api/v2/notifications/channels",
+                    503,
+                    None,
+                    Duration::from_secs(3),
+                );
+                sim.expire_channels_on(Scope::Every);
+            }
+            Fault::StallEvery => sim.stall_sockets_on(Scope::Every, Duration::from_secs(4)),
+            Fault::TopicsDroppedEvery => sim.drop_topics_silently_on(Scope::Every),
+            Fault::ChannelGoneEvery => sim.expire_channels_on(Scope::Every),
         }
     }
 }
@@ -205,6 +277,9 @@ pub struct Row {
     pub duplicate_closes: usize,
     /// API requests (the token grant excluded).
     pub rest_requests: usize,
+    /// Those requests by kind (see `rest_kind`: `close`, `read`, `sub`, `channel`,
+    /// `topics`, `flowq`, `queueq`, `other`), the kinds with none left out.
+    pub rest_by_kind: Vec<(&'static str, usize)>,
     /// From the fault to the confirmed close of a probe conversation created then, ms;
     /// `None` when the probe itself fell in the gap (never seen).
     pub recover_ms: Option<u64>,
@@ -243,26 +318,17 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         Path::new("<fault matrix>"),
     )?;
     crate::telemetry::init_logging(&config.log);
-    let Harness {
-        task,
-        reports: mut raw_reports,
-        stop,
-        _state,
-        ..
-    } = start_daemon_on(
-        &sim,
-        &config,
-        SecretString::from("sim-secret".to_string()),
-        TOKEN,
-    )
-    .await?;
+    // The restart row runs the daemon on a runtime of its own, so it can be killed.
+    let launch = Launch {
+        state: None,
+        own_runtime: fault == Fault::Restart,
+    };
+    let mut daemon = start_daemon_with(&sim, &config, secret(), TOKEN, launch).await?;
     // Stamped on arrival, for the time to recover.
     let (stamped_tx, mut reports_rx) = mpsc::unbounded_channel::<(Instant, CloseReport)>();
-    tokio::spawn(async move {
-        while let Some(r) = raw_reports.recv().await {
-            let _ = stamped_tx.send((Instant::now(), r));
-        }
-    });
+    forward_reports(&mut daemon, stamped_tx.clone());
+    let mut daemon = Some(daemon);
+    let mut restarted = None;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Ten conversations a second for 5 s, the fault 1 s in.
@@ -277,7 +343,13 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         tick.tick().await;
         if n == 10 {
             let at = Instant::now();
-            fault.inject(&sim).await;
+            if fault == Fault::Restart
+                && let Some(d) = daemon.take()
+            {
+                restarted = Some(restart(d, at, &sim, &config, stamped_tx.clone()));
+            } else {
+                fault.inject(&sim).await;
+            }
             // The probe: a queue conversation with a matching intent, right at the fault.
             let id = sim.create_conversation(queue(Some("Goodbye")));
             path_of.insert(id.clone(), "queue (probe)");
@@ -302,6 +374,14 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         while let Ok(r) = reports_rx.try_recv() {
             reports.push(r);
         }
+    }
+    drop(stamped_tx);
+    // The restarted daemon (its start began 2 s after the kill).
+    if let Some(r) = restarted {
+        daemon = Some(
+            r.await
+                .map_err(|e| anyhow::anyhow!("the restart task failed: {e}"))??,
+        );
     }
     // Wait for every matching conversation's outcome.
     let deadline = Instant::now() + Duration::from_secs(25);
@@ -329,8 +409,12 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         sim.customer_leaves(id);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.cancel();
-    let _ = task.await;
+    if let Some(mut d) = daemon {
+        d.stop.cancel();
+        let _ = (&mut d.task).await;
+        // The runtime (if its own) and the state directory go with it.
+        drop(d);
+    }
     while let Ok(r) = reports_rx.try_recv() {
         reports.push(r);
     }
@@ -345,10 +429,7 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         .count();
     let mut accepted: HashMap<&str, usize> = HashMap::new();
     for r in &requests {
-        let is_close = (r.method == "PATCH"
-            && r.path.starts_with("/api/v2/conversations/messages/"))
-            || (r.method == "POST" && r.path.ends_with("/disconnect"));
-        if is_close
+        if rest_kind(r) == "close"
             && (200..300).contains(&r.status)
             && let Some(id) = r.path.split('/').nth(5)
         {
@@ -395,16 +476,25 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         (Some((_, at)), Some(done)) => Some(done.saturating_duration_since(at).as_millis() as u64),
         _ => None,
     };
+    let api: Vec<&RecordedRequest> = requests
+        .iter()
+        .filter(|r| r.path.starts_with("/api/"))
+        .collect();
+    let mut rest_by_kind: Vec<(&'static str, usize)> = Vec::new();
+    for kind in REST_KINDS {
+        let n = api.iter().filter(|r| rest_kind(r) == kind).count();
+        if n > 0 {
+            rest_by_kind.push((kind, n));
+        }
+    }
     let mut row = Row {
         scenario: fault.name(),
         matched: expected.len(),
         confirmed: confirmed_expected,
         lost: expected.len() - confirmed_expected,
         duplicate_closes,
-        rest_requests: requests
-            .iter()
-            .filter(|r| r.path.starts_with("/api/"))
-            .count(),
+        rest_requests: api.len(),
+        rest_by_kind,
         recover_ms,
         unreceived_events,
         lost_unseen,
@@ -413,6 +503,86 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
     };
     row.passes = fault.bar(&row);
     Ok(row)
+}
+
+/// How long the restart row's daemon stays down.
+const DOWN_FOR: Duration = Duration::from_secs(2);
+
+fn secret() -> SecretString {
+    SecretString::from("sim-secret".to_string())
+}
+
+/// Forwards the daemon's close reports, stamped on arrival, until it stops.
+fn forward_reports(daemon: &mut Harness, to: mpsc::UnboundedSender<(Instant, CloseReport)>) {
+    let (_, empty) = mpsc::unbounded_channel();
+    let mut from = std::mem::replace(&mut daemon.reports, empty);
+    tokio::spawn(async move {
+        while let Some(r) = from.recv().await {
+            let _ = to.send((Instant::now(), r));
+        }
+    });
+}
+
+/// Kills the daemon now and, `DOWN_FOR` after `at`, starts it again on the same state
+/// directory and config; the new daemon's reports go to `to`.
+fn restart(
+    daemon: Harness,
+    at: Instant,
+    sim: &SimHandle,
+    config: &Config,
+    to: mpsc::UnboundedSender<(Instant, CloseReport)>,
+) -> tokio::task::JoinHandle<anyhow::Result<Harness>> {
+    let state = daemon.kill();
+    let sim = sim.clone();
+    let config = config.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(at + DOWN_FOR).await;
+        if !state.wait_unlocked(Duration::from_secs(10)).await {
+            anyhow::bail!("the killed daemon still holds its state directory after 10 s");
+        }
+        let launch = Launch {
+            state: Some(state),
+            own_runtime: true,
+        };
+        let mut d = start_daemon_with(&sim, &config, secret(), TOKEN, launch).await?;
+        forward_reports(&mut d, to);
+        Ok(d)
+    })
+}
+
+/// The kinds of API request the table counts, in column order.
+const REST_KINDS: [&str; 8] = [
+    "close", "read", "sub", "channel", "topics", "flowq", "queueq", "other",
+];
+
+/// What an API request was for: `close` (a disconnect PATCH or teardown), `read` (a
+/// conversation GET), `sub` (subscriptions), `channel` (channel creation, listing,
+/// HEAD), `topics` (availabletopics), `flowq` (flow activity query), `queueq` (queue
+/// observation query), `other`.
+fn rest_kind(r: &RecordedRequest) -> &'static str {
+    let p = r.path.as_str();
+    let m = r.method.as_str();
+    if p.starts_with("/api/v2/notifications/channels/") && p.ends_with("/subscriptions") {
+        "sub"
+    } else if p == "/api/v2/notifications/channels"
+        || p.starts_with("/api/v2/notifications/channels/")
+    {
+        "channel"
+    } else if p == "/api/v2/notifications/availabletopics" {
+        "topics"
+    } else if p == "/api/v2/analytics/flows/activity/query" {
+        "flowq"
+    } else if p == "/api/v2/analytics/queues/observations/query" {
+        "queueq"
+    } else if (m == "PATCH" && p.starts_with("/api/v2/conversations/messages/"))
+        || (m == "POST" && p.starts_with("/api/v2/conversations/") && p.ends_with("/disconnect"))
+    {
+        "close"
+    } else if m == "GET" && p.starts_with("/api/v2/conversations/") {
+        "read"
+    } else {
+        "other"
+    }
 }
 
 fn confirmed_ids(reports: &[(Instant, CloseReport)]) -> HashSet<&str> {
@@ -454,8 +624,8 @@ fn bot(intent: Option<&str>, by_intake: bool) -> BotConversationSpec {
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::from(
         "| scenario | matched | confirmed | lost | of which never seen | duplicate closes \
-         | REST requests | recover ms | unreceived events | verdict |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         | REST requests | REST by kind | recover ms | unreceived events | verdict |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let mut lost = r.lost.to_string();
@@ -471,8 +641,13 @@ pub fn table(rows: &[Row]) -> String {
             let parts: Vec<String> = by.iter().map(|(p, n)| format!("{p} {n}")).collect();
             lost += &format!(" ({})", parts.join(", "));
         }
+        let by_kind: Vec<String> = r
+            .rest_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.matched,
             r.confirmed,
@@ -480,6 +655,7 @@ pub fn table(rows: &[Row]) -> String {
             r.lost_unseen,
             r.duplicate_closes,
             r.rest_requests,
+            by_kind.join(", "),
             r.recover_ms
                 .map_or_else(|| "probe never seen".to_string(), |ms| ms.to_string()),
             r.unreceived_events,

@@ -80,6 +80,14 @@ impl SimHandle {
         world.drop_sockets(Scope::Every);
     }
 
+    /// For `d` from now, WebSocket connections are refused (503), while the REST API
+    /// keeps working. Sockets attached now stay (see `drop_sockets` to close them).
+    pub fn refuse_sockets_for(&self, d: Duration) {
+        let now = Instant::now();
+        *lock(&self.world().refuse_sockets_until) =
+            Some(now.checked_add(d).unwrap_or(now + FOREVER));
+    }
+
     /// Every issued token becomes invalid: the next API call with one gets 401.
     pub fn revoke_tokens(&self) {
         self.world().revoke_tokens();
@@ -148,7 +156,9 @@ impl SimHandle {
     /// answers. `count: 0` does nothing.
     pub fn fail_requests(&self, f: RestFault) {
         self.world().add_rest_fault(ActiveFault {
+            method: None,
             path_prefix: f.path_prefix,
+            exact: false,
             status: f.status,
             retry_after: f.retry_after,
             budget: Budget::Count(f.count),
@@ -167,7 +177,32 @@ impl SimHandle {
         let now = Instant::now();
         let until = now.checked_add(duration).unwrap_or(now + FOREVER);
         self.world().add_rest_fault(ActiveFault {
+            method: None,
             path_prefix: path_prefix.to_owned(),
+            exact: false,
+            status,
+            retry_after,
+            budget: Budget::Until(until),
+        });
+    }
+
+    /// Like `fail_requests_for`, but only requests with `method` on exactly `path`
+    /// (e.g. `POST /api/v2/notifications/channels`, channel creation, while the
+    /// subscription calls under it are served).
+    pub fn fail_endpoint_for(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        retry_after: Option<u64>,
+        duration: Duration,
+    ) {
+        let now = Instant::now();
+        let until = now.checked_add(duration).unwrap_or(now + FOREVER);
+        self.world().add_rest_fault(ActiveFault {
+            method: Some(method.to_owned()),
+            path_prefix: path.to_owned(),
+            exact: true,
             status,
             retry_after,
             budget: Budget::Until(until),

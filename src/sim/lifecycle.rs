@@ -42,6 +42,51 @@ impl Conversations {
             .collect()
     }
 
+    /// Every open conversation in a queue now, as the queue observations see it:
+    /// `Interacting` once an agent of the queue is connected, else `Waiting` while
+    /// its `acd` participant for the queue has not ended. Conversations a bot flow
+    /// still has (no queue) and closed ones are not in any queue.
+    pub(crate) fn in_queues(&self) -> Vec<InQueue> {
+        let mut out = Vec::new();
+        for c in self.map.values().filter(|c| !c.is_closed()) {
+            let connected = |role: Role| {
+                c.participants
+                    .iter()
+                    .filter(move |p| p.role == role && p.is_connected())
+            };
+            let agent = connected(Role::Agent).find_map(|p| {
+                let queue = p.queue_id.as_ref().or(c.queue_id.as_ref())?;
+                Some((queue, p))
+            });
+            let (queue, p, state) = match agent {
+                Some((queue, p)) => (queue, p, QueueState::Interacting),
+                None => {
+                    let Some(acd) = connected(Role::Acd).find(|p| p.queue_id.is_some()) else {
+                        continue;
+                    };
+                    let Some(queue) = acd.queue_id.as_ref() else {
+                        continue;
+                    };
+                    (queue, acd, QueueState::Waiting)
+                }
+            };
+            out.push(InQueue {
+                queue_id: queue.clone(),
+                state,
+                conversation_id: c.id.clone(),
+                session_id: p.session.clone(),
+                // Waiting since the conversation entered the queue; interacting
+                // since the agent connected.
+                since: match state {
+                    QueueState::Waiting => p.start,
+                    QueueState::Interacting => p.connected,
+                },
+                user_id: p.user_id.clone(),
+            });
+        }
+        out
+    }
+
     /// Remembers a conversation that just closed, forgetting the oldest closed
     /// ones past `CLOSED_KEEP`.
     pub(crate) fn note_if_closed(&mut self, id: &str) {
@@ -54,6 +99,30 @@ impl Conversations {
             }
         }
     }
+}
+
+/// Where an open conversation stands in its queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QueueState {
+    /// In the queue, no agent connected (`oWaiting`).
+    Waiting,
+    /// Connected to an agent of the queue (`oInteracting`).
+    Interacting,
+}
+
+/// One conversation in a queue now (`Conversations::in_queues`).
+#[derive(Clone, Debug)]
+pub(crate) struct InQueue {
+    pub(crate) queue_id: String,
+    pub(crate) state: QueueState,
+    pub(crate) conversation_id: String,
+    /// The session the observation is about: the `acd` participant's while waiting,
+    /// the agent's while interacting.
+    pub(crate) session_id: String,
+    /// Since when it is in that state.
+    pub(crate) since: SystemTime,
+    /// The agent, while interacting.
+    pub(crate) user_id: Option<String>,
 }
 
 /// A delayed change to apply to a conversation.

@@ -10,6 +10,11 @@
 //! - `rest`: router, request recorder, `ErrorBody` errors, bearer check, `/oauth/token`;
 //! - `rest_notifications`, `rest_conversations`: the API handlers (the latter also
 //!   the generic `GET /api/v2/conversations/{id}`, the farewell message and wrap-up);
+//! - `flow_activity`: `POST /api/v2/analytics/flows/activity/query`, the conversations
+//!   a bot flow has now;
+//! - `queue_observations`: `POST /api/v2/analytics/queues/observations/query`, the
+//!   conversations in a queue now (`oWaiting`, `oInteracting`; counted by
+//!   `observation_queries`);
 //! - `available_topics`: the topic families, `GET .../availabletopics`, and which
 //!   concrete topics a subscription accepts;
 //! - `socket`: the notification WebSocket;
@@ -29,12 +34,16 @@
 //! `sim` subcommand exposes none of it):
 //! - flags in `Faults` (`SimConfig::faults`, `set_faults`): ignored disconnects
 //!   and teardowns, silent sockets, duplicated and reordered events;
-//! - sockets: `send_socket_closing`, `socket_closing_then_close`, `drop_sockets`;
+//! - sockets: `send_socket_closing`, `socket_closing_then_close`, `drop_sockets`
+//!   (`drop_sockets_on`), `stall_sockets` (`stall_sockets_on`), `refuse_sockets_for`
+//!   (upgrades refused, the API up), `outage` (sockets and API down);
 //! - channels: `expire_channels`, `expire_channels_after` / `SimConfig::channel_ttl`
 //!   (timed expiry, renewed by re-subscribing), `no_longer_subscribed`,
-//!   `drop_topics_silently`;
-//! - REST: `fail_requests` (`RestFault`), `fail_requests_for`,
-//!   `clear_request_faults`, `revoke_tokens`; the org's rate limit
+//!   `drop_topics_silently` (these three, and the socket faults, also come as
+//!   `..._on(Scope)`: every channel, or the busiest one);
+//! - REST: `fail_requests` (`RestFault`), `fail_requests_for`, `fail_endpoint_for`
+//!   (one method on one exact path, e.g. channel creation), `clear_request_faults`,
+//!   `revoke_tokens`; the org's rate limit
 //!   (`SimConfig::rate_limit`, `set_rate_limit`); held, slow requests
 //!   (`delay_requests`, `hold_requests`), to stop a client while a request is in flight;
 //! - frames that are not notifications: `push_raw_text`, `push_binary`,
@@ -55,6 +64,7 @@ mod generator;
 mod ids;
 mod lifecycle;
 mod model;
+mod queue_observations;
 mod rest;
 mod rest_conversations;
 mod rest_faults;
@@ -125,6 +135,10 @@ pub struct SimConfig {
     /// window has room). Genesys's default is 300 per 60 s per OAuth client. `None`
     /// (the default): no limit. Change it mid-run with `SimHandle::set_rate_limit`.
     pub rate_limit: Option<(u32, Duration)>,
+    /// Most observations `POST /api/v2/analytics/queues/observations/query` lists per
+    /// metric and group (at least 1); past it the list is `truncated`: the oldest
+    /// half and the newest half are kept, as the API documents. Default 1,000.
+    pub observation_cap: usize,
 }
 
 impl Default for SimConfig {
@@ -143,6 +157,7 @@ impl Default for SimConfig {
             refused_transports: Vec::new(),
             channel_ttl: Duration::from_secs(24 * 3600),
             rate_limit: None,
+            observation_cap: 1_000,
         }
     }
 }
@@ -164,6 +179,7 @@ impl fmt::Debug for SimConfig {
             .field("refused_transports", &self.refused_transports)
             .field("channel_ttl", &self.channel_ttl)
             .field("rate_limit", &self.rate_limit)
+            .field("observation_cap", &self.observation_cap)
             .finish()
     }
 }
@@ -419,6 +435,15 @@ impl SimHandle {
     /// Every HTTP request in arrival order with the status answered (the last 100,000).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.world().requests()
+    }
+
+    /// How many `POST /api/v2/analytics/queues/observations/query` were answered 200
+    /// (a faulted, rate-limited, unauthorised or invalid one is not counted; all are
+    /// in `requests()`).
+    pub fn observation_queries(&self) -> u64 {
+        self.world()
+            .observation_queries
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `requests()` with each request's arrival time.

@@ -81,6 +81,10 @@ pub(crate) fn router(world: Arc<World>) -> Router {
             "/api/v2/analytics/flows/activity/query",
             post(super::flow_activity::query),
         )
+        .route(
+            "/api/v2/analytics/queues/observations/query",
+            post(super::queue_observations::query),
+        )
         .route("/channels/{channel_id}", get(socket::upgrade))
         .fallback(not_found)
         // Genesys answers an unsupported method on a known path like an unknown path.
@@ -377,7 +381,7 @@ async fn serve(world: &World, seq: u64, logged: String, req: Request, next: Next
     let path = req.uri().path().to_owned();
     // An injected fault, then the rate limit, answer in place of the handler, like a
     // gateway would.
-    let resp = if let Some(hit) = world.take_rest_fault(&path) {
+    let resp = if let Some(hit) = world.take_rest_fault(req.method().as_str(), &path) {
         rest_faults::answer(&path, hit)
     } else if let Some(limited) = world.take_rate_limit(&path) {
         rest_limits::answer(limited)

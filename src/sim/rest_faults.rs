@@ -25,7 +25,11 @@ pub(crate) enum Budget {
 /// One fault in force.
 #[derive(Clone, Debug)]
 pub(crate) struct ActiveFault {
+    /// Only requests with this method (`None`: any method).
+    pub(crate) method: Option<String>,
+    /// With `exact`, the whole path; else a prefix of it.
     pub(crate) path_prefix: String,
+    pub(crate) exact: bool,
     pub(crate) status: u16,
     pub(crate) retry_after: Option<u64>,
     pub(crate) budget: Budget,
@@ -37,6 +41,19 @@ impl ActiveFault {
             Budget::Count(n) => n == 0,
             Budget::Until(t) => t <= now,
         }
+    }
+
+    fn matches(&self, method: &str, path: &str) -> bool {
+        let path_ok = if self.exact {
+            path == self.path_prefix
+        } else {
+            path.starts_with(self.path_prefix.as_str())
+        };
+        path_ok
+            && self
+                .method
+                .as_deref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
     }
 }
 
@@ -56,15 +73,13 @@ impl World {
         lock(&self.rest_faults).clear();
     }
 
-    /// The first fault in force for `path` (in the order they were added), with
-    /// one use taken from its budget; spent faults are forgotten on the way.
-    pub(crate) fn take_rest_fault(&self, path: &str) -> Option<Hit> {
+    /// The first fault in force for `method path` (in the order they were added),
+    /// with one use taken from its budget; spent faults are forgotten on the way.
+    pub(crate) fn take_rest_fault(&self, method: &str, path: &str) -> Option<Hit> {
         let now = Instant::now();
         let mut faults = lock(&self.rest_faults);
         faults.retain(|f| !f.spent(now));
-        let f = faults
-            .iter_mut()
-            .find(|f| path.starts_with(f.path_prefix.as_str()))?;
+        let f = faults.iter_mut().find(|f| f.matches(method, path))?;
         if let Budget::Count(n) = &mut f.budget {
             *n -= 1;
         }
@@ -163,14 +178,16 @@ mod tests {
         let cfg = SimConfig::default();
         let w = World::new(&cfg, cfg.listen);
         let fault = |prefix: &str, status, budget| ActiveFault {
+            method: None,
             path_prefix: prefix.into(),
+            exact: false,
             status,
             retry_after: None,
             budget,
         };
         w.add_rest_fault(fault("/api/v2/conv", 503, Budget::Count(2)));
         w.add_rest_fault(fault("", 429, Budget::Count(1)));
-        let status = |p: &str| w.take_rest_fault(p).map(|h| h.status);
+        let status = |p: &str| w.take_rest_fault("GET", p).map(|h| h.status);
         assert_eq!(status("/oauth/token"), Some(429));
         assert_eq!(status("/oauth/token"), None);
         assert_eq!(status("/api/v2/conversations/x"), Some(503));
@@ -184,5 +201,22 @@ mod tests {
         w.add_rest_fault(fault("", 500, Budget::Count(5)));
         w.clear_rest_faults();
         assert_eq!(status("/api/v2/x"), None);
+        // One method on one exact path: the same path's other methods and the
+        // paths below it are served.
+        w.add_rest_fault(ActiveFault {
+            method: Some("POST".into()),
+            path_prefix: "/api/v2/notifications/channels".into(),
+            exact: true,
+            status: 503,
+            retry_after: None,
+            budget: Budget::Count(5),
+        });
+        let post = |p: &str| w.take_rest_fault("post", p).map(|h| h.status);
+        assert_eq!(status("/api/v2/notifications/channels"), None);
+        assert_eq!(
+            post("/api/v2/notifications/channels/c1/subscriptions"),
+            None
+        );
+        assert_eq!(post("/api/v2/notifications/channels"), Some(503));
     }
 }

@@ -79,6 +79,10 @@ pub(crate) struct World {
     /// The org's rate limit and the requests to hold (`rest_limits`).
     pub(crate) limits: Mutex<Limits>,
     pub(crate) conversations: Mutex<Conversations>,
+    /// Most observations listed per metric and group (`SimConfig::observation_cap`).
+    pub(crate) observation_cap: usize,
+    /// Queue observation queries answered 200.
+    pub(crate) observation_queries: AtomicU64,
     ignore_disconnect: AtomicBool,
     ignore_teardown: AtomicBool,
     silent_sockets: AtomicBool,
@@ -128,6 +132,8 @@ impl World {
             rest_faults: Mutex::new(Vec::new()),
             limits: Mutex::new(Limits::new(cfg.rate_limit)),
             conversations: Mutex::new(Conversations::default()),
+            observation_cap: cfg.observation_cap.max(1),
+            observation_queries: AtomicU64::new(0),
             ignore_disconnect: AtomicBool::new(false),
             ignore_teardown: AtomicBool::new(false),
             silent_sockets: AtomicBool::new(false),
