@@ -29,7 +29,8 @@ pub struct Rule {
     pub disconnect: DisconnectMode,
     /// How long to wait for the confirming event.
     pub confirm_timeout: Duration,
-    /// How long a disconnect that failed for a reason that passes is retried.
+    /// How long a disconnect that failed for a reason that passes (429, 5xx, transport)
+    /// is retried; waiting for a refused login is not bounded by it.
     pub retry_for: Duration,
     /// Farewell text sent before the disconnect, at most once.
     pub farewell: Option<Box<str>>,

@@ -7,8 +7,18 @@
 //! so the map stays the single source of truth), then the documented last resort, a
 //! full teardown, and one more wait. After a confirmed close, optionally a wrap-up code
 //! for agents that need one. Every step is journalled before it is sent, so a restart
-//! resumes a close from the step it reached ([`Resume`]). Each sequence ends in exactly
-//! one [`CloseReport`], one journalled outcome and one log line.
+//! resumes a close from the step it reached ([`Resume`]).
+//!
+//! Every request and every pause between tries races the waiter: once the conversation
+//! is seen closed nothing more is sent. A request still in flight (hung, or between the
+//! API client's own retries) is dropped, so it is never retried, and the close is
+//! confirmed (wrap-up included). A step that could not be sent for want of a token (the
+//! login refused or unreachable) sent nothing: it waits for the login, with no
+//! deadline, and is never reported failed; if the daemon stops meanwhile the close is
+//! left unfinished (no outcome), and the next start resumes it.
+//!
+//! A sequence that runs to its end gives exactly one [`CloseReport`], one journalled
+//! outcome and one log line.
 
 mod sequence;
 
@@ -274,7 +284,11 @@ impl Closer {
         crate::metrics::decision(&decision.verdict.rule.name, decision.source.as_str());
         let this = self.clone();
         self.tracker.spawn(async move {
-            let report = this.sequence(decision).await;
+            // Left unfinished (stopping while no token could be had): no outcome, so
+            // the journal keeps the close and the next start resumes it.
+            let Some(report) = this.sequence(decision).await else {
+                return;
+            };
             log_report(&report);
             crate::metrics::outcome(&report);
             let outcome = OutcomeRecord {
@@ -289,15 +303,6 @@ impl Closer {
             let _ = this.journal.outcome(outcome).await;
             let _ = this.reports.send(report);
         });
-    }
-}
-
-/// Waits for the closing event; `None` on timeout.
-async fn wait(rx: oneshot::Receiver<Instant>, timeout: Duration) -> Option<Instant> {
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(Ok(at)) => Some(at),
-        // Sender dropped: replaced or cancelled; treat as not confirmed.
-        Ok(Err(_)) | Err(_) => None,
     }
 }
 

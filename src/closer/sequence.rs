@@ -1,13 +1,13 @@
 //! One close sequence, step by step (see the module doc of [`super`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{
-    CloseReport, Closer, ConfirmedBy, Decision, ENSURE_WITHIN, Outcome, note_error, step, wait,
-};
+use super::{CloseReport, Closer, ConfirmedBy, Decision, ENSURE_WITHIN, Outcome, note_error, step};
 use crate::config::DisconnectMode;
 use crate::farewell;
 use crate::genesys::api::ApiError;
@@ -17,8 +17,58 @@ use crate::rules::Rule;
 /// Notes left on a wrap-up the daemon sends.
 const WRAPUP_NOTES: &str = "closed by genesys-closer on a bot intent";
 
+/// First pause of the retries of a disconnect that failed for a reason that passes.
+const RETRY_PAUSE_MIN: Duration = Duration::from_secs(1);
+/// Longest pause between two tries of a step: a retry after a failure that passes, and
+/// a fresh login after one was refused.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(30);
+/// How often the state map is looked at for a close once the waiter is gone (dropped
+/// by someone else); while it is in place, the waiter answers at once.
+const STORE_POLL: Duration = Duration::from_millis(100);
+/// How often a wait for the login looks whether the daemon is stopping.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+
+/// The confirmation waiter of a running sequence: registered before the first
+/// request, kept until the sequence ends; `None` once it fired or was dropped.
+type Waiter = Option<oneshot::Receiver<Instant>>;
+
+/// How a step raced against the conversation's end came out.
+enum Raced<T> {
+    /// The step finished first.
+    Done(T),
+    /// The conversation was seen closed first (at the event's arrival when the waiter
+    /// said so): the step was dropped, and with it any retry it had in store.
+    Closed(Option<Instant>),
+}
+
+/// How a wait for the login ended.
+enum Login {
+    /// A token can be had again: try the step again.
+    Token,
+    /// The conversation was seen closed meanwhile.
+    Closed(Option<Instant>),
+    /// The daemon is stopping: the close stays unfinished for the next start.
+    Stopping,
+}
+
+/// A wait for the login that did not end in a token.
+enum NoLogin {
+    Closed(Option<Instant>),
+    Stopping,
+}
+
 impl Closer {
-    pub(super) async fn sequence(&self, d: Decision) -> CloseReport {
+    /// Runs one close to its end; `None` when it was left unfinished (the daemon stops
+    /// while no token can be had): no outcome is recorded, so the journal keeps it for
+    /// the next start.
+    pub(super) async fn sequence(&self, d: Decision) -> Option<CloseReport> {
+        let report = self.steps(&d).await;
+        // Whatever way it ended, the waiter goes (a no-op when it fired).
+        self.waiters.cancel(&d.conversation_id);
+        report
+    }
+
+    async fn steps(&self, d: &Decision) -> Option<CloseReport> {
         let rule = Arc::clone(&d.verdict.rule);
         let mut r = CloseReport {
             conversation_id: d.conversation_id.clone(),
@@ -38,12 +88,12 @@ impl Closer {
         let id = &*d.conversation_id;
         if d.already_closed {
             r.outcome = Outcome::AlreadyClosed;
-            return r;
+            return Some(r);
         }
         if rule.dry_run {
             r.outcome = Outcome::DryRun;
             r.reason = Some("dry run: would disconnect".into());
-            return r;
+            return Some(r);
         }
         // At most `max_concurrent_closes` sequences send at once; the rest queue here.
         let _turn = Arc::clone(&self.running).acquire_owned().await;
@@ -53,12 +103,17 @@ impl Closer {
             // A close a past run left unfinished: read it once; it may have closed since.
             tracing::info!(conversation_id = id, rule = &*rule.name, steps = %res.steps.join(","),
                 "resuming a close a past run left unfinished");
-            if self.read(id, &mut r).await == Some(true) {
-                r.outcome = Outcome::Confirmed;
-                r.confirmed_by = Some(ConfirmedBy::Read);
-                r.latency = d.decided_at.elapsed();
-                r.reason = None;
-                return r;
+            if matches!(self.read(id, &mut r).await, Ok(true)) {
+                self.confirmed(
+                    d,
+                    &rule,
+                    &mut r,
+                    None,
+                    ConfirmedBy::Read,
+                    Outcome::Confirmed,
+                )
+                .await;
+                return Some(r);
             }
         }
 
@@ -72,7 +127,8 @@ impl Closer {
         }
 
         let accepted_before = resume.as_ref().is_some_and(|s| s.disconnect_accepted());
-        // Step 1 (optional): the farewell, before the disconnect, at most once.
+        // Step 1 (optional): the farewell, before the disconnect, at most once, and
+        // never to a conversation already seen closed.
         if let Some(text) = &rule.farewell
             && !accepted_before
             && !self.store.is_closed(id)
@@ -80,29 +136,41 @@ impl Closer {
             self.farewell(id, text, resume.as_ref(), &mut r).await;
         }
 
-        // Step 2: disconnect, with the waiter in place first.
-        let mut waiter = self.waiters.register(id);
+        // Step 2: disconnect, with the waiter in place first (register, recheck, send).
+        let mut waiter: Waiter = Some(self.waiters.register(id));
         if self.store.is_closed(id) {
-            self.waiters.cancel(id);
-            r.outcome = if r.sent.is_empty() {
-                Outcome::AlreadyClosed
+            if r.sent.is_empty() {
+                r.outcome = Outcome::AlreadyClosed;
+                r.latency = d.decided_at.elapsed();
             } else {
-                Outcome::Confirmed
-            };
-            r.latency = d.decided_at.elapsed();
-            return r;
+                self.confirmed(
+                    d,
+                    &rule,
+                    &mut r,
+                    None,
+                    ConfirmedBy::Event,
+                    Outcome::Confirmed,
+                )
+                .await;
+            }
+            return Some(r);
         }
         let accepted = if accepted_before {
             true
         } else {
-            // A failure that passes (429, 5xx, transport, login) is retried until the
-            // rule's deadline; the teardown is never the answer to it. A conversation
-            // seen closed meanwhile is confirmed and nothing more is sent.
-            let mut pause = Duration::from_secs(1);
+            // A failure that passes (429, 5xx, transport) is retried until the rule's
+            // deadline; the teardown is never the answer to it. A disconnect that could
+            // not go for want of a token was not sent at all: it waits for the login,
+            // with no deadline. Every request and every pause races the waiter: once
+            // the conversation is seen closed, nothing more is sent (a request in
+            // flight is dropped, and its retries with it) and the close is confirmed.
+            let mut pause = RETRY_PAUSE_MIN;
             // The retry deadline runs from the first attempt, not the decision: a close
             // that waited its turn behind the budget or the concurrency bound (a burst
-            // larger than the budget) still gets its whole `retry_for`.
+            // larger than the budget) still gets its whole `retry_for`. Time spent
+            // waiting for a token does not count: nothing could be sent meanwhile.
             let first_attempt = Instant::now();
+            let mut without_login = Duration::ZERO;
             loop {
                 let (call, about, sent_step) = match (rule.disconnect, d.customer_id.as_deref()) {
                     (DisconnectMode::Customer, Some(_)) => (
@@ -127,11 +195,37 @@ impl Closer {
                 // (the event loop does not wait for that one), so every disconnect sent
                 // is in the journal even if the process is killed the next instant.
                 let _ = self.journal.step(id, about).await;
-                let sent = match (call, d.customer_id.as_deref()) {
-                    ("patch_customer", Some(customer)) => {
-                        self.api.disconnect_participant(id, customer).await
+                let request = async {
+                    match (call, d.customer_id.as_deref()) {
+                        ("patch_customer", Some(customer)) => {
+                            self.api.disconnect_participant(id, customer).await
+                        }
+                        _ => self.api.disconnect_conversation(id).await,
                     }
-                    _ => self.api.disconnect_conversation(id).await,
+                };
+                let sent = match self.race(id, &mut waiter, request).await {
+                    Raced::Done(sent) => sent,
+                    Raced::Closed(at) => {
+                        // Whatever the request would have done next (time out, 5xx,
+                        // reset), it is not retried. Whether Genesys answered it is
+                        // unknown, so it is not counted as sent.
+                        self.journal.note(
+                            id,
+                            &format!(
+                                "dropped:{call}: the conversation closed while it was in flight"
+                            ),
+                        );
+                        self.confirmed(
+                            d,
+                            &rule,
+                            &mut r,
+                            at,
+                            ConfirmedBy::Event,
+                            Outcome::Confirmed,
+                        )
+                        .await;
+                        return Some(r);
+                    }
                 };
                 // Only requests Genesys answered count as sent.
                 if !matches!(&sent, Err(ApiError::Transport { .. } | ApiError::Auth(_))) {
@@ -143,36 +237,53 @@ impl Closer {
                         self.journal.note(id, sent_step);
                         break true;
                     }
+                    Err(e @ ApiError::Auth(_)) => {
+                        let since = Instant::now();
+                        match self
+                            .wait_for_login(id, &rule, &mut waiter, call, &e, &mut r)
+                            .await
+                        {
+                            Login::Token => without_login += since.elapsed(),
+                            Login::Closed(at) => {
+                                self.confirmed(
+                                    d,
+                                    &rule,
+                                    &mut r,
+                                    at,
+                                    ConfirmedBy::Event,
+                                    Outcome::Confirmed,
+                                )
+                                .await;
+                                return Some(r);
+                            }
+                            Login::Stopping => return None,
+                        }
+                    }
                     Err(e)
-                        if e.is_retryable() && first_attempt.elapsed() + pause < rule.retry_for =>
+                        if e.is_retryable()
+                            && first_attempt.elapsed().saturating_sub(without_login) + pause
+                                < rule.retry_for =>
                     {
                         self.journal.note(id, &format!("failed:{call}: {e}"));
                         tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
                             correlation_id = e.correlation_id(), retry_in_ms = pause.as_millis() as u64,
                             "disconnect failed for a reason that passes; retrying until the rule's deadline");
                         note_error(&mut r, &e);
-                        tokio::select! {
-                            at = &mut waiter => {
-                                if let Ok(at) = at {
-                                    r.outcome = Outcome::Confirmed;
-                                    r.confirmed_by = Some(ConfirmedBy::Event);
-                                    r.latency = at.saturating_duration_since(d.decided_at);
-                                    r.reason = None;
-                                    return r;
-                                }
-                                waiter = self.waiters.register(id);
-                            }
-                            _ = tokio::time::sleep(pause) => {}
+                        if let Raced::Closed(at) =
+                            self.race(id, &mut waiter, tokio::time::sleep(pause)).await
+                        {
+                            self.confirmed(
+                                d,
+                                &rule,
+                                &mut r,
+                                at,
+                                ConfirmedBy::Event,
+                                Outcome::Confirmed,
+                            )
+                            .await;
+                            return Some(r);
                         }
-                        if self.store.is_closed(id) {
-                            self.waiters.cancel(id);
-                            r.outcome = Outcome::Confirmed;
-                            r.confirmed_by = Some(ConfirmedBy::Event);
-                            r.latency = d.decided_at.elapsed();
-                            r.reason = None;
-                            return r;
-                        }
-                        pause = (pause * 2).min(Duration::from_secs(30));
+                        pause = (pause * 2).min(RETRY_PAUSE_MAX);
                     }
                     Err(e) => {
                         self.journal.note(id, &format!("failed:{call}: {e}"));
@@ -193,31 +304,53 @@ impl Closer {
             } else {
                 rule.confirm_timeout
             };
-            if let Some(at) = wait(waiter, left).await {
-                self.confirmed(
-                    &d,
-                    &rule,
-                    &mut r,
-                    Some(at),
-                    ConfirmedBy::Event,
-                    Outcome::Confirmed,
-                )
-                .await;
-                return r;
+            if let Ok(at) = tokio::time::timeout(left, self.closed(id, &mut waiter)).await {
+                self.confirmed(d, &rule, &mut r, at, ConfirmedBy::Event, Outcome::Confirmed)
+                    .await;
+                return Some(r);
             }
             r.reason = Some(format!(
                 "no closing event within {} ms of the disconnect",
                 rule.confirm_timeout.as_millis()
             ));
-        } else {
-            self.waiters.cancel(id);
         }
 
-        // Step 3: one read. Fed to the event loop so state (and any waiter) sees it.
-        if self.read(id, &mut r).await == Some(true) {
-            self.waiters.cancel(id);
+        // Step 3: one read. Fed to the event loop so state (and any waiter) sees it. A
+        // read that could not go for want of a token waits for the login.
+        let read = loop {
+            match self.race(id, &mut waiter, self.read(id, &mut r)).await {
+                Raced::Closed(at) => {
+                    self.confirmed(d, &rule, &mut r, at, ConfirmedBy::Event, Outcome::Confirmed)
+                        .await;
+                    return Some(r);
+                }
+                Raced::Done(Err(e @ ApiError::Auth(_))) => {
+                    match self
+                        .wait_for_login(id, &rule, &mut waiter, "get_conversation", &e, &mut r)
+                        .await
+                    {
+                        Login::Token => continue,
+                        Login::Closed(at) => {
+                            self.confirmed(
+                                d,
+                                &rule,
+                                &mut r,
+                                at,
+                                ConfirmedBy::Event,
+                                Outcome::Confirmed,
+                            )
+                            .await;
+                            return Some(r);
+                        }
+                        Login::Stopping => return None,
+                    }
+                }
+                Raced::Done(read) => break read,
+            }
+        };
+        if matches!(read, Ok(true)) {
             self.confirmed(
-                &d,
+                d,
                 &rule,
                 &mut r,
                 None,
@@ -225,22 +358,21 @@ impl Closer {
                 Outcome::Confirmed,
             )
             .await;
-            return r;
+            return Some(r);
         }
 
         // The teardown answers only a disconnect Genesys accepted that did not take; a
         // disconnect refused for good (a 4xx) or never answered ends here.
         if !accepted {
             r.latency = d.decided_at.elapsed();
-            return r;
+            return Some(r);
         }
 
-        // Step 4: full teardown, the documented last resort, then wait again.
-        let waiter = self.waiters.register(id);
+        // Step 4: full teardown, the documented last resort, then wait again. The
+        // waiter registered before the disconnect is still in place.
         if self.store.is_closed(id) {
-            self.waiters.cancel(id);
             self.confirmed(
-                &d,
+                d,
                 &rule,
                 &mut r,
                 None,
@@ -248,7 +380,7 @@ impl Closer {
                 Outcome::Confirmed,
             )
             .await;
-            return r;
+            return Some(r);
         }
         let torn_before = resume.as_ref().is_some_and(|s| s.has(step::SENT_TEARDOWN));
         if !torn_before {
@@ -257,38 +389,77 @@ impl Closer {
                 rule = &*rule.name,
                 "escalating to POST /api/v2/conversations/{{id}}/disconnect (full teardown)"
             );
-            let _ = self.journal.step(id, step::ABOUT_TO_SEND_TEARDOWN).await;
-            match self.api.teardown(id).await {
-                Ok(_) => {
-                    r.sent.push("teardown");
-                    self.journal.note(id, step::SENT_TEARDOWN);
-                }
-                Err(e) => {
-                    if !matches!(&e, ApiError::Transport { .. } | ApiError::Auth(_)) {
-                        r.sent.push("teardown");
+            loop {
+                let _ = self.journal.step(id, step::ABOUT_TO_SEND_TEARDOWN).await;
+                match self.race(id, &mut waiter, self.api.teardown(id)).await {
+                    Raced::Closed(at) => {
+                        self.journal.note(
+                            id,
+                            "dropped:teardown: the conversation closed while it was in flight",
+                        );
+                        self.confirmed(
+                            d,
+                            &rule,
+                            &mut r,
+                            at,
+                            ConfirmedBy::Event,
+                            Outcome::EscalatedConfirmed,
+                        )
+                        .await;
+                        return Some(r);
                     }
-                    self.journal.note(id, &format!("failed:teardown: {e}"));
-                    self.waiters.cancel(id);
-                    note_error(&mut r, &e);
-                    r.latency = d.decided_at.elapsed();
-                    return r;
+                    Raced::Done(Ok(_)) => {
+                        r.sent.push("teardown");
+                        self.journal.note(id, step::SENT_TEARDOWN);
+                        break;
+                    }
+                    Raced::Done(Err(e @ ApiError::Auth(_))) => {
+                        match self
+                            .wait_for_login(id, &rule, &mut waiter, "teardown", &e, &mut r)
+                            .await
+                        {
+                            Login::Token => continue,
+                            // The teardown never went: the disconnect took after all.
+                            Login::Closed(at) => {
+                                self.confirmed(
+                                    d,
+                                    &rule,
+                                    &mut r,
+                                    at,
+                                    ConfirmedBy::Event,
+                                    Outcome::Confirmed,
+                                )
+                                .await;
+                                return Some(r);
+                            }
+                            Login::Stopping => return None,
+                        }
+                    }
+                    Raced::Done(Err(e)) => {
+                        if !matches!(&e, ApiError::Transport { .. }) {
+                            r.sent.push("teardown");
+                        }
+                        self.journal.note(id, &format!("failed:teardown: {e}"));
+                        note_error(&mut r, &e);
+                        r.latency = d.decided_at.elapsed();
+                        return Some(r);
+                    }
                 }
             }
         }
-        match wait(waiter, rule.confirm_timeout).await {
-            Some(at) => {
+        match tokio::time::timeout(rule.confirm_timeout, self.closed(id, &mut waiter)).await {
+            Ok(at) => {
                 self.confirmed(
-                    &d,
+                    d,
                     &rule,
                     &mut r,
-                    Some(at),
+                    at,
                     ConfirmedBy::Event,
                     Outcome::EscalatedConfirmed,
                 )
                 .await;
             }
-            None => {
-                self.waiters.cancel(id);
+            Err(_) => {
                 r.reason = Some(format!(
                     "still open {} ms after the full teardown",
                     rule.confirm_timeout.as_millis()
@@ -296,7 +467,142 @@ impl Closer {
                 r.latency = d.decided_at.elapsed();
             }
         }
-        r
+        Some(r)
+    }
+
+    /// Resolves once the conversation is seen closed: by its waiter, with the closing
+    /// event's arrival time (the event loop notifies it in the same breath as it marks
+    /// the conversation closed in the map), or, should the waiter be gone (dropped by
+    /// someone else), by the state map, looked at every [`STORE_POLL`] (`None`: the
+    /// map showed it). Cancel-safe: dropped, it leaves the waiter in place.
+    async fn closed(&self, id: &str, waiter: &mut Waiter) -> Option<Instant> {
+        if let Some(rx) = waiter.as_mut() {
+            let got = rx.await;
+            *waiter = None;
+            if let Ok(at) = got {
+                return Some(at);
+            }
+        }
+        loop {
+            if self.store.is_closed(id) {
+                return None;
+            }
+            tokio::time::sleep(STORE_POLL).await;
+        }
+    }
+
+    /// Runs `step` unless the conversation is seen closed first, in which case `step`
+    /// is dropped where it stands: a request in flight is abandoned and any retry its
+    /// client had in store (time-out, 5xx, reset) never goes out. The close is looked
+    /// at first on every wake-up, so a step woken together with the closing event is
+    /// not polled again (polling it could send a retry).
+    async fn race<T>(
+        &self,
+        id: &str,
+        waiter: &mut Waiter,
+        step: impl Future<Output = T>,
+    ) -> Raced<T> {
+        if self.store.is_closed(id) {
+            let at = waiter.take().and_then(|mut rx| rx.try_recv().ok());
+            return Raced::Closed(at);
+        }
+        tokio::select! {
+            biased;
+            at = self.closed(id, waiter) => Raced::Closed(at),
+            out = step => Raced::Done(out),
+        }
+    }
+
+    /// `what` could not be sent for want of a token (the login refused, e.g. a revoked
+    /// client secret, or unreachable): nothing went out, so this is an unfinished
+    /// close, not a failed one. Waits with a jittered backoff (capped at 30 s) for a
+    /// token, with no deadline, one warning per try; a conversation seen closed
+    /// meanwhile ends the wait, and so does the daemon stopping (the journal then
+    /// keeps the close for the next start).
+    async fn wait_for_login(
+        &self,
+        id: &str,
+        rule: &Rule,
+        waiter: &mut Waiter,
+        what: &'static str,
+        first: &ApiError,
+        r: &mut CloseReport,
+    ) -> Login {
+        note_error(r, first);
+        self.journal
+            .note(id, &format!("waiting:login: {what} not sent: {first}"));
+        let mut pause = RETRY_PAUSE_MIN;
+        let mut error = first.to_string();
+        loop {
+            // Between half and all of the pause, so closes waiting together spread out.
+            let delay = pause.mul_f64(0.5 + fastrand::f64() * 0.5);
+            tracing::warn!(conversation_id = id, rule = &*rule.name, step = what, error = %error,
+                retry_in_ms = delay.as_millis() as u64,
+                "no access token, so nothing was sent; the close is kept and tried again \
+                 until the login works");
+            if let Err(why) = self
+                .unless_closed_or_stopping(id, waiter, tokio::time::sleep(delay))
+                .await
+            {
+                return self.login_wait_ended(id, why);
+            }
+            match self
+                .unless_closed_or_stopping(id, waiter, self.api.token())
+                .await
+            {
+                Ok(Ok(_)) => {
+                    tracing::info!(
+                        conversation_id = id,
+                        rule = &*rule.name,
+                        step = what,
+                        "access token obtained again; sending"
+                    );
+                    return Login::Token;
+                }
+                Ok(Err(e)) => error = e.to_string(),
+                Err(why) => return self.login_wait_ended(id, why),
+            }
+            pause = (pause * 2).min(RETRY_PAUSE_MAX);
+        }
+    }
+
+    fn login_wait_ended(&self, id: &str, why: NoLogin) -> Login {
+        match why {
+            NoLogin::Closed(at) => Login::Closed(at),
+            NoLogin::Stopping => {
+                tracing::warn!(
+                    conversation_id = id,
+                    "stopping while no access token can be had: the close stays unfinished \
+                     in the journal and the next start resumes it"
+                );
+                self.journal
+                    .note(id, "unfinished: stopped while waiting for the login");
+                Login::Stopping
+            }
+        }
+    }
+
+    /// [`race`](Self::race), also ended by the daemon stopping (its tracker closed for
+    /// the drain).
+    async fn unless_closed_or_stopping<T>(
+        &self,
+        id: &str,
+        waiter: &mut Waiter,
+        step: impl Future<Output = T>,
+    ) -> Result<T, NoLogin> {
+        let stopping = async {
+            while !self.tracker.is_closed() {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+        };
+        tokio::select! {
+            biased;
+            raced = self.race(id, waiter, step) => match raced {
+                Raced::Done(out) => Ok(out),
+                Raced::Closed(at) => Err(NoLogin::Closed(at)),
+            },
+            () = stopping => Err(NoLogin::Stopping),
+        }
     }
 
     /// Marks the report confirmed, then sends the rule's wrap-up (after the disconnect,
@@ -310,6 +616,8 @@ impl Closer {
         by: ConfirmedBy,
         outcome: Outcome,
     ) {
+        // Nothing more is waited for: the waiter goes before the wrap-up.
+        self.waiters.cancel(&d.conversation_id);
         r.outcome = outcome;
         r.confirmed_by = Some(by);
         r.latency = at.map_or_else(
@@ -322,9 +630,9 @@ impl Closer {
         }
     }
 
-    /// One read at close priority, fed back to the event loop; `Some(closed)` when it
+    /// One read at close priority, fed back to the event loop; `Ok(closed)` when it
     /// was answered.
-    async fn read(&self, id: &str, r: &mut CloseReport) -> Option<bool> {
+    async fn read(&self, id: &str, r: &mut CloseReport) -> Result<bool, ApiError> {
         match self
             .api
             .get_conversation_as(Priority::Close, id, &self.wanted_attributes.get())
@@ -338,14 +646,14 @@ impl Closer {
                 }
                 self.journal
                     .note(id, if closed { "read:closed" } else { "read:open" });
-                Some(closed)
+                Ok(closed)
             }
             Err(e) => {
                 if !matches!(&e, ApiError::Transport { .. } | ApiError::Auth(_)) {
                     r.sent.push("get_conversation");
                 }
                 note_error(r, &e);
-                None
+                Err(e)
             }
         }
     }
@@ -390,6 +698,12 @@ impl Closer {
                 return;
             }
         };
+        if self.store.is_closed(id) {
+            // It ended while its communications were read: no farewell to a closed one.
+            self.journal
+                .note(id, "skipped:farewell: the conversation closed");
+            return;
+        }
         let (_participant, communication) = match farewell::farewell_communication(&parts) {
             Ok(c) => c,
             Err(why) => {
@@ -407,6 +721,11 @@ impl Closer {
             // Without the record, a crash could send it twice: better none than two.
             tracing::error!(conversation_id = id, error = %e,
                 "farewell skipped: it could not be journalled first");
+            return;
+        }
+        if self.store.is_closed(id) {
+            self.journal
+                .note(id, "skipped:farewell: the conversation closed");
             return;
         }
         match self.api.send_message(id, &communication, text).await {

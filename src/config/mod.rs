@@ -344,8 +344,9 @@ pub struct RuleConfig {
     pub disconnect: DisconnectMode,
     /// How long to wait for the confirming event before reading and escalating.
     pub confirm_timeout: Duration,
-    /// How long after the decision a disconnect that failed for a reason that passes
-    /// (429, 5xx, transport, login) is still retried.
+    /// How long after its first attempt a disconnect that failed for a reason that
+    /// passes (429, 5xx, transport) is still retried. A close that cannot be sent for
+    /// want of a token is not bounded by it: it waits for the login, never failing.
     pub retry_for: Duration,
     /// A message sent to the guest before the disconnect, at most once per
     /// conversation (journalled), on the agent's or else the flow's communication.
