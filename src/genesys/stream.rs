@@ -399,3 +399,36 @@ pub(super) fn expires_in(ch: &Channel) -> Option<Duration> {
             .unwrap_or(Duration::ZERO),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_stream_down_probes_and_one_coming_back_wakes_the_others() {
+        let r = Reconnects::default();
+        for stream in [3, 1, 100] {
+            r.down(stream);
+        }
+        // One probe at a time: the first of those down.
+        assert!(r.probes(1) && !r.probes(3) && !r.probes(100));
+        let back = r.back.notified();
+        tokio::pin!(back);
+        back.as_mut().enable();
+        // The prober's socket is live: the others are woken to try now.
+        r.up(1);
+        tokio::time::timeout(Duration::from_secs(1), back)
+            .await
+            .expect("the others are woken when one stream is back");
+        assert!(r.probes(3), "the next stream down probes now");
+        // A stream that was not down wakes nobody.
+        let quiet = r.back.notified();
+        tokio::pin!(quiet);
+        quiet.as_mut().enable();
+        r.up(1);
+        assert!(
+            tokio::time::timeout(Duration::ZERO, quiet).await.is_err(),
+            "nobody is woken by a stream that was already up"
+        );
+    }
+}
