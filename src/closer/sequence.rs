@@ -104,16 +104,9 @@ impl Closer {
             tracing::info!(conversation_id = id, rule = &*rule.name, steps = %res.steps.join(","),
                 "resuming a close a past run left unfinished");
             if matches!(self.read(id, &mut r).await, Ok(true)) {
-                self.confirmed(
-                    d,
-                    &rule,
-                    &mut r,
-                    None,
-                    ConfirmedBy::Read,
-                    Outcome::Confirmed,
-                )
-                .await;
-                return Some(r);
+                return self
+                    .confirmed(d, &rule, r, None, ConfirmedBy::Read, Outcome::Confirmed)
+                    .await;
             }
         }
 
@@ -139,20 +132,13 @@ impl Closer {
         // Step 2: disconnect, with the waiter in place first (register, recheck, send).
         let mut waiter: Waiter = Some(self.waiters.register(id));
         if self.store.is_closed(id) {
-            if r.sent.is_empty() {
-                r.outcome = Outcome::AlreadyClosed;
-                r.latency = d.decided_at.elapsed();
-            } else {
-                self.confirmed(
-                    d,
-                    &rule,
-                    &mut r,
-                    None,
-                    ConfirmedBy::Event,
-                    Outcome::Confirmed,
-                )
-                .await;
+            if !r.sent.is_empty() {
+                return self
+                    .confirmed(d, &rule, r, None, ConfirmedBy::Event, Outcome::Confirmed)
+                    .await;
             }
+            r.outcome = Outcome::AlreadyClosed;
+            r.latency = d.decided_at.elapsed();
             return Some(r);
         }
         let accepted = if accepted_before {
@@ -215,16 +201,9 @@ impl Closer {
                                 "dropped:{call}: the conversation closed while it was in flight"
                             ),
                         );
-                        self.confirmed(
-                            d,
-                            &rule,
-                            &mut r,
-                            at,
-                            ConfirmedBy::Event,
-                            Outcome::Confirmed,
-                        )
-                        .await;
-                        return Some(r);
+                        return self
+                            .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
+                            .await;
                     }
                 };
                 // Only requests Genesys answered count as sent.
@@ -245,16 +224,16 @@ impl Closer {
                         {
                             Login::Token => without_login += since.elapsed(),
                             Login::Closed(at) => {
-                                self.confirmed(
-                                    d,
-                                    &rule,
-                                    &mut r,
-                                    at,
-                                    ConfirmedBy::Event,
-                                    Outcome::Confirmed,
-                                )
-                                .await;
-                                return Some(r);
+                                return self
+                                    .confirmed(
+                                        d,
+                                        &rule,
+                                        r,
+                                        at,
+                                        ConfirmedBy::Event,
+                                        Outcome::Confirmed,
+                                    )
+                                    .await;
                             }
                             Login::Stopping => return None,
                         }
@@ -272,16 +251,9 @@ impl Closer {
                         if let Raced::Closed(at) =
                             self.race(id, &mut waiter, tokio::time::sleep(pause)).await
                         {
-                            self.confirmed(
-                                d,
-                                &rule,
-                                &mut r,
-                                at,
-                                ConfirmedBy::Event,
-                                Outcome::Confirmed,
-                            )
-                            .await;
-                            return Some(r);
+                            return self
+                                .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
+                                .await;
                         }
                         pause = (pause * 2).min(RETRY_PAUSE_MAX);
                     }
@@ -305,9 +277,9 @@ impl Closer {
                 rule.confirm_timeout
             };
             if let Ok(at) = tokio::time::timeout(left, self.closed(id, &mut waiter)).await {
-                self.confirmed(d, &rule, &mut r, at, ConfirmedBy::Event, Outcome::Confirmed)
+                return self
+                    .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
                     .await;
-                return Some(r);
             }
             r.reason = Some(format!(
                 "no closing event within {} ms of the disconnect",
@@ -320,9 +292,9 @@ impl Closer {
         let read = loop {
             match self.race(id, &mut waiter, self.read(id, &mut r)).await {
                 Raced::Closed(at) => {
-                    self.confirmed(d, &rule, &mut r, at, ConfirmedBy::Event, Outcome::Confirmed)
+                    return self
+                        .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
                         .await;
-                    return Some(r);
                 }
                 Raced::Done(Err(e @ ApiError::Auth(_))) => {
                     match self
@@ -331,16 +303,9 @@ impl Closer {
                     {
                         Login::Token => continue,
                         Login::Closed(at) => {
-                            self.confirmed(
-                                d,
-                                &rule,
-                                &mut r,
-                                at,
-                                ConfirmedBy::Event,
-                                Outcome::Confirmed,
-                            )
-                            .await;
-                            return Some(r);
+                            return self
+                                .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
+                                .await;
                         }
                         Login::Stopping => return None,
                     }
@@ -349,16 +314,9 @@ impl Closer {
             }
         };
         if matches!(read, Ok(true)) {
-            self.confirmed(
-                d,
-                &rule,
-                &mut r,
-                None,
-                ConfirmedBy::Read,
-                Outcome::Confirmed,
-            )
-            .await;
-            return Some(r);
+            return self
+                .confirmed(d, &rule, r, None, ConfirmedBy::Read, Outcome::Confirmed)
+                .await;
         }
 
         // The teardown answers only a disconnect Genesys accepted that did not take; a
@@ -371,16 +329,9 @@ impl Closer {
         // Step 4: full teardown, the documented last resort, then wait again. The
         // waiter registered before the disconnect is still in place.
         if self.store.is_closed(id) {
-            self.confirmed(
-                d,
-                &rule,
-                &mut r,
-                None,
-                ConfirmedBy::Event,
-                Outcome::Confirmed,
-            )
-            .await;
-            return Some(r);
+            return self
+                .confirmed(d, &rule, r, None, ConfirmedBy::Event, Outcome::Confirmed)
+                .await;
         }
         let torn_before = resume.as_ref().is_some_and(|s| s.has(step::SENT_TEARDOWN));
         if !torn_before {
@@ -397,16 +348,16 @@ impl Closer {
                             id,
                             "dropped:teardown: the conversation closed while it was in flight",
                         );
-                        self.confirmed(
-                            d,
-                            &rule,
-                            &mut r,
-                            at,
-                            ConfirmedBy::Event,
-                            Outcome::EscalatedConfirmed,
-                        )
-                        .await;
-                        return Some(r);
+                        return self
+                            .confirmed(
+                                d,
+                                &rule,
+                                r,
+                                at,
+                                ConfirmedBy::Event,
+                                Outcome::EscalatedConfirmed,
+                            )
+                            .await;
                     }
                     Raced::Done(Ok(_)) => {
                         r.sent.push("teardown");
@@ -421,16 +372,16 @@ impl Closer {
                             Login::Token => continue,
                             // The teardown never went: the disconnect took after all.
                             Login::Closed(at) => {
-                                self.confirmed(
-                                    d,
-                                    &rule,
-                                    &mut r,
-                                    at,
-                                    ConfirmedBy::Event,
-                                    Outcome::Confirmed,
-                                )
-                                .await;
-                                return Some(r);
+                                return self
+                                    .confirmed(
+                                        d,
+                                        &rule,
+                                        r,
+                                        at,
+                                        ConfirmedBy::Event,
+                                        Outcome::Confirmed,
+                                    )
+                                    .await;
                             }
                             Login::Stopping => return None,
                         }
@@ -449,15 +400,16 @@ impl Closer {
         }
         match tokio::time::timeout(rule.confirm_timeout, self.closed(id, &mut waiter)).await {
             Ok(at) => {
-                self.confirmed(
-                    d,
-                    &rule,
-                    &mut r,
-                    at,
-                    ConfirmedBy::Event,
-                    Outcome::EscalatedConfirmed,
-                )
-                .await;
+                return self
+                    .confirmed(
+                        d,
+                        &rule,
+                        r,
+                        at,
+                        ConfirmedBy::Event,
+                        Outcome::EscalatedConfirmed,
+                    )
+                    .await;
             }
             Err(_) => {
                 r.reason = Some(format!(
@@ -606,16 +558,16 @@ impl Closer {
     }
 
     /// Marks the report confirmed, then sends the rule's wrap-up (after the disconnect,
-    /// as the facts sheet describes).
+    /// as the facts sheet describes); the finished report, for the sequence to return.
     async fn confirmed(
         &self,
         d: &Decision,
         rule: &Rule,
-        r: &mut CloseReport,
+        mut r: CloseReport,
         at: Option<Instant>,
         by: ConfirmedBy,
         outcome: Outcome,
-    ) {
+    ) -> Option<CloseReport> {
         // Nothing more is waited for: the waiter goes before the wrap-up.
         self.waiters.cancel(&d.conversation_id);
         r.outcome = outcome;
@@ -626,8 +578,9 @@ impl Closer {
         );
         r.reason = None;
         if let Some(code) = &rule.wrapup_code {
-            self.wrapup(&d.conversation_id, code, r).await;
+            self.wrapup(&d.conversation_id, code, &mut r).await;
         }
+        Some(r)
     }
 
     /// One read at close priority, fed back to the event loop; `Ok(closed)` when it

@@ -434,7 +434,10 @@ impl ChannelStream {
                     last_event = None;
                     let verify = checking.is_none()
                         && silence_verified.is_none_or(|t| t.elapsed() >= SILENCE_VERIFY_SPACING);
-                    tracing::info!(stream = self.index, channel_id = %ch.id,
+                    // Debug only: a quiet moment in a quiet org is no news; what the
+                    // checks find (a socket that does not answer, topics missing) is
+                    // logged at warn level.
+                    tracing::debug!(stream = self.index, channel_id = %ch.id,
                         silent_ms = self.config.silence_check.as_millis() as u64, verify,
                         "events stopped on this channel: checking the socket and its subscriptions");
                     if pong_by.is_none() {
