@@ -255,12 +255,13 @@ impl EventLoop {
     }
 
     /// A flow-metrics record named a conversation: watch it if it is new to us.
-    pub fn on_discovered(&mut self, m: &FlowMetric, received: Instant) {
+    /// Returns whether it was new to us.
+    pub fn on_discovered(&mut self, m: &FlowMetric, received: Instant) -> bool {
         let known = self.store.with(&m.conversation_id, |c| {
             c.is_decided() || c.is_closed() || c.is_watched()
         });
         if known == Some(true) {
-            return;
+            return false;
         }
         self.stats.discovered.inc();
         // `nFlow` is counted when the flow starts; any other metric comes later, so the
@@ -281,6 +282,7 @@ impl EventLoop {
             self.owed_catchup.insert(m.conversation_id.clone());
         }
         self.watch(&m.conversation_id);
+        true
     }
 
     /// Starts watching a conversation's detail topics (batched) unless it already is.
@@ -529,9 +531,7 @@ impl EventLoop {
                 let mut plan = Plan::default();
                 let now = Instant::now();
                 for m in &flows {
-                    let before = self.stats.discovered.get();
-                    self.on_discovered(m, now);
-                    if self.stats.discovered.get() > before {
+                    if self.on_discovered(m, now) {
                         plan.flow_new += 1;
                     }
                 }

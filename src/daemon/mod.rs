@@ -532,9 +532,11 @@ pub async fn run(
                 StreamEvent::Conversation(ev, received) => {
                     lp.on_event(&ev, received);
                 }
-                StreamEvent::Discovered(m, received) => lp.on_discovered(&m, received),
+                StreamEvent::Discovered(m, received) => {
+                    lp.on_discovered(&m, received);
+                }
                 StreamEvent::Watching(ids, at) => lp.on_watching(&ids, at),
-                StreamEvent::Live { stream, channel_id, gap } => {
+                StreamEvent::Live { stream, gap, .. } => {
                     if let Some(gap) = gap {
                         lp.on_gap(stream, gap, "the socket was down", false);
                     }
@@ -544,7 +546,7 @@ pub async fn run(
                     probes.set_ready(live.values().all(|l| *l));
                     if !ready_sent && live.values().all(|l| *l) {
                         ready_sent = true;
-                        tracing::info!(%channel_id, channels = live.len(),
+                        tracing::info!(channels = live.len(),
                             since_start_ms = started.elapsed().as_millis() as u64,
                             "every configured channel live: ready");
                         notifier.ready(&status_line(&live, &lp, &stats));

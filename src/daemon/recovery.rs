@@ -370,34 +370,32 @@ fn refused(e: &ApiError) -> bool {
     matches!(e.status(), Some(400..=499)) && e.status() != Some(429)
 }
 
-/// Runs `f` until it succeeds, fails for good, or [`LIST_RETRY_FOR`] has passed,
-/// counting each attempt.
+/// Runs `f` until it succeeds, fails for good, or its pauses add up to
+/// [`LIST_RETRY_FOR`], counting each attempt in `requests`.
 async fn with_retry<T, F, Fut>(requests: &mut usize, mut f: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    use backon::BackoffBuilder as _;
-    let started = Instant::now();
-    let mut backoff = backon::ExponentialBuilder::default()
+    use backon::Retryable as _;
+    let attempts = std::sync::atomic::AtomicUsize::new(0);
+    let backoff = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
         .with_max_delay(Duration::from_secs(20))
         .with_jitter()
-        .without_max_times()
-        .build();
-    loop {
-        *requests += 1;
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                let pause = backoff.next().unwrap_or(Duration::from_secs(20));
-                if !e.is_retryable() || started.elapsed() + pause >= LIST_RETRY_FOR {
-                    return Err(e);
-                }
-                tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64,
-                    "recovery listing failed; retrying");
-                tokio::time::sleep(pause).await;
-            }
-        }
-    }
+        .with_total_delay(Some(LIST_RETRY_FOR))
+        .without_max_times();
+    let result = (|| {
+        attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f()
+    })
+    .retry(backoff)
+    .when(ApiError::is_retryable)
+    .notify(|e, pause| {
+        tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64,
+            "recovery listing failed; retrying");
+    })
+    .await;
+    *requests += attempts.into_inner();
+    result
 }
