@@ -254,7 +254,8 @@ pub(crate) struct Launch {
 
 /// Starts the daemon on `config` with its intake on, makes the simulator play the bot
 /// flow's data action against that intake, and waits until every channel's socket is
-/// connected (no backfill exists: conversations created before would be missed).
+/// connected (conversations created before are found only by the daemon's start-up
+/// listing of the watched queues and flows).
 pub(crate) async fn start_daemon_on(
     sim: &SimHandle,
     config: &Config,

@@ -287,8 +287,8 @@ pub struct Row {
     /// the daemon subscribes: the queue, the flow's metrics, the watched detail topics).
     pub unreceived_events: usize,
     /// Of the lost, those no daemon socket ever received an event of: their only events
-    /// so far fell in the gap, so the daemon never heard of them (no listed endpoint lists
-    /// a queue's conversations, so no read can find a queue conversation either).
+    /// so far fell in the gap, and the recovery listing after it did not find them
+    /// either.
     pub lost_unseen: usize,
     /// The path of each lost conversation (`queue`, `flow`, `intake`), for diagnosis.
     pub lost_paths: Vec<&'static str>,
