@@ -4,10 +4,12 @@
 //! and keep its labels bounded (no conversation ids; rule names come from the config).
 //! When `[metrics]` is on, a recorder is installed once per process and a small HTTP/1
 //! server on loopback answers `GET` only:
-//! - `/metrics`: the Prometheus text format;
+//! - `/metrics`: the Prometheus text format: what the recorder holds, then the families
+//!   read at scrape time (the probes below, and `process_*` from `/proc/self`, in
+//!   [`process`]);
 //! - `/healthz`: 200 while the event loop turned within [`STALL_AFTER`], else 503;
-//! - `/readyz`: 200 while every configured stream is live and the journal writable,
-//!   else 503 naming what is not.
+//! - `/readyz`: 200 while every configured stream is live and journal writes are not
+//!   failing ([`JournalHealth`]), else 503 naming what is not.
 //!
 //! Anything else is 404 (405 for another method on a known path). The server reads no
 //! body, bounds the header read in size and time, serves a bounded number of connections
@@ -33,6 +35,8 @@ use crate::closer::{CloseReport, Outcome};
 use crate::config::MetricsConfig;
 use crate::genesys::budget::Priority;
 use crate::genesys::frames::Frame;
+
+mod process;
 
 /// Frames read from the notification sockets, by `kind`.
 pub const FRAMES: &str = "genesys_closer_frames_total";
@@ -66,6 +70,26 @@ pub const STREAMS_LIVE: &str = "genesys_closer_streams_live";
 pub const RECOVERY_WINDOWS: &str = "genesys_closer_recovery_windows_total";
 /// Conversations read, decided and left unread by recoveries, by `what`.
 pub const RECOVERED: &str = "genesys_closer_recovered_conversations_total";
+/// Outcome feed delivery attempts, by `sink` and `result` (recorded by `feed`).
+pub const FEED_DELIVERIES: &str = "genesys_closer_feed_deliveries_total";
+/// Outcomes waiting for delivery by the outcome feed (recorded by `feed`).
+pub const FEED_PENDING: &str = "genesys_closer_feed_pending";
+/// Always 1, labelled with the `version` and `commit` of this build.
+pub const BUILD_INFO: &str = "genesys_closer_build_info";
+/// Whether the last configuration load (the start, or the last reload) succeeded.
+pub const CONFIG_RELOAD_OK: &str = "genesys_closer_config_last_reload_successful";
+/// When the configuration was last loaded successfully, Unix seconds.
+pub const CONFIG_RELOAD_TIME: &str = "genesys_closer_config_last_reload_success_timestamp_seconds";
+/// systemd's `WatchdogSec`, seconds; 0 without a watchdog.
+pub const WATCHDOG_TIMEOUT: &str = "genesys_closer_watchdog_timeout_seconds";
+/// Seconds since the event loop last turned, at scrape time (written by hand).
+pub const LOOP_TURN_AGE: &str = "genesys_closer_event_loop_last_turn_age_seconds";
+/// 1 while `/readyz` answers 200, at scrape time (written by hand).
+pub const READY: &str = "genesys_closer_ready";
+/// 1 while every configured stream and mirror is live, at scrape time (written by hand).
+pub const STREAMS_ALL_LIVE: &str = "genesys_closer_streams_all_live";
+/// 1 while journal writes are failing (see [`JournalHealth`]), at scrape time.
+pub const JOURNAL_FAILING: &str = "genesys_closer_journal_failing";
 
 /// Buckets of [`CLOSE_LATENCY`], seconds.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,6 +135,10 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Gives every family the recorder renders its HELP line, and puts at zero those an
+/// alert watches, so the series exists before the first event (a rate needs two
+/// samples). Families rendered by hand at scrape time are in [`render_probes`] and
+/// [`process`].
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(FRAMES, "Frames read from the notification sockets, by kind");
@@ -155,8 +183,38 @@ fn describe() {
         RECOVERED,
         "Conversations listed after a blind window, by what became of them (read, decided, left)"
     );
+    describe_counter!(
+        FEED_DELIVERIES,
+        "Outcome feed delivery attempts, by sink (http, file) and result (ok, failed)"
+    );
+    describe_gauge!(
+        FEED_PENDING,
+        "Outcomes in the journal's outbox waiting for delivery by the outcome feed"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version and git commit of the running build"
+    );
+    describe_gauge!(
+        CONFIG_RELOAD_OK,
+        "1 if the last configuration load (start or reload) succeeded, 0 if the previous one stays in force"
+    );
+    describe_gauge!(
+        CONFIG_RELOAD_TIME,
+        Unit::Seconds,
+        "When the configuration was last loaded successfully (start or reload), Unix time"
+    );
+    describe_gauge!(
+        WATCHDOG_TIMEOUT,
+        Unit::Seconds,
+        "systemd's WatchdogSec: the event loop must turn within it or systemd restarts the daemon (0: no watchdog)"
+    );
+    metrics::gauge!(BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("GIT_COMMIT"))
+    .set(1.0);
+    // Present at zero from the start, so an alert or a panel has a series to watch.
     metrics::counter!(RECOVERY_WINDOWS).increment(0);
-    // Present at zero from the start, so an alert on them has a series to watch.
     metrics::counter!(JOURNAL_ERRORS).increment(0);
     for class in RECONNECT_CLASSES {
         metrics::counter!(RECONNECTS, "reason" => class).increment(0);
@@ -164,6 +222,14 @@ fn describe() {
     for reason in ROTATION_REASONS {
         metrics::counter!(ROTATIONS, "reason" => reason).increment(0);
     }
+    for what in ["read", "decided", "left"] {
+        metrics::counter!(RECOVERED, "what" => what).increment(0);
+    }
+    budget_queued([0; 3]);
+    metrics::gauge!(TRACKED).set(0.0);
+    metrics::gauge!(WATCHED_TOPICS).set(0.0);
+    metrics::gauge!(STREAMS_LIVE).set(0.0);
+    metrics::gauge!(WATCHDOG_TIMEOUT).set(0.0);
 }
 
 /// Every `reason` of [`RECONNECTS`].
@@ -359,12 +425,99 @@ pub fn set_streams_live(n: usize) {
     metrics::gauge!(STREAMS_LIVE).set(n as f64);
 }
 
+/// A configuration load finished: the start's (which succeeded, or the daemon would
+/// not run) or a reload's. A failed one leaves the success time as it was.
+pub fn config_loaded(ok: bool) {
+    metrics::gauge!(CONFIG_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(CONFIG_RELOAD_TIME).set(now);
+    }
+}
+
+/// systemd's watchdog timeout (`None`: no watchdog, shown as 0).
+pub fn set_watchdog_timeout(timeout: Option<Duration>) {
+    metrics::gauge!(WATCHDOG_TIMEOUT).set(timeout.map_or(0.0, |t| t.as_secs_f64()));
+}
+
 // ---- health ----
 
-/// Milliseconds on a process-wide monotonic clock (immune to wall-clock steps).
+/// Milliseconds on a process-wide monotonic clock (immune to wall-clock steps); never 0,
+/// so 0 can mean "never".
 fn mono_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// After a failed journal write, `/readyz` stays 503 until a later write succeeded and
+/// none failed for this long. A disk that fails some writes and not others (a full
+/// disk that frees a page now and then, a lock held on and off) must not look healthy
+/// between two failures.
+pub const JOURNAL_QUIET: Duration = Duration::from_secs(5);
+
+/// Whether journal writes are failing, for `/readyz`: the journal's writer records the
+/// result of every write, the endpoints read it. Cheap to share (`Arc`).
+#[derive(Debug, Default)]
+pub struct JournalHealth {
+    /// Wall-clock ms since the Unix epoch when the current run of failures began
+    /// (what the 503 says); 0 before the first failure.
+    failing_since_ms: AtomicU64,
+    /// Monotonic ms of the last failed write; 0: none yet.
+    last_failure: AtomicU64,
+    /// Monotonic ms of the last successful write; 0: none yet.
+    last_success: AtomicU64,
+}
+
+impl JournalHealth {
+    /// A journal none of whose writes failed yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Records one write's result.
+    pub fn record(&self, ok: bool) {
+        if ok {
+            self.success();
+        } else {
+            self.failure();
+        }
+    }
+
+    /// A write succeeded.
+    pub fn success(&self) {
+        self.last_success.store(mono_ms(), Ordering::Relaxed);
+    }
+
+    /// A write failed (or could not be handed to the writer).
+    pub fn failure(&self) {
+        let now = mono_ms();
+        if self.failing_since_at(now).is_none() {
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64);
+            self.failing_since_ms.store(wall, Ordering::Relaxed);
+        }
+        self.last_failure.store(now, Ordering::Relaxed);
+    }
+
+    /// When the current run of failures began (wall-clock ms), or `None` when writes
+    /// are not failing: none failed, or one succeeded after the last failure and none
+    /// failed for [`JOURNAL_QUIET`].
+    pub fn failing_since(&self) -> Option<u64> {
+        self.failing_since_at(mono_ms())
+    }
+
+    fn failing_since_at(&self, now_ms: u64) -> Option<u64> {
+        let failed = self.last_failure.load(Ordering::Relaxed);
+        if failed == 0 {
+            return None;
+        }
+        let recovered = self.last_success.load(Ordering::Relaxed) > failed
+            && now_ms.saturating_sub(failed) >= JOURNAL_QUIET.as_millis() as u64;
+        (!recovered).then(|| self.failing_since_ms.load(Ordering::Relaxed))
+    }
 }
 
 /// What the health endpoints read; the daemon writes it. Cheap to clone.
@@ -375,17 +528,17 @@ pub struct Probes {
     /// Every configured stream is live (set when the daemon logs "ready", cleared when
     /// one of them goes down).
     pub ready: Arc<AtomicBool>,
-    /// The journal's last write succeeded.
-    pub journal_writable: Arc<AtomicBool>,
+    /// Whether journal writes are failing.
+    pub journal: Arc<JournalHealth>,
 }
 
 impl Probes {
     /// Probes of a loop that turned just now and is not ready yet.
-    pub fn new(journal_writable: Arc<AtomicBool>) -> Self {
+    pub fn new(journal: Arc<JournalHealth>) -> Self {
         Probes {
             last_tick: Arc::new(AtomicU64::new(mono_ms())),
             ready: Arc::new(AtomicBool::new(false)),
-            journal_writable,
+            journal,
         }
     }
 
@@ -399,12 +552,17 @@ impl Probes {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Milliseconds since the event loop last turned.
+    fn loop_age_at(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_tick.load(Ordering::Relaxed))
+    }
+
     fn health(&self) -> (StatusCode, String) {
         self.health_at(mono_ms())
     }
 
     fn health_at(&self, now_ms: u64) -> (StatusCode, String) {
-        let idle = now_ms.saturating_sub(self.last_tick.load(Ordering::Relaxed));
+        let idle = self.loop_age_at(now_ms);
         if idle <= STALL_AFTER.as_millis() as u64 {
             (StatusCode::OK, "ok\n".into())
         } else {
@@ -418,10 +576,14 @@ impl Probes {
     fn readiness(&self) -> (StatusCode, String) {
         let mut not = Vec::new();
         if !self.ready.load(Ordering::Relaxed) {
-            not.push("streams: not every configured stream is live");
+            not.push("streams: not every configured stream is live".to_string());
         }
-        if !self.journal_writable.load(Ordering::Relaxed) {
-            not.push("journal: the last write failed");
+        if let Some(since) = self.journal.failing_since() {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(since);
+            not.push(format!(
+                "journal: writes failing since {}",
+                humantime::format_rfc3339_millis(at)
+            ));
         }
         if not.is_empty() {
             (StatusCode::OK, "ready\n".into())
@@ -430,6 +592,45 @@ impl Probes {
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {}\n", not.join("; ")),
             )
+        }
+    }
+
+    /// The families read from the probes at scrape time, in the text format.
+    fn render(&self, out: &mut String) {
+        let age = self.loop_age_at(mono_ms()) as f64 / 1000.0;
+        let ready = self.readiness().0 == StatusCode::OK;
+        let streams = self.ready.load(Ordering::Relaxed);
+        let journal = self.journal.failing_since().is_some();
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        let families = [
+            (
+                LOOP_TURN_AGE,
+                format!(
+                    "Seconds since the event loop last turned (it turns at least every {} s; \
+                     /healthz fails past {} s, systemd's watchdog at WatchdogSec)",
+                    TICK_EVERY.as_secs(),
+                    STALL_AFTER.as_secs()
+                ),
+                age,
+            ),
+            (READY, "1 while /readyz answers 200".into(), flag(ready)),
+            (
+                STREAMS_ALL_LIVE,
+                "1 while every configured stream and mirror has a live socket".into(),
+                flag(streams),
+            ),
+            (
+                JOURNAL_FAILING,
+                format!(
+                    "1 from a failed journal write until a later write succeeded and none \
+                     failed for {} s",
+                    JOURNAL_QUIET.as_secs()
+                ),
+                flag(journal),
+            ),
+        ];
+        for (name, help, value) in families {
+            process::family(out, name, &help, "gauge", value);
         }
     }
 }
@@ -478,9 +679,12 @@ pub struct Server {
     _stop: DropGuard,
 }
 
-/// Installs the recorder and serves `[metrics]` with the default [`Limits`].
+/// Installs the recorder and serves `[metrics]` with the default [`Limits`]. The
+/// configuration the daemon started with counts as the first successful load.
 pub async fn start(cfg: &MetricsConfig, probes: Probes) -> Result<Server, MetricsError> {
-    serve(cfg.listen, probes, Limits::default()).await
+    let server = serve(cfg.listen, probes, Limits::default()).await?;
+    config_loaded(true);
+    Ok(server)
 }
 
 /// Installs the recorder and serves on `listen` within `limits`.
@@ -608,7 +812,13 @@ fn answer<B>(req: &Request<B>, handle: &PrometheusHandle, probes: &Probes) -> Re
     }
     match path {
         "/metrics" => {
-            let mut r = Response::new(Body::from(handle.render()));
+            let mut body = handle.render();
+            if !body.is_empty() && !body.ends_with('\n') {
+                body.push('\n');
+            }
+            probes.render(&mut body);
+            process::render(&mut body);
+            let mut r = Response::new(Body::from(body));
             r.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -706,18 +916,19 @@ mod tests {
 
     #[test]
     fn health_and_readiness_follow_the_probes() {
-        let journal = Arc::new(AtomicBool::new(true));
+        let journal = JournalHealth::new();
         let p = Probes::new(Arc::clone(&journal));
         assert_eq!(p.health().0, StatusCode::OK);
         let (status, body) = p.readiness();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("streams"), "{body}");
         p.set_ready(true);
+        journal.success();
         assert_eq!(p.readiness().0, StatusCode::OK);
-        journal.store(false, Ordering::Relaxed);
+        journal.failure();
         let (status, body) = p.readiness();
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("journal"), "{body}");
+        assert!(body.contains("journal: writes failing since 20"), "{body}");
         assert!(!body.contains("streams"), "{body}");
         // A loop that has not turned for longer than the limit is stalled.
         let limit = STALL_AFTER.as_millis() as u64;
@@ -730,6 +941,80 @@ mod tests {
         assert_eq!(p.health_at(0).0, StatusCode::OK);
         p.tick();
         assert_eq!(p.health().0, StatusCode::OK);
+    }
+
+    #[test]
+    fn journal_failures_hold_until_a_success_and_a_quiet_spell() {
+        let h = JournalHealth::default();
+        let quiet = JOURNAL_QUIET.as_millis() as u64;
+        assert_eq!(h.failing_since_at(1_000), None, "no write failed yet");
+        h.last_success.store(1_000, Ordering::Relaxed);
+        assert_eq!(h.failing_since_at(1_000_000), None);
+        // A failure at t=2 s begins a run of failures.
+        h.failing_since_ms.store(42, Ordering::Relaxed);
+        h.last_failure.store(2_000, Ordering::Relaxed);
+        assert_eq!(h.failing_since_at(2_000), Some(42));
+        // No success since: still failing, however long ago the failure was.
+        assert_eq!(h.failing_since_at(2_000 + 10 * quiet), Some(42));
+        // A success right after it does not end the run before the quiet spell...
+        h.last_success.store(2_100, Ordering::Relaxed);
+        assert_eq!(h.failing_since_at(2_100), Some(42));
+        assert_eq!(h.failing_since_at(2_000 + quiet - 1), Some(42));
+        // ...nor when writes keep failing in between (successes and failures alternate).
+        h.last_failure.store(2_200, Ordering::Relaxed);
+        assert_eq!(h.failing_since_at(2_100 + quiet), Some(42));
+        h.last_success.store(2_300, Ordering::Relaxed);
+        assert_eq!(
+            h.failing_since_at(2_200 + quiet),
+            None,
+            "quiet since the last failure"
+        );
+
+        // The live clock: a new failure starts a new run with a fresh time.
+        let h = JournalHealth::default();
+        h.failure();
+        let since = h.failing_since().expect("failing");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            since <= now_ms && since + 60_000 > now_ms,
+            "{since} vs {now_ms}"
+        );
+        h.success();
+        assert!(h.failing_since().is_some(), "a success alone is not enough");
+    }
+
+    #[test]
+    fn probes_render_as_gauges_with_help() {
+        let p = Probes::new(JournalHealth::new());
+        let mut out = String::new();
+        p.render(&mut out);
+        for (name, value) in [
+            (READY, "0"),
+            (STREAMS_ALL_LIVE, "0"),
+            (JOURNAL_FAILING, "0"),
+        ] {
+            assert!(out.contains(&format!("# HELP {name} ")), "{out}");
+            assert!(out.contains(&format!("# TYPE {name} gauge\n")), "{out}");
+            assert!(
+                out.contains(&format!("\n{name} {value}\n")),
+                "{name}: {out}"
+            );
+        }
+        p.set_ready(true);
+        p.journal.success();
+        let mut out = String::new();
+        p.render(&mut out);
+        assert!(out.contains(&format!("\n{READY} 1\n")), "{out}");
+        assert!(out.contains(&format!("\n{STREAMS_ALL_LIVE} 1\n")), "{out}");
+        let age: f64 = out
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{LOOP_TURN_AGE} ")))
+            .and_then(|v| v.parse().ok())
+            .expect("the loop's age");
+        assert!((0.0..5.0).contains(&age), "{age}");
     }
 
     /// Sends `raw` on a fresh connection and reads until the server closes it (or 3 s).
@@ -752,8 +1037,7 @@ mod tests {
 
     #[tokio::test]
     async fn serves_get_only_and_survives_hostile_input() {
-        let journal = Arc::new(AtomicBool::new(true));
-        let probes = Probes::new(journal);
+        let probes = Probes::new(JournalHealth::new());
         let limits = Limits {
             max_connections: 2,
             header_timeout: Duration::from_millis(300),

@@ -181,3 +181,88 @@ async fn a_close_rotations_and_reconnects_show_in_the_metrics() {
     assert_eq!(summary.decisions, 1);
     sim.shutdown().await;
 }
+
+/// The body of `/readyz` once it answers 503, waiting for the streams first.
+async fn readiness(addr: SocketAddr) -> (u16, String) {
+    http(addr, "GET", "/readyz", "").await
+}
+
+/// Journal writes that fail some of the time (a trigger refuses every step while
+/// decisions and outcomes still go in, as on a disk that fails some writes) keep
+/// `/readyz` at 503 naming the journal, although writes succeed in between; once
+/// they stop failing it is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_stays_503_while_journal_writes_keep_failing() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, maddr, _) = start_metrics_daemon(config(&url, &url, ""), &sim).await;
+    ready(maddr).await;
+    let state = d._state.as_ref().expect("a private state dir").path();
+    let db = rusqlite::Connection::open(genesys_closer::journal::db_path(state)).expect("open");
+    db.busy_timeout(WAIT).expect("busy timeout");
+    db.execute_batch(
+        "CREATE TRIGGER refuse_steps BEFORE INSERT ON steps \
+         BEGIN SELECT RAISE(ABORT, 'injected: the disk refuses this write'); END;",
+    )
+    .expect("trigger");
+    let outcome_stored = |id: &str| {
+        db.query_row(
+            "SELECT outcome IS NOT NULL FROM decisions WHERE conversation_id = ?1",
+            [id],
+            |r| r.get::<_, bool>(0),
+        )
+        .unwrap_or(false)
+    };
+
+    for _ in 0..3 {
+        let id = sim.create_conversation(conversation(Some("Goodbye")));
+        let r = d.next_report(WAIT).await;
+        assert_eq!(
+            (&*r.conversation_id, r.outcome),
+            (id.as_str(), Outcome::Confirmed)
+        );
+        // The decision and the outcome were stored after the step failed: the last
+        // write succeeded, and writes are still failing.
+        assert!(outcome_stored(&id), "the outcome is journalled");
+        let (status, body) = readiness(maddr).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("journal: writes failing since 20"), "{body}");
+        assert!(!body.contains("streams"), "{body}");
+    }
+    let text = scrape(maddr).await;
+    let errors = sample(&text, "genesys_closer_journal_errors_total", &[]).unwrap_or(0.0);
+    assert!(errors >= 3.0, "{errors}");
+    assert_eq!(
+        sample(&text, "genesys_closer_journal_failing", &[]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "genesys_closer_ready", &[]), Some(0.0));
+
+    // The disk heals: the next close is journalled whole, and readiness comes back.
+    db.execute_batch("DROP TRIGGER refuse_steps;")
+        .expect("drop trigger");
+    let id = sim.create_conversation(conversation(Some("Goodbye")));
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, id.as_str());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = readiness(maddr).await;
+        if status == 200 {
+            break;
+        }
+        assert!(body.contains("journal"), "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready again: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = scrape(maddr).await;
+    assert_eq!(
+        sample(&text, "genesys_closer_journal_failing", &[]),
+        Some(0.0)
+    );
+    assert_eq!(sample(&text, "genesys_closer_ready", &[]), Some(1.0));
+    d.shutdown().await;
+    sim.shutdown().await;
+}

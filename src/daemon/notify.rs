@@ -21,6 +21,8 @@ impl Notifier {
         let mut usec = 0u64;
         let watchdog = (enabled && sd_notify::watchdog_enabled(false, &mut usec))
             .then(|| Duration::from_micros(usec));
+        // For the "watchdog near" alert: how long a stall may last before systemd acts.
+        crate::metrics::set_watchdog_timeout(watchdog);
         Notifier { enabled, watchdog }
     }
 

@@ -1,7 +1,10 @@
 //! Reloading the configuration in place (SIGHUP, `systemctl reload`).
 //!
 //! The file is read and validated again. On any problem the running configuration
-//! stays, every problem is logged with its position, and systemd's `STATUS=` says so.
+//! stays, every problem is logged with its position, then one error line says the
+//! reload failed, why (the first problem) and that the previous configuration stays in
+//! force; systemd's `STATUS=` says so too, and
+//! `genesys_closer_config_last_reload_successful` drops to 0.
 //! On success the rules are swapped at once (closes in flight finish under the rule
 //! that started them: each holds its own), the attributes frames keep follow the new
 //! rules, and changed queues, users and flows are subscribed on the running channels
@@ -37,6 +40,16 @@ impl Reloader {
                 for issue in &errors.0 {
                     tracing::error!(problem = %issue, "reload: configuration problem");
                 }
+                crate::metrics::config_loaded(false);
+                // One line that says it all, for whoever reads only the last one (or
+                // greps for "reload failed").
+                let first = errors.0.first().map(ToString::to_string);
+                tracing::error!(
+                    config = %path.display(),
+                    problems = errors.0.len(),
+                    error = first.as_deref().unwrap_or("unknown"),
+                    "reload failed; the previous configuration stays in force"
+                );
                 return Err(format!(
                     "reload failed: {} problem(s) in {}; still running the previous configuration",
                     errors.0.len(),
@@ -111,6 +124,7 @@ impl Reloader {
                 "reload: these changes take effect at the next restart; the running values stay"
             );
         }
+        crate::metrics::config_loaded(true);
         tracing::info!(
             config = %path.display(),
             rules = new.rules.len(),

@@ -23,7 +23,6 @@ mod sqlite;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -275,8 +274,8 @@ enum Cmd {
 #[derive(Clone)]
 pub struct Journal {
     tx: std_mpsc::Sender<Cmd>,
-    /// Whether the last write succeeded (for `/readyz`).
-    writable: Arc<AtomicBool>,
+    /// Whether writes are failing (for `/readyz`): every write's result is recorded.
+    writable: Arc<crate::metrics::JournalHealth>,
     /// Woken when an outcome enters the outbox.
     outbox_ready: Arc<tokio::sync::Notify>,
 }
@@ -377,7 +376,7 @@ pub fn open_with(
     let unfinished = backend.unfinished()?;
     let recently_finished = backend.finished_since(finished_since_ms)?;
     let (tx, rx) = std_mpsc::channel::<Cmd>();
-    let writable = Arc::new(AtomicBool::new(true));
+    let writable = crate::metrics::JournalHealth::new();
     let outbox_ready = Arc::new(tokio::sync::Notify::new());
     let ok = Arc::clone(&writable);
     let writer = std::thread::Builder::new()
@@ -473,12 +472,12 @@ struct Done {
 fn writer(
     mut b: SqliteBackend,
     rx: std_mpsc::Receiver<Cmd>,
-    ok: &AtomicBool,
+    ok: &crate::metrics::JournalHealth,
     sinks: Sinks,
     outbox_ready: &tokio::sync::Notify,
 ) {
     let answer = |reply: Option<Reply>, r: Result<(), JournalError>, what: &str, id: &str| {
-        ok.store(r.is_ok(), Ordering::Relaxed);
+        ok.record(r.is_ok());
         if let Err(e) = &r {
             crate::metrics::journal_error();
             tracing::error!(conversation_id = id, error = %e, what,
@@ -590,6 +589,7 @@ fn writer(
                         }
                         Err(e) => {
                             crate::metrics::journal_error();
+                            ok.failure();
                             tracing::error!(error = %e, "journal prune failed")
                         }
                     }
@@ -606,14 +606,13 @@ fn writer(
 impl Journal {
     fn submit(&self, cmd: Cmd) {
         if self.tx.send(cmd).is_err() {
-            self.writable.store(false, Ordering::Relaxed);
+            self.writable.failure();
             tracing::error!("journal writer stopped; records are no longer kept");
         }
     }
 
-    /// Whether the last write succeeded: cleared by a failed write, set again by the
-    /// next one that succeeds (for `/readyz`).
-    pub fn writable(&self) -> Arc<AtomicBool> {
+    /// Whether writes are failing, from each write's result (for `/readyz`).
+    pub fn writable(&self) -> Arc<crate::metrics::JournalHealth> {
         Arc::clone(&self.writable)
     }
 
