@@ -85,10 +85,15 @@ impl LogLimit {
     /// Whether to log this occurrence of `kind` now; `Some(n)` with the number of
     /// occurrences held back since the last line.
     pub fn allow(&self, kind: &'static str) -> Option<u64> {
+        self.allow_every(kind, LOG_EVERY)
+    }
+
+    /// [`allow`](Self::allow) with an interval of the caller's.
+    pub fn allow_every(&self, kind: &'static str, every: Duration) -> Option<u64> {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match seen.get_mut(kind) {
-            Some((last, held)) if now.duration_since(*last) < LOG_EVERY => {
+            Some((last, held)) if now.duration_since(*last) < every => {
                 *held += 1;
                 None
             }

@@ -111,6 +111,14 @@ retry_for = "2m"
         std::fs::write(self.dir().join("config.toml"), text).expect("config written");
     }
 
+    /// Adds one `key = value` line to the `[daemon]` section of the written config.
+    fn daemon_setting(&self, line: &str) {
+        let path = self.dir().join("config.toml");
+        let text = std::fs::read_to_string(&path).expect("config read");
+        let text = text.replacen("[daemon]\n", &format!("[daemon]\n{line}\n"), 1);
+        std::fs::write(&path, text).expect("config written");
+    }
+
     /// Starts `genesys-closer run` and waits until its socket is attached (it subscribes
     /// before it connects, so events from then on reach it).
     async fn start(&mut self) {
@@ -919,5 +927,62 @@ async fn restarted_with_a_thousand_unfinished_closes_listens_first() {
     s.start().await;
     ids.extend(dark);
     ids.extend(fresh);
+    s.finish(&ids, Duration::from_secs(120)).await;
+}
+
+/// SIGTERM with hundreds of closes queued behind the budget: the process exits within
+/// `[daemon] stop_timeout` (closes not yet sent stay unfinished in the journal), and the
+/// next start closes every one of them, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_hundreds_of_closes_queued_keeps_the_stop_bound() {
+    const STOP: Duration = Duration::from_secs(4);
+    let mut s = Scenario::new("bound", sim_config()).await;
+    // 120 a minute: 700 closes would take about six minutes.
+    s.config(120, "");
+    s.daemon_setting(&format!("stop_timeout = \"{}s\"", STOP.as_secs()));
+    s.start().await;
+    let ids: Vec<String> = (0..700).map(|_| s.create(false)).collect();
+    wait_until(Duration::from_secs(60), "700 decisions logged", || {
+        std::fs::read_to_string(s.log(1))
+            .map(|l| l.matches("rule matched").count() >= 700)
+            .unwrap_or(false)
+    })
+    .await;
+    // Genesys then rate-limits every call for 90 s and the socket drops: the closes and
+    // the stream's reconnect all wait on a Retry-After longer than the stop bound.
+    s.sim
+        .fail_requests_for("/api/v2/", 429, Some(90), Duration::from_secs(600));
+    s.sim.drop_sockets();
+    wait_until(
+        Duration::from_secs(30),
+        "the reconnect rate-limited",
+        || {
+            s.sim
+                .requests()
+                .iter()
+                .any(|r| r.path.starts_with("/api/v2/notifications/channels") && r.status == 429)
+        },
+    )
+    .await;
+    let signalled = Instant::now();
+    s.sigterm();
+    // The bound is the promise under test; the slack covers a loaded machine.
+    let status = s.wait_exit(STOP + Duration::from_secs(6)).await;
+    let took = signalled.elapsed();
+    assert!(status.success(), "clean exit: {status}");
+    let open = ids
+        .iter()
+        .filter(|id| s.sim.is_closed(id) != Some(true))
+        .count();
+    eprintln!(
+        "stop bound: exited {} ms after SIGTERM with stop_timeout {} s; {open} of 700 left \
+         for the next start",
+        took.as_millis(),
+        STOP.as_secs()
+    );
+    assert!(open > 0, "the scenario had closes left to carry over");
+    s.sim.clear_request_faults();
+    s.config(6000, "");
+    s.start().await;
     s.finish(&ids, Duration::from_secs(120)).await;
 }

@@ -110,6 +110,10 @@ pub struct DaemonConfig {
     pub retention: Duration,
     /// Close sequences running at once, at most. Default 200.
     pub max_concurrent_closes: usize,
+    /// SIGTERM to exit, at most: closes whose disconnect is out get until the last few
+    /// seconds of it to be confirmed; the rest stay unfinished in the journal for the
+    /// next start. Default 20 s (the unit's `TimeoutStopSec=` is 30 s).
+    pub stop_timeout: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -118,6 +122,7 @@ impl Default for DaemonConfig {
             state_dir: PathBuf::from("/var/lib/genesys-closer"),
             retention: Duration::from_secs(30 * 86_400),
             max_concurrent_closes: 200,
+            stop_timeout: Duration::from_secs(20),
         }
     }
 }

@@ -268,13 +268,31 @@ pub async fn run(
             crate::genesys::budget::Budget::new(config.genesys.requests_per_minute),
         )),
     );
-    // Fail fast on refused credentials; an unreachable login service is retried by the streams.
-    match api.token().await {
-        Ok(_) => {}
-        Err(e) if !e.is_retryable() => return Err(DaemonError::Credentials(e)),
-        Err(e) => tracing::warn!(error = %e, "login service not reachable yet; will keep trying"),
-    }
-    let usable = usable_sources(config, &api).await?;
+    // Fail fast on refused credentials; an unreachable login service is retried by the
+    // streams. A stop signal meanwhile ends the start at once: nothing is in flight yet.
+    let starting = async {
+        match api.token().await {
+            Ok(_) => {}
+            Err(e) if !e.is_retryable() => return Err(DaemonError::Credentials(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "login service not reachable yet; will keep trying");
+            }
+        }
+        usable_sources(config, &api).await
+    };
+    let usable = tokio::select! {
+        r = starting => r?,
+        () = opts.shutdown.cancelled() => {
+            stop_feed.cancel();
+            if let Some(t) = feed_task {
+                let _ = t.await;
+            }
+            drop(journal);
+            drop(opened.journal);
+            opened.guard.finish();
+            return Ok(stopped_while_starting(started));
+        }
+    };
 
     let rules = Rules::compile(config);
     let wanted = crate::genesys::frames::Wanted::new(rules.attributes());
@@ -284,6 +302,7 @@ pub async fn run(
     let (events_tx, mut events_rx) = mpsc::channel(EVENT_QUEUE);
     let (reads_tx, mut reads_rx) = mpsc::channel::<ConversationEvent>(256);
     let (reports_tx, mut reports_rx) = mpsc::unbounded_channel::<CloseReport>();
+    let (notice_tx, mut notice_rx) = mpsc::unbounded_channel::<event_loop::Notice>();
     let (live_tx, mut live_rx) = mpsc::channel::<Vec<Box<str>>>(256);
     let closes = TaskTracker::new();
     let stop_streams = CancellationToken::new();
@@ -382,10 +401,16 @@ pub async fn run(
             config.daemon.max_concurrent_closes,
         )),
     };
-    // Forward reports to the observer; the closer already logged them.
+    // Forward reports to the observer; the closer already logged them. A failed close
+    // is told to the event loop, which gives back the topics nothing waits on now.
     let observer = opts.reports;
+    let close_failed = notice_tx.clone();
     let forward = tokio::spawn(async move {
         while let Some(r) = reports_rx.recv().await {
+            if r.outcome == crate::closer::Outcome::Failed {
+                let _ =
+                    close_failed.send(event_loop::Notice::CloseFailed(r.conversation_id.clone()));
+            }
             if let Some(o) = &observer {
                 let _ = o.send(r);
             }
@@ -471,6 +496,7 @@ pub async fn run(
         api: Arc::clone(&api),
         wanted: Arc::clone(&wanted),
         reads: reads_tx,
+        notices: notice_tx,
         catchup_after: config.stream.catchup_after,
         verify: config.intake.as_ref().is_some_and(|i| i.verify),
         draining: false,
@@ -508,6 +534,8 @@ pub async fn run(
     let mut status_tick = tokio::time::interval(STATUS_EVERY);
     status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut drain_deadline = None::<Instant>;
+    // When the process must be gone (set by the stop signal).
+    let mut stop_by = None::<Instant>;
     let mut beat = tokio::time::interval(crate::metrics::TICK_EVERY);
     let mut evict = tokio::time::interval(EVICT_EVERY);
     evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -518,14 +546,20 @@ pub async fn run(
             _ = opts.shutdown.cancelled(), if !lp.draining => {
                 lp.draining = true;
                 stop_intake.cancel();
-                drain_deadline = Some(Instant::now() + opts.drain_timeout);
+                // The whole stop fits in `drain_timeout`: the drain gets all but the
+                // last part, which the streams, the journal and the feed share.
+                let now = Instant::now();
+                stop_by = Some(now + opts.drain_timeout);
+                drain_deadline = Some(now + opts.drain_timeout - teardown_reserve(opts.drain_timeout));
                 closes.close();
                 notifier.stopping(&format!("draining {} close(s) in flight", closes.len()));
                 tracing::info!(in_flight = closes.len(), "shutting down: draining in-flight closes");
             }
             _ = closes.wait(), if lp.draining => break,
             _ = sleep_until_opt(drain_deadline), if lp.draining => {
-                tracing::error!(in_flight = closes.len(), "drain deadline passed; closes abandoned");
+                tracing::warn!(in_flight = closes.len(),
+                    "stop bound reached: closes not finished stay unfinished in the journal and \
+                     the next start carries them on");
                 break;
             }
             Some(ev) = events_rx.recv() => match ev {
@@ -572,6 +606,8 @@ pub async fn run(
             },
             Some(ids) = live_rx.recv() => lp.on_watching(&ids, Instant::now()),
             Some(ask) = ask_rx.recv() => lp.on_recovery(ask, config.stream.recover_max_reads),
+            // A read that gave nothing, or a close that failed.
+            Some(notice) = notice_rx.recv() => lp.on_notice(notice),
             // The streams did not come up in time: the backlog goes ahead anyway (its
             // closes retry what fails, and confirm by reads if no event comes).
             _ = sleep_until_opt(Some(backlog_deadline)), if backlog.is_some() => {
@@ -620,20 +656,41 @@ pub async fn run(
         }
     }
     let abandoned = closes.len();
+    // Every step below is bounded: the stop signal's bound holds whatever Genesys, the
+    // disk or the feed endpoint do (a stream waiting out a 90 s Retry-After, say).
+    let stop_by = stop_by.unwrap_or_else(|| Instant::now() + opts.drain_timeout);
     stop_intake.cancel();
     stop_streams.cancel();
+    // Nobody reads events any more: a stream blocked on a full queue must not wait.
+    drop(events_rx);
     // Closed only now: the subscription manager may open streams while running.
     streams.close();
-    streams.wait().await;
+    let streams_by = stop_by - teardown_reserve(opts.drain_timeout) / 2;
+    if tokio::time::timeout_at(streams_by, streams.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            streams = streams.len(),
+            "streams did not stop in time; leaving them (the process ends)"
+        );
+    }
     drop(lp);
     // Deferred decisions and the last outcomes must be on disk before the process ends.
-    if let Err(e) = journal.flush().await {
-        tracing::error!(error = %e, "journal: could not store the last records");
+    match tokio::time::timeout_at(stop_by, journal.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "journal: could not store the last records"),
+        Err(_) => tracing::error!(
+            "journal: the last records were not stored within the stop bound; the next \
+             start resumes from what is on disk"
+        ),
     }
     // Outcomes not yet delivered stay in the outbox for the next start.
     stop_feed.cancel();
-    if let Some(t) = feed_task {
-        let _ = t.await;
+    if let Some(t) = feed_task
+        && tokio::time::timeout_at(stop_by, t).await.is_err()
+    {
+        tracing::warn!("outcome feed did not stop in time; what it had not sent stays queued");
     }
     drop(journal);
     if abandoned == 0 {
@@ -677,6 +734,21 @@ pub async fn run(
         opened.guard.finish();
     }
     Ok(summary)
+}
+
+/// The part of the stop bound kept for the streams, the journal and the feed after the
+/// drain: a quarter, at most 3 s.
+fn teardown_reserve(stop: Duration) -> Duration {
+    (stop / 4).min(Duration::from_secs(3))
+}
+
+/// A stop signal came before the daemon was running: nothing was in flight.
+fn stopped_while_starting(started: Instant) -> Summary {
+    tracing::info!(
+        since_start_ms = started.elapsed().as_millis() as u64,
+        "stopped while starting (nothing was in flight)"
+    );
+    Summary::default()
 }
 
 /// `STATUS=` for systemd: connection state and counts.

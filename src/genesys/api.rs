@@ -27,6 +27,74 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(180);
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(3);
 /// Per-request deadline, so a hung connection cannot stall a close sequence.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Deadline for a TCP (and TLS) connection: a host that drops packets is said within
+/// this, not after the whole request's deadline.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What went wrong with a request that got no answer, in words an operator can act on:
+/// the class with the host and port (the name does not resolve, nothing listens, TLS
+/// failed, no answer in time), then every cause the libraries gave.
+pub fn describe_transport(url: &Url, e: &reqwest::Error) -> String {
+    // reqwest's own text ends in " for url (...)": the host is said in the class.
+    let mut chain = e.to_string();
+    if let Some(i) = chain.find(" for url (") {
+        chain.truncate(i);
+    }
+    if let Some(cause) = std::error::Error::source(e) {
+        let rest = crate::telemetry::error_chain(cause);
+        if !chain.contains(&rest) {
+            chain = format!("{chain}: {rest}");
+        }
+    }
+    let host = url.host_str().unwrap_or("?");
+    let at = match url.port_or_known_default() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    let io_kind = {
+        let mut kind = None;
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                kind = Some(io.kind());
+            }
+            cause = c.source();
+        }
+        kind
+    };
+    let lower = chain.to_ascii_lowercase();
+    let class = if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        format!("the host name {host} does not resolve")
+    } else if io_kind == Some(std::io::ErrorKind::ConnectionRefused) {
+        format!("connection refused by {at} (nothing listens there)")
+    } else if e.is_timeout() && e.is_connect() {
+        format!(
+            "no connection to {at} within {} s (a firewall dropping packets, or a wrong address)",
+            CONNECT_TIMEOUT.as_secs()
+        )
+    } else if e.is_timeout() {
+        format!("no answer from {at} within {} s", REQUEST_TIMEOUT.as_secs())
+    } else if lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+        || lower.contains("tls")
+        || lower.contains("certificate")
+    {
+        format!(
+            "TLS with {at} failed (a plain-http port, a proxy in between, or a certificate \
+             this machine does not trust)"
+        )
+    } else if io_kind == Some(std::io::ErrorKind::ConnectionReset)
+        || io_kind == Some(std::io::ErrorKind::UnexpectedEof)
+        || lower.contains("connection closed")
+    {
+        format!("{at} closed the connection without an answer")
+    } else if e.is_connect() {
+        format!("cannot connect to {at}")
+    } else {
+        format!("the request to {at} failed")
+    };
+    format!("{class}: {chain}")
+}
 
 /// A conversation a queue observation query listed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,6 +317,7 @@ impl ApiClient {
         crate::install_crypto_provider();
         reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("genesys-closer/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ApiError::Transport {
@@ -684,7 +753,7 @@ impl ApiClient {
                     let err = ApiError::Transport {
                         method: method.clone(),
                         path: path.to_string(),
-                        reason: crate::telemetry::error_chain(&e.without_url()),
+                        reason: describe_transport(&url, &e),
                     };
                     (err, None)
                 }
@@ -737,13 +806,38 @@ impl ApiClient {
                 Some(w) => w,
                 None => backoff.next().unwrap_or(Duration::from_secs(10)),
             };
-            tracing::warn!(
-                %method, path, attempt, delay_ms = delay.as_millis() as u64, error = %err,
-                "API call failed; retrying"
-            );
+            // Every call retrying through an outage would write a line per try: one
+            // warning per operation per interval, the rest at debug (counted in it).
+            let conversation_id = conversation_in(path);
+            match RETRY_LOG.allow_every(operation, RETRY_LOG_EVERY) {
+                Some(held_back) => tracing::warn!(
+                    %method, path, conversation_id, attempt, delay_ms = delay.as_millis() as u64,
+                    error = %err, similar_held_back = held_back,
+                    "API call failed; retrying"
+                ),
+                None => tracing::debug!(
+                    %method, path, conversation_id, attempt, delay_ms = delay.as_millis() as u64,
+                    error = %err, "API call failed; retrying"
+                ),
+            }
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// Retry warnings: at most one per operation per [`RETRY_LOG_EVERY`].
+static RETRY_LOG: std::sync::LazyLock<crate::telemetry::LogLimit> =
+    std::sync::LazyLock::new(crate::telemetry::LogLimit::default);
+/// How often one operation's retries are logged at warn.
+const RETRY_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The conversation a path is about (`/api/v2/conversations/{id}/...`,
+/// `/api/v2/conversations/messages/{id}/...`), for the log line's `conversation_id`.
+pub fn conversation_in(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/api/v2/conversations/")?;
+    let rest = rest.strip_prefix("messages/").unwrap_or(rest);
+    let id = rest.split(['/', '?']).next()?;
+    crate::intake::is_uuid(id).then_some(id)
 }
 
 /// `Retry-After`: delay-seconds, or an HTTP-date (IMF-fixdate,

@@ -50,14 +50,27 @@ impl AuthError {
     }
 }
 
-/// Why the client secret could not be loaded.
+/// Why the client secret could not be loaded. Each names the source the config chose,
+/// so the message points at the one thing to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
-    /// Neither the env var nor a file gave a secret.
+    /// The environment variable is unset or blank (and no file is configured).
     #[error(
-        "no client secret: set {SECRET_ENV}, `client_secret_file` in [genesys], or systemd LoadCredential=client_secret:PATH"
+        "no client secret: {SECRET_ENV} is not set (or blank); set it, or `client_secret_file` in [genesys], or systemd LoadCredential=client_secret:PATH"
     )]
     Missing,
+    /// The configured file (or systemd credential) holds nothing but whitespace.
+    #[error("the client secret file {path} is empty")]
+    Empty {
+        /// File that was read.
+        path: String,
+    },
+    /// The configured path is a directory.
+    #[error("the client secret path {path} is a directory, not a file")]
+    Directory {
+        /// Path that was tried.
+        path: String,
+    },
     /// The secret file could not be read.
     #[error("cannot read the client secret from {path}: {source}")]
     Unreadable {
@@ -71,19 +84,20 @@ pub enum SecretError {
 /// Loads the client secret from where the config says it lives.
 pub fn load_secret(source: &SecretSource) -> Result<SecretString, SecretError> {
     let from_file = |path: &Path| {
-        std::fs::read_to_string(path)
-            .map_err(|source| SecretError::Unreadable {
-                path: path.display().to_string(),
-                source,
-            })
-            .and_then(|s| {
-                let s = s.trim().to_string();
-                if s.is_empty() {
-                    Err(SecretError::Missing)
-                } else {
-                    Ok(SecretString::from(s))
-                }
-            })
+        let shown = path.display().to_string();
+        if path.is_dir() {
+            return Err(SecretError::Directory { path: shown });
+        }
+        let s = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
+            path: shown.clone(),
+            source,
+        })?;
+        let s = s.trim();
+        if s.is_empty() {
+            Err(SecretError::Empty { path: shown })
+        } else {
+            Ok(SecretString::from(s.to_string()))
+        }
     };
     match source {
         SecretSource::File(p) | SecretSource::Credential(p) => from_file(p),
@@ -193,14 +207,21 @@ impl TokenSource {
             .await
             .map_err(|e| {
                 crate::metrics::api_failure("token", "transport");
-                AuthError::Unavailable(e.without_url().to_string())
+                AuthError::Unavailable(format!(
+                    "POST {}: {}",
+                    self.token_url,
+                    super::api::describe_transport(&self.token_url, &e)
+                ))
             })?;
         let status = resp.status().as_u16();
         crate::metrics::api_request("token", status);
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| AuthError::Unavailable(e.without_url().to_string()))?;
+        let body = resp.bytes().await.map_err(|e| {
+            AuthError::Unavailable(format!(
+                "POST {}: the answer broke off: {}",
+                self.token_url,
+                super::api::describe_transport(&self.token_url, &e)
+            ))
+        })?;
         if status != 200 {
             let err: TokenErrorBody = serde_json::from_slice(&body).unwrap_or_default();
             return Err(AuthError::Refused {

@@ -178,7 +178,9 @@ pub struct ChannelStream {
 }
 
 impl ChannelStream {
-    /// Drives the state machine until cancelled.
+    /// Drives the state machine until cancelled. Every step but a live socket (a
+    /// channel creation, a subscription, a check waiting on a long `Retry-After`) is
+    /// dropped the moment the daemon stops, so a stop never waits for Genesys.
     pub async fn run(self) {
         let mut state = State::Connecting;
         let mut backoff = self.new_backoff();
@@ -186,106 +188,125 @@ impl ChannelStream {
         let mut down_since: Option<Instant> = None;
         self.reconnects.down(self.index);
         loop {
-            if self.cancel.is_cancelled() {
-                return;
-            }
-            state = match state {
-                State::Connecting => match self.new_channel().await {
-                    Ok(ch) => {
-                        tracing::info!(stream = self.index, channel_id = %ch.id, expires = ch.expires.as_deref(), "channel created; subscribing");
-                        State::Subscribing(ch)
-                    }
-                    Err(e) => State::Backoff(None, false, format!("cannot create a channel: {e}")),
-                },
-                State::Subscribing(ch) => match self.subscribe(&ch).await {
-                    Ok(()) => State::Live(ch),
-                    Err(reason) => State::Backoff(Some(ch), false, reason),
-                },
-                State::Live(ch) => {
-                    let started = Instant::now();
-                    let end = self.live(ch, &mut down_since).await;
-                    if started.elapsed() >= self.config.healthy_after {
-                        backoff = self.new_backoff();
-                    }
-                    match end {
-                        LiveEnd::Cancelled => return,
-                        LiveEnd::Unsubscribed(ch, reason) => {
-                            crate::metrics::reconnect("unsubscribed");
-                            self.down(&reason).await;
-                            State::Backoff(Some(ch), false, reason)
-                        }
-                        // Through backoff, so a server that keeps dropping channels is not
-                        // answered with a tight loop of channel creations.
-                        LiveEnd::ChannelGone(reason) => {
-                            crate::metrics::reconnect("channel_gone");
-                            self.down(&reason).await;
-                            if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
-                                // A channel that worked for a while (a 404, a revoked
-                                // token): a new one at once, every moment without a
-                                // socket loses events.
-                                tracing::warn!(stream = self.index, %reason,
-                                    "channel unusable; creating a new one at once");
-                                State::Connecting
-                            } else {
-                                State::Backoff(
-                                    None,
-                                    false,
-                                    format!(
-                                        "channel unusable ({reason}); a new one will be created"
-                                    ),
-                                )
-                            }
-                        }
-                        LiveEnd::Failed(ch, reason) => {
-                            crate::metrics::reconnect(crate::metrics::reconnect_class(&reason));
-                            self.down(&reason).await;
-                            if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
-                                // A connection that worked for a while is retried at once on
-                                // the same channel: every moment without a socket loses
-                                // events. A gone channel answers the connect with 404 and
-                                // takes the backoff path; so does a second failure.
-                                tracing::warn!(stream = self.index, %reason,
-                                    "socket lost; reconnecting at once");
-                                State::Live(ch)
-                            } else {
-                                State::Backoff(Some(ch), true, reason)
-                            }
-                        }
-                    }
-                }
-                State::Backoff(ch, subscribed, reason) => {
-                    let mut delay = backoff.next().unwrap_or(self.config.backoff_max);
-                    let probes = self.reconnects.probes(self.index);
-                    if probes {
-                        let probe = PROBE_EVERY.mul_f64(0.5 + fastrand::f64() * 0.5);
-                        delay = delay.min(probe);
-                    }
-                    tracing::warn!(stream = self.index, %reason, delay_ms = delay.as_millis() as u64,
-                        probes_for_the_others = probes, "stream down; backing off");
-                    let back = self.reconnects.back.notified();
-                    tokio::pin!(back);
-                    back.as_mut().enable();
-                    tokio::select! {
-                        _ = self.cancel.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = back => {
-                            tracing::info!(stream = self.index,
-                                "another stream's socket is live again: retrying now");
-                        }
-                    }
-                    match ch {
-                        Some(ch) if self.channel_usable(&ch).await => {
-                            if subscribed {
-                                State::Live(ch)
-                            } else {
-                                State::Subscribing(ch)
-                            }
-                        }
-                        _ => State::Connecting,
-                    }
+            // A live socket watches the stop itself (it closes politely); every other
+            // step is dropped at once.
+            let next = if matches!(state, State::Live(_)) {
+                self.step(state, &mut backoff, &mut down_since).await
+            } else {
+                tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => None,
+                    next = self.step(state, &mut backoff, &mut down_since) => next,
                 }
             };
+            match next {
+                Some(n) => state = n,
+                None => return,
+            }
         }
+    }
+
+    /// One move of the state machine; `None` when the stream is to end.
+    async fn step(
+        &self,
+        state: State,
+        backoff: &mut backon::ExponentialBackoff,
+        down_since: &mut Option<Instant>,
+    ) -> Option<State> {
+        Some(match state {
+            State::Connecting => match self.new_channel().await {
+                Ok(ch) => {
+                    tracing::info!(stream = self.index, channel_id = %ch.id, expires = ch.expires.as_deref(), "channel created; subscribing");
+                    State::Subscribing(ch)
+                }
+                Err(e) => State::Backoff(None, false, format!("cannot create a channel: {e}")),
+            },
+            State::Subscribing(ch) => match self.subscribe(&ch).await {
+                Ok(()) => State::Live(ch),
+                Err(reason) => State::Backoff(Some(ch), false, reason),
+            },
+            State::Live(ch) => {
+                let started = Instant::now();
+                let end = self.live(ch, down_since).await;
+                if started.elapsed() >= self.config.healthy_after {
+                    *backoff = self.new_backoff();
+                }
+                match end {
+                    LiveEnd::Cancelled => return None,
+                    LiveEnd::Unsubscribed(ch, reason) => {
+                        crate::metrics::reconnect("unsubscribed");
+                        self.down(&reason).await;
+                        State::Backoff(Some(ch), false, reason)
+                    }
+                    // Through backoff, so a server that keeps dropping channels is not
+                    // answered with a tight loop of channel creations.
+                    LiveEnd::ChannelGone(reason) => {
+                        crate::metrics::reconnect("channel_gone");
+                        self.down(&reason).await;
+                        if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
+                            // A channel that worked for a while (a 404, a revoked
+                            // token): a new one at once, every moment without a
+                            // socket loses events.
+                            tracing::warn!(stream = self.index, %reason,
+                                "channel unusable; creating a new one at once");
+                            State::Connecting
+                        } else {
+                            State::Backoff(
+                                None,
+                                false,
+                                format!("channel unusable ({reason}); a new one will be created"),
+                            )
+                        }
+                    }
+                    LiveEnd::Failed(ch, reason) => {
+                        crate::metrics::reconnect(crate::metrics::reconnect_class(&reason));
+                        self.down(&reason).await;
+                        if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
+                            // A connection that worked for a while is retried at once on
+                            // the same channel: every moment without a socket loses
+                            // events. A gone channel answers the connect with 404 and
+                            // takes the backoff path; so does a second failure.
+                            tracing::warn!(stream = self.index, %reason,
+                                "socket lost; reconnecting at once");
+                            State::Live(ch)
+                        } else {
+                            State::Backoff(Some(ch), true, reason)
+                        }
+                    }
+                }
+            }
+            State::Backoff(ch, subscribed, reason) => {
+                let mut delay = backoff.next().unwrap_or(self.config.backoff_max);
+                let probes = self.reconnects.probes(self.index);
+                if probes {
+                    let probe = PROBE_EVERY.mul_f64(0.5 + fastrand::f64() * 0.5);
+                    delay = delay.min(probe);
+                }
+                tracing::warn!(stream = self.index, %reason, delay_ms = delay.as_millis() as u64,
+                    probes_for_the_others = probes, "stream down; backing off");
+                let back = self.reconnects.back.notified();
+                tokio::pin!(back);
+                back.as_mut().enable();
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = back => {
+                        tracing::info!(stream = self.index,
+                            "another stream's socket is live again: retrying now");
+                    }
+                }
+                match ch {
+                    Some(ch) if self.channel_usable(&ch).await => {
+                        if subscribed {
+                            State::Live(ch)
+                        } else {
+                            State::Subscribing(ch)
+                        }
+                    }
+                    _ => State::Connecting,
+                }
+            }
+        })
     }
 
     /// The topics are known to be held now.
