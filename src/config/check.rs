@@ -59,6 +59,8 @@ fn duration_bounds(key: &str) -> (Duration, Duration) {
         "verify_every" => (ms(100), s(86_400)),
         "silence_check" => (ms(100), s(3600)),
         "retention" => (s(3600), s(3650 * 86_400)),
+        // At least a few seconds for the last steps (streams, journal, feed) after the drain.
+        "stop_timeout" => (s(2), s(3600)),
         "request_timeout" | "timeout" => (ms(100), s(300)),
         _ => (ms(1), s(365 * 86_400)),
     }
@@ -869,7 +871,12 @@ impl Checker<'_> {
         self.unknown_keys(
             t,
             "[daemon]",
-            &["state_dir", "retention", "max_concurrent_closes"],
+            &[
+                "state_dir",
+                "retention",
+                "max_concurrent_closes",
+                "stop_timeout",
+            ],
         );
         if let Some(dir) = self.nonempty_string(t, "state_dir") {
             d.state_dir = PathBuf::from(dir);
@@ -879,6 +886,9 @@ impl Checker<'_> {
         }
         if let Some(n) = self.int_in(t, "max_concurrent_closes", 1..=10_000) {
             d.max_concurrent_closes = n as usize;
+        }
+        if let Some(s) = self.duration(t, "stop_timeout") {
+            d.stop_timeout = s;
         }
         d
     }
