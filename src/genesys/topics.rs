@@ -41,15 +41,15 @@ impl Family {
         }
     }
 
-    /// What the daemon loses without it.
+    /// What the daemon loses without it, worded to follow "no" in a sentence.
     pub fn used_for(self) -> &'static str {
         match self {
             Family::Queue => "conversations in the configured queues",
             Family::User => "conversations of the configured users",
             Family::FlowMetrics => "flow discovery of bot-phase conversations",
-            Family::DetailAttributes => "the intent of a watched bot-phase conversation",
+            Family::DetailAttributes => "intents of watched bot-phase conversations",
             Family::DetailCustomerEnd | Family::DetailFlowEnd => {
-                "confirming the end of a bot-phase conversation"
+                "confirmation of a bot-phase conversation's end"
             }
         }
     }
@@ -251,6 +251,17 @@ mod tests {
                 .contains("v2.detail.events.conversation.{id}.attributes")
         );
         assert!(r[1].to_string().contains("only over EventBridge"));
+        // What is lost reads as a sentence after "no" for every family.
+        assert!(
+            r[1].to_string()
+                .ends_with(": no intents of watched bot-phase conversations"),
+            "{}",
+            r[1]
+        );
+        assert!(
+            r[3].to_string()
+                .ends_with(": no flow discovery of bot-phase conversations")
+        );
         assert!(r[2].usable());
         assert!(r[2].to_string().contains("x:y:z"));
         assert_eq!(r[3].verdict, Verdict::NotOffered);
