@@ -5,7 +5,8 @@
 //! `POST /v1/intents` `{"conversationId":"<uuid>","intent":"<value>","attributes":{...}}`
 //! - authenticates every call (bearer token, or HTTP Basic with the token as password),
 //!   comparing in constant time; a failure is a bare 401;
-//! - bounds what it reads: 16 KiB bodies, a deadline for headers and body, at most
+//! - bounds what it reads: 16 KiB bodies, 32 KiB of headers (431, answered by the HTTP
+//!   layer with no body), a deadline for headers and body, at most
 //!   `max_connections` connections (more get 503 at once), and a bounded queue to the
 //!   event loop (full: 503 with `Retry-After`);
 //! - answers bad input with a JSON error that names the field, and closes nothing;
@@ -41,6 +42,9 @@ use crate::config::{IntakeConfig, TlsFiles, TokenSource};
 
 /// Largest request body read.
 pub const MAX_BODY: usize = 16 * 1024;
+/// Largest request head (request line and headers) read; more is answered 431. A data
+/// action's request carries a few short headers.
+pub const MAX_HEAD: usize = 32 * 1024;
 /// Longest intent value accepted.
 pub const MAX_INTENT: usize = 256;
 /// Most attributes one call may carry.
@@ -344,6 +348,9 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
+        // Without a head limit of its own, hyper takes whatever one read brings (it
+        // checks its buffer only between reads), so the bound would depend on timing.
+        .max_header_size(MAX_HEAD)
         .max_buf_size(64 * 1024);
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -377,9 +384,12 @@ async fn count_answer(resp: Response) -> Response {
     resp
 }
 
-/// A JSON error naming the field at fault, if one is.
+/// A JSON error naming the field at fault, if one is (no `field` key otherwise).
 fn error(status: StatusCode, field: Option<&str>, message: &str) -> Response {
-    let body = serde_json::json!({ "error": message, "field": field });
+    let body = match field {
+        Some(field) => serde_json::json!({ "error": message, "field": field }),
+        None => serde_json::json!({ "error": message }),
+    };
     let mut resp = (status, axum::Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut()
@@ -446,8 +456,10 @@ fn parse_call(bytes: &[u8]) -> Result<CallParts, BadField> {
             if s.len() > MAX_INTENT {
                 return Err(("intent", format!("longer than {MAX_INTENT} bytes")));
             }
-            // An empty template variable means "no intent yet".
-            let s = s.trim();
+            // An empty template variable means "no intent yet". Anything else is kept
+            // exactly as sent: rules match the value exactly, as they do a `.attributes`
+            // event's, so " Goodbye" or "Goodbye\n" is another value, never trimmed
+            // into one a rule holds.
             (!s.is_empty()).then(|| s.into())
         }
     };
@@ -598,6 +610,57 @@ mod tests {
         let empty = parse_call(format!(r#"{{"conversationId":"{id}","intent":""}}"#).as_bytes())
             .expect("valid");
         assert_eq!(empty.1, None, "an empty intent is no intent");
+    }
+
+    #[test]
+    fn intents_and_attributes_are_kept_exactly_as_sent() {
+        let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
+        // As JSON escapes them: a newline, a no-break space, a leading space or tab.
+        for sent in [
+            r"Goodbye\n",
+            r"Goodbye\u00a0",
+            " Goodbye",
+            r"\tGoodbye",
+            "  ",
+        ] {
+            let body = format!(r#"{{"conversationId":"{id}","intent":"{sent}"}}"#);
+            let (_, intent, _) = parse_call(body.as_bytes()).expect("valid");
+            let expected: String = serde_json::from_str(&format!("\"{sent}\"")).expect("json");
+            assert_eq!(intent.as_deref(), Some(expected.as_str()), "{sent:?}");
+            let body =
+                format!(r#"{{"conversationId":"{id}","attributes":{{"Bot.Intent":"{sent}"}}}}"#);
+            let (_, _, attributes) = parse_call(body.as_bytes()).expect("valid");
+            assert_eq!(attributes[0].1.as_ref(), expected.as_str(), "{sent:?}");
+        }
+    }
+
+    async fn body_of(resp: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(resp.into_body(), MAX_BODY)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("json body")
+    }
+
+    #[tokio::test]
+    async fn error_bodies_name_a_field_only_when_one_is_at_fault() {
+        let unauthorized = error(StatusCode::UNAUTHORIZED, None, "unauthorized");
+        assert_eq!(
+            unauthorized.headers().get(WWW_AUTHENTICATE),
+            Some(&HeaderValue::from_static("Bearer"))
+        );
+        assert_eq!(
+            body_of(unauthorized).await,
+            serde_json::json!({ "error": "unauthorized" })
+        );
+        assert_eq!(
+            body_of(error(
+                StatusCode::BAD_REQUEST,
+                Some("intent"),
+                "intent: bad"
+            ))
+            .await,
+            serde_json::json!({ "error": "intent: bad", "field": "intent" })
+        );
     }
 
     #[test]
