@@ -150,7 +150,8 @@ async fn hostile_intake_input_closes_and_subscribes_nothing_and_retries_are_dupl
     let good = json!({ "conversationId": id, "intent": "Goodbye" }).to_string();
 
     let (s, b) = call(&intake, None, good.clone()).await;
-    assert_eq!((s, &b["error"]), (401, &json!("unauthorized")));
+    // No detail, and no `"field": null` either.
+    assert_eq!((s, b), (401, json!({ "error": "unauthorized" })));
     let (s, _) = call(&intake, Some("Bearer wrong-token-0123456789"), good.clone()).await;
     assert_eq!(s, 401);
     let (s, _) = call(
@@ -186,13 +187,39 @@ async fn hostile_intake_input_closes_and_subscribes_nothing_and_retries_are_dupl
     )
     .await;
     assert_eq!((s, &b["field"]), (400, &json!("intent")));
-    let (s, _) = call(
+    // The README's table, status by status, with the bodies as sent.
+    let (s, b) = call(
         &intake.replace("/v1/intents", "/nope"),
         Some(&bearer()),
         good.clone(),
     )
     .await;
-    assert_eq!(s, 404);
+    assert_eq!(
+        (s, b),
+        (404, json!({ "error": "not found: POST /v1/intents" }))
+    );
+    let resp = reqwest::Client::new()
+        .get(&intake)
+        .bearer_auth(INTAKE_TOKEN)
+        .send()
+        .await
+        .expect("intake answers");
+    assert_eq!(resp.status().as_u16(), 405);
+    let b: Value = resp.json().await.expect("json body");
+    assert_eq!(
+        b,
+        json!({ "error": "method not allowed: POST /v1/intents" })
+    );
+    let resp = reqwest::Client::new()
+        .post(&intake)
+        .bearer_auth(INTAKE_TOKEN)
+        .header("x-padding", "x".repeat(40_000))
+        .body(good.clone())
+        .send()
+        .await
+        .expect("intake answers");
+    assert_eq!(resp.status().as_u16(), 431);
+    assert!(resp.bytes().await.expect("body").is_empty());
     // Nothing was decided, closed or subscribed.
     d.assert_no_report(Duration::from_millis(300)).await;
     assert_eq!(patches(&sim, &id), 0);
@@ -505,6 +532,117 @@ async fn the_intake_serves_https_itself_when_given_a_certificate() {
         .send()
         .await;
     assert!(plain.is_err() || plain.is_ok_and(|r| r.status().as_u16() != 202));
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+/// A flow the daemon does not watch: only the intake tells of its conversations.
+const OTHER_FLOW: &str = "0b0b0b0b-1111-4222-8333-444455556666";
+
+/// A bot conversation in [`OTHER_FLOW`] with no intent yet and no data-action posts.
+fn unwatched_bot(sim: &SimHandle) -> String {
+    let mut spec = bot(None, 60_000, false, false);
+    spec.flow_id = OTHER_FLOW.into();
+    sim.create_bot_conversation(spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intents_match_exactly_whatever_path_brings_them() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let baseline = topics(&sim);
+    // The rule holds "Goodbye"; each of these is another value.
+    let near = [
+        "Goodbye\n",
+        "Goodbye\u{a0}",
+        " Goodbye",
+        "Goodbye ",
+        "goodbye",
+    ];
+    let mut untouched = Vec::new();
+    for value in near {
+        // The data action's intent.
+        let id = unwatched_bot(&sim);
+        let body = json!({ "conversationId": id, "intent": value }).to_string();
+        let (s, b) = call(&intake, Some(&bearer()), body).await;
+        assert_eq!(
+            (s, &b["result"]),
+            (202, &json!("no_rule")),
+            "{value:?}: {b}"
+        );
+        untouched.push(id);
+        // A trigger on `.attributes` posting the attributes map.
+        let id = unwatched_bot(&sim);
+        let body = json!({ "conversationId": id, "attributes": { "Bot.Intent": value } });
+        let (s, b) = call(&intake, Some(&bearer()), body.to_string()).await;
+        assert_eq!(
+            (s, &b["result"]),
+            (202, &json!("no_rule")),
+            "{value:?}: {b}"
+        );
+        untouched.push(id);
+    }
+    // The `.attributes` event of a watched conversation: each near value is pushed, then
+    // the exact one; the one close is decided on the exact value, after all the others
+    // (the channel keeps the order).
+    let watched = sim.create_bot_conversation(bot(None, 60_000, false, false));
+    wait_for(WAIT, || topics(&sim) == baseline + 3).await;
+    for value in near {
+        sim.set_intent(&watched, value);
+    }
+    sim.set_intent(&watched, "Goodbye");
+    let r = d.next_report(WAIT).await;
+    assert_eq!(&*r.conversation_id, watched.as_str(), "{r:?}");
+    assert_eq!((&*r.intent, r.source), ("Goodbye", Source::Detail), "{r:?}");
+    assert_eq!(r.outcome, Outcome::Confirmed, "{r:?}");
+    // Nothing else was decided or sent.
+    d.assert_no_report(Duration::from_millis(300)).await;
+    for id in &untouched {
+        assert_eq!(patches(&sim, id), 0, "{id}");
+        assert_eq!(sim.is_closed(id), Some(false), "{id}");
+    }
+    assert_eq!(d.shutdown().await.decisions, 1);
+    sim.shutdown().await;
+}
+
+/// Whether a channel holds a topic of the conversation now.
+fn holds_topics_of(sim: &SimHandle, id: &str) -> bool {
+    sim.channel_topic_counts().iter().any(|(channel, _)| {
+        sim.channel_topics(channel)
+            .is_some_and(|t| t.iter().any(|t| t.contains(id)))
+    })
+}
+
+/// Whether a subscription request ever carried a topic of the conversation.
+fn ever_subscribed(sim: &SimHandle, id: &str) -> bool {
+    sim.requests()
+        .iter()
+        .any(|r| r.path.ends_with("/subscriptions") && r.method != "GET" && r.body.contains(id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_close_gives_its_topics_back_at_once() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let baseline = topics(&sim);
+    // An id Genesys does not know, with a matching intent: the close subscribes its
+    // confirming topics, the PATCH and the read answer 404, the close fails.
+    let unknown = "00000000-1111-4222-8333-444455556666";
+    let body = json!({ "conversationId": unknown, "intent": "Goodbye" }).to_string();
+    let (s, b) = call(&intake, Some(&bearer()), body).await;
+    assert_eq!((s, &b["result"]), (202, &json!("close")), "{b}");
+    let r = d.next_report(WAIT).await;
+    assert_eq!(
+        (&*r.conversation_id, r.outcome),
+        (unknown, Outcome::Failed),
+        "{r:?}"
+    );
+    assert!(ever_subscribed(&sim, unknown));
+    // Its three topics go in the next removal batch, not at the 48 h eviction.
+    wait_for(WAIT, || !holds_topics_of(&sim, unknown)).await;
+    assert_eq!(topics(&sim), baseline);
     d.shutdown().await;
     sim.shutdown().await;
 }

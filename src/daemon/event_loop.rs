@@ -71,24 +71,49 @@ pub(crate) struct EventLoop {
     pub health: Health,
     /// Lists what is in the watched queues and flows after a blind window.
     pub recovery: super::recovery::Recovery,
+    /// Where reads that gave nothing and failed closes come back ([`Notice`]).
+    pub notices: mpsc::UnboundedSender<Notice>,
 }
+
+/// What comes back to the event loop when a read or a close ends without an event, so
+/// that nothing stays marked as in flight and topics nothing will use are given back
+/// at once rather than at the 48 h eviction.
+#[derive(Debug)]
+pub(crate) enum Notice {
+    /// A catch-up, verify or resync read gave nothing. `not_found`: Genesys answered
+    /// 404 twice, it does not know the conversation.
+    ReadFailed {
+        /// The conversation.
+        id: Box<str>,
+        /// Genesys does not know it.
+        not_found: bool,
+    },
+    /// A close sequence ended failed (a disconnect refused for good, a 404 say, or a
+    /// conversation still open after the teardown): no sequence waits for its events.
+    CloseFailed(Box<str>),
+}
+
+/// Why a read gave no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unread {
+    /// Genesys answered 404, and again after [`NOT_FOUND_RECHECK`].
+    NotFound,
+    /// Any other failure (after the retries of those that pass).
+    Failed,
+}
+
+/// A 404 is asked once more after this long before the conversation is taken as
+/// unknown to Genesys: a conversation read moments after it started might not be
+/// readable yet, and giving its topics back would lose it.
+const NOT_FOUND_RECHECK: Duration = Duration::from_secs(2);
 
 /// How long a catch-up, verify or resync read is retried when it fails for a reason
 /// that passes (429, 5xx, transport): a read that matters must not be dropped by a
 /// short outage.
 const READ_RETRY_FOR: Duration = Duration::from_secs(120);
 
-/// Reads one conversation, retrying failures that pass until [`READ_RETRY_FOR`].
-pub(super) async fn read_with_retry(
-    api: &ApiClient,
-    id: &str,
-    wanted: &[Box<str>],
-    why: &'static str,
-) -> Option<ConversationEvent> {
-    read_at(Priority::Read, api, id, wanted, why).await
-}
-
-/// [`read_with_retry`] at budget priority `priority`.
+/// Reads one conversation at budget priority `priority`, retrying failures that pass
+/// until [`READ_RETRY_FOR`].
 pub(super) async fn read_at(
     priority: Priority,
     api: &ApiClient,
@@ -96,11 +121,35 @@ pub(super) async fn read_at(
     wanted: &[Box<str>],
     why: &'static str,
 ) -> Option<ConversationEvent> {
+    read_checked(priority, api, id, wanted, why).await.ok()
+}
+
+/// [`read_at`], saying why it gave nothing.
+pub(super) async fn read_checked(
+    priority: Priority,
+    api: &ApiClient,
+    id: &str,
+    wanted: &[Box<str>],
+    why: &'static str,
+) -> Result<ConversationEvent, Unread> {
     let started = Instant::now();
     let mut pause = Duration::from_secs(1);
+    let mut rechecked = false;
     loop {
         match api.get_conversation_as(priority, id, wanted).await {
-            Ok(ev) => return Some(ev),
+            Ok(ev) => return Ok(ev),
+            Err(e) if e.status() == Some(404) && !rechecked => {
+                tracing::debug!(conversation_id = id, error = %e, why,
+                    "conversation not found; asking once more");
+                rechecked = true;
+                tokio::time::sleep(NOT_FOUND_RECHECK).await;
+            }
+            Err(e) if e.status() == Some(404) => {
+                tracing::warn!(conversation_id = id, error = %e,
+                    correlation_id = e.correlation_id(), why,
+                    "Genesys does not know this conversation (404)");
+                return Err(Unread::NotFound);
+            }
             Err(e) if e.is_retryable() && started.elapsed() + pause < READ_RETRY_FOR => {
                 tracing::debug!(conversation_id = id, error = %e, why, "read failed; retrying");
                 tokio::time::sleep(pause).await;
@@ -109,7 +158,7 @@ pub(super) async fn read_at(
             Err(e) => {
                 tracing::warn!(conversation_id = id, error = %e,
                     correlation_id = e.correlation_id(), why, "conversation read failed");
-                return None;
+                return Err(Unread::Failed);
             }
         }
     }
@@ -313,19 +362,58 @@ impl EventLoop {
         }
     }
 
-    /// Reads the conversation once, in the background; the answer comes back as an event.
+    /// Reads the conversation once, in the background; the answer comes back as an
+    /// event, or as a [`Notice`] when there is none.
     fn read(&self, id: &str, why: &'static str) {
         self.stats.catchup_reads.inc();
         tracing::debug!(conversation_id = id, why, "reading the conversation");
         let api = Arc::clone(&self.api);
         let wanted = self.wanted.get();
         let reads = self.reads.clone();
-        let id = id.to_string();
+        let notices = self.notices.clone();
+        let id: Box<str> = id.into();
         tokio::spawn(async move {
-            if let Some(ev) = read_with_retry(&api, &id, &wanted, why).await {
-                let _ = reads.send(ev).await;
+            match read_checked(Priority::Read, &api, &id, &wanted, why).await {
+                Ok(ev) => {
+                    let _ = reads.send(ev).await;
+                }
+                Err(unread) => {
+                    let not_found = unread == Unread::NotFound;
+                    let _ = notices.send(Notice::ReadFailed { id, not_found });
+                }
             }
         });
+    }
+
+    /// A read or a close ended without an event: the conversation is no longer in
+    /// flight, and one Genesys does not know, or whose close failed, gives its
+    /// per-conversation topics back in the next removal batch (nothing will come on
+    /// them that anything waits for).
+    pub fn on_notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::ReadFailed { id, not_found } => {
+                // Free to be read again by the next call or gap.
+                self.verifying.remove(&id);
+                self.resyncing.remove(&id);
+                if not_found {
+                    self.release(&id, "Genesys does not know the conversation (404)");
+                }
+            }
+            Notice::CloseFailed(id) => self.release(&id, "its close failed"),
+        }
+    }
+
+    /// Gives back the per-conversation topics of a conversation nothing needs them for.
+    fn release(&mut self, id: &str, why: &'static str) {
+        self.owed_catchup.remove(id);
+        if self.store.set_watched(id, false) {
+            self.subs.unwatch(id);
+            tracing::info!(
+                conversation_id = id,
+                why,
+                "per-conversation topics given back (next removal batch)"
+            );
+        }
     }
 
     /// An intake call: decide, watch, or verify, and answer at once.
@@ -334,7 +422,7 @@ impl EventLoop {
         let answer = self.intake_answer(&call);
         tracing::info!(
             conversation_id = &*call.conversation_id,
-            intent = call.intent.as_deref(),
+            intent = ?call.intent.as_deref(),
             attributes = call.attributes.len(),
             result = answer.as_str(),
             "intake call"
@@ -499,6 +587,7 @@ impl EventLoop {
         let api = Arc::clone(&self.api);
         let wanted_attrs = self.wanted.get();
         let reads = self.reads.clone();
+        let notices = self.notices.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt as _;
             futures_util::stream::iter(wanted)
@@ -506,10 +595,17 @@ impl EventLoop {
                     let api = Arc::clone(&api);
                     let wanted_attrs = Arc::clone(&wanted_attrs);
                     let reads = reads.clone();
+                    let notices = notices.clone();
                     async move {
-                        if let Some(ev) = read_with_retry(&api, &id, &wanted_attrs, "resync").await
+                        match read_checked(Priority::Read, &api, &id, &wanted_attrs, "resync").await
                         {
-                            let _ = reads.send(ev).await;
+                            Ok(ev) => {
+                                let _ = reads.send(ev).await;
+                            }
+                            Err(unread) => {
+                                let not_found = unread == Unread::NotFound;
+                                let _ = notices.send(Notice::ReadFailed { id, not_found });
+                            }
                         }
                     }
                 })
