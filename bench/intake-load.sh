@@ -29,7 +29,7 @@ cat >"$work/config.toml" <<TOML
 [genesys]
 api_url = "http://127.0.0.1:$sim_port"
 login_url = "http://127.0.0.1:$sim_port"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 requests_per_minute = 100000
 [stream]
 queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]

@@ -34,7 +34,7 @@ const CONFIG: &str = r#"
 [genesys]
 api_url = "{URL}"
 login_url = "{URL}"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 requests_per_minute = {RPM}
 
 [stream]

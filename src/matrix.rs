@@ -46,7 +46,7 @@ const CONFIG: &str = r#"
 [genesys]
 api_url = "{URL}"
 login_url = "{URL}"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 # The simulator has no org rate limit, and this run pushes ten conversations a second
 # (about 300 requests a minute of closes alone, Genesys's whole allowance): the budget is
 # raised so the run measures the stream, not the budget (bench/burst.sh measures that).

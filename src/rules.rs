@@ -150,7 +150,7 @@ mod tests {
             r#"{top}
 [genesys]
 region = "us-east-1"
-client_id = "x"
+client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
 [stream]
 queues = ["11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"]
 {extra}

@@ -111,6 +111,61 @@ impl LogLimit {
     }
 }
 
+/// The level names a filter may use.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Reads a log level or filter as an operator writes it, into the `tracing` filter it
+/// means: `warn`, `info`, or comma-separated `target=level` directives
+/// (`genesys_closer=debug,info`). Level names are case-blind; `warning` is taken as
+/// `warn`. A word that is neither a level nor `target=level` is an error: `tracing`
+/// alone would read `warning` or `verbose` as a target name and log nothing at all.
+pub fn parse_level(text: &str) -> Result<String, String> {
+    let level = |word: &str| -> Option<&'static str> {
+        let w = word.trim().to_ascii_lowercase();
+        let w = if w == "warning" {
+            "warn".to_string()
+        } else {
+            w
+        };
+        LEVELS.iter().copied().find(|l| *l == w)
+    };
+    let mut out = Vec::new();
+    for directive in text.split(',').map(str::trim) {
+        if directive.is_empty() {
+            continue;
+        }
+        let normal = match directive.split_once('=') {
+            Some((target, lvl)) if !target.trim().is_empty() => match level(lvl) {
+                Some(l) => format!("{}={l}", target.trim()),
+                None => {
+                    return Err(format!(
+                        "`{directive}`: `{}` is not a level ({})",
+                        lvl.trim(),
+                        LEVELS.join(", ")
+                    ));
+                }
+            },
+            Some(_) => return Err(format!("`{directive}` names no target before `=`")),
+            None => match level(directive) {
+                Some(l) => l.to_string(),
+                None => {
+                    return Err(format!(
+                        "`{directive}` is not a level ({}, or `warning`) nor `target=level`",
+                        LEVELS.join(", ")
+                    ));
+                }
+            },
+        };
+        out.push(normal);
+    }
+    if out.is_empty() {
+        return Err("no level given".into());
+    }
+    let filter = out.join(",");
+    EnvFilter::try_new(&filter).map_err(|e| format!("`{text}` is not a log filter: {e}"))?;
+    Ok(filter)
+}
+
 /// Installs the global log subscriber. `RUST_LOG`, when set, overrides the configured level.
 /// Calling it twice is harmless (the second call keeps the first subscriber).
 pub fn init_logging(log: &LogConfig) {
@@ -120,7 +175,10 @@ pub fn init_logging(log: &LogConfig) {
     let env = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty());
-    let filter = match env.as_deref().map(EnvFilter::try_new) {
+    let from_env = env
+        .as_deref()
+        .map(|v| parse_level(v).map(|f| EnvFilter::new(&f)));
+    let filter = match from_env {
         Some(Ok(f)) => f,
         other => {
             if let (Some(Err(e)), Some(v)) = (&other, &env) {
@@ -129,13 +187,17 @@ pub fn init_logging(log: &LogConfig) {
                     v.chars().take(100).collect::<String>()
                 ));
             }
-            EnvFilter::try_new(&log.level).unwrap_or_else(|e| {
-                problems.push(format!(
-                    "[log] level {:?} is not a log filter ({e}); using \"info\"",
-                    log.level
-                ));
-                EnvFilter::new("info")
-            })
+            // `check` refuses a bad level; a config built in code may still hold one.
+            match parse_level(&log.level) {
+                Ok(f) => EnvFilter::new(&f),
+                Err(e) => {
+                    problems.push(format!(
+                        "[log] level {:?} is not a log filter ({e}); using \"info\"",
+                        log.level
+                    ));
+                    EnvFilter::new("info")
+                }
+            }
         }
     };
     // Colour only for a person at a terminal who did not ask for none (NO_COLOR), never
@@ -144,7 +206,7 @@ pub fn init_logging(log: &LogConfig) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && !no_color;
     // Under systemd with stderr to the journal, each line starts with its syslog
     // priority (`<3>`...), which journald strips and stores: `journalctl -p warning` works.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journald = stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -165,6 +227,34 @@ pub fn init_logging(log: &LogConfig) {
             tracing::warn!("{p}");
         }
     }
+}
+
+/// Whether stderr is the journal stream systemd named in `JOURNAL_STREAM`
+/// (`device:inode`, decimal). The variable is inherited by children whose stderr went
+/// elsewhere (a pipe, a file): only a match of both numbers counts.
+fn stderr_is_journal(var: Option<&str>) -> bool {
+    let Some((dev, ino)) = var.and_then(|v| v.trim().split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    stderr_identity().is_some_and(|(d, i)| d == dev && i == ino)
+}
+
+/// The device and inode of what stderr is open on.
+#[cfg(unix)]
+fn stderr_identity() -> Option<(u64, u64)> {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let fd = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    let meta = std::fs::File::from(fd).metadata().ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn stderr_identity() -> Option<(u64, u64)> {
+    None
 }
 
 /// The log writer: stderr (through the demo's status line keeper), each line prefixed
@@ -234,4 +324,41 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_as_operators_write_them() {
+        assert_eq!(parse_level("warning").as_deref(), Ok("warn"));
+        assert_eq!(parse_level("WARN").as_deref(), Ok("warn"));
+        assert_eq!(parse_level(" Info ").as_deref(), Ok("info"));
+        assert_eq!(
+            parse_level("genesys_closer=debug,info").as_deref(),
+            Ok("genesys_closer=debug,info")
+        );
+        assert_eq!(
+            parse_level("genesys_closer=Warning").as_deref(),
+            Ok("genesys_closer=warn")
+        );
+        // `tracing` alone reads these as target names and logs nothing.
+        for bad in [
+            "verbose",
+            "warnings",
+            "genesys_closer",
+            "x=loud",
+            "=info",
+            "",
+            ",",
+        ] {
+            assert!(parse_level(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            parse_level("verbose")
+                .unwrap_err()
+                .contains("trace, debug, info, warn, error, off")
+        );
+    }
 }

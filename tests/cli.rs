@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 const GOOD: &str = r#"
 [genesys]
 region = "eu-west-1"
-client_id = "abc"
+client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
 
 [stream]
 queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
@@ -51,12 +51,17 @@ fn check_prints_what_would_run() {
         &[("GENESYSCLOUD_OAUTHCLIENT_SECRET", "s")],
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(!text.contains("NOT FOUND"), "{text}");
+    assert!(!text.contains("NOT USABLE"), "{text}");
+    assert!(text.starts_with("CONFIG: OK\n"), "{text}");
+    assert!(text.contains("metrics: off"), "{text}");
+    assert!(text.contains("outcome feed: off"), "{text}");
     // Without the secret `run` would refuse, and so does `check`.
     let (out, text) = run(&["check"], GOOD);
     assert_eq!(out.status.code(), Some(64), "{text}");
     assert!(
-        text.contains("`run` would refuse to start: the client secret is not found"),
+        text.contains(
+            "`run` would refuse to start: no client secret: GENESYSCLOUD_OAUTHCLIENT_SECRET is not set"
+        ),
         "{text}"
     );
     assert!(text.contains("https://api.mypurecloud.ie/"), "{text}");
@@ -75,9 +80,10 @@ fn check_prints_what_would_run() {
         "{text}"
     );
     assert!(
-        text.contains("NOT FOUND"),
-        "missing secret is flagged: {text}"
+        text.starts_with("CONFIG: NOT OK: `run` would refuse to start\n"),
+        "missing secret is flagged on the first line: {text}"
     );
+    assert!(text.contains("(NOT USABLE: no client secret"), "{text}");
 }
 
 /// Each bad file: (what to change, expected line:column, expected message part).
@@ -92,7 +98,7 @@ fn bad_configs_exit_64_with_file_line_column_and_message() {
         ),
         (
             "unknown key",
-            GOOD.replace("client_id = \"abc\"", "client_id = \"abc\"\nclientid = \"typo\""),
+            GOOD.replace("client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"", "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"\nclientid = \"typo\""),
             "CONFIG:5:1: unknown key `clientid` in [genesys]",
             "did you mean `client_id`?",
         ),
@@ -101,6 +107,15 @@ fn bad_configs_exit_64_with_file_line_column_and_message() {
             GOOD.replace("intents = [\"Goodbye\", \"CancelSubscription\"]", "intents = []"),
             "CONFIG:12:11: rule \"goodbye\": `intents` must list at least one intent",
             "intents = [",
+        ),
+        (
+            "a client id that is not one",
+            GOOD.replace(
+                "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"",
+                "client_id = \"my-client\"",
+            ),
+            "CONFIG:4:13: `client_id` = \"my-client\" is not an OAuth client id",
+            "UUID (8-4-4-4-12 hex digits)",
         ),
         (
             "http to a remote host",
@@ -131,7 +146,10 @@ fn bad_configs_exit_64_with_file_line_column_and_message() {
 #[test]
 fn all_errors_are_reported_at_once() {
     let text = GOOD
-        .replace("client_id = \"abc\"", "client_id = \"abc\"\ncolour = 1")
+        .replace(
+            "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"",
+            "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"\ncolour = 1",
+        )
         .replace(
             "intents = [\"Goodbye\", \"CancelSubscription\"]",
             "intents = []\ndisconnect = \"guest\"",

@@ -362,7 +362,7 @@ async fn the_wrapup_runs_when_the_close_is_seen_while_a_503_is_retried() {
     let tokens = TokenSource::new(
         http.clone(),
         &base,
-        "sim-client".into(),
+        "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7".into(),
         SecretString::from("sim-secret".to_string()),
     );
     let state = tempfile::tempdir().expect("state dir");

@@ -81,7 +81,7 @@ impl Scenario {
 [genesys]
 api_url = "{url}"
 login_url = "{url}"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 requests_per_minute = {requests_per_minute}
 
 [daemon]

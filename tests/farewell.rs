@@ -24,7 +24,12 @@ async fn start() -> (SimHandle, ApiClient) {
     let base = Url::parse(&sim.base_url()).expect("sim url");
     let http = ApiClient::http_client().expect("http client");
     let secret = SecretString::from("sim-secret".to_string());
-    let tokens = TokenSource::new(http.clone(), &base, "sim-client".into(), secret);
+    let tokens = TokenSource::new(
+        http.clone(),
+        &base,
+        "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7".into(),
+        secret,
+    );
     (sim, ApiClient::new(http, base, tokens))
 }
 

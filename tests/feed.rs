@@ -159,7 +159,7 @@ async fn outcomes_journalled_before_a_sigkill_are_delivered_after_the_restart() 
 [genesys]
 api_url = "{url}"
 login_url = "{url}"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 
 [stream]
 queues = ["{QUEUE}"]

@@ -25,7 +25,7 @@ fn config_text(api: &str, state_dir: &Path, queues: &[&str], intents: &[&str]) -
 [genesys]
 api_url = "{api}"
 login_url = "{api}"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 
 [stream]
 queues = [{}]

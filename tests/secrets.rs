@@ -39,7 +39,7 @@ async fn no_credential_or_token_appears_in_any_output() {
 [genesys]
 api_url = "{url}"
 login_url = "{url}"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 
 [stream]
 queues = ["{QUEUE}"]

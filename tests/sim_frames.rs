@@ -194,7 +194,7 @@ impl Api {
     async fn grant(&self, secret: &str, grant_type: &str) -> (u16, Value) {
         let req = self.http.post(format!("{}/oauth/token", self.base));
         let req = req
-            .basic_auth("sim-client", Some(secret))
+            .basic_auth("5e1f0c1e-51a0-4c1e-8e57-0000000c11e7", Some(secret))
             .form(&[("grant_type", grant_type)]);
         let resp = req.send().await.expect("token request");
         (

@@ -66,7 +66,7 @@ impl Api {
         let base = sim.base_url();
         let resp = http
             .post(format!("{base}/oauth/token"))
-            .basic_auth("sim-client", Some("sim-secret"))
+            .basic_auth("5e1f0c1e-51a0-4c1e-8e57-0000000c11e7", Some("sim-secret"))
             .form(&[("grant_type", "client_credentials")])
             .send()
             .await

@@ -24,7 +24,7 @@ pub fn rules() -> Rules {
         r#"
 [genesys]
 region = "us-east-1"
-client_id = "bench"
+client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
 [stream]
 queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
 [[rule]]

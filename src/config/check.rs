@@ -248,6 +248,21 @@ impl Checker<'_> {
         if client_id.is_none() && t.get("client_id").is_none() {
             self.at(here.clone(), "[genesys] needs `client_id`".into());
         }
+        // Genesys names an OAuth client by a UUID (Admin > OAuth > Client ID); anything
+        // else is a paste of the client's name or of its secret.
+        if let Some(id) = &client_id
+            && !is_uuid(id)
+        {
+            let span = t.get("client_id").and_then(Item::span);
+            let shown: String = id.chars().take(40).collect();
+            self.at(
+                span,
+                format!(
+                    "`client_id` = \"{shown}\" is not an OAuth client id: Genesys shows it as a \
+                     UUID (8-4-4-4-12 hex digits) under Admin > Integrations > OAuth"
+                ),
+            );
+        }
         let region = self.nonempty_string(t, "region").and_then(|r| {
             let domain = region_domain(&r);
             if domain.is_none() {
@@ -643,11 +658,13 @@ impl Checker<'_> {
             }
         }
         if let Some(level) = self.nonempty_string(t, "level") {
-            if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-                let span = t.get("level").and_then(Item::span);
-                self.at(span, format!("log level `{level}` is not a valid filter"));
+            match crate::telemetry::parse_level(&level) {
+                Ok(filter) => log.level = filter,
+                Err(e) => {
+                    let span = t.get("level").and_then(Item::span);
+                    self.at(span, format!("log level {e}"));
+                }
             }
-            log.level = level;
         }
         log
     }

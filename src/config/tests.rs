@@ -6,7 +6,7 @@ use super::*;
 const GOOD: &str = r#"
 [genesys]
 region = "eu-west-1"
-client_id = "abc"
+client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
 
 [stream]
 queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
@@ -58,7 +58,7 @@ fn every_error_is_reported_with_position_and_rule() {
     let text = r#"
 [genesys]
 region = "eu-west-1"
-client_id = "abc"
+client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
 colour = "blue"
 
 [stream]
@@ -93,7 +93,7 @@ fn ids_typos_and_absurd_values_are_caught_once_each_in_file_order() {
     let text = r#"
 [genesys]
 region = "eu-west-1"
-client_id = "abc"
+client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
 
 [stream]
 queues = ["q1", "8f14e45f-ceea-467a-9575-3b9d1c2e4a77", "8F14E45F-CEEA-467A-9575-3B9D1C2E4A77"]
@@ -156,8 +156,8 @@ fn syntax_error_has_position() {
 #[test]
 fn secret_in_file_is_refused_with_advice() {
     let text = GOOD.replace(
-        "client_id = \"abc\"",
-        "client_id = \"abc\"\nclient_secret = \"x\"",
+        "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"",
+        "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"\nclient_secret = \"x\"",
     );
     let errs = parse(&text).unwrap_err().0;
     assert!(errs[0].message.contains(SECRET_ENV));

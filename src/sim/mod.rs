@@ -145,7 +145,7 @@ impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            client_id: "sim-client".into(),
+            client_id: "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7".into(),
             client_secret: "sim-secret".into(),
             token_ttl: Duration::from_secs(86_400),
             heartbeat_interval: Duration::from_secs(30),

@@ -22,7 +22,7 @@ pub fn config(api_url: &str, login_url: &str, rule_extra: &str) -> Config {
 [genesys]
 api_url = "{api_url}"
 login_url = "{login_url}"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 
 [stream]
 queues = ["{QUEUE}"]
@@ -171,7 +171,7 @@ pub fn bot_config_with(api_url: &str, login_url: &str, intake_extra: &str) -> Co
 [genesys]
 api_url = "{api_url}"
 login_url = "{login_url}"
-client_id = "sim-client"
+client_id = "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7"
 
 [stream]
 queues = ["{QUEUE}"]

@@ -107,7 +107,7 @@ impl Api {
     pub(crate) async fn token(&self) -> Answer {
         let req = self.http.post(format!("{}/oauth/token", self.base));
         let req = req
-            .basic_auth("sim-client", Some("sim-secret"))
+            .basic_auth("5e1f0c1e-51a0-4c1e-8e57-0000000c11e7", Some("sim-secret"))
             .form(&[("grant_type", "client_credentials")]);
         answer(req.send().await.expect("token request")).await
     }
