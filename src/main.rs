@@ -81,13 +81,30 @@ enum Command {
         /// Read this state directory instead of the config's.
         #[arg(long)]
         state_dir: Option<PathBuf>,
-        /// How far back, e.g. "1h", "30m", "7d".
-        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-        since: Duration,
+        /// Start of the period: a duration back from now (90m, 1h, 7d), today or
+        /// yesterday (from midnight UTC), a date (2026-12-01, from midnight UTC) or an RFC
+        /// 3339 time (2026-12-01T08:00:00Z). Default: 24h; with --unfinished, the whole
+        /// journal.
+        #[arg(long, value_name = "WHEN", value_parser = genesys_closer::journal::history::Since::parse)]
+        since: Option<genesys_closer::journal::history::Since>,
         /// Only this conversation.
         #[arg(long)]
         conversation: Option<String>,
-        /// JSON lines instead of the table.
+        /// Only conversations whose close ended with OUTCOME in the period.
+        #[arg(
+            long,
+            value_name = "OUTCOME",
+            value_parser = clap::builder::PossibleValuesParser::new(
+                genesys_closer::journal::history::outcome_names()
+            ),
+            conflicts_with = "unfinished"
+        )]
+        outcome: Option<String>,
+        /// Only closes decided and not finished: what the next start carries on.
+        #[arg(long)]
+        unfinished: bool,
+        /// JSON lines instead of the table: one `"type":"entry"` line per journal line,
+        /// then a `"type":"summary"` line.
         #[arg(long)]
         json: bool,
     },
@@ -154,7 +171,8 @@ enum Command {
         #[arg(long = "fault", value_parser = parse_fault)]
         faults: Vec<sim::ScriptedFault>,
     },
-    /// Print shell completions or the man page on stdout (see README.md).
+    /// Print shell completions or a man page on stdout, or write them all into a
+    /// directory for a package (see README.md).
     #[command(hide = true)]
     Generate {
         #[command(subcommand)]
@@ -181,6 +199,15 @@ enum Generate {
     Man {
         /// A subcommand (`run`, `check`, ...).
         command: Option<String>,
+    },
+    /// Every man page and the bash, zsh and fish completions, written into DIR (what
+    /// pkg/build-deb.sh packages): DIR/man/genesys-closer.1, one
+    /// DIR/man/genesys-closer-COMMAND.1 per command, and DIR/completions/ with
+    /// genesys-closer.bash, _genesys-closer and genesys-closer.fish. Prints each path.
+    All {
+        /// Where to write (created if needed).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
     },
 }
 
@@ -227,8 +254,20 @@ fn main() -> ExitCode {
                 state_dir,
                 since,
                 conversation,
+                outcome,
+                unfinished,
                 json,
-            } => history(&config, state_dir, since, conversation.as_deref(), json),
+            } => history(
+                &config,
+                state_dir,
+                &genesys_closer::journal::history::Options {
+                    since,
+                    conversation,
+                    outcome,
+                    unfinished,
+                    json,
+                },
+            ),
             Command::Demo {
                 conversations,
                 rate,
@@ -305,40 +344,265 @@ fn help(path: &[String]) -> ExitCode {
     }
 }
 
-/// `generate completions SHELL` / `generate man [COMMAND]`, on stdout.
+/// `generate completions SHELL` / `generate man [COMMAND]` on stdout; `generate all`
+/// into a directory.
 fn generate(what: Generate) -> ExitCode {
-    let mut cmd = Cli::command();
     let mut out = std::io::stdout().lock();
-    match what {
+    let written = match what {
         Generate::Completions { shell } => {
             // Into memory first: the generator panics on a write error (a closed pipe).
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cmd, "genesys-closer", &mut script);
-            let _ = out.write_all(&script);
+            out.write_all(&completion(shell))
         }
-        Generate::Man { command } => {
-            cmd.build();
-            let page = match command {
-                None => cmd,
-                Some(name) => match cmd.find_subcommand(&name) {
-                    Some(sub) => sub.clone().version(VERSION),
-                    None => {
-                        eprintln!("error: no subcommand '{name}'");
-                        return ExitCode::from(2);
-                    }
-                },
-            };
-            // `generate man | head` closing the pipe early is not worth an error.
-            if let Err(e) = clap_mangen::Man::new(page).render(&mut out)
-                && e.kind() != std::io::ErrorKind::BrokenPipe
-            {
-                eprintln!("error: cannot write the man page: {e}");
+        Generate::Man { command } => match man_page(command.as_deref()) {
+            Some(page) => out.write_all(&page),
+            None => {
+                eprintln!("error: no subcommand '{}'", command.unwrap_or_default());
+                return ExitCode::from(2);
+            }
+        },
+        Generate::All { dir } => match generate_all(&dir) {
+            Ok(paths) => paths
+                .iter()
+                .try_for_each(|p| writeln!(out, "{}", p.display())),
+            Err(e) => {
+                eprintln!("error: cannot write into {}: {e}", dir.display());
                 return ExitCode::FAILURE;
             }
+        },
+    };
+    // `generate man | head` closing the pipe early is not worth an error.
+    match written.and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write to stdout: {e}");
+            ExitCode::FAILURE
         }
+        _ => ExitCode::SUCCESS,
     }
-    let _ = out.flush();
-    ExitCode::SUCCESS
+}
+
+/// The completion files a package installs: (file name, shell).
+const COMPLETIONS: [(&str, clap_complete::Shell); 3] = [
+    ("genesys-closer.bash", clap_complete::Shell::Bash),
+    ("_genesys-closer", clap_complete::Shell::Zsh),
+    ("genesys-closer.fish", clap_complete::Shell::Fish),
+];
+
+fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "genesys-closer", &mut script);
+    script
+}
+
+/// The command as the man pages describe it: built (so subcommands know their full
+/// names) and without `help`, which gets no page of its own.
+fn man_command() -> clap::Command {
+    let mut cmd = Cli::command().mut_subcommand("help", |h| h.hide(true));
+    cmd.build();
+    cmd
+}
+
+/// The commands that get a page (and a line in the top page): the visible ones.
+fn man_subcommands(cmd: &clap::Command) -> Vec<&clap::Command> {
+    cmd.get_subcommands().filter(|s| !s.is_hide_set()).collect()
+}
+
+/// The top page (`None`) or a subcommand's; `None` if there is no such subcommand.
+fn man_page(command: Option<&str>) -> Option<Vec<u8>> {
+    let cmd = man_command();
+    let (page, extra) = match command {
+        None => {
+            let names: Vec<String> = man_subcommands(&cmd)
+                .iter()
+                .map(|s| format!("genesys-closer-{}", s.get_name()))
+                .collect();
+            (cmd.clone(), top_page_sections(&names))
+        }
+        Some(name) => (
+            cmd.find_subcommand(name)?.clone().version(VERSION),
+            ".SH \"SEE ALSO\"\n\\fBgenesys\\-closer\\fR(1): the exit statuses, the \
+             environment and the files of every command\n"
+                .to_string(),
+        ),
+    };
+    let man = clap_mangen::Man::new(page.clone()).source(format!("genesys-closer {VERSION}"));
+    // clap_mangen's own sections, with ours before VERSION (writing to memory cannot fail).
+    let mut out = Vec::new();
+    let _ = man.render_title(&mut out);
+    let _ = man.render_name_section(&mut out);
+    let _ = man.render_synopsis_section(&mut out);
+    let _ = man.render_description_section(&mut out);
+    if page.get_arguments().any(|a| !a.is_hide_set()) {
+        let _ = man.render_options_section(&mut out);
+    }
+    if !man_subcommands(&page).is_empty() {
+        let _ = man.render_subcommands_section(&mut out);
+    }
+    out.extend_from_slice(extra.as_bytes());
+    let _ = man.render_version_section(&mut out);
+    // Each render call starts with the same two-line preamble (it defines the `Aq`
+    // apostrophe); the first is enough.
+    let text = String::from_utf8_lossy(&out);
+    let preamble = ".ie \\n(.g .ds Aq \\(aq\n.el .ds Aq '\n";
+    let body = text.replace(preamble, "");
+    Some(format!("{preamble}{body}").into_bytes())
+}
+
+/// Text for roff: backslashes, hyphens and apostrophes escaped as clap_mangen does (a
+/// bare `-` may print as a hyphen, which cannot be copied into a shell).
+fn roff(text: &str) -> String {
+    text.replace('\\', "\\e")
+        .replace('-', "\\-")
+        .replace('\'', "\\*(Aq")
+}
+
+/// EXIT STATUS, ENVIRONMENT, FILES and SEE ALSO of the top page; SEE ALSO names
+/// `pages`, exactly the subcommand pages written.
+fn top_page_sections(pages: &[String]) -> String {
+    use genesys_closer::config::{
+        FEED_TOKEN_ENV, INTAKE_TOKEN_CREDENTIAL, INTAKE_TOKEN_ENV, SECRET_ENV,
+    };
+    // One line tells of both uses of 65.
+    const _: () = assert!(genesys_closer::replay::EXIT_NOT_A_RECORDING as i32 == EXIT_CREDENTIALS);
+    let exit = [
+        (
+            0,
+            "Success; for run, stopped by SIGTERM or SIGINT after draining.",
+        ),
+        (
+            1,
+            "Any other failure: run stopped on an error; a file or the journal cannot be \
+             read; check --online found a topic family that cannot work; a demo, \
+             fault-matrix, burst or latency run missed its bar.",
+        ),
+        (
+            2,
+            "The command line cannot be parsed (an unknown option or command, a bad value).",
+        ),
+        (
+            EXIT_BAD_CONFIG,
+            "The configuration cannot be used (EX_USAGE): the file is invalid, or a secret \
+             or token it needs is missing or unreadable (check says which); run --record \
+             cannot open its file; sim --listen names an address that is not loopback \
+             without --allow-remote. The systemd unit does not restart on it.",
+        ),
+        (
+            EXIT_CREDENTIALS,
+            "run: Genesys refused the OAuth client credentials (the unit does not restart on \
+             it). replay: a file holds no recorded frame (EX_DATAERR).",
+        ),
+        (
+            130,
+            "run: a second SIGTERM or SIGINT while draining; it exits at once, and the \
+             closes in flight stay in the journal for the next start.",
+        ),
+    ];
+    let env = [
+        (
+            SECRET_ENV,
+            "The OAuth client secret, when the config sets no client_secret_file and \
+             CREDENTIALS_DIRECTORY holds no client_secret."
+                .to_string(),
+        ),
+        (
+            "CREDENTIALS_DIRECTORY",
+            format!(
+                "Set by systemd for LoadCredential=: the files client_secret and \
+                 {INTAKE_TOKEN_CREDENTIAL} are read from it."
+            ),
+        ),
+        (
+            INTAKE_TOKEN_ENV,
+            format!(
+                "The intake endpoint's credential, when [intake] sets no token_file and \
+                 CREDENTIALS_DIRECTORY holds no {INTAKE_TOKEN_CREDENTIAL}."
+            ),
+        ),
+        (
+            FEED_TOKEN_ENV,
+            "The bearer token of the outcome feed's POSTs, when [feed] sets no token_file.".into(),
+        ),
+        (
+            "RUST_LOG",
+            "A log filter (e.g. genesys_closer=debug) that overrides [log] level.".into(),
+        ),
+        (
+            "NO_COLOR",
+            "When set and not empty, log lines on a terminal are not coloured.".into(),
+        ),
+        (
+            "JOURNAL_STREAM",
+            "Set by systemd when stderr goes to the journal: each log line then starts with \
+             its syslog priority, so journalctl -p works."
+                .into(),
+        ),
+        (
+            "NOTIFY_SOCKET, WATCHDOG_USEC",
+            "Set by systemd (Type=notify, WatchdogSec=): run reports READY=1, STATUS=, \
+             RELOADING=1 and STOPPING=1 there, and keeps the watchdog fed from its event \
+             loop."
+                .into(),
+        ),
+    ];
+    let files = [
+        (
+            "/etc/genesys-closer/config.toml",
+            "The configuration (--config).",
+        ),
+        (
+            "/var/lib/genesys-closer/journal.sqlite3",
+            "The journal of decisions, steps and outcomes ([daemon] state_dir), read by history.",
+        ),
+    ];
+    let mut s = String::from(".SH \"EXIT STATUS\"\n");
+    for (code, text) in &exit {
+        let _ = writeln!(s, ".TP\n\\fB{code}\\fR\n{}", roff(text));
+    }
+    s.push_str(".SH ENVIRONMENT\n");
+    for (name, text) in &env {
+        let _ = writeln!(s, ".TP\n\\fB{}\\fR\n{}", roff(name), roff(text));
+    }
+    s.push_str(".SH FILES\n");
+    for (path, text) in &files {
+        let _ = writeln!(s, ".TP\n\\fI{}\\fR\n{}", roff(path), roff(text));
+    }
+    // Left-aligned: justifying a list of long names leaves wide gaps.
+    s.push_str(".SH \"SEE ALSO\"\n.ad l\n");
+    let refs: Vec<String> = pages
+        .iter()
+        .map(|p| format!("\\fB\\%{}\\fR(1)", roff(p)))
+        .collect();
+    let _ = writeln!(s, "{}", refs.join(",\n"));
+    s.push_str(".PP\nREADME.md in /usr/share/doc/genesys\\-closer/ (set\\-up, rules, the journal, metrics)\n");
+    s
+}
+
+/// `generate all --dir DIR`: every man page and completion file; returns their paths.
+fn generate_all(dir: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    let (man_dir, completion_dir) = (dir.join("man"), dir.join("completions"));
+    std::fs::create_dir_all(&man_dir)?;
+    std::fs::create_dir_all(&completion_dir)?;
+    let cmd = man_command();
+    let mut pages: Vec<(String, Option<&str>)> = vec![("genesys-closer".into(), None)];
+    pages.extend(man_subcommands(&cmd).into_iter().map(|s| {
+        (
+            format!("genesys-closer-{}", s.get_name()),
+            Some(s.get_name()),
+        )
+    }));
+    let mut written = Vec::new();
+    for (name, command) in pages {
+        let path = man_dir.join(format!("{name}.1"));
+        let page =
+            man_page(command).ok_or_else(|| std::io::Error::other(format!("no page {name}")))?;
+        std::fs::write(&path, page)?;
+        written.push(path);
+    }
+    for (file, shell) in COMPLETIONS {
+        let path = completion_dir.join(file);
+        std::fs::write(&path, completion(shell))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 /// `replay`: recorded frames through the parser, the state map and the rules.
@@ -352,6 +616,8 @@ fn replay(config: &std::path::Path, files: &[PathBuf], json: bool) -> ExitCode {
     let mut replay = Replay::new(&config);
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut bad_shown = 0u64;
+    // Files that held no recorded frame: the replay tested no rule on them.
+    let mut not_recordings: Vec<(String, u64)> = Vec::new();
     for path in files {
         let name = path.display().to_string();
         let file = match std::fs::File::open(path) {
@@ -376,9 +642,13 @@ fn replay(config: &std::path::Path, files: &[PathBuf], json: bool) -> ExitCode {
                 }
             }
         });
-        if let Err(e) = fed {
-            eprintln!("error: cannot read {name}: {e}");
-            return ExitCode::FAILURE;
+        match fed {
+            Ok(totals) if totals.no_frames() => not_recordings.push((name, totals.lines)),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("error: cannot read {name}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     let summary = replay.summary();
@@ -388,17 +658,29 @@ fn replay(config: &std::path::Path, files: &[PathBuf], json: bool) -> ExitCode {
         write!(out, "{}", summary.text())
     };
     let _ = out.flush();
-    ExitCode::SUCCESS
+    if not_recordings.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    for (name, lines) in &not_recordings {
+        if *lines == 0 {
+            eprintln!("error: {name} is empty: no recorded frame to replay");
+        } else {
+            eprintln!(
+                "error: {name} holds no recorded frame ({lines} line(s), none written by \
+                 `run --record`): it is not a recording"
+            );
+        }
+    }
+    ExitCode::from(genesys_closer::replay::EXIT_NOT_A_RECORDING)
 }
 
+/// `history`: the journal, read-only (the daemon may be running).
 fn history(
     config: &std::path::Path,
     state_dir: Option<PathBuf>,
-    since: Duration,
-    conversation: Option<&str>,
-    json: bool,
+    options: &genesys_closer::journal::history::Options,
 ) -> ExitCode {
-    use genesys_closer::journal::{self, Backend as _, history};
+    use genesys_closer::journal::{self, history};
     let dir = match state_dir {
         Some(d) => d,
         None => match load(config) {
@@ -406,23 +688,11 @@ fn history(
             Err(code) => return code,
         },
     };
-    let mut j = match journal::open_read(&dir) {
-        Ok(j) => j,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let since_ms = journal::now_ms() - since.as_millis() as i64;
-    match j.history(since_ms, conversation) {
-        Ok(entries) => {
-            if json {
-                for e in &entries {
-                    println!("{}", history::json_line(e));
-                }
-            } else {
-                print!("{}", history::table(&entries));
-            }
+    let report = journal::open_read(&dir)
+        .and_then(|mut j| history::report(&mut j, options, journal::now_ms()));
+    match report {
+        Ok(text) => {
+            print_out(&text);
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -25,6 +25,29 @@ use crate::state::Store;
 /// Bad lines whose place is kept in the summary, at most.
 const BAD_LINES_KEPT: usize = 20;
 
+/// Exit status of `replay` when a file holds no recorded frame at all (sysexits'
+/// `EX_DATAERR`: the input is not what the command reads). `run` uses the same number
+/// for refused credentials; the two commands never share a caller that could confuse
+/// them.
+pub const EXIT_NOT_A_RECORDING: u8 = 65;
+
+/// What one file gave a replay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FileTotals {
+    /// Lines read (blank ones excluded).
+    pub lines: u64,
+    /// Recorded frames, those recorded only as their size included.
+    pub recorded: u64,
+}
+
+impl FileTotals {
+    /// Whether the file holds no recorded frame at all: it is not a recording (or
+    /// nothing was recorded), and a replay of it tested no rule.
+    pub fn no_frames(&self) -> bool {
+        self.recorded == 0
+    }
+}
+
 /// One rule decision during a replay.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Decided {
@@ -275,19 +298,25 @@ impl Replay {
     }
 
     /// Replays every line of `reader` (named `file` in reports), telling `out` of each
-    /// decision and bad line as it comes. Only reading `reader` can fail.
+    /// decision and bad line as it comes; returns what the file held. Only reading
+    /// `reader` can fail.
     pub fn feed(
         &mut self,
         file: &str,
         mut reader: impl BufRead,
         mut out: impl FnMut(Item),
-    ) -> io::Result<()> {
+    ) -> io::Result<FileTotals> {
+        let recorded = |s: &Summary| s.frames + s.skipped_oversized;
+        let (lines, frames) = (self.summary.lines, recorded(&self.summary));
         let mut buf = Vec::new();
         let mut line_no = 0u64;
         loop {
             buf.clear();
             if reader.read_until(b'\n', &mut buf)? == 0 {
-                return Ok(());
+                return Ok(FileTotals {
+                    lines: self.summary.lines - lines,
+                    recorded: recorded(&self.summary) - frames,
+                });
             }
             line_no += 1;
             if let Some(item) = self.line(file, line_no, &buf) {
@@ -451,7 +480,7 @@ mod tests {
 
     fn config(rules: &str) -> Config {
         let text = format!(
-            "[genesys]\nregion = \"us-east-1\"\nclient_id = \"x\"\n[stream]\n\
+            "[genesys]\nregion = \"us-east-1\"\nclient_id = \"3f2504e0-4f89-41d3-9a0c-0305e82c3301\"\n[stream]\n\
              queues = [\"8f14e45f-ceea-467a-9575-3b9d1c2e4a77\"]\n{rules}"
         );
         Config::parse(&text, Path::new("replay-test.toml")).expect("valid config")
@@ -565,6 +594,49 @@ mod tests {
             })
             .unwrap();
         assert_eq!(sources, [("queue", false), ("detail", false)]);
+    }
+
+    #[test]
+    fn a_file_without_a_recorded_frame_says_so() {
+        let cfg = config("[[rule]]\nname = \"cancel\"\nintents = [\"CancelSubscription\"]\n");
+        let mut replay = Replay::new(&cfg);
+        let mut bad = 0;
+        let totals = replay
+            .feed(
+                "config.toml",
+                "[genesys]\nregion = \"us-east-1\"\n\n".as_bytes(),
+                |_| bad += 1,
+            )
+            .unwrap();
+        assert_eq!(
+            totals,
+            FileTotals {
+                lines: 2,
+                recorded: 0
+            }
+        );
+        assert!(totals.no_frames());
+        assert_eq!(bad, 2);
+        let empty = replay.feed("empty.jsonl", "".as_bytes(), |_| {}).unwrap();
+        assert!(empty.no_frames());
+        // One good frame among bad lines is a recording; only this file's lines count.
+        let frame: serde_json::Value = serde_json::from_str(&events("heartbeat.json")).unwrap();
+        let text = format!(
+            "{}\n{{truncated\n{}\n",
+            serde_json::json!({"at_ms": 1, "stream": 0, "frame": frame}),
+            serde_json::json!({"at_ms": 2, "stream": 0, "skipped_bytes": 2_000_000})
+        );
+        let totals = replay
+            .feed("frames.jsonl", text.as_bytes(), |_| {})
+            .unwrap();
+        assert_eq!(
+            totals,
+            FileTotals {
+                lines: 3,
+                recorded: 2
+            }
+        );
+        assert!(!totals.no_frames());
     }
 
     fn text_of(path: &Path) -> String {

@@ -1,103 +1,761 @@
-//! `genesys-closer history`: the journal as an on-call engineer reads it.
+//! `genesys-closer history`: the journal as an on-call engineer reads it (a table by
+//! conversation) and as a script reads it (JSON lines with typed fields), with a summary
+//! that counts decisions, outcomes and unfinished closes so nobody has to.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::HistoryEntry;
+use serde::Serialize;
 
-/// One entry as a JSON line (stable field names, for scripts).
-pub fn json_line(e: &HistoryEntry) -> String {
-    // HistoryEntry holds only strings and integers: serializing cannot fail.
-    serde_json::to_string(e).unwrap_or_default()
+use super::{Backend, EntryKind, HistoryEntry, HistoryQuery, JournalError, rfc3339_ms};
+use crate::closer::Outcome;
+
+/// How far back `history` looks without `--since` (and without `--unfinished`).
+pub const DEFAULT_SINCE: Duration = Duration::from_secs(24 * 3600);
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Where a `--since` period starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// This long before now (`90m`, `1h`, `7d`).
+    Ago(Duration),
+    /// Midnight UTC today.
+    Today,
+    /// Midnight UTC of the day before today (so "yesterday and today").
+    Yesterday,
+    /// A moment, ms since the Unix epoch (`2026-12-01` is its midnight UTC).
+    At(i64),
 }
 
-/// The entries as a table grouped by conversation: when, what, detail; each
-/// conversation's lines in time order, conversations in order of their first line.
-pub fn table(entries: &[HistoryEntry]) -> String {
-    let mut order: Vec<&str> = Vec::new();
-    for e in entries {
-        if !order.contains(&e.conversation_id.as_str()) {
-            order.push(&e.conversation_id);
+impl Since {
+    /// The forms [`parse`](Self::parse) accepts, for error messages and help.
+    pub const FORMS: &'static str = "a duration (90m, 1h, 7d), today, yesterday (both from \
+        midnight UTC), a date (2026-12-01, from midnight UTC) or an RFC 3339 time \
+        (2026-12-01T08:00:00Z, 2026-12-01T09:00:00+01:00)";
+
+    /// Reads one of [`FORMS`](Self::FORMS).
+    pub fn parse(text: &str) -> Result<Since, String> {
+        let t = text.trim();
+        let bad = |why: String| format!("`{t}` is not a start time ({why}); use {}", Self::FORMS);
+        if t.eq_ignore_ascii_case("today") {
+            return Ok(Since::Today);
+        }
+        if t.eq_ignore_ascii_case("yesterday") {
+            return Ok(Since::Yesterday);
+        }
+        // A date or a time starts with a year and a dash; a duration never does.
+        let b = t.as_bytes();
+        if b.len() >= 5 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' {
+            return timestamp_ms(t).map(Since::At).map_err(bad);
+        }
+        humantime::parse_duration(t)
+            .map(Since::Ago)
+            .map_err(|e| bad(e.to_string()))
+    }
+
+    /// The period's start, ms since the Unix epoch, `now_ms` being now.
+    pub fn start_ms(self, now_ms: i64) -> i64 {
+        let midnight = now_ms - now_ms.rem_euclid(DAY_MS);
+        match self {
+            Since::Ago(d) => {
+                now_ms.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            }
+            Since::Today => midnight,
+            Since::Yesterday => midnight - DAY_MS,
+            Since::At(ms) => ms,
         }
     }
+}
+
+impl std::str::FromStr for Since {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Since, String> {
+        Since::parse(s)
+    }
+}
+
+/// `2026-12-01` (midnight UTC), `2026-12-01T08:00:00[.123]Z`, the same without `Z`
+/// (UTC) or with a space for `T`, or with a `+01:00` / `-05:00` offset.
+fn timestamp_ms(t: &str) -> Result<i64, String> {
+    let at = |s: &str| -> Result<i64, String> {
+        let time = humantime::parse_rfc3339_weak(s).map_err(|e| e.to_string())?;
+        let since = time.duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?;
+        i64::try_from(since.as_millis()).map_err(|e| e.to_string())
+    };
+    if t.len() == "2026-12-01".len() {
+        return at(&format!("{t}T00:00:00Z"));
+    }
+    // humantime reads a `+HH:MM` after a fraction as UTC whatever its value: the offset
+    // is taken off here and applied by hand.
+    if let Some((base, sign, minutes)) = split_offset(t) {
+        if minutes >= 24 * 60 {
+            return Err("the offset is out of range".into());
+        }
+        return Ok(at(base)? - sign * minutes * 60_000);
+    }
+    at(t)
+}
+
+/// `(time, sign, minutes)` of a time ending in `+HH:MM` or `-HH:MM`.
+fn split_offset(t: &str) -> Option<(&str, i64, i64)> {
+    if t.len() < "2026-12-01T08:00:00+00:00".len() || !t.is_char_boundary(t.len() - 6) {
+        return None;
+    }
+    let (base, offset) = t.split_at(t.len() - 6);
+    let o = offset.as_bytes();
+    let sign = match o[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = [o[1], o[2], o[4], o[5]];
+    if o[3] != b':' || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let [h1, h2, m1, m2] = digits.map(|d| i64::from(d - b'0'));
+    Some((base, sign, (h1 * 10 + h2) * 60 + m1 * 10 + m2))
+}
+
+/// The outcomes a close can end with (`--outcome` values), as the closer names them.
+pub fn outcome_names() -> Vec<&'static str> {
+    // A new variant must be added here; the test `every_outcome_is_offered` says so.
+    [
+        Outcome::Confirmed,
+        Outcome::EscalatedConfirmed,
+        Outcome::AlreadyClosed,
+        Outcome::DryRun,
+        Outcome::Failed,
+    ]
+    .map(Outcome::as_str)
+    .to_vec()
+}
+
+/// A journal row's columns, those that do not apply to its kind `None`.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    /// Rule name.
+    pub rule: Option<String>,
+    /// Intent.
+    pub intent: Option<String>,
+    /// Deciding source.
+    pub source: Option<String>,
+    /// Queue.
+    pub queue_id: Option<String>,
+    /// Deferred decision.
+    pub deferred: Option<bool>,
+    /// The step as journalled, detail included.
+    pub step: Option<String>,
+    /// Outcome.
+    pub outcome: Option<String>,
+    /// Requests.
+    pub requests: Option<i64>,
+    /// Latency.
+    pub latency_ms: Option<i64>,
+    /// Reason.
+    pub reason: Option<String>,
+    /// Correlation id.
+    pub correlation_id: Option<String>,
+    /// Intake answer.
+    pub answer: Option<String>,
+}
+
+/// A `history` line from a journal row: a step's detail (`failed:farewell: 503 ...`)
+/// goes to `reason`, and `what` gets the table's text.
+pub fn entry(kind: EntryKind, at_ms: i64, conversation_id: String, f: Fields) -> HistoryEntry {
+    let raw_step = f.step.unwrap_or_default();
+    let (step, reason) = match kind {
+        EntryKind::Step => match raw_step.split_once(": ") {
+            Some((head, detail)) => (Some(head.to_owned()), Some(detail.to_owned())),
+            None => (Some(raw_step.clone()), f.reason),
+        },
+        _ => (None, f.reason),
+    };
+    let what = match kind {
+        EntryKind::Decision => format!(
+            "rule {}, intent {}{}",
+            f.rule.as_deref().unwrap_or("?"),
+            f.intent.as_deref().unwrap_or("?"),
+            if f.deferred == Some(true) {
+                " (deferred: decided while shutting down)"
+            } else {
+                ""
+            }
+        ),
+        EntryKind::Step => raw_step,
+        EntryKind::Outcome => f.outcome.clone().unwrap_or_default(),
+        EntryKind::Intake => f.answer.clone().unwrap_or_default(),
+    };
+    HistoryEntry {
+        at_ms,
+        conversation_id,
+        kind,
+        what,
+        rule: f.rule,
+        intent: f.intent,
+        source: f.source,
+        queue_id: f.queue_id,
+        deferred: f.deferred.filter(|_| kind == EntryKind::Decision),
+        step,
+        outcome: f.outcome,
+        requests: f.requests,
+        latency_ms: f.latency_ms,
+        reason,
+        correlation_id: f.correlation_id,
+        answer: f.answer,
+    }
+}
+
+/// What `history` prints.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Start of the period; `None`: [`DEFAULT_SINCE`] ago, or the whole journal with
+    /// `unfinished`.
+    pub since: Option<Since>,
+    /// Only this conversation.
+    pub conversation: Option<String>,
+    /// Only conversations that ended with this outcome in the period.
+    pub outcome: Option<String>,
+    /// Only conversations decided and not finished.
+    pub unfinished: bool,
+    /// JSON lines instead of the table.
+    pub json: bool,
+}
+
+/// The totals under the lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Start of the period (RFC 3339); absent for the whole journal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Conversations with at least one line.
+    pub conversations: u64,
+    /// Decision lines.
+    pub decisions: u64,
+    /// Outcome lines by outcome.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Conversations shown that are decided without an outcome: the next start carries
+    /// them on.
+    pub unfinished: u64,
+    /// Intake lines.
+    pub intake_calls: u64,
+}
+
+impl Summary {
+    /// Totals of `entries`; `open` holds the conversations decided and not finished.
+    pub fn of(entries: &[HistoryEntry], open: &HashSet<String>, since_ms: Option<i64>) -> Self {
+        let mut s = Summary {
+            since: since_ms.map(rfc3339_ms),
+            ..Summary::default()
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        for e in entries {
+            if seen.insert(&e.conversation_id) {
+                s.conversations += 1;
+                if open.contains(&e.conversation_id) {
+                    s.unfinished += 1;
+                }
+            }
+            match e.kind {
+                EntryKind::Decision => s.decisions += 1,
+                EntryKind::Outcome => {
+                    *s.outcomes.entry(e.what.clone()).or_insert(0) += 1;
+                }
+                EntryKind::Intake => s.intake_calls += 1,
+                EntryKind::Step => {}
+            }
+        }
+        s
+    }
+
+    /// `12 decisions, 10 confirmed, 1 failed, 1 unfinished; 3 intake calls (since ...)`:
+    /// outcomes in the closer's order, those with none left out.
+    pub fn text(&self) -> String {
+        let names = outcome_names();
+        let mut outcomes: Vec<(&str, u64)> = names
+            .iter()
+            .filter_map(|n| self.outcomes.get(*n).map(|c| (*n, *c)))
+            .collect();
+        outcomes.extend(
+            self.outcomes
+                .iter()
+                .filter(|(k, _)| !names.contains(&k.as_str()))
+                .map(|(k, c)| (k.as_str(), *c)),
+        );
+        let mut parts = vec![plural(self.decisions, "decision")];
+        parts.extend(outcomes.iter().map(|(k, c)| format!("{c} {k}")));
+        parts.push(format!("{} unfinished", self.unfinished));
+        let mut line = parts.join(", ");
+        if self.intake_calls > 0 {
+            let _ = write!(line, "; {}", plural(self.intake_calls, "intake call"));
+        }
+        match &self.since {
+            Some(t) => {
+                let _ = write!(line, " (since {t})");
+            }
+            None => line.push_str(" (whole journal)"),
+        }
+        line
+    }
+}
+
+fn plural(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// A line of `history --json`: `{"type": "entry", ...}` per journal line, then one
+/// `{"type": "summary", ...}`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JsonLine<'a> {
+    /// One journal line.
+    Entry(&'a HistoryEntry),
+    /// The totals, last.
+    Summary(&'a Summary),
+}
+
+impl JsonLine<'_> {
+    /// The line, without its newline.
+    pub fn to_json(&self) -> String {
+        // Strings, integers and booleans only: serializing cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Reads the journal as `o` asks and renders it, `now_ms` being now.
+pub fn report(b: &mut dyn Backend, o: &Options, now_ms: i64) -> Result<String, JournalError> {
+    let since_ms = match o.since {
+        Some(s) => Some(s.start_ms(now_ms)),
+        None if o.unfinished => None,
+        None => Some(Since::Ago(DEFAULT_SINCE).start_ms(now_ms)),
+    };
+    let entries = b.history_query(&HistoryQuery {
+        since_ms: since_ms.unwrap_or(i64::MIN),
+        conversation_id: o.conversation.as_deref(),
+        outcome: o.outcome.as_deref(),
+        unfinished: o.unfinished,
+    })?;
+    let open: HashSet<String> = b
+        .unfinished()?
+        .into_iter()
+        .map(|u| u.decision.conversation_id)
+        .collect();
+    let summary = Summary::of(&entries, &open, since_ms);
+    if o.json {
+        let mut out = String::new();
+        for e in &entries {
+            let _ = writeln!(out, "{}", JsonLine::Entry(e).to_json());
+        }
+        let _ = writeln!(out, "{}", JsonLine::Summary(&summary).to_json());
+        Ok(out)
+    } else {
+        Ok(table(&entries, &summary))
+    }
+}
+
+/// The entries as a table grouped by conversation (time, kind, what, detail; each
+/// conversation's lines in time order, conversations in order of their first line),
+/// then the summary.
+pub fn table(entries: &[HistoryEntry], summary: &Summary) -> String {
     let mut out = String::new();
     if entries.is_empty() {
-        out.push_str("no journal entries in this period\n");
+        let _ = writeln!(
+            out,
+            "no journal entries {}",
+            match &summary.since {
+                Some(t) => format!("since {t}"),
+                None => "in the whole journal".into(),
+            }
+        );
         return out;
     }
-    for id in order {
+    let mut groups: Vec<(&str, Vec<&HistoryEntry>)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for e in entries {
+        let i = *index.entry(&e.conversation_id).or_insert_with(|| {
+            groups.push((&e.conversation_id, Vec::new()));
+            groups.len() - 1
+        });
+        groups[i].1.push(e);
+    }
+    for (id, lines) in groups {
         let _ = writeln!(out, "conversation {id}");
-        for e in entries.iter().filter(|e| e.conversation_id == id) {
-            let when = humantime::format_rfc3339_millis(
-                UNIX_EPOCH + Duration::from_millis(e.at_ms.max(0) as u64),
+        for e in lines {
+            let _ = write!(
+                out,
+                "  {}  {:<8}  {}",
+                rfc3339_ms(e.at_ms),
+                e.kind.as_str(),
+                e.what
             );
-            let _ = write!(out, "  {when}  {:<8}  {}", e.kind, e.what);
-            if let Some(d) = &e.detail {
+            if let Some(d) = detail(e) {
                 let _ = write!(out, "  ({d})");
             }
             out.push('\n');
         }
     }
-    let finished = entries.iter().filter(|e| e.kind == "outcome").count();
-    let decisions = entries.iter().filter(|e| e.kind == "decision").count();
-    let _ = writeln!(
-        out,
-        "{decisions} decision(s), {finished} outcome(s) in this period"
-    );
+    let _ = writeln!(out, "{}", summary.text());
     out
+}
+
+/// The parenthesised detail of a table line.
+fn detail(e: &HistoryEntry) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    match e.kind {
+        EntryKind::Decision => {
+            if let Some(s) = &e.source {
+                parts.push(format!("source {s}"));
+            }
+            if let Some(q) = &e.queue_id {
+                parts.push(format!("queue {q}"));
+            }
+        }
+        EntryKind::Outcome => {
+            if let Some(n) = e.requests {
+                parts.push(format!("requests {n}"));
+            }
+            if let Some(ms) = e.latency_ms {
+                parts.push(format!("{ms} ms"));
+            }
+            parts.extend(e.reason.clone());
+            if let Some(c) = &e.correlation_id {
+                parts.push(format!("correlation id {c}"));
+            }
+        }
+        EntryKind::Intake => {
+            if let Some(i) = &e.intent {
+                parts.push(format!("intent {i}"));
+            }
+        }
+        // `what` is the step as journalled, detail included.
+        EntryKind::Step => {}
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn e(at: i64, id: &str, kind: &str, what: &str, detail: Option<&str>) -> HistoryEntry {
-        HistoryEntry {
-            at_ms: at,
-            conversation_id: id.into(),
-            kind: kind.into(),
-            what: what.into(),
-            detail: detail.map(Into::into),
-        }
+    /// 2026-12-03T16:40:00.123Z.
+    const NOW: i64 = 1_796_316_000_123;
+
+    fn ms(text: &str) -> i64 {
+        Since::parse(text).expect(text).start_ms(NOW)
     }
 
     #[test]
-    fn the_table_groups_by_conversation_and_the_json_keeps_every_field() {
+    fn since_takes_durations_days_dates_and_times() {
+        assert_eq!(rfc3339_ms(NOW), "2026-12-03T16:40:00.123Z");
+        assert_eq!(ms("90m"), NOW - 90 * 60_000);
+        assert_eq!(ms("1h"), NOW - 3_600_000);
+        assert_eq!(ms("7d"), NOW - 7 * DAY_MS);
+        assert_eq!(rfc3339_ms(ms("today")), "2026-12-03T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(ms("Yesterday")), "2026-12-02T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(ms("2026-12-01")), "2026-12-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_ms(ms("2026-12-01T08:30:00Z")),
+            "2026-12-01T08:30:00.000Z"
+        );
+        assert_eq!(
+            rfc3339_ms(ms("2026-12-01T08:30:00.250Z")),
+            "2026-12-01T08:30:00.250Z"
+        );
+        assert_eq!(
+            rfc3339_ms(ms("2026-12-01 08:30:00")),
+            "2026-12-01T08:30:00.000Z"
+        );
+        assert_eq!(
+            rfc3339_ms(ms("2026-12-01T09:30:00+01:00")),
+            "2026-12-01T08:30:00.000Z"
+        );
+        assert_eq!(
+            rfc3339_ms(ms("2026-12-01T03:30:00.5-05:00")),
+            "2026-12-01T08:30:00.500Z"
+        );
+        // A duration longer than the epoch is the whole journal, not an overflow.
+        assert!(ms("1000000years") < 0);
+        for bad in [
+            "",
+            "soon",
+            "2026-13-01",
+            "2026-12-01T25:00:00Z",
+            "12",
+            "1h ago",
+        ] {
+            let e = Since::parse(bad).expect_err(bad);
+            assert!(e.contains("yesterday") && e.contains("2026-12-01"), "{e}");
+        }
+        assert!(Since::parse("2026-12-01T09:30:00+25:00").is_err());
+    }
+
+    #[test]
+    fn every_outcome_is_offered() {
+        // Fails to compile when the closer gains an outcome: add it to `outcome_names`.
+        let listed = |o: Outcome| match o {
+            Outcome::Confirmed
+            | Outcome::EscalatedConfirmed
+            | Outcome::AlreadyClosed
+            | Outcome::DryRun
+            | Outcome::Failed => o.as_str(),
+        };
+        assert_eq!(outcome_names().len(), 5);
+        assert!(outcome_names().contains(&listed(Outcome::Failed)));
+    }
+
+    fn e(at: i64, id: &str, kind: EntryKind, f: Fields) -> HistoryEntry {
+        entry(kind, at, id.into(), f)
+    }
+
+    fn decided(at: i64, id: &str) -> HistoryEntry {
+        e(
+            at,
+            id,
+            EntryKind::Decision,
+            Fields {
+                rule: Some("goodbye".into()),
+                intent: Some("Goodbye".into()),
+                source: Some("queue".into()),
+                queue_id: Some("q1".into()),
+                deferred: Some(false),
+                ..Fields::default()
+            },
+        )
+    }
+
+    fn ended(at: i64, id: &str, outcome: &str) -> HistoryEntry {
+        e(
+            at,
+            id,
+            EntryKind::Outcome,
+            Fields {
+                rule: Some("goodbye".into()),
+                intent: Some("Goodbye".into()),
+                outcome: Some(outcome.into()),
+                requests: Some(1),
+                latency_ms: Some(20),
+                ..Fields::default()
+            },
+        )
+    }
+
+    fn stepped(at: i64, id: &str, step: &str) -> HistoryEntry {
+        e(
+            at,
+            id,
+            EntryKind::Step,
+            Fields {
+                step: Some(step.into()),
+                ..Fields::default()
+            },
+        )
+    }
+
+    #[test]
+    fn json_lines_have_typed_fields_and_no_empty_ones() {
+        let d = serde_json::to_value(JsonLine::Entry(&decided(NOW, "c1"))).unwrap();
+        assert_eq!(d["type"], "entry");
+        assert_eq!(d["time"], "2026-12-03T16:40:00.123Z");
+        assert_eq!(d["kind"], "decision");
+        assert_eq!(d["rule"], "goodbye");
+        assert_eq!(d["intent"], "Goodbye");
+        assert_eq!(d["source"], "queue");
+        assert_eq!(d["deferred"], false);
+        for absent in ["at_ms", "outcome", "step", "requests", "reason", "answer"] {
+            assert!(d.get(absent).is_none(), "{absent} in {d}");
+        }
+        let s = serde_json::to_value(JsonLine::Entry(&stepped(
+            NOW,
+            "c1",
+            "failed:patch_conversation: 503 Service Unavailable",
+        )))
+        .unwrap();
+        assert_eq!(s["step"], "failed:patch_conversation");
+        assert_eq!(s["reason"], "503 Service Unavailable");
+        assert_eq!(
+            s["what"],
+            "failed:patch_conversation: 503 Service Unavailable"
+        );
+        assert!(
+            s.get("rule").is_none() && s.get("deferred").is_none(),
+            "{s}"
+        );
+        let o = serde_json::to_value(JsonLine::Entry(&ended(NOW, "c1", "failed"))).unwrap();
+        assert_eq!(o["outcome"], "failed");
+        assert_eq!(o["requests"], 1);
+        assert_eq!(o["latency_ms"], 20);
+        assert!(o.get("correlation_id").is_none(), "{o}");
+    }
+
+    fn record(id: &str, at: i64) -> crate::journal::DecisionRecord {
+        crate::journal::DecisionRecord {
+            conversation_id: id.into(),
+            rule: "goodbye".into(),
+            intent: "Goodbye".into(),
+            queue_id: None,
+            customer_id: None,
+            source: "intake".into(),
+            watch: false,
+            deferred: false,
+            decided_ms: at,
+        }
+    }
+
+    fn outcome(id: &str, outcome: &str) -> crate::journal::OutcomeRecord {
+        crate::journal::OutcomeRecord {
+            conversation_id: id.into(),
+            outcome: outcome.into(),
+            reason: (outcome == "failed").then(|| "disconnect refused".into()),
+            correlation_id: None,
+            requests: 2,
+            latency_ms: Some(40),
+        }
+    }
+
+    /// Through the SQLite journal: the period, `--outcome`, `--unfinished` and the counts.
+    #[tokio::test]
+    async fn the_journal_answers_by_outcome_and_unfinished() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = crate::journal::now_ms();
+        {
+            let o = crate::journal::open(dir.path(), 0).expect("open");
+            let j = o.journal.clone();
+            j.decision(record("old-open", now - 3 * DAY_MS));
+            j.decision(record("c-ok", now - 3_000));
+            j.outcome(outcome("c-ok", "confirmed"))
+                .await
+                .expect("outcome");
+            j.decision(record("c-bad", now - 2_000));
+            j.note(
+                "c-bad",
+                "failed:patch_conversation: 503 Service Unavailable",
+            );
+            j.outcome(outcome("c-bad", "failed"))
+                .await
+                .expect("outcome");
+            j.decision(record("c-open", now - 1_000));
+            j.note("c-open", "about_to_send:patch_conversation");
+            j.intake("c-intake", Some("Goodbye"), "no_rule");
+            j.flush().await.expect("flush");
+            drop(j);
+            drop(o.journal);
+            o.guard.finish();
+        }
+        let mut r = crate::journal::open_read(dir.path()).expect("read-only");
+        let mut run = |o: Options| report(&mut r, &o, now).expect("report");
+
+        let t = run(Options::default());
+        assert!(!t.contains("old-open"), "{t}");
+        assert!(
+            t.contains("3 decisions, 1 confirmed, 1 failed, 1 unfinished; 1 intake call (since "),
+            "{t}"
+        );
+
+        let t = run(Options {
+            unfinished: true,
+            ..Options::default()
+        });
+        assert!(
+            t.contains("conversation old-open") && t.contains("conversation c-open"),
+            "{t}"
+        );
+        assert!(!t.contains("c-ok") && !t.contains("c-bad"), "{t}");
+        assert!(
+            t.ends_with("2 decisions, 2 unfinished (whole journal)\n"),
+            "{t}"
+        );
+
+        let t = run(Options {
+            unfinished: true,
+            since: Some(Since::Ago(Duration::from_secs(3600))),
+            ..Options::default()
+        });
+        assert!(t.contains("c-open") && !t.contains("old-open"), "{t}");
+
+        let lines: Vec<serde_json::Value> = run(Options {
+            outcome: Some("failed".into()),
+            json: true,
+            ..Options::default()
+        })
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+        let kinds: Vec<&str> = lines
+            .iter()
+            .map(|l| l["kind"].as_str().unwrap_or("-"))
+            .collect();
+        assert_eq!(kinds, ["decision", "step", "outcome", "-"], "{lines:?}");
+        assert!(
+            lines[..3]
+                .iter()
+                .all(|l| l["type"] == "entry" && l["conversation_id"] == "c-bad")
+        );
+        assert_eq!(lines[1]["step"], "failed:patch_conversation");
+        assert_eq!(lines[1]["reason"], "503 Service Unavailable");
+        assert_eq!(lines[2]["outcome"], "failed");
+        assert_eq!(lines[2]["reason"], "disconnect refused");
+        assert_eq!(lines[2]["requests"], 2);
+        assert_eq!(lines[3]["type"], "summary");
+        assert_eq!(lines[3]["outcomes"]["failed"], 1);
+        assert_eq!(lines[3]["unfinished"], 0);
+    }
+
+    #[test]
+    fn the_table_groups_by_conversation_and_ends_with_the_counts() {
         let es = vec![
+            decided(1_000, "c1"),
             e(
-                1_000,
-                "c1",
-                "decision",
-                "rule goodbye, intent Goodbye",
-                Some("source queue"),
+                1_001,
+                "c2",
+                EntryKind::Intake,
+                Fields {
+                    intent: Some("Goodbye".into()),
+                    answer: Some("close".into()),
+                    ..Fields::default()
+                },
             ),
-            e(1_001, "c2", "intake", "close", Some("intent Goodbye")),
-            e(
-                1_002,
-                "c1",
-                "step",
-                "about_to_send:patch_conversation",
-                None,
-            ),
-            e(1_050, "c1", "outcome", "confirmed", Some("requests 1")),
+            decided(1_001, "c2"),
+            stepped(1_002, "c1", "about_to_send:patch_conversation"),
+            ended(1_050, "c1", "confirmed"),
+            decided(1_060, "c3"),
+            ended(1_070, "c3", "failed"),
         ];
-        let t = table(&es);
+        let open: HashSet<String> = ["c2".to_string()].into();
+        let summary = Summary::of(&es, &open, Some(0));
+        let t = table(&es, &summary);
         let c1 = t.find("conversation c1").expect("c1 header");
         let c2 = t.find("conversation c2").expect("c2 header");
         assert!(c1 < c2, "{t}");
         assert!(
-            t.contains("1970-01-01T00:00:01.050Z  outcome   confirmed  (requests 1)"),
+            t.contains("1970-01-01T00:00:01.000Z  decision  rule goodbye, intent Goodbye  (source queue; queue q1)"),
             "{t}"
         );
         assert!(
-            t.contains("1 decision(s), 1 outcome(s) in this period"),
+            t.contains("1970-01-01T00:00:01.050Z  outcome   confirmed  (requests 1; 20 ms)"),
             "{t}"
         );
-        let j: serde_json::Value = serde_json::from_str(&json_line(&es[3])).expect("json");
-        assert_eq!(j["conversation_id"], "c1");
-        assert_eq!(j["kind"], "outcome");
-        assert_eq!(j["what"], "confirmed");
-        assert_eq!(j["at_ms"], 1_050);
-        assert!(table(&[]).contains("no journal entries"));
+        assert!(t.contains("intake    close  (intent Goodbye)"), "{t}");
+        assert!(
+            t.ends_with(
+                "3 decisions, 1 confirmed, 1 failed, 1 unfinished; 1 intake call \
+                 (since 1970-01-01T00:00:00.000Z)\n"
+            ),
+            "{t}"
+        );
+        let j = serde_json::to_value(JsonLine::Summary(&summary)).unwrap();
+        assert_eq!(j["type"], "summary");
+        assert_eq!(j["decisions"], 3);
+        assert_eq!(j["outcomes"]["confirmed"], 1);
+        assert_eq!(j["outcomes"]["failed"], 1);
+        assert_eq!(j["unfinished"], 1);
+        assert_eq!(j["intake_calls"], 1);
+        assert_eq!(j["conversations"], 3);
+        let none = Summary::of(&[], &open, None);
+        assert!(table(&[], &none).contains("no journal entries in the whole journal"));
     }
 }

@@ -63,19 +63,105 @@ pub struct Unfinished {
     pub steps: Vec<String>,
 }
 
-/// One line of `history`.
+/// What a line of `history` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// A rule decided to close the conversation.
+    Decision,
+    /// A step of the close (`about_to_send:patch_conversation`, `sent:farewell`, ...).
+    Step,
+    /// How the close ended.
+    Outcome,
+    /// An accepted intake call.
+    Intake,
+}
+
+impl EntryKind {
+    /// The name in the table and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Decision => "decision",
+            EntryKind::Step => "step",
+            EntryKind::Outcome => "outcome",
+            EntryKind::Intake => "intake",
+        }
+    }
+}
+
+impl PartialEq<&str> for EntryKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// One line of `history`: the fields that apply to its kind, the others `None` (and
+/// absent from its JSON line).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HistoryEntry {
-    /// When, ms since the Unix epoch.
+    /// When, ms since the Unix epoch (in JSON: `time`, RFC 3339 UTC).
+    #[serde(rename = "time", serialize_with = "serialize_rfc3339_ms")]
     pub at_ms: i64,
     /// Conversation id.
     pub conversation_id: String,
-    /// `decision`, `step`, `outcome` or `intake`.
-    pub kind: String,
-    /// What: the rule and intent, the step, the outcome, the intake answer.
+    /// Decision, step, outcome or intake.
+    pub kind: EntryKind,
+    /// The table's text for the line: the rule and intent, the step as journalled, the
+    /// outcome, the intake answer.
     pub what: String,
-    /// More: reason, correlation id, source.
-    pub detail: Option<String>,
+    /// Rule name (decisions and outcomes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The intent (decisions, outcomes; intake calls that named one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    /// Which source led to the decision (`queue`, `detail`, `intake`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The queue, when the decision knew it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_id: Option<String>,
+    /// Decided while draining for shutdown, left for the next start (decisions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<bool>,
+    /// The step without its detail (`failed:farewell` of `failed:farewell: 503 ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// `confirmed`, `failed`, ... (outcomes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Requests Genesys answered during the close (outcomes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<i64>,
+    /// Decision to confirmation or to giving up, ms (outcomes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<i64>,
+    /// Why: an outcome's reason, or a step's detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Genesys correlation id of the last failed call (outcomes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    /// What the intake endpoint answered (`close`, `no_rule`, `duplicate`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
+}
+
+fn serialize_rfc3339_ms<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339_ms(*ms))
+}
+
+/// What `history` selects; every condition must hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryQuery<'a> {
+    /// Lines at or after this time, ms since the Unix epoch.
+    pub since_ms: i64,
+    /// Only this conversation.
+    pub conversation_id: Option<&'a str>,
+    /// Only conversations whose close ended with this outcome at or after `since_ms`.
+    pub outcome: Option<&'a str>,
+    /// Only conversations decided and not finished (what the next start carries on).
+    pub unfinished: bool,
 }
 
 /// A finished close as journalled.
@@ -208,12 +294,23 @@ pub trait Backend: Send {
     fn unfinished(&mut self) -> Result<Vec<Unfinished>, JournalError>;
     /// Conversations whose close finished at or after `since_ms`.
     fn finished_since(&mut self, since_ms: i64) -> Result<Vec<String>, JournalError>;
+    /// The lines `query` selects, oldest first.
+    fn history_query(
+        &mut self,
+        query: &HistoryQuery<'_>,
+    ) -> Result<Vec<HistoryEntry>, JournalError>;
     /// Everything since `since_ms`, optionally for one conversation, oldest first.
     fn history(
         &mut self,
         since_ms: i64,
         conversation_id: Option<&str>,
-    ) -> Result<Vec<HistoryEntry>, JournalError>;
+    ) -> Result<Vec<HistoryEntry>, JournalError> {
+        self.history_query(&HistoryQuery {
+            since_ms,
+            conversation_id,
+            ..HistoryQuery::default()
+        })
+    }
     /// Forgets finished closes (and intake calls) older than `before_ms`; returns how
     /// many decisions went.
     fn prune(&mut self, before_ms: i64) -> Result<usize, JournalError>;

@@ -17,8 +17,8 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::{
-    Backend, DecisionRecord, HistoryEntry, JournalError, OutboxItem, OutcomeRecord, Sinks,
-    Unfinished,
+    Backend, DecisionRecord, EntryKind, HistoryEntry, HistoryQuery, JournalError, OutboxItem,
+    OutcomeRecord, Sinks, Unfinished, history,
 };
 
 const SCHEMA_VERSION: i64 = 2;
@@ -441,49 +441,73 @@ impl Backend for SqliteBackend {
         rows.collect::<Result<_, _>>().map_err(storage)
     }
 
-    fn history(
-        &mut self,
-        since_ms: i64,
-        conversation_id: Option<&str>,
-    ) -> Result<Vec<HistoryEntry>, JournalError> {
+    fn history_query(&mut self, q: &HistoryQuery<'_>) -> Result<Vec<HistoryEntry>, JournalError> {
+        // One row shape for the four kinds; a column that does not apply to a kind is NULL.
         let mut st = self
             .db
-            .prepare(
-                "SELECT at, conversation_id, kind, what, detail FROM (
-                   SELECT decided_ms AS at, conversation_id, 'decision' AS kind,
-                          'rule ' || rule || ', intent ' || intent
-                            || CASE WHEN deferred THEN ' (deferred: decided while shutting down)'
-                                    ELSE '' END AS what,
-                          'source ' || source || COALESCE(', queue ' || queue_id, '') AS detail,
-                          0 AS ord, 0 AS id
+            .prepare_cached(
+                "SELECT at, conversation_id, kind, rule, intent, source, queue_id, deferred,
+                        step, outcome, requests, latency_ms, reason, correlation_id, answer
+                 FROM (
+                   SELECT decided_ms AS at, conversation_id, 'decision' AS kind, rule, intent,
+                          source, queue_id, deferred, NULL AS step, NULL AS outcome,
+                          NULL AS requests, NULL AS latency_ms, NULL AS reason,
+                          NULL AS correlation_id, NULL AS answer, 0 AS ord, 0 AS id
                    FROM decisions
                    UNION ALL
-                   SELECT at_ms, conversation_id, 'step', step, NULL, 1, id FROM steps
+                   SELECT at_ms, conversation_id, 'step', NULL, NULL, NULL, NULL, NULL, step,
+                          NULL, NULL, NULL, NULL, NULL, NULL, 1, id
+                   FROM steps
                    UNION ALL
-                   SELECT outcome_ms, conversation_id, 'outcome', outcome,
-                          NULLIF(TRIM(COALESCE('requests ' || requests, '')
-                            || COALESCE('; ' || reason, '')
-                            || COALESCE('; correlation id ' || correlation_id, '')), ''),
-                          2, 0
+                   SELECT outcome_ms, conversation_id, 'outcome', rule, intent, NULL, NULL,
+                          NULL, NULL, outcome, requests, latency_ms, reason, correlation_id,
+                          NULL, 2, 0
                    FROM decisions WHERE outcome IS NOT NULL
                    UNION ALL
-                   SELECT at_ms, conversation_id, 'intake',
-                          answer, COALESCE('intent ' || intent, NULL), 1, id FROM intake
+                   SELECT at_ms, conversation_id, 'intake', NULL, intent, NULL, NULL, NULL,
+                          NULL, NULL, NULL, NULL, NULL, NULL, answer, 1, id
+                   FROM intake
                  )
                  WHERE at >= ?1 AND (?2 IS NULL OR conversation_id = ?2)
+                   AND (?3 IS NULL OR conversation_id IN
+                         (SELECT conversation_id FROM decisions
+                          WHERE outcome = ?3 AND outcome_ms >= ?1))
+                   AND (NOT ?4 OR conversation_id IN
+                         (SELECT conversation_id FROM decisions WHERE outcome IS NULL))
                  ORDER BY at, ord, id",
             )
             .map_err(storage)?;
         let rows = st
-            .query_map(params![since_ms, conversation_id], |r| {
-                Ok(HistoryEntry {
-                    at_ms: r.get(0)?,
-                    conversation_id: r.get(1)?,
-                    kind: r.get(2)?,
-                    what: r.get(3)?,
-                    detail: r.get(4)?,
-                })
-            })
+            .query_map(
+                params![q.since_ms, q.conversation_id, q.outcome, q.unfinished],
+                |r| {
+                    let kind = match r.get_ref(2)?.as_str()? {
+                        "decision" => EntryKind::Decision,
+                        "step" => EntryKind::Step,
+                        "outcome" => EntryKind::Outcome,
+                        _ => EntryKind::Intake,
+                    };
+                    Ok(history::entry(
+                        kind,
+                        r.get(0)?,
+                        r.get(1)?,
+                        history::Fields {
+                            rule: r.get(3)?,
+                            intent: r.get(4)?,
+                            source: r.get(5)?,
+                            queue_id: r.get(6)?,
+                            deferred: r.get(7)?,
+                            step: r.get(8)?,
+                            outcome: r.get(9)?,
+                            requests: r.get(10)?,
+                            latency_ms: r.get(11)?,
+                            reason: r.get(12)?,
+                            correlation_id: r.get(13)?,
+                            answer: r.get(14)?,
+                        },
+                    ))
+                },
+            )
             .map_err(storage)?;
         rows.collect::<Result<_, _>>().map_err(storage)
     }
