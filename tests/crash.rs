@@ -986,3 +986,49 @@ async fn sigterm_with_hundreds_of_closes_queued_keeps_the_stop_bound() {
     s.start().await;
     s.finish(&ids, Duration::from_secs(120)).await;
 }
+
+/// The fields an on-call engineer filters on: `rule matched` names the event's id
+/// `event_correlation_id` as the outcome line does; a retried call names its
+/// conversation; 503s for seconds write one warning per operation per 10 s, the rest at
+/// debug.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_an_on_call_engineer_filters_on() {
+    let mut s = Scenario::new("fields", sim_config()).await;
+    s.config(6000, "");
+    s.start().await;
+    s.sim
+        .fail_requests_for(MESSAGES, 503, None, Duration::from_secs(4));
+    let ids: Vec<String> = (0..20).map(|_| s.create(false)).collect();
+    s.finish(&ids, Duration::from_secs(90)).await;
+    let lines = s.log_lines();
+    let matched: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["message"] == "rule matched")
+        .collect();
+    assert_eq!(matched.len(), ids.len());
+    for v in &matched {
+        assert!(v.get("correlation_id").is_none(), "{v}");
+        assert!(v["event_correlation_id"].is_string(), "{v}");
+    }
+    let retries: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["message"] == "API call failed; retrying")
+        .collect();
+    let warned = retries.iter().filter(|v| v["level"] == "WARN").count();
+    eprintln!(
+        "retries: {} logged, {warned} at warn, over 4 s of 503s",
+        retries.len()
+    );
+    assert!(retries.len() >= ids.len(), "the 503s were retried");
+    // One per operation per 10 s: the PATCH and the read, each once in the 4 s.
+    assert!(
+        (1..=4).contains(&warned),
+        "{warned} warnings for {} retries",
+        retries.len()
+    );
+    for v in &retries {
+        let path = v["path"].as_str().expect("path");
+        let id = v["conversation_id"].as_str().expect("conversation_id");
+        assert!(path.contains(id), "{v}");
+    }
+}

@@ -332,7 +332,8 @@ fn log_report(r: &CloseReport) {
                 outcome = r.outcome.as_str(),
                 latency_ms,
                 requests = r.sent.len(),
-                sent = %r.sent.join(","),
+                // Absent when nothing was sent (not an empty string).
+                sent = (!r.sent.is_empty()).then(|| tracing::field::display(r.sent.join(","))),
                 confirmed_by,
                 correlation_id = r.correlation_id.as_deref(),
                 request_correlation_id = r.request_correlation_id.as_deref(),

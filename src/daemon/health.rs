@@ -14,9 +14,7 @@ use std::collections::HashMap;
 
 use tokio::time::Instant;
 
-/// Stream index of the mirror of primary stream `i` is `MIRROR_BASE + i`; the
-/// subscription manager's own streams stay below it (at most 20 channels in all).
-pub(crate) const MIRROR_BASE: usize = 100;
+pub(crate) use crate::genesys::MIRROR_BASE;
 
 /// Up/down state per stream.
 #[derive(Debug, Default)]

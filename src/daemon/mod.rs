@@ -601,7 +601,7 @@ pub async fn run(
                         *l = false;
                     }
                     probes.set_ready(live.values().all(|l| *l));
-                    tracing::debug!(stream, %reason, "stream down");
+                    tracing::debug!(stream = %crate::genesys::StreamName(stream), %reason, "stream down");
                 }
             },
             Some(ids) = live_rx.recv() => lp.on_watching(&ids, Instant::now()),

@@ -118,7 +118,7 @@ async fn prepared(p: &mut Option<(Preparing<'_>, &'static str)>) -> Result<(Chan
 fn rotation_time(ch: &Channel, stream: usize) -> Option<Instant> {
     let left = expires_in(ch)?;
     if left < Duration::from_secs(1) {
-        tracing::warn!(stream, channel_id = %ch.id, expires = ch.expires.as_deref(),
+        tracing::warn!(stream = %crate::genesys::StreamName(stream), channel_id = %ch.id, expires = ch.expires.as_deref(),
             "the channel's expiry is already past (is this machine's clock right?); not rotating on it");
         return None;
     }
@@ -231,7 +231,7 @@ impl ChannelStream {
                 Err(e) => return e.into_end(ch),
             },
         };
-        tracing::info!(stream = self.index, channel_id = %ch.id, "socket live");
+        tracing::info!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, "socket live");
         self.announce(&ch, down_since.take().map(|t| t.elapsed()))
             .await;
         let mut last_frame = Instant::now();
@@ -297,7 +297,7 @@ impl ChannelStream {
                             self.stats.binary_frames.inc();
                             crate::metrics::frame("binary");
                             if let Some(held) = self.stats.log_limit.allow("binary") {
-                                tracing::warn!(stream = self.index, channel_id = %ch.id, bytes = b.len(),
+                                tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, bytes = b.len(),
                                     held_back = held, "skipping a binary frame (Genesys sends text)");
                             }
                             last_frame = Instant::now();
@@ -381,7 +381,7 @@ impl ChannelStream {
                         Err(e) => {
                             attempts += 1;
                             let again = attempts < ROTATION_ATTEMPTS;
-                            tracing::warn!(stream = self.index, channel_id = %ch.id, reason, error = %e,
+                            tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, reason, error = %e,
                                 attempt = attempts, retrying = again,
                                 "rotation to a fresh channel failed; the current socket stays in use");
                             if again {
@@ -393,7 +393,7 @@ impl ChannelStream {
                 _ = sleep_until_opt(draining.as_ref().map(|d| d.since + OVERLAP)) => {
                     if let Some(mut d) = draining.take() {
                         let _ = d.ws.close(None).await;
-                        tracing::info!(stream = self.index, reason = d.reason,
+                        tracing::info!(stream = %crate::genesys::StreamName(self.index), reason = d.reason,
                             old_channel_id = %d.channel.id, channel_id = %ch.id,
                             overlap_ms = d.since.elapsed().as_millis() as u64,
                             "rotated to a fresh channel without a gap");
@@ -411,7 +411,7 @@ impl ChannelStream {
                         Some(Ok(_)) => {}
                         None | Some(Err(_)) => {
                             if let Some(d) = draining.take() {
-                                tracing::info!(stream = self.index, reason = d.reason,
+                                tracing::info!(stream = %crate::genesys::StreamName(self.index), reason = d.reason,
                                     old_channel_id = %d.channel.id, channel_id = %ch.id,
                                     overlap_ms = d.since.elapsed().as_millis() as u64,
                                     "rotated to a fresh channel without a gap (old socket closed by the server)");
@@ -437,7 +437,7 @@ impl ChannelStream {
                     // Debug only: a quiet moment in a quiet org is no news; what the
                     // checks find (a socket that does not answer, topics missing) is
                     // logged at warn level.
-                    tracing::debug!(stream = self.index, channel_id = %ch.id,
+                    tracing::debug!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id,
                         silent_ms = self.config.silence_check.as_millis() as u64, verify,
                         "events stopped on this channel: checking the socket and its subscriptions");
                     if pong_by.is_none() {
@@ -466,7 +466,7 @@ impl ChannelStream {
                             "no heartbeat or pong for {} ms", self.config.heartbeat_timeout.as_millis()));
                     }
                     pinged = true;
-                    tracing::warn!(stream = self.index, channel_id = %ch.id,
+                    tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id,
                         silent_ms = self.config.ping_after.as_millis() as u64,
                         "no heartbeat: socket silent; sending a ping");
                     if let Err(e) = ws.send(Message::text(r#"{"message":"ping"}"#)).await {
@@ -482,7 +482,7 @@ impl ChannelStream {
     async fn resubscribe(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
         let since = Instant::now();
         if let Err(e) = self.subscribe(ch).await {
-            tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e,
+            tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e,
                 "re-subscribing after no_longer_subscribed failed; the channel will be subscribed again");
             return Some(|ch| {
                 LiveEnd::Unsubscribed(
@@ -506,12 +506,12 @@ impl ChannelStream {
     async fn apply_topic_change(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
         match self.subscribe(ch).await {
             Ok(()) => {
-                tracing::info!(stream = self.index, channel_id = %ch.id,
+                tracing::info!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id,
                     "configured topics changed by a reload: subscribed in place");
                 None
             }
             Err(e) => {
-                tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e,
+                tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e,
                     "subscribing the reloaded topics failed; the channel will be subscribed again");
                 Some(|ch| {
                     LiveEnd::Unsubscribed(ch, "subscribing the reloaded topics failed".into())
@@ -541,11 +541,11 @@ impl ChannelStream {
         let held = match self.api.get_subscriptions(&ch.id).await {
             Ok(t) => t,
             Err(e) if e.status() == Some(404) => {
-                tracing::warn!(stream = self.index, channel_id = %ch.id, "subscription check: the channel no longer exists");
+                tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, "subscription check: the channel no longer exists");
                 return Some(|_| LiveEnd::ChannelGone("channel gone (subscription check)".into()));
             }
             Err(e) => {
-                tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e, "subscription check failed; will try again");
+                tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e, "subscription check failed; will try again");
                 return None;
             }
         };
@@ -561,14 +561,14 @@ impl ChannelStream {
             .count();
         if missing == 0 {
             self.mark_held();
-            tracing::debug!(stream = self.index, channel_id = %ch.id, topics = held.len(), "subscription check: all topics held");
+            tracing::debug!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, topics = held.len(), "subscription check: all topics held");
             return None;
         }
         self.stats.dropped_topics.add(missing as u64);
-        tracing::warn!(stream = self.index, channel_id = %ch.id, missing, held = held.len(),
+        tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, missing, held = held.len(),
             "subscription check: the server dropped topics without notice; re-adding them");
         if let Err(e) = self.subscribe(ch).await {
-            tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e, "re-adding dropped topics failed; will try again");
+            tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e, "re-adding dropped topics failed; will try again");
             return None;
         }
         crate::metrics::rotation("topics_dropped");
@@ -591,7 +591,7 @@ impl ChannelStream {
             self.stats.oversized_frames.inc();
             crate::metrics::frame("oversized");
             if let Some(held) = self.stats.log_limit.allow("oversized") {
-                tracing::warn!(stream = self.index, channel_id = %ch.id, bytes = text.len(),
+                tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, bytes = text.len(),
                     held_back = held, "skipping an oversized frame unparsed");
             }
             return Action::Continue;
@@ -603,7 +603,7 @@ impl ChannelStream {
                 crate::metrics::frame("malformed");
                 if let Some(held) = self.stats.log_limit.allow("malformed") {
                     let head: String = text.chars().take(120).collect();
-                    tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e,
+                    tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e,
                         bytes = text.len(), head = %head, held_back = held, "skipping malformed frame");
                 }
                 return Action::Continue;
@@ -635,7 +635,7 @@ impl ChannelStream {
             }
             Frame::SocketClosing { message } => {
                 let message: String = message.chars().take(200).collect();
-                tracing::info!(stream = self.index, channel_id = %ch.id, server_message = %message,
+                tracing::info!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, server_message = %message,
                     "v2.system.socket_closing: moving to a fresh channel before this socket closes");
                 Action::Rotate("socket_closing")
             }
@@ -648,7 +648,7 @@ impl ChannelStream {
                 let clip = |s: Option<String>| s.map(|s| s.chars().take(200).collect::<String>());
                 let topic: String = topic.chars().take(200).collect();
                 let (kind, reason, message) = (clip(kind), clip(reason), clip(message));
-                tracing::warn!(stream = self.index, channel_id = %ch.id, %topic, kind = kind.as_deref(),
+                tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, %topic, kind = kind.as_deref(),
                     reason = reason.as_deref(), server_message = message.as_deref(), "system message");
                 let t = topic.to_ascii_lowercase();
                 if t.starts_with("v2.system.no_longer_subscribed")
@@ -665,10 +665,10 @@ impl ChannelStream {
             }
             Frame::Reply { result, status } => {
                 if result == "404" {
-                    tracing::warn!(stream = self.index, channel_id = %ch.id, "socket says the channel no longer exists");
+                    tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, "socket says the channel no longer exists");
                     Action::End(|_| LiveEnd::ChannelGone("channel reported 404".into()))
                 } else {
-                    tracing::debug!(stream = self.index, %result, status = status.as_deref(), "socket reply");
+                    tracing::debug!(stream = %crate::genesys::StreamName(self.index), %result, status = status.as_deref(), "socket reply");
                     Action::Continue
                 }
             }
@@ -676,7 +676,7 @@ impl ChannelStream {
                 self.stats.unknown_topics.inc();
                 if let Some(held) = self.stats.log_limit.allow("unknown_topic") {
                     let topic: String = topic.chars().take(200).collect();
-                    tracing::debug!(stream = self.index, %topic, held_back = held, "frame on an unhandled topic");
+                    tracing::debug!(stream = %crate::genesys::StreamName(self.index), %topic, held_back = held, "frame on an unhandled topic");
                 }
                 Action::Continue
             }

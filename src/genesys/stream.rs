@@ -216,7 +216,7 @@ impl ChannelStream {
         Some(match state {
             State::Connecting => match self.new_channel().await {
                 Ok(ch) => {
-                    tracing::info!(stream = self.index, channel_id = %ch.id, expires = ch.expires.as_deref(), "channel created; subscribing");
+                    tracing::info!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, expires = ch.expires.as_deref(), "channel created; subscribing");
                     State::Subscribing(ch)
                 }
                 Err(e) => State::Backoff(None, false, format!("cannot create a channel: {e}")),
@@ -247,7 +247,7 @@ impl ChannelStream {
                             // A channel that worked for a while (a 404, a revoked
                             // token): a new one at once, every moment without a
                             // socket loses events.
-                            tracing::warn!(stream = self.index, %reason,
+                            tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason,
                                 "channel unusable; creating a new one at once");
                             State::Connecting
                         } else {
@@ -266,7 +266,7 @@ impl ChannelStream {
                             // the same channel: every moment without a socket loses
                             // events. A gone channel answers the connect with 404 and
                             // takes the backoff path; so does a second failure.
-                            tracing::warn!(stream = self.index, %reason,
+                            tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason,
                                 "socket lost; reconnecting at once");
                             State::Live(ch)
                         } else {
@@ -282,7 +282,7 @@ impl ChannelStream {
                     let probe = PROBE_EVERY.mul_f64(0.5 + fastrand::f64() * 0.5);
                     delay = delay.min(probe);
                 }
-                tracing::warn!(stream = self.index, %reason, delay_ms = delay.as_millis() as u64,
+                tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason, delay_ms = delay.as_millis() as u64,
                     probes_for_the_others = probes, "stream down; backing off");
                 let back = self.reconnects.back.notified();
                 tokio::pin!(back);
@@ -291,7 +291,7 @@ impl ChannelStream {
                     _ = self.cancel.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
                     _ = back => {
-                        tracing::info!(stream = self.index,
+                        tracing::info!(stream = %crate::genesys::StreamName(self.index),
                             "another stream's socket is live again: retrying now");
                     }
                 }
@@ -356,7 +356,7 @@ impl ChannelStream {
         match self.api.channel_exists(&ch.id).await {
             Ok(exists) => exists,
             Err(e) => {
-                tracing::warn!(stream = self.index, channel_id = %ch.id, error = %e, "cannot check the channel; creating a new one");
+                tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e, "cannot check the channel; creating a new one");
                 false
             }
         }
@@ -390,7 +390,7 @@ impl ChannelStream {
                 .all_rejected
                 .swap(true, std::sync::atomic::Ordering::Relaxed)
             {
-                tracing::error!(stream = self.index, channel_id = %ch.id, topics = statics,
+                tracing::error!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, topics = statics,
                     "every configured topic of this channel was rejected: it receives nothing; \
                      grant the permissions named above to the OAuth client (retrying quietly)");
             }
@@ -400,7 +400,7 @@ impl ChannelStream {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         self.mark_held();
         let synced = self.slot.synced(&ch.id, &ids, removals, &answer);
-        tracing::info!(stream = self.index, channel_id = %ch.id, topics = topics.len() - rejected,
+        tracing::info!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, topics = topics.len() - rejected,
             watched_conversations = ids.len() - synced.rejected, "subscribed");
         if !synced.newly_live.is_empty() {
             let _ = self
