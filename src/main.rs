@@ -480,15 +480,16 @@ fn top_page_sections(pages: &[String]) -> String {
         ),
         (
             EXIT_BAD_CONFIG,
-            "The configuration cannot be used (EX_USAGE): the file is invalid, or a secret \
-             or token it needs is missing or unreadable (check says which); run --record \
-             cannot open its file; sim --listen names an address that is not loopback \
-             without --allow-remote. The systemd unit does not restart on it.",
+            "The configuration cannot be used (EX_USAGE): the file is invalid, a secret or \
+             token it needs is missing or unreadable (check says which), or run cannot use \
+             the state directory; run --record cannot open its file; sim --listen names an \
+             address that is not loopback without --allow-remote. The systemd unit does not \
+             restart on it.",
         ),
         (
             EXIT_CREDENTIALS,
-            "run: Genesys refused the OAuth client credentials (the unit does not restart on \
-             it). replay: a file holds no recorded frame (EX_DATAERR).",
+            "run and check --online: Genesys refused the OAuth client credentials (the unit \
+             does not restart on it). replay: a file holds no recorded frame (EX_DATAERR).",
         ),
         (
             130,
