@@ -244,20 +244,37 @@ fn under_journald_each_line_carries_its_priority_and_a_bad_rust_log_is_said() {
         ),
     )
     .expect("config");
+    // stderr is a file whose device and inode JOURNAL_STREAM names, as systemd does for
+    // the journal's socket (the daemon compares both).
+    let log = dir.path().join("stderr.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let journal_stream = {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = file.metadata().expect("meta");
+        format!("{}:{}", m.dev(), m.ino())
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_genesys-closer"))
         .args(["run", "--config"])
         .arg(&path)
         .env("GENESYSCLOUD_OAUTHCLIENT_SECRET", "sim-secret")
-        .env("JOURNAL_STREAM", "8:12345")
+        .env("JOURNAL_STREAM", journal_stream)
         .env("RUST_LOG", "genesys_closer=[")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(file)
         .spawn()
         .expect("daemon starts");
-    std::thread::sleep(Duration::from_millis(1500));
+    // Until it has said the login service is unreachable (after the journal opened).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("not reachable")
+    {
+        assert!(std::time::Instant::now() < deadline, "no login warning");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    let text = String::from_utf8_lossy(&out.stderr);
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).expect("log");
     let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
     assert!(!lines.is_empty(), "it logged something");
     for l in &lines {
