@@ -6,9 +6,12 @@
 //! - queue conversations, seen on the queue topics;
 //! - bot-phase conversations no queue or user topic shows, in four shapes:
 //!   flow discovery with the intent on `.attributes`; flow discovery with the intent
-//!   posted by the flow's data action; a `.customer.start` trigger posting the id, the
-//!   intent on `.attributes`; and the data action alone, posting id and intent for a
-//!   conversation the daemon never heard of.
+//!   posted by the flow's data action; a `.customer.start` trigger posting the id and
+//!   the start event's `eventTime`, the intent on `.attributes`; and the data action
+//!   alone, posting id and intent for a conversation the daemon never heard of.
+//!   Two more trigger shapes, only when asked for (`--paths`), measure Set-up B's
+//!   catch-up reads: a trigger that calls after the bot set its intent (a fast bot),
+//!   and a workflow that passes no `eventTime`.
 //!
 //! Intents rotate so some match the demo rule and some do not. With `--conversations N` it
 //! stops after N and prints one JSON summary line, with REST requests per closure taken
@@ -57,6 +60,9 @@ const DEMO_INTENTS: [Option<&str>; 4] = [
 /// How long after its start a bot sets its intent: longer than the subscription window,
 /// as a guest takes a few seconds to tell the bot what they want.
 const INTENT_AFTER: Duration = Duration::from_millis(1500);
+
+/// [`Shape::TriggerLate`]: the trigger calls this long after the bot set its intent.
+const TRIGGER_LATE_BY: Duration = Duration::from_millis(500);
 
 /// The embedded config; `{URL}` becomes the simulator's address.
 const DEMO_CONFIG: &str = r#"
@@ -358,10 +364,17 @@ pub enum Shape {
     FlowAttributes,
     /// Flow discovery; the intent posted by the flow's data action.
     FlowDataAction,
-    /// A `.customer.start` trigger posts the id; the intent on `.attributes`.
+    /// A `.customer.start` trigger posts the id and `eventTime` at the start; the intent
+    /// on `.attributes`.
     TriggerAttributes,
     /// Only the data action tells of it, with its intent.
     DataActionOnly,
+    /// A fast bot: the trigger posts the id and `eventTime` [`TRIGGER_LATE_BY`] after
+    /// the bot set its intent, which only a catch-up read can find.
+    TriggerLate,
+    /// The trigger's workflow passes no `eventTime`: the daemon cannot know how late
+    /// it heard, and reads each conversation once.
+    TriggerNoTime,
 }
 
 impl Shape {
@@ -374,6 +387,17 @@ impl Shape {
         Shape::DataActionOnly,
     ];
 
+    /// Every shape `--paths` accepts: the default rotation and the trigger variants.
+    pub const NAMED: [Shape; 7] = [
+        Shape::Queue,
+        Shape::FlowAttributes,
+        Shape::FlowDataAction,
+        Shape::TriggerAttributes,
+        Shape::DataActionOnly,
+        Shape::TriggerLate,
+        Shape::TriggerNoTime,
+    ];
+
     /// The `--paths` name.
     pub fn name(self) -> &'static str {
         match self {
@@ -382,12 +406,14 @@ impl Shape {
             Shape::FlowDataAction => "flow+intake",
             Shape::TriggerAttributes => "trigger",
             Shape::DataActionOnly => "intake",
+            Shape::TriggerLate => "trigger-late",
+            Shape::TriggerNoTime => "trigger-no-time",
         }
     }
 
     /// Parses a `--paths` name.
     pub fn parse(name: &str) -> Option<Shape> {
-        Shape::ALL.into_iter().find(|s| s.name() == name)
+        Shape::NAMED.into_iter().find(|s| s.name() == name)
     }
 }
 
@@ -420,6 +446,20 @@ fn create(sim: &SimHandle, shapes: &[Shape], n: u64) -> (String, Shape, Option<&
         Shape::FlowDataAction => sim.create_bot_conversation(bot(DEMO_FLOW, false, true)),
         Shape::TriggerAttributes => sim.create_bot_conversation(bot(OTHER_FLOW, true, false)),
         Shape::DataActionOnly => sim.create_bot_conversation(bot(OTHER_FLOW, false, true)),
+        Shape::TriggerLate => {
+            let id = sim.create_bot_conversation(bot(OTHER_FLOW, false, false));
+            let (sim, call) = (sim.clone(), id.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(INTENT_AFTER + TRIGGER_LATE_BY).await;
+                sim.post_trigger(&call, true);
+            });
+            id
+        }
+        Shape::TriggerNoTime => {
+            let id = sim.create_bot_conversation(bot(OTHER_FLOW, false, false));
+            sim.post_trigger(&id, false);
+            id
+        }
     };
     (id, shape, intent)
 }
@@ -490,7 +530,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     }
 
     // Wait for every matched conversation's outcome (bounded): bot intents come late.
-    let wait_until = Instant::now() + INTENT_AFTER + Duration::from_secs(30);
+    let wait_until = Instant::now() + INTENT_AFTER + TRIGGER_LATE_BY + Duration::from_secs(30);
     while (reports.len() as u64) < expected && !shutdown.is_cancelled() {
         tokio::select! {
             _ = shutdown.cancelled() => break,

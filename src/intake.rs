@@ -2,7 +2,11 @@
 //! Automation workflow) calls with a conversation id and, optionally, its intent or
 //! attributes, so the daemon learns of a conversation no queue or user topic shows.
 //!
-//! `POST /v1/intents` `{"conversationId":"<uuid>","intent":"<value>","attributes":{...}}`
+//! `POST /v1/intents`
+//! `{"conversationId":"<uuid>","intent":"<value>","attributes":{...},"eventTime":<epoch ms>}`
+//! (`eventTime`: when the conversation started, for a call made without the intent by
+//! a trigger seconds later; it tells the event loop whether the intent may already
+//! have been set unseen)
 //! - authenticates every call (bearer token, or HTTP Basic with the token as password),
 //!   comparing in constant time; a failure is a bare 401;
 //! - bounds what it reads: 16 KiB bodies, 32 KiB of headers (431, answered by the HTTP
@@ -51,6 +55,9 @@ pub const MAX_INTENT: usize = 256;
 pub const MAX_ATTRIBUTES: usize = 64;
 /// Longest attribute name or value.
 const MAX_ATTRIBUTE_TEXT: usize = 1024;
+/// How far ahead of this host's clock an `eventTime` may be (clocks differ a little);
+/// more is a bad value, not a start.
+const MAX_CLOCK_AHEAD: Duration = Duration::from_secs(300);
 /// Calls queued for the event loop before new ones get 503.
 pub const QUEUE: usize = 4096;
 /// How long a call waits for the event loop's answer.
@@ -70,6 +77,10 @@ pub struct IntakeCall {
     pub attributes: Vec<(Box<str>, Box<str>)>,
     /// When the request was read.
     pub received: Instant,
+    /// How long before `received` the conversation started, from the call's
+    /// `eventTime` (the trigger event's own time) read against this host's clock (zero
+    /// when it is ahead); `None` when the call did not say.
+    pub started_ago: Option<Duration>,
     /// Where the event loop answers.
     pub reply: oneshot::Sender<IntakeAnswer>,
 }
@@ -410,6 +421,8 @@ struct CallBody<'a> {
     intent: Option<&'a RawValue>,
     #[serde(borrow, default)]
     attributes: Option<&'a RawValue>,
+    #[serde(rename = "eventTime", borrow, default)]
+    event_time: Option<&'a RawValue>,
 }
 
 /// A field-level problem: the field and what is wrong with it.
@@ -425,11 +438,19 @@ pub fn is_uuid(s: &str) -> bool {
         })
 }
 
-/// A call's parts: conversation id, intent, attributes.
-type CallParts = (Box<str>, Option<Box<str>>, Vec<(Box<str>, Box<str>)>);
+/// A call's parts, checked.
+#[derive(Debug)]
+struct CallParts {
+    conversation_id: Box<str>,
+    intent: Option<Box<str>>,
+    attributes: Vec<(Box<str>, Box<str>)>,
+    /// `eventTime`, epoch milliseconds.
+    event_time: Option<u64>,
+}
 
-/// Validates a call's body into its parts.
-fn parse_call(bytes: &[u8]) -> Result<CallParts, BadField> {
+/// Validates a call's body into its parts; `now_ms` is this host's clock, against
+/// which an `eventTime` may not be far ahead.
+fn parse_call(bytes: &[u8], now_ms: u64) -> Result<CallParts, BadField> {
     // serde would also read a struct from an array; only an object is a call.
     if bytes.trim_ascii_start().first() != Some(&b'{') {
         return Err(("body", "must be a JSON object".into()));
@@ -485,7 +506,44 @@ fn parse_call(bytes: &[u8]) -> Result<CallParts, BadField> {
             attributes.push((k.into(), v.into()));
         }
     }
-    Ok((id.into(), intent, attributes))
+    let event_time = match body.event_time {
+        None => None,
+        Some(raw) if raw.get() == "null" => None,
+        Some(raw) => {
+            let ms: u64 = serde_json::from_str(raw.get()).map_err(|_| {
+                (
+                    "eventTime",
+                    "must be epoch milliseconds, a whole number".to_string(),
+                )
+            })?;
+            let ahead = Duration::from_millis(ms.saturating_sub(now_ms));
+            if ahead > MAX_CLOCK_AHEAD {
+                return Err((
+                    "eventTime",
+                    format!(
+                        "{} s ahead of this host's clock (at most {} s allowed)",
+                        ahead.as_secs(),
+                        MAX_CLOCK_AHEAD.as_secs()
+                    ),
+                ));
+            }
+            Some(ms)
+        }
+    };
+    Ok(CallParts {
+        conversation_id: id.into(),
+        intent,
+        attributes,
+        event_time,
+    })
+}
+
+/// Milliseconds since the epoch on this host's clock.
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
@@ -519,7 +577,8 @@ async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             );
         }
     };
-    let (conversation_id, intent, attributes) = match parse_call(&bytes) {
+    let received_ms = now_ms();
+    let parts = match parse_call(&bytes, received_ms) {
         Ok(p) => p,
         Err((field, message)) => {
             return error(
@@ -530,11 +589,16 @@ async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     };
     let (reply, answer) = oneshot::channel();
+    let conversation_id = parts.conversation_id;
+    let started_ago = parts
+        .event_time
+        .map(|ms| Duration::from_millis(received_ms.saturating_sub(ms)));
     let call = IntakeCall {
         conversation_id: conversation_id.clone(),
-        intent,
-        attributes,
+        intent: parts.intent,
+        attributes: parts.attributes,
         received,
+        started_ago,
         reply,
     };
     if shared.calls.try_send(call).is_err() {
@@ -586,11 +650,15 @@ mod tests {
     #[test]
     fn bodies_name_the_bad_field() {
         let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
-        let ok =
-            parse_call(format!(r#"{{"conversationId":"{id}","intent":"Bye","x":1}}"#).as_bytes())
-                .expect("valid");
-        assert_eq!(ok.1.as_deref(), Some("Bye"));
-        let field = |b: &str| parse_call(b.as_bytes()).err().map(|e| e.0);
+        let now = 1_795_510_000_000;
+        let ok = parse_call(
+            format!(r#"{{"conversationId":"{id}","intent":"Bye","x":1}}"#).as_bytes(),
+            now,
+        )
+        .expect("valid");
+        assert_eq!(ok.intent.as_deref(), Some("Bye"));
+        assert_eq!(ok.event_time, None);
+        let field = |b: &str| parse_call(b.as_bytes(), now).err().map(|e| e.0);
         assert_eq!(field("{"), Some("body"));
         assert_eq!(field("[]"), Some("body"));
         assert_eq!(field(r#"{"intent":"x"}"#), Some("conversationId"));
@@ -607,9 +675,42 @@ mod tests {
             )),
             Some("attributes")
         );
-        let empty = parse_call(format!(r#"{{"conversationId":"{id}","intent":""}}"#).as_bytes())
-            .expect("valid");
-        assert_eq!(empty.1, None, "an empty intent is no intent");
+        let empty = parse_call(
+            format!(r#"{{"conversationId":"{id}","intent":""}}"#).as_bytes(),
+            now,
+        )
+        .expect("valid");
+        assert_eq!(empty.intent, None, "an empty intent is no intent");
+    }
+
+    #[test]
+    fn event_time_is_whole_epoch_milliseconds_not_far_ahead() {
+        let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
+        let now: u64 = 1_795_510_000_000;
+        let parse = |t: &str| {
+            parse_call(
+                format!(r#"{{"conversationId":"{id}","eventTime":{t}}}"#).as_bytes(),
+                now,
+            )
+        };
+        let at = |t: &str| parse(t).map(|p| p.event_time).map_err(|e| e.0);
+        assert_eq!(at("1795509997000"), Ok(Some(now - 3_000)));
+        assert_eq!(at("null"), Ok(None));
+        // A little ahead (clocks differ) is fine; far ahead is not a start.
+        assert_eq!(at("1795510060000"), Ok(Some(now + 60_000)));
+        assert_eq!(at("1795511000000"), Err("eventTime"));
+        for bad in [
+            "\"1795509997000\"",
+            "1795509997000.5",
+            "-1",
+            "1e12",
+            "true",
+            "{}",
+        ] {
+            assert_eq!(at(bad), Err("eventTime"), "{bad}");
+        }
+        // Long ago is a start (it only earns a read).
+        assert_eq!(at("0"), Ok(Some(0)));
     }
 
     #[test]
@@ -624,12 +725,12 @@ mod tests {
             "  ",
         ] {
             let body = format!(r#"{{"conversationId":"{id}","intent":"{sent}"}}"#);
-            let (_, intent, _) = parse_call(body.as_bytes()).expect("valid");
+            let intent = parse_call(body.as_bytes(), 0).expect("valid").intent;
             let expected: String = serde_json::from_str(&format!("\"{sent}\"")).expect("json");
             assert_eq!(intent.as_deref(), Some(expected.as_str()), "{sent:?}");
             let body =
                 format!(r#"{{"conversationId":"{id}","attributes":{{"Bot.Intent":"{sent}"}}}}"#);
-            let (_, _, attributes) = parse_call(body.as_bytes()).expect("valid");
+            let attributes = parse_call(body.as_bytes(), 0).expect("valid").attributes;
             assert_eq!(attributes[0].1.as_ref(), expected.as_str(), "{sent:?}");
         }
     }

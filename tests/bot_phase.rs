@@ -67,6 +67,18 @@ fn bearer() -> String {
     format!("Bearer {INTAKE_TOKEN}")
 }
 
+/// Waits until the daemon's start-up listing of the watched flow was answered: a
+/// conversation that listing found would be taken as discovered late and read once,
+/// which tests counting reads must not race with.
+async fn wait_for_start_up_listing(sim: &SimHandle) {
+    wait_for(WAIT, || {
+        sim.requests()
+            .iter()
+            .any(|r| r.path == "/api/v2/analytics/flows/activity/query" && r.status == 200)
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_three_paths_close_and_confirm_by_the_pushed_end_without_polling() {
     let sim = start_sim(SimConfig::default()).await;
@@ -276,6 +288,7 @@ async fn verify_reads_once_and_acts_only_on_genesys_own_attribute() {
     let sim = start_sim(SimConfig::default()).await;
     let url = sim.base_url();
     let (mut d, intake) = start_bot_daemon(bot_config(&url, "verify = true"), &sim).await;
+    wait_for_start_up_listing(&sim).await;
     // Genesys holds no intent: a leaked credential alone cannot end it.
     let id = sim.create_bot_conversation(bot(None, 60_000, false, false));
     let body = json!({ "conversationId": id, "intent": "Goodbye" }).to_string();
@@ -551,6 +564,7 @@ async fn intents_match_exactly_whatever_path_brings_them() {
     let sim = start_sim(SimConfig::default()).await;
     let url = sim.base_url();
     let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    wait_for_start_up_listing(&sim).await;
     let baseline = topics(&sim);
     // The rule holds "Goodbye"; each of these is another value.
     let near = [
@@ -643,6 +657,139 @@ async fn a_failed_close_gives_its_topics_back_at_once() {
     // Its three topics go in the next removal batch, not at the 48 h eviction.
     wait_for(WAIT, || !holds_topics_of(&sim, unknown)).await;
     assert_eq!(topics(&sim), baseline);
+    d.shutdown().await;
+    sim.shutdown().await;
+}
+
+fn reads_of(sim: &SimHandle, id: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "GET" && r.path.contains(id))
+        .count()
+}
+
+/// Whether the simulator pushed an `.attributes` event for the conversation.
+fn intent_pushed(sim: &SimHandle, id: &str) -> bool {
+    let topic = format!("v2.detail.events.conversation.{id}.attributes");
+    sim.pushed_frames()
+        .iter()
+        .any(|f| f["topicName"].as_str() == Some(topic.as_str()))
+}
+
+/// Collects one report per conversation in `ids` (any order), each confirmed.
+async fn closes_of(d: &mut Running, ids: &[String]) -> Vec<genesys_closer::closer::CloseReport> {
+    let mut got = Vec::new();
+    while got.len() < ids.len() {
+        let r = d.next_report(WAIT).await;
+        assert!(ids.iter().any(|i| *i == *r.conversation_id), "{r:?}");
+        assert_eq!(r.outcome, Outcome::Confirmed, "{r:?}");
+        got.push(r);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_bot_whose_intent_comes_before_the_trigger_call_is_still_closed() {
+    // Set-up B with a bot faster than the trigger: the intent is set 50 ms after the
+    // start, the trigger's id-only call arrives 800 ms after it. With nobody subscribed
+    // then, the `.attributes` event went to nobody; only a read can find the intent.
+    let sim = start_sim(SimConfig {
+        trigger_delay: Duration::from_millis(800),
+        ..SimConfig::default()
+    })
+    .await;
+    let url = sim.base_url();
+    let mut config = bot_config(&url, "");
+    config.stream.catchup_after = Duration::from_millis(400);
+    let (mut d, intake) = start_bot_daemon(config, &sim).await;
+    sim.set_data_action(Some(data_action(&intake)));
+    // The trigger passes the `.customer.start` event's `eventTime`: the daemon sees it
+    // heard of each conversation later than `catchup_after` after its start.
+    let with_time: Vec<String> = (0..10)
+        .map(|_| {
+            let mut spec = bot(Some("Goodbye"), 50, true, false);
+            spec.flow_id = OTHER_FLOW.into();
+            sim.create_bot_conversation(spec)
+        })
+        .collect();
+    for r in closes_of(&mut d, &with_time).await {
+        assert_eq!(r.source, Source::Read, "{r:?}");
+    }
+    let posted = sim.data_action_log();
+    assert!(
+        posted
+            .iter()
+            .filter(|c| with_time.contains(&c.conversation_id))
+            .all(|c| c.status == 202 && c.body.contains("\"eventTime\":")),
+        "{posted:?}"
+    );
+    // A caller that does not pass `eventTime`: the daemon cannot know how late it
+    // heard, so every such conversation is read once its topics are live.
+    let without_time: Vec<String> = (0..10)
+        .map(|_| {
+            let mut spec = bot(Some("Goodbye"), 20, false, false);
+            spec.flow_id = OTHER_FLOW.into();
+            sim.create_bot_conversation(spec)
+        })
+        .collect();
+    for id in &without_time {
+        wait_for(WAIT, || intent_pushed(&sim, id)).await;
+        sim.post_trigger(id, false);
+    }
+    for r in closes_of(&mut d, &without_time).await {
+        assert_eq!(r.source, Source::Read, "{r:?}");
+    }
+    // One catch-up read each, one PATCH each.
+    for id in with_time.iter().chain(&without_time) {
+        assert_eq!((reads_of(&sim, id), patches(&sim, id)), (1, 1), "{id}");
+    }
+    let summary = d.shutdown().await;
+    assert_eq!(summary.catchup_reads, 20);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_call_on_time_with_its_event_time_costs_no_read() {
+    // The trigger calls at once with `eventTime`; the bot sets its intent later, once
+    // the topics are live: `.attributes` decides, nothing is read.
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    sim.set_data_action(Some(data_action(&intake)));
+    let ids: Vec<String> = (0..5)
+        .map(|_| {
+            let mut spec = bot(Some("Goodbye"), 700, true, false);
+            spec.flow_id = OTHER_FLOW.into();
+            sim.create_bot_conversation(spec)
+        })
+        .collect();
+    for r in closes_of(&mut d, &ids).await {
+        assert_eq!(r.source, Source::Detail, "{r:?}");
+    }
+    assert_eq!(conversation_reads(&sim), 0);
+    assert_eq!(d.shutdown().await.catchup_reads, 0);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_only_call_for_an_unknown_conversation_gives_its_topics_back() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let baseline = topics(&sim);
+    let unknown = "00000000-2222-4333-8444-555566667777";
+    let body = json!({ "conversationId": unknown }).to_string();
+    let (s, b) = call(&intake, Some(&bearer()), body).await;
+    assert_eq!((s, &b["result"]), (202, &json!("watching")), "{b}");
+    // Watched, then read (heard of without its start time): 404, and 404 again two
+    // seconds later; its topics go in the next removal batch.
+    wait_for(WAIT, || {
+        ever_subscribed(&sim, unknown) && reads_of(&sim, unknown) == 2
+    })
+    .await;
+    wait_for(WAIT, || !holds_topics_of(&sim, unknown)).await;
+    assert_eq!(topics(&sim), baseline);
+    d.assert_no_report(Duration::from_millis(100)).await;
     d.shutdown().await;
     sim.shutdown().await;
 }

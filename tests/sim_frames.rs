@@ -1036,14 +1036,26 @@ async fn bot_phase_frames_match_the_schemas_and_reach_only_subscribers() -> Test
         (&json!("TRANSFER"), &json!("ACD"))
     );
 
-    // The data action got the trigger's and the flow's POST shapes, with the header.
+    // The data action got the trigger's and the flow's POST shapes, with the header;
+    // the trigger's workflow passes on its event's `eventTime`.
     wait_for("two data-action POSTs", || hooked_now(&hooked).len() == 2).await;
     let auth = Some("Bearer hook-token".to_owned());
     let ct = Some("application/json".to_owned());
+    let started = sim
+        .pushed_frames()
+        .into_iter()
+        .find(|f| f["topicName"] == detail_topic(&a, "customer.start"))
+        .map(|f| f["eventBody"]["eventTime"].clone())
+        .ok_or("no customer.start")?;
+    assert!(started.is_u64(), "{started}");
     assert_eq!(
         hooked_now(&hooked),
         [
-            (auth.clone(), ct.clone(), json!({ "conversationId": a })),
+            (
+                auth.clone(),
+                ct.clone(),
+                json!({ "conversationId": a, "eventTime": started })
+            ),
             (
                 auth,
                 ct,

@@ -6,7 +6,7 @@
 //! make a conversation known and watched. Nothing here awaits: reads and closes run in
 //! their own tasks and come back as events.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,8 +61,9 @@ pub(crate) struct EventLoop {
     pub verify: bool,
     /// Shutting down: no new decisions.
     pub draining: bool,
-    /// Conversations owed a catch-up read when their topics go live (discovered late).
-    pub owed_catchup: HashSet<Box<str>>,
+    /// Watched conversations whose topics are not live yet, with what decides whether
+    /// they are read once the topics are (those not here: when we first heard of them).
+    pub owed_catchup: HashMap<Box<str>, Catchup>,
     /// Conversations with a verify read in flight.
     pub verifying: HashSet<Box<str>>,
     /// Conversations with a resync read queued or in flight.
@@ -91,6 +92,19 @@ pub(crate) enum Notice {
     /// A close sequence ended failed (a disconnect refused for good, a 404 say, or a
     /// conversation still open after the teardown): no sequence waits for its events.
     CloseFailed(Box<str>),
+}
+
+/// What decides whether a watched conversation is read once its topics are live: an
+/// intent set before then was pushed to nobody.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Catchup {
+    /// Heard of too late to know how late (a flow record after the flow ended, an
+    /// id-only intake call that did not say when the conversation started): read.
+    Owed(&'static str),
+    /// An id-only intake call said when the conversation started: read unless its
+    /// topics went live within `catchup_after` of that start (the same bound as for
+    /// conversations heard of at their start).
+    StartedAt(Instant),
 }
 
 /// Why a read gave no event.
@@ -327,37 +341,47 @@ impl EventLoop {
             &ConversationEvent::empty(m.conversation_id.clone(), Source::Flow),
             received,
         );
-        if late {
-            self.owed_catchup.insert(m.conversation_id.clone());
+        if self.watch(&m.conversation_id) && late {
+            self.owed_catchup.insert(
+                m.conversation_id.clone(),
+                Catchup::Owed("catch-up: the flow record came after the flow ended"),
+            );
         }
-        self.watch(&m.conversation_id);
         true
     }
 
-    /// Starts watching a conversation's detail topics (batched) unless it already is.
-    fn watch(&mut self, id: &str) {
-        if self.subs.enabled()
+    /// Starts watching a conversation's detail topics (batched) unless it already is;
+    /// returns whether this call started it.
+    fn watch(&mut self, id: &str) -> bool {
+        let started = self.subs.enabled()
             && self.store.with(id, |c| c.is_closed()) == Some(false)
-            && self.store.set_watched(id, true)
-        {
+            && self.store.set_watched(id, true);
+        if started {
             self.subs.watch(id);
         }
+        started
     }
 
     /// These conversations' topics just went live: read the ones whose intent may have
-    /// been set before we could see it.
+    /// been set before we could see it (counted in `catchup_reads`).
     pub fn on_watching(&mut self, ids: &[Box<str>], at: Instant) {
         for id in ids {
-            let owed = self.owed_catchup.remove(id);
-            let late = self.store.with(id, |c| {
-                let open = !c.is_decided() && !c.is_closed();
-                open && (owed || at.saturating_duration_since(c.first_seen()) > self.catchup_after)
+            let catchup = self.owed_catchup.remove(id);
+            let after = self.catchup_after;
+            let why = self.store.with(id, |c| {
+                if c.is_decided() || c.is_closed() {
+                    return None;
+                }
+                match catchup {
+                    Some(Catchup::Owed(why)) => Some(why),
+                    Some(Catchup::StartedAt(t)) => (at.saturating_duration_since(t) > after)
+                        .then_some("catch-up: topics went live longer than catchup_after after the conversation started"),
+                    None => (at.saturating_duration_since(c.first_seen()) > after)
+                        .then_some("catch-up: topics went live longer than catchup_after after it was first heard of"),
+                }
             });
-            if late == Some(true) {
-                self.read(
-                    id,
-                    "catch-up: topics went live after the intent may have been set",
-                );
+            if let Some(Some(why)) = why {
+                self.read(id, why);
             }
         }
     }
@@ -496,7 +520,24 @@ impl EventLoop {
             );
             return IntakeAnswer::NoRule;
         }
-        self.watch(id);
+        if self.watch(id) {
+            // An id-only call may come seconds after the start (a Process Automation
+            // trigger on `.customer.start`), when the bot may have set its intent
+            // already: with nobody subscribed, that `.attributes` event went to nobody.
+            // Without the start time the daemon cannot know how late it heard, so it
+            // reads once the topics are live; with it, only if they went live later
+            // than `catchup_after` after the start.
+            let catchup = call
+                .started_ago
+                .and_then(|ago| call.received.checked_sub(ago))
+                .map_or(
+                    Catchup::Owed(
+                        "catch-up: an id-only call that did not say when the conversation started",
+                    ),
+                    Catchup::StartedAt,
+                );
+            self.owed_catchup.insert(id.clone(), catchup);
+        }
         IntakeAnswer::Watching
     }
 

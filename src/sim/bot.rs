@@ -4,8 +4,9 @@
 //! metrics topic, and whatever the flow itself POSTs to an outside service.
 //!
 //! Timeline of one bot conversation:
-//! 1. start: `.customer.start`, `.flow.start`, flow metrics `nFlow` (if `AtStart`),
-//!    and the Process Automation POST `{"conversationId"}` (if `post_on_start`);
+//! 1. start: `.customer.start`, `.flow.start`, flow metrics `nFlow` (if `AtStart`);
+//!    `trigger_delay` later the Process Automation POST `{"conversationId","eventTime"}`
+//!    (if `post_on_start`);
 //! 2. after `intent_after`: the intent attribute on the customer, `.attributes`,
 //!    and the data-action POST `{"conversationId","intent"}` (if `post_on_intent`);
 //! 3. after the transfer delay: `.flow.end` (TRANSFER/ACD), flow metrics `tFlow`
@@ -15,7 +16,7 @@
 //!    was still connected (see `publish_ends`).
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Map, Value, json};
 
@@ -126,7 +127,7 @@ impl World {
             convs.insert(conv);
         }
         if spec.post_on_start {
-            self.post_data_action(&id, json!({ "conversationId": id }));
+            self.post_trigger_after(&id, self.trigger_delay);
         }
         if spec.intent.is_some() || spec.transfer.is_some() {
             let world = Arc::clone(self);
@@ -141,6 +142,42 @@ impl World {
             });
         }
         id
+    }
+
+    /// The trigger on `.customer.start` fires `delay` from now (at once for zero).
+    fn post_trigger_after(self: &Arc<Self>, id: &str, delay: Duration) {
+        if delay.is_zero() {
+            self.post_trigger(id, true);
+            return;
+        }
+        let world = Arc::clone(self);
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                // Shutdown: the trigger never fires.
+                _ = world.cancel.cancelled() => {}
+                _ = tokio::time::sleep(delay) => world.post_trigger(&id, true),
+            }
+        });
+    }
+
+    /// What the workflow of a trigger on `.customer.start` POSTs: the conversation id,
+    /// and the trigger event's `eventTime` if asked (the customer's start, the time the
+    /// `.customer.start` event carries) and the conversation is known.
+    pub(crate) fn post_trigger(self: &Arc<Self>, id: &str, with_event_time: bool) {
+        let started = with_event_time
+            .then(|| {
+                let mut convs = lock(&self.conversations);
+                let c = convs.get_mut(id)?;
+                let customer = c.participants.iter().find(|p| p.role == Role::Customer)?;
+                Some(detail::epoch_ms(customer.start))
+            })
+            .flatten();
+        let body = match started {
+            Some(ms) => json!({ "conversationId": id, "eventTime": ms }),
+            None => json!({ "conversationId": id }),
+        };
+        self.post_data_action(id, body);
     }
 
     /// The flow sets the intent attribute on the customer now. Only an open

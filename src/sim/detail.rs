@@ -73,9 +73,11 @@ fn common(c: &Conversation, p: &Participant) -> Map<String, Value> {
     m
 }
 
-/// `.customer.start`: the guest opened the conversation.
+/// `.customer.start`: the guest opened the conversation, at the customer's start (the
+/// `eventTime` a trigger on this topic passes on).
 pub(crate) fn customer_start(c: &Conversation, p: &Participant) -> Value {
     let mut m = common(c, p);
+    m.insert("eventTime".into(), json!(epoch_ms(p.start)));
     if let Some(a) = &p.address {
         m.insert("addressFrom".into(), json!(a));
     }

@@ -139,6 +139,12 @@ pub struct SimConfig {
     /// metric and group (at least 1); past it the list is `truncated`: the oldest
     /// half and the newest half are kept, as the API documents. Default 1,000.
     pub observation_cap: usize,
+    /// How long after a bot conversation's `.customer.start` its Process Automation
+    /// trigger POSTs (`BotConversationSpec::post_on_start`); Genesys says triggers are
+    /// "typically processed in a few seconds". Longer than a spec's `intent_after`
+    /// plays a fast bot: the intent is set before the daemon hears of the
+    /// conversation. Default 0 (at once).
+    pub trigger_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -158,6 +164,7 @@ impl Default for SimConfig {
             channel_ttl: Duration::from_secs(24 * 3600),
             rate_limit: None,
             observation_cap: 1_000,
+            trigger_delay: Duration::ZERO,
         }
     }
 }
@@ -180,6 +187,7 @@ impl fmt::Debug for SimConfig {
             .field("channel_ttl", &self.channel_ttl)
             .field("rate_limit", &self.rate_limit)
             .field("observation_cap", &self.observation_cap)
+            .field("trigger_delay", &self.trigger_delay)
             .finish()
     }
 }
@@ -323,7 +331,8 @@ pub struct BotConversationSpec {
     /// the guest leaves.
     pub transfer: Option<(String, Duration)>,
     /// A Process Automation trigger on `.customer.start` POSTs
-    /// `{"conversationId"}` at the start.
+    /// `{"conversationId","eventTime"}` (`eventTime`: the `.customer.start` event's)
+    /// `SimConfig::trigger_delay` after the start.
     pub post_on_start: bool,
     /// The flow's Call Data Action POSTs `{"conversationId","intent"}` when the
     /// intent is set.
@@ -522,6 +531,15 @@ impl SimHandle {
     /// Unknown or closed conversations are left alone.
     pub fn set_intent(&self, conversation_id: &str, intent: &str) {
         self.world().set_intent(conversation_id, intent);
+    }
+
+    /// Plays a Process Automation trigger on `.customer.start` now: POSTs
+    /// `{"conversationId"}` to the data action, with `eventTime` (the conversation's
+    /// `.customer.start` event time, epoch ms) when `with_event_time`, as a workflow
+    /// passing the trigger event's `eventTime` does. An unknown conversation gets no
+    /// `eventTime`. Nothing happens without a data action.
+    pub fn post_trigger(&self, conversation_id: &str, with_event_time: bool) {
+        self.world().post_trigger(conversation_id, with_event_time);
     }
 
     /// Changes where data actions POST from now on; `None` stops posting.

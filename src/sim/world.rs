@@ -57,6 +57,8 @@ pub(crate) struct World {
     pub(crate) cancel: CancellationToken,
     pub(crate) division_id: String,
     pub(crate) flow_metrics: FlowMetricsMode,
+    /// From `.customer.start` to the trigger's POST (`SimConfig::trigger_delay`).
+    pub(crate) trigger_delay: Duration,
     /// Lowercased topic template ids simulated as EventBridge-only.
     pub(crate) refused_transports: BTreeSet<String>,
     /// Read at the moment of each POST, so tests can switch it mid-run.
@@ -115,6 +117,7 @@ impl World {
             cancel: CancellationToken::new(),
             division_id: uuid_v4(),
             flow_metrics: cfg.flow_metrics,
+            trigger_delay: cfg.trigger_delay,
             refused_transports: cfg
                 .refused_transports
                 .iter()
