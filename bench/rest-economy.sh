@@ -10,7 +10,10 @@ cargo build --release --locked --quiet
 bin=target/release/genesys-closer
 printf '| paths | conversations/s | matched | confirmed | failed | REST per queue closure | REST per bot-phase closure | catch-up reads |\n'
 printf '|---|---|---|---|---|---|---|---|\n'
-for paths in queue "flow,trigger,flow+intake" intake "queue,flow,flow+intake,trigger,intake"; do
+# trigger: Set-up B, the trigger calls at the start with eventTime; trigger-late: it calls
+# after the bot set its intent (a fast bot); trigger-no-time: its workflow passes no eventTime.
+for paths in queue "flow,trigger,flow+intake" intake trigger trigger-late trigger-no-time \
+  "queue,flow,flow+intake,trigger,intake"; do
   line=$("$bin" demo --conversations "$n" --rate "$rate" --paths "$paths" 2>/dev/null | tail -n 1)
   python3 - "$paths" "$rate" "$line" <<'PY'
 import json, sys

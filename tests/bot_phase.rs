@@ -793,3 +793,43 @@ async fn an_id_only_call_for_an_unknown_conversation_gives_its_topics_back() {
     d.shutdown().await;
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trigger_data_action_in_contrib_renders_a_call_the_intake_takes() {
+    let sim = start_sim(SimConfig::default()).await;
+    let url = sim.base_url();
+    let (mut d, intake) = start_bot_daemon(bot_config(&url, ""), &sim).await;
+    let action: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/contrib/intake-trigger-data-action.json"
+        ))
+        .expect("contrib file"),
+    )
+    .expect("json");
+    let template = action["config"]["request"]["requestTemplate"]
+        .as_str()
+        .expect("template");
+    let required = &action["contract"]["input"]["inputSchema"]["required"];
+    assert_eq!(required, &json!(["conversationId", "eventTime"]));
+    // What Genesys's Velocity rendering makes of it for a conversation that started
+    // three seconds ago.
+    let id = unwatched_bot(&sim);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis()
+        - 3_000;
+    let body = template
+        .replace("${input.conversationId}", &id)
+        .replace("${input.eventTime}", &started.to_string());
+    let (s, b) = call(&intake, Some(&bearer()), body).await;
+    assert_eq!((s, &b["result"]), (202, &json!("watching")), "{b}");
+    // Started 3 s ago, its topics go live within `catchup_after` (5 s in these tests)
+    // of the start: it is watched, and not read.
+    wait_for(WAIT, || holds_topics_of(&sim, &id)).await;
+    d.assert_no_report(Duration::from_millis(300)).await;
+    assert_eq!(reads_of(&sim, &id), 0);
+    d.shutdown().await;
+    sim.shutdown().await;
+}
