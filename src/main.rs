@@ -718,8 +718,8 @@ fn check(path: &std::path::Path) -> ExitCode {
         Err(code) => return code,
     };
     let topics = config.stream.topics();
+    // The first line (OK, or what `run` would refuse) is written last, once known.
     let mut out = String::new();
-    let _ = writeln!(out, "{}: OK", path.display());
     let _ = writeln!(
         out,
         "api: {}  login: {}",
@@ -734,12 +734,12 @@ fn check(path: &std::path::Path) -> ExitCode {
             genesys_closer::config::SECRET_ENV
         ),
     };
-    let found = genesys::auth::load_secret(&config.genesys.secret).is_ok();
+    let loaded = genesys::auth::load_secret(&config.genesys.secret);
     // What `run` would refuse to start on; `check` then exits 64 too.
     let mut refuse: Vec<String> = Vec::new();
     let mut warnings: Vec<String> = Vec::new();
-    if !found {
-        refuse.push("the client secret is not found".into());
+    if let Err(e) = &loaded {
+        refuse.push(e.to_string());
     }
     #[cfg(unix)]
     if let genesys_closer::config::SecretSource::File(p) = &config.genesys.secret {
@@ -793,10 +793,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     let _ = writeln!(
         out,
         "client secret: from {secret} ({})",
-        if found {
-            "present"
-        } else {
-            "NOT FOUND: `run` would refuse to start"
+        match &loaded {
+            Ok(_) => "present".to_string(),
+            Err(e) => format!("NOT USABLE: {e}"),
         }
     );
     let _ = writeln!(
@@ -857,6 +856,49 @@ fn check(path: &std::path::Path) -> ExitCode {
             );
         }
     }
+    match &config.metrics {
+        None => {
+            let _ = writeln!(out, "metrics: off");
+        }
+        Some(m) => {
+            let _ = writeln!(
+                out,
+                "metrics: http://{}/metrics, /healthz, /readyz",
+                m.listen
+            );
+        }
+    }
+    match &config.feed {
+        None => {
+            let _ = writeln!(out, "outcome feed: off");
+        }
+        Some(f) => {
+            let mut to = Vec::new();
+            if let Some(u) = &f.url {
+                let token = match genesys_closer::feed::load_token(f) {
+                    Ok(Some(_)) => "with a bearer token".to_string(),
+                    Ok(None) => "without a token".to_string(),
+                    Err(e) => {
+                        refuse.push(e.clone());
+                        format!("token NOT USABLE: {e}")
+                    }
+                };
+                to.push(format!(
+                    "POST {u} ({token}, timeout {})",
+                    humantime::format_duration(f.timeout)
+                ));
+            }
+            if let Some(p) = &f.file {
+                to.push(format!("append to {}", p.display()));
+            }
+            let _ = writeln!(out, "outcome feed: {}", to.join("; "));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "stop: within {} of SIGTERM",
+        humantime::format_duration(config.daemon.stop_timeout)
+    );
     let _ = writeln!(out, "global dry run: {}", config.dry_run);
     let _ = writeln!(out, "rules ({}), first match wins:", config.rules.len());
     for r in &config.rules {
@@ -884,13 +926,18 @@ fn check(path: &std::path::Path) -> ExitCode {
     for w in &warnings {
         let _ = writeln!(out, "WARNING: {w}");
     }
-    print_out(&out);
     if state.starts_with("NOT") {
         refuse.push(format!(
             "the state directory {} cannot be used",
             dir.display()
         ));
     }
+    let head = if refuse.is_empty() {
+        format!("{}: OK\n", path.display())
+    } else {
+        format!("{}: NOT OK: `run` would refuse to start\n", path.display())
+    };
+    print_out(&(head + &out));
     if !refuse.is_empty() {
         eprintln!(
             "{}: `run` would refuse to start: {}",
@@ -937,6 +984,12 @@ async fn check_online(path: &std::path::Path) -> ExitCode {
     let api = genesys::api::ApiClient::new(http, config.genesys.api_url.clone(), tokens);
     let mut out = String::from("online check (GET /api/v2/notifications/availabletopics):\n");
     let code = match genesys::topics::check(&api, &config).await {
+        // The same code as `run` on a refused credential: restarting cannot fix it.
+        Err(e @ genesys::api::ApiError::Auth(_)) if !e.is_retryable() => {
+            let _ = writeln!(out, "  error: {e}");
+            let _ = writeln!(out, "online: the credentials were refused");
+            ExitCode::from(EXIT_CREDENTIALS as u8)
+        }
         Err(e) => {
             let _ = writeln!(out, "  error: {e}");
             ExitCode::FAILURE
@@ -1002,7 +1055,7 @@ async fn run(
         record: recorder,
         reload: Some(reload_rx),
         shutdown,
-        drain_timeout: Duration::from_secs(20),
+        drain_timeout: config.daemon.stop_timeout,
         reports: None,
         notify_systemd: true,
         intake_token,

@@ -238,7 +238,9 @@ impl EventLoop {
                 intent = &*d.verdict.intent,
                 queue_id = d.queue_id.as_deref(),
                 source = d.source.as_str(),
-                correlation_id = ev.correlation_id.as_deref(),
+                // The event's id: the same field as on the outcome line (`correlation_id`
+                // is kept for a failed call's).
+                event_correlation_id = ev.correlation_id.as_deref(),
                 "rule matched"
             );
             if self.draining && !d.already_closed {
@@ -583,13 +585,12 @@ impl EventLoop {
         wanted.truncate(RESYNC_CAP);
         let recover = configured_missed;
         // One line per gap: what happened, how long, and what is done about it.
-        let covered = covered_by.map(|t| t as u64);
         if capped {
             tracing::warn!(
-                stream,
+                stream = %crate::genesys::StreamName(stream),
                 reason,
                 gap_ms = gap.as_millis() as u64,
-                covered_by_stream = covered,
+                covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
                 reads = wanted.len(),
                 recover_listing = recover,
                 cap = RESYNC_CAP,
@@ -598,20 +599,20 @@ impl EventLoop {
             );
         } else if configured_missed || !wanted.is_empty() {
             tracing::warn!(
-                stream,
+                stream = %crate::genesys::StreamName(stream),
                 reason,
                 gap_ms = gap.as_millis() as u64,
-                covered_by_stream = covered,
+                covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
                 reads = wanted.len(),
                 recover_listing = recover,
                 "stream gap: events pushed meanwhile are lost; resyncing by REST reads"
             );
         } else {
             tracing::info!(
-                stream,
+                stream = %crate::genesys::StreamName(stream),
                 reason,
                 gap_ms = gap.as_millis() as u64,
-                covered_by_stream = covered,
+                covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
                 "stream gap covered by the mirror: nothing missed, nothing to read"
             );
         }

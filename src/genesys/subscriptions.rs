@@ -324,12 +324,12 @@ pub fn log_rejections(stream: usize, channel_id: &str, answer: &[ChannelTopic]) 
             .map(|mut s| s.insert(family.clone()))
             .unwrap_or(true);
         if !first {
-            tracing::debug!(stream, channel_id, topic_family = %family, topics = count,
+            tracing::debug!(stream = %crate::genesys::StreamName(stream), channel_id, topic_family = %family, topics = count,
                 "topic subscription rejected (said before)");
             continue;
         }
         tracing::error!(
-            stream,
+            stream = %crate::genesys::StreamName(stream),
             channel_id,
             topic_family = %family,
             topics = count,
@@ -555,7 +555,7 @@ impl Manager {
                 let i = self.slots.len();
                 self.slots.push(Arc::clone(&slot));
                 tracing::info!(
-                    stream = i,
+                    stream = %crate::genesys::StreamName(i),
                     "every channel is full of topics; opening another for per-conversation topics"
                 );
                 (self.spawn)(i, slot);
@@ -645,7 +645,7 @@ impl Manager {
                         }
                     }
                     tracing::debug!(
-                        stream = index,
+                        stream = %crate::genesys::StreamName(index),
                         channel_id = %channel,
                         request = if put { "PUT" } else { "POST" },
                         added = ids.len(),
@@ -666,7 +666,7 @@ impl Manager {
     }
 
     fn failed(&self, s: &mut SlotState, index: usize, channel: &str, e: &ApiError) {
-        tracing::warn!(stream = index, channel_id = %channel, error = %e,
+        tracing::warn!(stream = %crate::genesys::StreamName(index), channel_id = %channel, error = %e,
             correlation_id = e.correlation_id(),
             "per-conversation subscription request failed; retrying");
         // Push the windows forward so a failing API is not hammered.
