@@ -235,7 +235,9 @@ pub struct StreamConfig {
     /// Per-conversation topics to remove are gathered this long into one request.
     pub unsubscribe_window: Duration,
     /// A watched conversation whose topics went live longer than this after we first
-    /// heard of it is read once, in case its intent was set in between.
+    /// heard of it (after its start, when an id-only intake call gave `eventTime`) is read
+    /// once, in case its intent was set in between: no bot is assumed to set an intent
+    /// sooner than this after the start.
     pub catchup_after: Duration,
     /// No frame at all for this long means the socket is dead, whatever TCP says.
     pub heartbeat_timeout: Duration,
