@@ -10,6 +10,7 @@
 //! the close sequence through [`genesys::api`] (authenticated by [`genesys::auth`]),
 //! learning of the confirming event through a waiter that the event loop fires.
 //! [`config`] validates the TOML before any I/O; [`telemetry`] holds logs and counters.
+//! At the bottom, importing nothing of the crate, [`ids`] is the one UUID reader.
 //!
 //! [`sim`] is a Genesys simulator (REST, socket, conversation generator) for the demo,
 //! the tests and the benchmarks; no daemon module imports it. [`demo`] runs both on
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod farewell;
 pub mod feed;
 pub mod genesys;
+pub mod ids;
 pub mod intake;
 pub mod journal;
 pub mod latency;

@@ -43,42 +43,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::genesys::frames::{ConversationEvent, InlineStr, Source};
-
-/// The 128 bits of a canonical UUID (36 characters, lowercase hex, hyphens at 8, 13, 18
-/// and 23): the only form kept in binary, so that the text comes back exactly as it came.
-fn canonical_uuid(s: &str) -> Option<u128> {
-    /// Lowercase hex digit values; 0xff for any other byte.
-    const HEX: [u8; 256] = {
-        let mut t = [0xffu8; 256];
-        let mut i = 0;
-        while i < 10 {
-            t[b'0' as usize + i] = i as u8;
-            i += 1;
-        }
-        let mut i = 0;
-        while i < 6 {
-            t[b'a' as usize + i] = 10 + i as u8;
-            i += 1;
-        }
-        t
-    };
-    let b = s.as_bytes();
-    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
-        return None;
-    }
-    let mut v: u128 = 0;
-    let mut bad = 0u8;
-    for (i, &c) in b.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        let d = HEX[usize::from(c)];
-        bad |= d;
-        v = (v << 4) | u128::from(d & 0xf);
-    }
-    // Any byte that is not a lowercase hex digit sets the high bits.
-    (bad < 0x10).then_some(v)
-}
+use crate::ids::{canonical_bits, uuid_text};
 
 /// A conversation id as the map keys it: a canonical UUID as its bits (no allocation),
 /// any other text as is.
@@ -88,21 +53,9 @@ enum Id {
     Text(Box<str>),
 }
 
-/// A 128-bit UUID as canonical text: 8-4-4-4-12 lowercase hex digits.
-pub fn uuid_text(v: u128) -> String {
-    format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        v >> 96,
-        (v >> 80) & 0xffff,
-        (v >> 64) & 0xffff,
-        (v >> 48) & 0xffff,
-        v & 0xffff_ffff_ffff
-    )
-}
-
 impl Id {
     fn new(s: &str) -> Id {
-        match canonical_uuid(s) {
+        match canonical_bits(s) {
             Some(v) => Id::Uuid((v >> 64) as u64, v as u64),
             None => Id::Text(s.into()),
         }

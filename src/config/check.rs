@@ -10,6 +10,7 @@ use toml_edit::{Item, TableLike, Value};
 use url::Url;
 
 use super::*;
+use crate::ids::is_uuid;
 
 /// Region keys (SDK `PureCloudRegionHosts`, with `-` or `_`) and their domains.
 const REGIONS: &[(&str, &str)] = &[
@@ -32,16 +33,6 @@ const REGIONS: &[(&str, &str)] = &[
     ("ap-southeast-1", "apse1.pure.cloud"),
     ("eusc-de-east-1", "edee1.eusc-pure.cloud"),
 ];
-
-/// Whether `id` is a UUID in its 8-4-4-4-12 hex form, as every Genesys entity id is.
-fn is_uuid(id: &str) -> bool {
-    let groups: Vec<&str> = id.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
-}
 
 /// The sensible range of each duration key; a value outside it is a mistake (a
 /// `1ms` confirm timeout, `1000years`), not a choice.

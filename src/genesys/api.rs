@@ -837,7 +837,7 @@ pub fn conversation_in(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/api/v2/conversations/")?;
     let rest = rest.strip_prefix("messages/").unwrap_or(rest);
     let id = rest.split(['/', '?']).next()?;
-    crate::intake::is_uuid(id).then_some(id)
+    crate::ids::is_uuid(id).then_some(id)
 }
 
 /// `Retry-After`: delay-seconds, or an HTTP-date (IMF-fixdate,
