@@ -210,7 +210,7 @@ impl TokenSource {
                 AuthError::Unavailable(format!(
                     "POST {}: {}",
                     self.token_url,
-                    super::api::describe_transport(&self.token_url, &e)
+                    super::transport::describe_transport(&self.token_url, &e)
                 ))
             })?;
         let status = resp.status().as_u16();
@@ -219,7 +219,7 @@ impl TokenSource {
             AuthError::Unavailable(format!(
                 "POST {}: the answer broke off: {}",
                 self.token_url,
-                super::api::describe_transport(&self.token_url, &e)
+                super::transport::describe_transport(&self.token_url, &e)
             ))
         })?;
         if status != 200 {

@@ -9,6 +9,7 @@ mod live;
 pub mod stream;
 pub mod subscriptions;
 pub mod topics;
+pub mod transport;
 
 /// Stream index of the mirror of primary stream `i` is `MIRROR_BASE + i`; the
 /// subscription manager's own streams stay below it (at most 20 channels in all).
