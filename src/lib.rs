@@ -12,32 +12,30 @@
 //! [`config`] validates the TOML before any I/O; [`telemetry`] holds logs and counters.
 //! At the bottom, importing nothing of the crate, [`ids`] is the one UUID reader.
 //!
-//! [`sim`] is a Genesys simulator (REST, socket, conversation generator) for the demo,
-//! the tests and the benchmarks; no daemon module imports it. [`demo`] runs both on
-//! loopback; [`matrix`] and [`burst`] measure the daemon against it.
+//! The Genesys simulator (REST, socket, conversation generator) is a crate of its own,
+//! `genesys-sim` (`crates/genesys-sim`), which does not depend on this one; only
+//! [`lab`] (feature `lab`: the demo, burst, latency and fault matrix) uses it, and the
+//! library builds without that feature, so no daemon module can import the simulator.
 //!
 //! [`record`] appends every frame the sockets read to a file (`run --record`), and
 //! [`replay`] feeds such a file through the parser, the state map and the rules offline.
 
-pub mod burst;
 pub mod closer;
 pub mod config;
 pub mod daemon;
-pub mod demo;
 pub mod farewell;
 pub mod feed;
 pub mod genesys;
 pub mod ids;
 pub mod intake;
 pub mod journal;
-pub mod latency;
-pub mod matrix;
+#[cfg(feature = "lab")]
+pub mod lab;
 pub mod metrics;
 pub mod progress;
 pub mod record;
 pub mod replay;
 pub mod rules;
-pub mod sim;
 pub mod state;
 pub mod telemetry;
 

@@ -9,7 +9,9 @@ use std::io::Write as _;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use genesys_closer::config::{Config, EXIT_BAD_CONFIG, EXIT_CREDENTIALS, SecretSource};
-use genesys_closer::{daemon, demo, genesys, sim, telemetry};
+use genesys_closer::lab::demo;
+use genesys_closer::{daemon, genesys, telemetry};
+use genesys_sim as sim;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -279,7 +281,7 @@ fn main() -> ExitCode {
             Command::Latency {
                 samples,
                 background,
-            } => match genesys_closer::latency::run(samples, background).await {
+            } => match genesys_closer::lab::latency::run(samples, background).await {
                 Ok(r) => {
                     println!("{r}");
                     if r.missing == 0 {
@@ -1084,7 +1086,7 @@ async fn run(
 
 async fn run_burst(conversations: usize, sim_limit: u32, requests_per_minute: u32) -> ExitCode {
     let rate = (sim_limit > 0).then_some((sim_limit, Duration::from_secs(60)));
-    match genesys_closer::burst::run(conversations, rate, requests_per_minute).await {
+    match genesys_closer::lab::burst::run(conversations, rate, requests_per_minute).await {
         Ok(r) => {
             println!("{r}");
             if r.passes() {
@@ -1102,9 +1104,9 @@ async fn run_burst(conversations: usize, sim_limit: u32, requests_per_minute: u3
 
 async fn run_matrix() -> ExitCode {
     let mut rows = Vec::new();
-    for fault in genesys_closer::matrix::Fault::ALL {
+    for fault in genesys_closer::lab::matrix::Fault::ALL {
         eprintln!("fault matrix: {}", fault.name());
-        match genesys_closer::matrix::run(fault).await {
+        match genesys_closer::lab::matrix::run(fault).await {
             Ok(row) => rows.push(row),
             Err(e) => {
                 eprintln!("error: scenario {:?} could not run: {e:#}", fault.name());
@@ -1112,7 +1114,7 @@ async fn run_matrix() -> ExitCode {
             }
         }
     }
-    print_out(&genesys_closer::matrix::table(&rows));
+    print_out(&genesys_closer::lab::matrix::table(&rows));
     if rows.iter().all(|r| r.passes) {
         ExitCode::SUCCESS
     } else {

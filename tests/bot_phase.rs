@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use genesys_closer::closer::{ConfirmedBy, Outcome};
 use genesys_closer::genesys::frames::Source;
-use genesys_closer::sim::{DataAction, SimConfig, SimHandle};
+use genesys_sim::{DataAction, SimConfig, SimHandle};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -411,7 +411,7 @@ async fn a_late_flow_record_earns_one_catch_up_read_that_decides() {
     // The flow-metrics record only comes when the flow ends (one of the open questions):
     // by then the intent is set, and only a read can tell.
     let sim = start_sim(SimConfig {
-        flow_metrics: genesys_closer::sim::FlowMetricsMode::AtEnd,
+        flow_metrics: genesys_sim::FlowMetricsMode::AtEnd,
         ..SimConfig::default()
     })
     .await;

@@ -514,3 +514,33 @@ async fn history_filters_counts_and_takes_human_times() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("confirmed") && err.contains("failed"), "{err}");
 }
+
+/// The simulator's printed config (`genesys-closer sim`) is valid, closes only the
+/// leaving intents, and keeps its journal out of the service's directory.
+#[test]
+fn the_simulators_printed_config_is_one_to_paste() {
+    let g = genesys_sim::GeneratorConfig {
+        total: None,
+        rate_per_sec: 1.0,
+        queue_ids: vec!["8f14e45f-ceea-467a-9575-3b9d1c2e4a77".into()],
+        intent_attribute: "Bot.Intent".into(),
+        intents: vec![Some("Goodbye".into()), Some("TalkToAgent".into()), None],
+        customer_leaves_after: std::time::Duration::from_secs(30),
+    };
+    let text = genesys_sim::instructions(
+        "http://127.0.0.1:8900",
+        "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7",
+        "sim-secret",
+        Some(&g),
+    );
+    let toml = &text[text.find("[genesys]").expect("config printed")..];
+    let toml = &toml[..toml.find("\nCtrl-C").expect("end")];
+    let config = genesys_closer::config::Config::parse(toml, std::path::Path::new("banner"))
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    assert_eq!(config.rules.len(), 1);
+    assert_eq!(config.rules[0].intents, vec!["Goodbye".to_string()]);
+    assert_ne!(
+        config.daemon.state_dir,
+        genesys_closer::config::DaemonConfig::default().state_dir
+    );
+}

@@ -18,8 +18,8 @@ use genesys_closer::genesys::frames::{Source, Wanted};
 use genesys_closer::genesys::subscriptions::Subscriptions;
 use genesys_closer::journal::Backend as _;
 use genesys_closer::rules::{Rules, Verdict};
-use genesys_closer::sim::{ConversationSpec, RequestDelay, RestFault, SimConfig, SimHandle};
 use genesys_closer::state::Store;
+use genesys_sim::{ConversationSpec, RequestDelay, RestFault, SimConfig, SimHandle};
 use secrecy::SecretString;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
@@ -319,7 +319,7 @@ async fn a_close_waiting_for_the_login_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_login_at_the_confirming_read_waits_instead_of_failing() {
     let sim = start_sim(SimConfig::default()).await;
-    sim.set_faults(genesys_closer::sim::Faults {
+    sim.set_faults(genesys_sim::Faults {
         ignore_disconnect: true,
         ..Default::default()
     });

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use genesys_closer::closer::Outcome;
 use genesys_closer::genesys::frames::Source;
-use genesys_closer::sim::{DataAction, Faults, RecordedRequest, SimConfig, SimHandle};
+use genesys_sim::{DataAction, Faults, RecordedRequest, SimConfig, SimHandle};
 
 struct Prism {
     child: Child,

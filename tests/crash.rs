@@ -20,7 +20,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use genesys_closer::sim::{self, ConversationSpec, Faults, RequestDelay, SimConfig, SimHandle};
+use genesys_sim::{self as sim, ConversationSpec, Faults, RequestDelay, SimConfig, SimHandle};
 use serde_json::Value;
 use tokio::time::Instant;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use genesys_closer::closer::{ConfirmedBy, Outcome};
-use genesys_closer::sim::{Faults, SimConfig};
+use genesys_sim::{Faults, SimConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -231,7 +231,7 @@ async fn survives_dropped_sockets_planned_closes_and_revoked_tokens() {
     sim.shutdown().await;
 }
 
-fn count(sim: &genesys_closer::sim::SimHandle, method: &str, path: &str) -> usize {
+fn count(sim: &genesys_sim::SimHandle, method: &str, path: &str) -> usize {
     sim.requests()
         .iter()
         .filter(|r| r.method == method && r.path == path)

@@ -7,9 +7,9 @@ use std::time::Duration;
 use genesys_closer::farewell::{SkipReason, farewell_communication, wrapup_targets};
 use genesys_closer::genesys::api::{ApiClient, ApiError};
 use genesys_closer::genesys::auth::TokenSource;
-use genesys_closer::sim::{
-    self, BotConversationSpec, BotPurpose, ConversationSpec, RestFault, SentMessage, SentWrapup,
-    SimConfig, SimHandle,
+use genesys_sim::{
+    self as sim, BotConversationSpec, BotPurpose, ConversationSpec, RestFault, SentMessage,
+    SentWrapup, SimConfig, SimHandle,
 };
 use secrecy::SecretString;
 use url::Url;

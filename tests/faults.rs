@@ -12,7 +12,7 @@
 //! per-conversation sequence numbers). Loopback only; `bench/fault-matrix.sh` prints the
 //! same rows.
 
-use genesys_closer::matrix::{self, Fault};
+use genesys_closer::lab::matrix::{self, Fault};
 
 async fn check(fault: Fault) {
     let row = matrix::run(fault).await.expect("scenario runs");

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use common::{QUEUE, config, conversation, start_daemon, start_sim, wait_for};
-use genesys_closer::sim::SimConfig;
+use genesys_sim::SimConfig;
 
 #[derive(Default)]
 struct Endpoint {

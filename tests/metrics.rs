@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use genesys_closer::closer::Outcome;
-use genesys_closer::sim::SimConfig;
+use genesys_sim::SimConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

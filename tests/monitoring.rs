@@ -21,7 +21,7 @@ use common::{FLOW, QUEUE, conversation, start_sim};
 use genesys_closer::closer::{CloseReport, Outcome};
 use genesys_closer::config::Config;
 use genesys_closer::daemon::{self, RunOptions};
-use genesys_closer::sim::SimConfig;
+use genesys_sim::SimConfig;
 use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{QUEUE, conversation, start_sim, wait_for};
 use genesys_closer::config::Config;
 use genesys_closer::daemon::{self, RunOptions};
-use genesys_closer::sim::{ConversationSpec, SimConfig, SimHandle};
+use genesys_sim::{ConversationSpec, SimConfig, SimHandle};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -185,6 +185,7 @@ async fn systemd_hears_ready_watchdog_status_reloading_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     // This test binary runs alone in its process (nextest), so the environment is ours.
+    #[allow(unsafe_code)]
     unsafe {
         std::env::set_var("NOTIFY_SOCKET", &sock_path);
         std::env::set_var("WATCHDOG_USEC", "400000");
@@ -301,7 +302,7 @@ fn under_journald_each_line_carries_its_priority_and_a_bad_rust_log_is_said() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_stop_signal_exits_at_once_and_the_next_start_finishes_the_close() {
-    use genesys_closer::sim::RequestDelay;
+    use genesys_sim::RequestDelay;
     let sim = start_sim(SimConfig::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("config.toml");

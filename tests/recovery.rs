@@ -10,11 +10,11 @@ use std::time::Duration;
 use common::*;
 use genesys_closer::closer::Outcome;
 use genesys_closer::genesys::frames::Source;
-use genesys_closer::sim::{RestFault, SimConfig};
+use genesys_sim::{RestFault, SimConfig};
 
 const OBSERVATIONS: &str = "/api/v2/analytics/queues/observations/query";
 
-fn disconnects(sim: &genesys_closer::sim::SimHandle, id: &str) -> usize {
+fn disconnects(sim: &genesys_sim::SimHandle, id: &str) -> usize {
     calls_for(sim, id)
         .iter()
         .filter(|c| c.starts_with("PATCH "))

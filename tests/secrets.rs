@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{QUEUE, bot, conversation, start_sim, wait_for};
 use genesys_closer::config::Config;
-use genesys_closer::sim::{DataAction, SimConfig};
+use genesys_sim::{DataAction, SimConfig};
 
 const CLIENT_SECRET: &str = "client-secret-5f8e2a91c7d3";
 const INTAKE_TOKEN: &str = "intake-credential-9b1d47e6a02c";

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use genesys_closer::sim::{self, SimConfig};
+use genesys_sim::{self as sim, SimConfig};
 use tokio::time::sleep;
 use tokio_tungstenite::tungstenite;
 

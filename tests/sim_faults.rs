@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, SystemTime};
 
 use futures_util::SinkExt;
-use genesys_closer::sim::{self, Faults, RestFault, SimConfig};
+use genesys_sim::{self as sim, Faults, RestFault, SimConfig};
 use jsonschema::Draft;
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep};

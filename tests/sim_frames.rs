@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use genesys_closer::sim::{
-    self, BotConversationSpec, BotPurpose, ConversationSpec, DataAction, Faults, FlowMetricsMode,
-    GeneratorConfig, SimConfig, SimHandle,
+use genesys_sim::{
+    self as sim, BotConversationSpec, BotPurpose, ConversationSpec, DataAction, Faults,
+    FlowMetricsMode, GeneratorConfig, SimConfig, SimHandle,
 };
 use jsonschema::{Draft, Validator};
 use serde_json::{Value, json};

@@ -8,8 +8,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use genesys_closer::sim::{
-    self, BotConversationSpec, BotPurpose, ConversationSpec, SimConfig, SimHandle,
+use genesys_sim::{
+    self as sim, BotConversationSpec, BotPurpose, ConversationSpec, SimConfig, SimHandle,
 };
 use jsonschema::{Draft, Validator};
 use serde_json::{Value, json};

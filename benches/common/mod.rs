@@ -48,7 +48,7 @@ fn example(name: &str) -> String {
 
 /// A random version-4 UUID in canonical lowercase form.
 pub fn uuid(rng: &mut fastrand::Rng) -> String {
-    genesys_closer::sim::uuid_v4_from(rng.u128(..))
+    genesys_sim::uuid_v4_from(rng.u128(..))
 }
 
 /// `groups` copies of the example stream, each with its own conversation ids: the

@@ -7,7 +7,7 @@ use std::time::Duration;
 use genesys_closer::closer::CloseReport;
 use genesys_closer::config::Config;
 use genesys_closer::daemon::{self, RunOptions};
-use genesys_closer::sim::{self, ConversationSpec, RecordedRequest, SimConfig, SimHandle};
+use genesys_sim::{self as sim, ConversationSpec, RecordedRequest, SimConfig, SimHandle};
 use secrecy::SecretString;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;

@@ -4,7 +4,7 @@
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use genesys_closer::sim::{ConversationSpec, EventRecord, SimHandle};
+use genesys_sim::{ConversationSpec, EventRecord, SimHandle};
 use jsonschema::{Draft, Validator};
 use serde_json::{Value, json};
 use tokio::time::{Instant, sleep, timeout};

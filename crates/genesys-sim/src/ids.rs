@@ -16,7 +16,14 @@ pub fn uuid_v4_from(random: u128) -> String {
     n |= 0x4_u128 << 76;
     n &= !(0x3_u128 << 62);
     n |= 0x2_u128 << 62;
-    crate::state::uuid_text(n)
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        n >> 96,
+        (n >> 80) & 0xffff,
+        (n >> 64) & 0xffff,
+        (n >> 48) & 0xffff,
+        n & 0xffff_ffff_ffff
+    )
 }
 
 /// 32 lowercase hex characters: the shape of message ids in conversation events.

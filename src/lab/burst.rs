@@ -18,12 +18,12 @@ use std::time::Duration;
 use secrecy::SecretString;
 use tokio::time::Instant;
 
+use super::demo::{Harness, start_daemon_on};
 use crate::closer::{CloseReport, Outcome};
 use crate::config::Config;
-use crate::demo::{Harness, start_daemon_on};
-use crate::sim::{self, ConversationSpec, SimConfig};
+use genesys_sim::{self as sim, ConversationSpec, SimConfig};
 
-const QUEUE: &str = crate::demo::SIM_QUEUE;
+const QUEUE: &str = super::demo::SIM_QUEUE;
 const TOKEN: &str = "burst-bench-intake-credential";
 /// Conversation PATCHes (and customer-participant PATCHes under them).
 const MESSAGES: &str = "/api/v2/conversations/messages/";

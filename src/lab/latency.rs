@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use super::demo::{Harness, start_daemon_on};
 use crate::config::Config;
-use crate::demo::{Harness, start_daemon_on};
-use crate::sim::{self, BotConversationSpec, BotPurpose, ConversationSpec, SimConfig};
+use genesys_sim::{self as sim, BotConversationSpec, BotPurpose, ConversationSpec, SimConfig};
 
-const QUEUE: &str = crate::demo::SIM_QUEUE;
-const FLOW: &str = crate::demo::SIM_FLOW;
+const QUEUE: &str = super::demo::SIM_QUEUE;
+const FLOW: &str = super::demo::SIM_FLOW;
 const TOKEN: &str = "latency-bench-intake-credential";
 const MESSAGES: &str = "/api/v2/conversations/messages/";
 

@@ -4,7 +4,8 @@
 //! the bot phase before any queue (detail events, flow metrics, data actions).
 //!
 //! It is an independent oracle for the daemon's tests, the `demo` and `sim`
-//! subcommands and the benchmarks, so it imports nothing else from this crate.
+//! subcommands and the benchmarks: a crate of its own that does not depend on the
+//! daemon, so nothing of the daemon's can leak into what it checks the daemon against.
 //!
 //! Map:
 //! - `rest`: router, request recorder, `ErrorBody` errors, bearer check, `/oauth/token`;
@@ -80,7 +81,7 @@ pub use faults::{EventRecord, RestFault};
 pub use ids::uuid_v4_from;
 pub use rest_limits::RequestDelay;
 pub use script::{FAULT_NAMES, FaultAction, ScriptedFault};
-pub use serve::serve_forever;
+pub use serve::{instructions, serve_forever};
 
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -58,7 +58,12 @@ const LEFT_OPEN: &[&str] = &["TalkToAgent"];
 /// What `serve_forever` prints: the endpoints, the credentials and a config
 /// snippet in the daemon's format (`[genesys]`, `[stream]`, `[[rule]]`; the secret
 /// goes in the environment because the daemon refuses it in the file).
-fn instructions(url: &str, client_id: &str, secret: &str, g: Option<&GeneratorConfig>) -> String {
+pub fn instructions(
+    url: &str,
+    client_id: &str,
+    secret: &str,
+    g: Option<&GeneratorConfig>,
+) -> String {
     let queues: Vec<String> = g.map(|g| g.queue_ids.clone()).unwrap_or_default();
     // The rule closes what the generator's guests end with, not a wish for an agent.
     let intents: Vec<String> = g
@@ -107,39 +112,4 @@ fn instructions(url: &str, client_id: &str, secret: &str, g: Option<&GeneratorCo
     }
     out += "\nCtrl-C stops the simulator.";
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The printed config is valid, closes only the leaving intents, and keeps its
-    /// journal out of the service's directory.
-    #[test]
-    fn the_printed_config_is_one_to_paste() {
-        let g = GeneratorConfig {
-            total: None,
-            rate_per_sec: 1.0,
-            queue_ids: vec!["8f14e45f-ceea-467a-9575-3b9d1c2e4a77".into()],
-            intent_attribute: "Bot.Intent".into(),
-            intents: vec![Some("Goodbye".into()), Some("TalkToAgent".into()), None],
-            customer_leaves_after: std::time::Duration::from_secs(30),
-        };
-        let text = instructions(
-            "http://127.0.0.1:8900",
-            "5e1f0c1e-51a0-4c1e-8e57-0000000c11e7",
-            "sim-secret",
-            Some(&g),
-        );
-        let toml = &text[text.find("[genesys]").expect("config printed")..];
-        let toml = &toml[..toml.find("\nCtrl-C").expect("end")];
-        let config = crate::config::Config::parse(toml, std::path::Path::new("banner"))
-            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        assert_eq!(config.rules.len(), 1);
-        assert_eq!(config.rules[0].intents, vec!["Goodbye".to_string()]);
-        assert_ne!(
-            config.daemon.state_dir,
-            crate::config::DaemonConfig::default().state_dir
-        );
-    }
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::closer::{CloseReport, Outcome};
 use crate::config::{Config, ConfigErrors};
 use crate::daemon::{self, RunOptions};
-use crate::sim::{
+use genesys_sim::{
     self, BotConversationSpec, BotPurpose, ConversationSpec, DataAction, RecordedRequest,
     SimConfig, SimHandle,
 };
@@ -471,7 +471,7 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
         ..SimConfig::default()
     };
     let secret = SecretString::from(sim_cfg.client_secret.clone());
-    let sim = sim::start(sim_cfg).await?;
+    let sim = genesys_sim::start(sim_cfg).await?;
     let config = demo_config(&sim.base_url())?;
     crate::telemetry::init_logging(&config.log);
     tracing::info!(simulator = %sim.base_url(), "demo: simulator listening");

@@ -28,16 +28,16 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::demo::{Harness, Launch, start_daemon_with};
 use crate::closer::{CloseReport, Outcome};
 use crate::config::Config;
-use crate::demo::{Harness, Launch, start_daemon_with};
-use crate::sim::{
+use genesys_sim::{
     self, BotConversationSpec, BotPurpose, ConversationSpec, Faults, RecordedRequest, Scope,
     SimConfig, SimHandle,
 };
 
-const QUEUE: &str = crate::demo::SIM_QUEUE;
-const FLOW: &str = crate::demo::SIM_FLOW;
+const QUEUE: &str = super::demo::SIM_QUEUE;
+const FLOW: &str = super::demo::SIM_FLOW;
 const TOKEN: &str = "fault-matrix-intake-credential";
 
 /// Timings shortened so a dead socket is noticed in about 2 s (the defaults, 35 s and 45 s,
@@ -312,7 +312,7 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
     if fault == Fault::ChannelExpiry {
         sim_cfg.channel_ttl = Duration::from_secs(4);
     }
-    let sim = sim::start(sim_cfg).await?;
+    let sim = genesys_sim::start(sim_cfg).await?;
     let config = Config::parse(
         &CONFIG.replace("{URL}", &sim.base_url()),
         Path::new("<fault matrix>"),
