@@ -10,7 +10,8 @@
 //! the close sequence through [`genesys::api`] (authenticated by [`genesys::auth`]),
 //! learning of the confirming event through a waiter that the event loop fires.
 //! [`config`] validates the TOML before any I/O; [`telemetry`] holds logs and counters.
-//! At the bottom, importing nothing of the crate, [`ids`] is the one UUID reader.
+//! At the bottom, importing nothing of the crate, [`ids`] is the one UUID reader and
+//! [`outcome`] names how a close ended (for the closer, the journal and `history`).
 //!
 //! The Genesys simulator (REST, socket, conversation generator) is a crate of its own,
 //! `genesys-sim` (`crates/genesys-sim`), which does not depend on this one; only
@@ -32,6 +33,7 @@ pub mod journal;
 #[cfg(feature = "lab")]
 pub mod lab;
 pub mod metrics;
+pub mod outcome;
 pub mod progress;
 pub mod record;
 pub mod replay;

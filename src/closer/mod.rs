@@ -22,7 +22,6 @@
 
 mod sequence;
 
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +36,7 @@ use crate::genesys::api::{ApiClient, ApiError};
 use crate::genesys::frames::{ConversationEvent, Source};
 use crate::genesys::subscriptions::Subscriptions;
 use crate::journal::{DecisionRecord, Journal, OutcomeRecord, now_ms};
+pub use crate::outcome::Outcome;
 use crate::rules::Verdict;
 use crate::state::Store;
 
@@ -108,40 +108,6 @@ pub mod step {
 /// How long a close waits for its confirming topic before disconnecting anyway (and
 /// relying on the read after `confirm_timeout`).
 const ENSURE_WITHIN: Duration = Duration::from_secs(5);
-
-/// How a close sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// The disconnect was confirmed (by the pushed event, or by the one read).
-    Confirmed,
-    /// Confirmed only after the full teardown.
-    EscalatedConfirmed,
-    /// Closed before anything was sent; nothing was sent.
-    AlreadyClosed,
-    /// Dry run: logged, nothing sent.
-    DryRun,
-    /// Not confirmed even after the teardown, or a request failed for good.
-    Failed,
-}
-
-impl Outcome {
-    /// Stable name used in logs and summaries.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Confirmed => "confirmed",
-            Outcome::EscalatedConfirmed => "escalated_confirmed",
-            Outcome::AlreadyClosed => "already_closed",
-            Outcome::DryRun => "dry_run",
-            Outcome::Failed => "failed",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What evidence confirmed a closure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
