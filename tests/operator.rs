@@ -408,3 +408,77 @@ fn a_stop_during_the_start_up_login_ends_at_once() {
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("stopped while starting"), "{err}");
 }
+
+/// A connection lost while a 200's body is read is a transport failure, retried like
+/// any other: the call succeeds on the next try instead of failing as "undecodable".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_off_mid_read_is_retried() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let channel_calls = Arc::new(AtomicUsize::new(0));
+    let calls = Arc::clone(&channel_calls);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let calls = Arc::clone(&calls);
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let length = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = conn.read_exact(&mut body);
+                let answer = if text.starts_with("post /oauth/token") {
+                    r#"{"access_token":"t","token_type":"bearer","expires_in":86400}"#
+                } else {
+                    r#"{"id":"streaming-0-x","connectUri":"ws://127.0.0.1:1/x"}"#
+                };
+                if !text.starts_with("post /oauth/token")
+                    && calls.fetch_add(1, Ordering::SeqCst) == 0
+                {
+                    // The first channel answer: the head and half the promised body, then
+                    // the connection goes.
+                    let _ = write!(
+                        conn,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                         connection: close\r\n\r\n{}",
+                        answer.len(),
+                        &answer[..answer.len() / 2]
+                    );
+                    return;
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            });
+        }
+    });
+    let url = url::Url::parse(&format!("http://127.0.0.1:{port}")).expect("url");
+    let http = genesys_closer::genesys::api::ApiClient::http_client().expect("client");
+    let tokens = genesys_closer::genesys::auth::TokenSource::new(
+        http.clone(),
+        &url,
+        "0c1e0c1e-0000-4000-8000-0000000000ab".into(),
+        secrecy::SecretString::from("s".to_string()),
+    );
+    let api = genesys_closer::genesys::api::ApiClient::new(http, url, tokens);
+    let channel = api
+        .create_channel()
+        .await
+        .expect("the cut-off answer is retried");
+    assert_eq!(channel.id, "streaming-0-x");
+    assert_eq!(channel_calls.load(Ordering::SeqCst), 2, "one retry");
+}

@@ -85,7 +85,7 @@ pub struct Config {
 }
 
 /// Genesys endpoints and the OAuth client.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GenesysConfig {
     /// Base URL of the Platform API, e.g. `https://api.mypurecloud.com`.
     pub api_url: Url,
@@ -101,7 +101,7 @@ pub struct GenesysConfig {
 }
 
 /// `[daemon]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DaemonConfig {
     /// Where the journal lives (systemd `StateDirectory=`). Default
     /// `/var/lib/genesys-closer`.
@@ -130,7 +130,7 @@ impl Default for DaemonConfig {
 /// `[feed]`: the outcome feed for analytics. Each final outcome is one JSON object,
 /// delivered at least once across crashes (an outbox in the journal) with an
 /// idempotency key, retried with backoff, never in the way of closes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FeedConfig {
     /// `POST` each outcome here (https; http only to loopback).
     pub url: Option<Url>,
@@ -175,7 +175,7 @@ pub enum TokenSource {
 
 /// `[intake]`: the HTTP endpoint the bot flow's data action (or a Process Automation
 /// workflow) calls with a conversation id and, optionally, its intent or attributes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IntakeConfig {
     /// Where to listen; loopback unless TLS is configured.
     pub listen: SocketAddr,
@@ -204,14 +204,14 @@ pub struct IntakeConfig {
 /// daemon is stalled) is for the operator's scraper, not for whoever can reach the
 /// port. A scraper on the same host, or a reverse proxy with TLS and authentication,
 /// reads it there.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
     /// Where to listen.
     pub listen: SocketAddr,
 }
 
 /// PEM files for the intake's TLS.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     /// Certificate chain (leaf first).
     pub cert: PathBuf,
@@ -220,7 +220,7 @@ pub struct TlsFiles {
 }
 
 /// Notification stream settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StreamConfig {
     /// Queue ids: `v2.routing.queues.{id}.conversations.messages`.
     pub queues: Vec<String>,
@@ -306,7 +306,7 @@ impl StreamConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `json` for journald and log shippers, `human` for a terminal.
     pub format: LogFormat,

@@ -62,7 +62,7 @@ impl Reloader {
         // Sections read only at start keep their running values until a restart.
         macro_rules! keep {
             ($field:ident, $name:literal) => {
-                if format!("{:?}", new.$field) != format!("{:?}", old.$field) {
+                if new.$field != old.$field {
                     at_restart.push($name);
                     new.$field = old.$field.clone();
                 }
@@ -79,7 +79,7 @@ impl Reloader {
         timings.queues = old.stream.queues.clone();
         timings.users = old.stream.users.clone();
         timings.flows = old.stream.flows.clone();
-        if format!("{timings:?}") != format!("{:?}", old.stream) {
+        if timings != old.stream {
             at_restart.push("[stream] timings and switches");
             let (q, u, f) = (
                 std::mem::take(&mut new.stream.queues),

@@ -662,7 +662,7 @@ impl ApiClient {
             .build();
         let mut renewed = false;
         let mut attempt = 0;
-        loop {
+        'attempts: loop {
             attempt += 1;
             // The permit first, the token after it: a wait behind the budget (or a 429
             // pause) cannot leave the request holding a token that expired meanwhile.
@@ -688,13 +688,30 @@ impl ApiClient {
                     };
                     (err, None)
                 }
-                Ok(resp) => {
+                Ok(resp) => 'answered: {
                     let status = resp.status();
                     crate::metrics::api_request(operation, status.as_u16());
                     let correlation_id = header(&resp, "inin-correlation-id");
                     let retry_after =
                         header(&resp, "retry-after").and_then(|v| parse_retry_after(&v));
-                    let bytes = resp.bytes().await.unwrap_or_default();
+                    // A connection lost while the body is read is a transport failure
+                    // (retried like any other), not an empty or undecodable answer.
+                    let bytes = match resp.bytes().await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            crate::metrics::api_failure(operation, "transport");
+                            let err = ApiError::Transport {
+                                method: method.clone(),
+                                path: path.to_string(),
+                                reason: format!(
+                                    "the answer (HTTP {}) broke off: {}",
+                                    status.as_u16(),
+                                    describe_transport(&url, &e)
+                                ),
+                            };
+                            break 'answered (err, None);
+                        }
+                    };
                     if status.is_success() {
                         self.outage_over();
                         return Ok(Answer {
@@ -712,7 +729,7 @@ impl ApiClient {
                         renewed = true;
                         tracing::warn!(%method, path, "HTTP 401: renewing the access token and retrying once");
                         self.tokens.invalidate(&token).await;
-                        continue;
+                        continue 'attempts;
                     }
                     let wait = (status == StatusCode::TOO_MANY_REQUESTS)
                         .then(|| retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
