@@ -30,10 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::closer::{CloseReport, Outcome};
 use crate::config::MetricsConfig;
-use crate::genesys::budget::Priority;
-use crate::genesys::frames::Frame;
 
 mod health;
 mod process;
@@ -227,7 +224,9 @@ fn describe() {
     for what in ["read", "decided", "left"] {
         metrics::counter!(RECOVERED, "what" => what).increment(0);
     }
-    budget_queued([0; 3]);
+    for priority in BUDGET_PRIORITIES {
+        budget_queued(priority, 0);
+    }
     metrics::gauge!(TRACKED).set(0.0);
     metrics::gauge!(WATCHED_TOPICS).set(0.0);
     metrics::gauge!(STREAMS_LIVE).set(0.0);
@@ -244,6 +243,9 @@ pub const RECONNECT_CLASSES: [&str; 6] = [
     "unsubscribed",
 ];
 
+/// Every `priority` of [`BUDGET_WAIT`] and [`BUDGET_QUEUED`], highest first.
+pub const BUDGET_PRIORITIES: [&str; 3] = ["subscribe", "close", "read"];
+
 /// Every `reason` of [`ROTATIONS`].
 pub const ROTATION_REASONS: [&str; 5] = [
     "socket_closing",
@@ -255,22 +257,10 @@ pub const ROTATION_REASONS: [&str; 5] = [
 
 // ---- recording helpers: one per family, labels bounded ----
 
-/// A frame of `kind` was read (see [`frame_kind`]; also `malformed`, `binary`, `oversized`).
+/// A frame of `kind` was read (a parsed frame's `Frame::kind`; also `malformed`,
+/// `binary`, `oversized`).
 pub fn frame(kind: &'static str) {
     metrics::counter!(FRAMES, "kind" => kind).increment(1);
-}
-
-/// The `kind` label of a parsed frame.
-pub fn frame_kind(f: &Frame) -> &'static str {
-    match f {
-        Frame::Heartbeat => "heartbeat",
-        Frame::Pong => "pong",
-        Frame::SocketClosing { .. } | Frame::System { .. } => "system",
-        Frame::Conversation(_) => "conversation",
-        Frame::FlowMetric(_) => "flow_metric",
-        Frame::Reply { .. } => "reply",
-        Frame::Unknown { .. } => "unknown_topic",
-    }
 }
 
 /// A close sequence starts.
@@ -278,16 +268,22 @@ pub fn decision(rule: &Arc<str>, source: &'static str) {
     metrics::counter!(DECISIONS, "rule" => Arc::clone(rule), "source" => source).increment(1);
 }
 
-/// A close sequence ended: its outcome, and for a confirmed close its latency.
-pub fn outcome(r: &CloseReport) {
+/// A close sequence ended with `outcome`; `confirmed_after`, for a confirmed close
+/// (`confirmed` or `escalated_confirmed`), is its decision-to-close latency.
+pub fn outcome(
+    rule: &Arc<str>,
+    source: &'static str,
+    outcome: &'static str,
+    confirmed_after: Option<Duration>,
+) {
     metrics::counter!(OUTCOMES,
-        "rule" => Arc::clone(&r.rule),
-        "source" => r.source.as_str(),
-        "outcome" => r.outcome.as_str())
+        "rule" => Arc::clone(rule),
+        "source" => source,
+        "outcome" => outcome)
     .increment(1);
-    if matches!(r.outcome, Outcome::Confirmed | Outcome::EscalatedConfirmed) {
-        metrics::histogram!(CLOSE_LATENCY, "rule" => Arc::clone(&r.rule))
-            .record(r.latency.as_secs_f64());
+    if let Some(latency) = confirmed_after {
+        metrics::histogram!(CLOSE_LATENCY, "rule" => Arc::clone(rule))
+            .record(latency.as_secs_f64());
     }
 }
 
@@ -372,25 +368,14 @@ pub fn api_operation(method: &str, path: &str) -> &'static str {
     }
 }
 
-/// The `priority` label.
-fn priority_label(p: Priority) -> &'static str {
-    match p {
-        Priority::Close => "close",
-        Priority::Subscribe => "subscribe",
-        Priority::Read => "read",
-    }
+/// A request at `priority` (one of [`BUDGET_PRIORITIES`]) got its permit after `waited`.
+pub fn budget_wait(priority: &'static str, waited: Duration) {
+    metrics::histogram!(BUDGET_WAIT, "priority" => priority).record(waited.as_secs_f64());
 }
 
-/// A request at `p` got its permit after `waited`.
-pub fn budget_wait(p: Priority, waited: Duration) {
-    metrics::histogram!(BUDGET_WAIT, "priority" => priority_label(p)).record(waited.as_secs_f64());
-}
-
-/// Requests waiting now, `[close, subscribe, read]`.
-pub fn budget_queued(depths: [usize; 3]) {
-    for (p, n) in Priority::ALL.into_iter().zip(depths) {
-        metrics::gauge!(BUDGET_QUEUED, "priority" => priority_label(p)).set(n as f64);
-    }
+/// Requests waiting now at `priority` (one of [`BUDGET_PRIORITIES`]).
+pub fn budget_queued(priority: &'static str, depth: usize) {
+    metrics::gauge!(BUDGET_QUEUED, "priority" => priority).set(depth as f64);
 }
 
 /// Conversations in the state map now.

@@ -379,11 +379,7 @@ impl Replay {
                 return None;
             }
         };
-        *self
-            .summary
-            .frames_by_kind
-            .entry(crate::metrics::frame_kind(&frame))
-            .or_insert(0) += 1;
+        *self.summary.frames_by_kind.entry(frame.kind()).or_insert(0) += 1;
         let ev = match frame {
             Frame::Conversation(ev) => ev,
             // As the event loop's `on_discovered`: a conversation new to us becomes known.

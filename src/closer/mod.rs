@@ -256,7 +256,12 @@ impl Closer {
                 return;
             };
             log_report(&report);
-            crate::metrics::outcome(&report);
+            crate::metrics::outcome(
+                &report.rule,
+                report.source.as_str(),
+                report.outcome.as_str(),
+                report.outcome.is_confirmed().then_some(report.latency),
+            );
             let outcome = OutcomeRecord {
                 conversation_id: report.conversation_id.to_string(),
                 outcome: report.outcome.as_str().to_owned(),

@@ -45,6 +45,16 @@ impl Priority {
     fn index(self) -> usize {
         self as usize
     }
+
+    /// The `priority` label of the budget's metrics (one of
+    /// [`crate::metrics::BUDGET_PRIORITIES`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Subscribe => "subscribe",
+            Priority::Close => "close",
+            Priority::Read => "read",
+        }
+    }
 }
 
 /// The priority a Platform API call waits at, from its method and path (a query is
@@ -143,7 +153,9 @@ impl State {
             self.queues[1].len(),
             self.queues[2].len(),
         ];
-        crate::metrics::budget_queued(depths);
+        for p in Priority::ALL {
+            crate::metrics::budget_queued(p.as_str(), depths[p.index()]);
+        }
         depths
     }
 
@@ -237,7 +249,7 @@ impl Budget {
                     && (std::mem::take(&mut st.spare) || self.inner.try_cell())
                 {
                     let waited = start.elapsed();
-                    crate::metrics::budget_wait(p, waited);
+                    crate::metrics::budget_wait(p.as_str(), waited);
                     return Permit { waited };
                 }
                 let (tx, rx) = oneshot::channel();
@@ -259,7 +271,7 @@ impl Budget {
             self.inner.waited_total.fetch_add(1, Ordering::Relaxed);
             self.report(waited);
         }
-        crate::metrics::budget_wait(p, waited);
+        crate::metrics::budget_wait(p.as_str(), waited);
         Permit { waited }
     }
 
@@ -421,6 +433,15 @@ mod tests {
             .expect("non-zero period")
             .allow_burst(NonZeroU32::MIN);
         Arc::new(Budget::with_quota(quota))
+    }
+
+    #[test]
+    fn every_priority_has_its_metrics_label() {
+        // The metrics put these series at zero before the first request.
+        assert_eq!(
+            Priority::ALL.map(Priority::as_str),
+            crate::metrics::BUDGET_PRIORITIES
+        );
     }
 
     async fn wait_for_depths(b: &Budget, want: [usize; 3]) {

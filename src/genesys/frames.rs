@@ -53,6 +53,22 @@ pub enum Frame {
     },
 }
 
+impl Frame {
+    /// A bounded name for the frame's kind: the `kind` label metrics count frames under,
+    /// and the key of `replay`'s summary.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Heartbeat => "heartbeat",
+            Frame::Pong => "pong",
+            Frame::SocketClosing { .. } | Frame::System { .. } => "system",
+            Frame::Conversation(_) => "conversation",
+            Frame::FlowMetric(_) => "flow_metric",
+            Frame::Reply { .. } => "reply",
+            Frame::Unknown { .. } => "unknown_topic",
+        }
+    }
+}
+
 /// Where an event about a conversation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {

@@ -609,7 +609,7 @@ impl ChannelStream {
                 return Action::Continue;
             }
         };
-        crate::metrics::frame(crate::metrics::frame_kind(&frame));
+        crate::metrics::frame(frame.kind());
         match frame {
             Frame::Heartbeat | Frame::Pong => Action::Continue,
             Frame::Conversation(ev) => {
