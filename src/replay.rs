@@ -29,7 +29,7 @@ const BAD_LINES_KEPT: usize = 20;
 /// `EX_DATAERR`: the input is not what the command reads). `run` uses the same number
 /// for refused credentials; the two commands never share a caller that could confuse
 /// them.
-pub const EXIT_NOT_A_RECORDING: u8 = 65;
+pub const EXIT_NOT_A_RECORDING: u8 = crate::config::Exit::NotARecording.code();
 
 /// What one file gave a replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

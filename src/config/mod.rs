@@ -2,7 +2,8 @@
 //!
 //! Everything is checked here, before any network I/O, in one pass that reports every
 //! problem with its file, line and column (and the rule it belongs to), not only the first.
-//! The CLI turns a [`ConfigErrors`] into exit status 64 (`EX_USAGE`), as linkerd does.
+//! The CLI turns a [`ConfigErrors`] into exit status 64 ([`Exit::BadConfig`], `EX_USAGE`), as
+//! linkerd does; [`findings`] is what `check` adds by looking at the files the config names.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -12,15 +13,18 @@ use std::time::Duration;
 use url::Url;
 
 mod check;
+pub mod exit;
+pub mod findings;
 #[cfg(test)]
 mod tests;
 
-/// Exit status for a configuration that cannot be used.
-pub const EXIT_BAD_CONFIG: i32 = 64;
+pub use exit::Exit;
 
-/// Exit status when Genesys refuses the OAuth client's credentials: an operator must fix
-/// them, so the systemd unit does not restart on it.
-pub const EXIT_CREDENTIALS: i32 = 65;
+/// Exit status for a configuration that cannot be used ([`Exit::BadConfig`]).
+pub const EXIT_BAD_CONFIG: i32 = Exit::BadConfig.code() as i32;
+
+/// Exit status when Genesys refuses the OAuth client's credentials ([`Exit::Credentials`]).
+pub const EXIT_CREDENTIALS: i32 = Exit::Credentials.code() as i32;
 
 /// Most topics one notification channel may carry (facts sheet B.3).
 pub const TOPICS_PER_CHANNEL: usize = 1000;
