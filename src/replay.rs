@@ -25,12 +25,6 @@ use crate::state::Store;
 /// Bad lines whose place is kept in the summary, at most.
 const BAD_LINES_KEPT: usize = 20;
 
-/// Exit status of `replay` when a file holds no recorded frame at all (sysexits'
-/// `EX_DATAERR`: the input is not what the command reads). `run` uses the same number
-/// for refused credentials; the two commands never share a caller that could confuse
-/// them.
-pub const EXIT_NOT_A_RECORDING: u8 = crate::config::Exit::NotARecording.code();
-
 /// What one file gave a replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FileTotals {

@@ -20,12 +20,6 @@ mod tests;
 
 pub use exit::Exit;
 
-/// Exit status for a configuration that cannot be used ([`Exit::BadConfig`]).
-pub const EXIT_BAD_CONFIG: i32 = Exit::BadConfig.code() as i32;
-
-/// Exit status when Genesys refuses the OAuth client's credentials ([`Exit::Credentials`]).
-pub const EXIT_CREDENTIALS: i32 = Exit::Credentials.code() as i32;
-
 /// Most topics one notification channel may carry (facts sheet B.3).
 pub const TOPICS_PER_CHANNEL: usize = 1000;
 /// Most channels one OAuth client may hold; a 21st evicts the oldest (facts sheet B.3).
