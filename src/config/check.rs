@@ -649,7 +649,7 @@ impl Checker<'_> {
             }
         }
         if let Some(level) = self.nonempty_string(t, "level") {
-            match crate::telemetry::parse_level(&level) {
+            match parse_level(&level) {
                 Ok(filter) => log.level = filter,
                 Err(e) => {
                     let span = t.get("level").and_then(Item::span);

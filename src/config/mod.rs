@@ -15,10 +15,12 @@ use url::Url;
 mod check;
 pub mod exit;
 pub mod findings;
+mod log_level;
 #[cfg(test)]
 mod tests;
 
 pub use exit::Exit;
+pub use log_level::parse_level;
 
 /// Most topics one notification channel may carry (facts sheet B.3).
 pub const TOPICS_PER_CHANNEL: usize = 1000;
