@@ -19,14 +19,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::closer::{CloseReport, Closer, Waiters};
-use crate::config::{Config, MAX_CHANNELS, TOPICS_PER_CHANNEL};
+use crate::config::Config;
 use crate::genesys::api::{ApiClient, ApiError};
 use crate::genesys::auth::TokenSource;
 use crate::genesys::frames::ConversationEvent;
-use crate::genesys::stream::{ChannelStream, StreamEvent};
-use crate::genesys::subscriptions::{Manager, Slot, Subscriptions};
+use crate::genesys::stream::StreamEvent;
 use crate::genesys::topics::{self, Family};
-use crate::intake::{self, IntakeCall};
 use crate::rules::Rules;
 use crate::state::Store;
 use crate::telemetry::Stats;
@@ -34,12 +32,14 @@ use crate::telemetry::Stats;
 mod event_loop;
 mod health;
 mod notify;
+mod read;
 mod recovery;
 mod reload;
+mod start;
+mod stop;
 
 use event_loop::EventLoop;
 pub(crate) use event_loop::{CLOSED_GRACE, IDLE_MAX};
-use health::Health;
 
 /// How often eviction runs.
 pub(crate) const EVICT_EVERY: Duration = Duration::from_secs(30);
@@ -213,50 +213,10 @@ pub async fn run(
     if config.metrics.is_some() {
         crate::metrics::install();
     }
-    // The journal first: without it a crash could lose a close, so no state directory,
-    // no start. It also refuses a second daemon on the same directory.
-    let sinks = crate::journal::Sinks {
-        http: config.feed.as_ref().is_some_and(|f| f.url.is_some()),
-        file: config.feed.as_ref().is_some_and(|f| f.file.is_some()),
-    };
-    let feed_token = match &config.feed {
-        Some(f) => crate::feed::load_token(f).map_err(DaemonError::Setup)?,
-        None => None,
-    };
-    let opened = crate::journal::open_with(
-        &config.daemon.state_dir,
-        crate::journal::now_ms() - FINISHED_REMEMBERED.as_millis() as i64,
-        sinks,
-    )?;
+    let (opened, feed_token) = start::open_journal(config)?;
     let journal = opened.journal.clone();
-    journal.prune(config.daemon.retention);
-    tracing::info!(
-        state_dir = %config.daemon.state_dir.display(),
-        unfinished = opened.unfinished.len(),
-        recently_finished = opened.recently_finished.len(),
-        "journal open"
-    );
     let http = ApiClient::http_client().map_err(|e| DaemonError::Setup(e.to_string()))?;
-    // The outcome feed delivers from the journal's outbox on its own task.
-    let stop_feed = CancellationToken::new();
-    let feed_task = config.feed.as_ref().map(|f| {
-        tracing::info!(
-            url = f.url.as_ref().map(|u| u.as_str()),
-            file = f.file.as_ref().map(|p| p.display().to_string()),
-            "outcome feed on"
-        );
-        tokio::spawn(
-            crate::feed::Feed {
-                journal: journal.clone(),
-                http: http.clone(),
-                url: f.url.clone(),
-                token: feed_token.clone(),
-                file: f.file.clone(),
-                timeout: f.timeout,
-            }
-            .run(stop_feed.clone()),
-        )
-    });
+    let feed = stop::FeedTask::start(config, &journal, &http, feed_token);
     let tokens = TokenSource::new(
         http.clone(),
         &config.genesys.login_url,
@@ -283,10 +243,7 @@ pub async fn run(
     let usable = tokio::select! {
         r = starting => r?,
         () = opts.shutdown.cancelled() => {
-            stop_feed.cancel();
-            if let Some(t) = feed_task {
-                let _ = t.await;
-            }
+            feed.stop(None).await;
             drop(journal);
             drop(opened.journal);
             opened.guard.finish();
@@ -308,84 +265,28 @@ pub async fn run(
     let stop_streams = CancellationToken::new();
     let streams = TaskTracker::new();
 
-    // One slot per channel; the manager may add slots (and streams) for conversations.
-    let slots: Vec<Arc<Slot>> = {
-        let chunks: Vec<Vec<String>> = usable
-            .topics
-            .chunks(TOPICS_PER_CHANNEL)
-            .map(<[String]>::to_vec)
-            .collect();
-        if chunks.is_empty() {
-            vec![Slot::new(Vec::new())]
-        } else {
-            chunks.into_iter().map(Slot::new).collect()
-        }
-    };
-    let statics = if usable.topics.is_empty() {
-        0
-    } else {
-        slots.len()
-    };
-    let health = Health::new(statics, config.stream.mirror);
-    let mirrors = health.mirrors();
-    let spawn_stream = {
-        let api = Arc::clone(&api);
-        let stream_config = config.stream.clone();
-        let wanted = Arc::clone(&wanted);
-        let events = events_tx.clone();
-        let stats = Arc::clone(&stats);
-        let cancel = stop_streams.clone();
-        let streams = streams.clone();
-        let record = opts.record.clone();
-        let reconnects = Arc::new(crate::genesys::stream::Reconnects::default());
-        move |index: usize, slot: Arc<Slot>| {
-            let s = ChannelStream {
-                index,
-                slot,
-                api: Arc::clone(&api),
-                config: stream_config.clone(),
-                wanted_attributes: Arc::clone(&wanted),
-                events: events.clone(),
-                stats: Arc::clone(&stats),
-                cancel: cancel.clone(),
-                all_rejected: Default::default(),
-                record: record.clone(),
-                reconnects: Arc::clone(&reconnects),
-                held_at: Default::default(),
-                event_seen: Default::default(),
-            };
-            streams.spawn(s.run());
-        }
-    };
-    for (index, slot) in slots.iter().enumerate() {
-        spawn_stream(index, Arc::clone(slot));
-    }
-    // The mirrors hold the configured topics again, on channels of their own (the
-    // slots hold no conversation yet: this is the configured set).
-    let mut mirror_slots = Vec::new();
-    for (&index, slot) in mirrors.iter().zip(&slots) {
-        let m = Slot::new(slot.expected_live());
-        mirror_slots.push(Arc::clone(&m));
-        spawn_stream(index, m);
-    }
-    let static_slots: Vec<Arc<Slot>> = slots[..statics].to_vec();
-    let slots_at_start = slots.len();
-    let channels = slots_at_start + mirrors.len();
-    let subs = match &usable.detail {
-        Ok(()) => Manager {
-            slots,
+    let start::Channels {
+        subs,
+        health,
+        mirrors,
+        static_slots,
+        mirror_slots,
+        slots_at_start,
+        channels,
+    } = start::spawn_streams(
+        config,
+        &usable,
+        start::StreamParts {
             api: Arc::clone(&api),
-            max_channels: MAX_CHANNELS - mirrors.len(),
-            subscribe_window: config.stream.subscribe_window,
-            unsubscribe_window: config.stream.unsubscribe_window,
-            spawn: Box::new(spawn_stream),
-            live: live_tx,
+            wanted: Arc::clone(&wanted),
+            events: events_tx,
+            stats: Arc::clone(&stats),
             cancel: stop_streams.clone(),
-        }
-        .start(),
-        Err(why) => Subscriptions::disabled(why),
-    };
-    drop(events_tx);
+            streams: streams.clone(),
+            record: opts.record.clone(),
+            live: live_tx,
+        },
+    );
 
     let closer = Closer {
         api: Arc::clone(&api),
@@ -419,36 +320,18 @@ pub async fn run(
 
     // Metrics and health (`[metrics]`), until `run` returns.
     let probes = crate::metrics::Probes::new(journal.writable());
-    let _metrics = match &config.metrics {
-        Some(m) => {
-            let server = crate::metrics::start(m, probes.clone())
-                .await
-                .map_err(|e| DaemonError::Setup(e.to_string()))?;
-            if let Some(tell) = opts.metrics_bound {
-                let _ = tell.send(server.addr);
-            }
-            Some(server)
-        }
-        None => None,
-    };
-    // The intake listens only once everything it feeds exists.
-    let (intake_tx, mut intake_rx) = mpsc::channel::<IntakeCall>(intake::QUEUE);
-    let stop_intake = CancellationToken::new();
-    if let Some(icfg) = &config.intake {
-        let token = match opts.intake_token {
-            Some(t) => t,
-            None => {
-                intake::load_token(&icfg.token).map_err(|e| DaemonError::Setup(e.to_string()))?
-            }
-        };
-        let bound = intake::start(icfg, token, intake_tx.clone(), stop_intake.clone())
-            .await
-            .map_err(|e| DaemonError::Setup(e.to_string()))?;
-        if let Some(tell) = opts.intake_bound {
-            let _ = tell.send(bound.addr);
-        }
-    }
-    drop(intake_tx);
+    let start::Endpoints {
+        metrics: _metrics,
+        intake: mut intake_rx,
+        stop_intake,
+    } = start::endpoints(
+        config,
+        probes.clone(),
+        opts.intake_token.take(),
+        opts.metrics_bound.take(),
+        opts.intake_bound.take(),
+    )
+    .await?;
 
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -663,35 +546,9 @@ pub async fn run(
     stop_streams.cancel();
     // Nobody reads events any more: a stream blocked on a full queue must not wait.
     drop(events_rx);
-    // Closed only now: the subscription manager may open streams while running.
-    streams.close();
-    let streams_by = stop_by - teardown_reserve(opts.drain_timeout) / 2;
-    if tokio::time::timeout_at(streams_by, streams.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            streams = streams.len(),
-            "streams did not stop in time; leaving them (the process ends)"
-        );
-    }
+    stop::streams(&streams, stop_by - teardown_reserve(opts.drain_timeout) / 2).await;
     drop(lp);
-    // Deferred decisions and the last outcomes must be on disk before the process ends.
-    match tokio::time::timeout_at(stop_by, journal.flush()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "journal: could not store the last records"),
-        Err(_) => tracing::error!(
-            "journal: the last records were not stored within the stop bound; the next \
-             start resumes from what is on disk"
-        ),
-    }
-    // Outcomes not yet delivered stay in the outbox for the next start.
-    stop_feed.cancel();
-    if let Some(t) = feed_task
-        && tokio::time::timeout_at(stop_by, t).await.is_err()
-    {
-        tracing::warn!("outcome feed did not stop in time; what it had not sent stays queued");
-    }
+    stop::journal_and_feed(&journal, feed, stop_by).await;
     drop(journal);
     if abandoned == 0 {
         let _ = forward.await;
@@ -699,35 +556,7 @@ pub async fn run(
         // Abandoned sequences still hold report senders; don't wait for them.
         forward.abort();
     }
-    let summary = Summary {
-        frames: stats.frames.get(),
-        events: stats.conversation_events.get(),
-        decisions: stats.decisions.get(),
-        abandoned,
-        discovered: stats.discovered.get(),
-        intake_calls: stats.intake_calls.get(),
-        catchup_reads: stats.catchup_reads.get(),
-        resync_reads: stats.resync_reads.get(),
-        late_events: stats.late_events.get(),
-    };
-    tracing::info!(
-        frames = summary.frames,
-        malformed_frames = stats.malformed_frames.get(),
-        unknown_topics = stats.unknown_topics.get(),
-        events = summary.events,
-        decisions = summary.decisions,
-        discovered = summary.discovered,
-        intake_calls = summary.intake_calls,
-        catchup_reads = summary.catchup_reads,
-        resync_reads = summary.resync_reads,
-        late_events = summary.late_events,
-        rotations = stats.rotations.get(),
-        topics_found_dropped = stats.dropped_topics.get(),
-        binary_frames = stats.binary_frames.get(),
-        oversized_frames = stats.oversized_frames.get(),
-        abandoned,
-        "stopped"
-    );
+    let summary = stop::summary(&stats, abandoned);
     if abandoned == 0 {
         // Every handle is gone: wait for the writer to finish.
         drop(opened.journal);
