@@ -241,8 +241,7 @@ impl Worker {
             futures_util::stream::iter(plan.read)
                 .map(|id| async move {
                     let Some(mut ev) =
-                        super::event_loop::read_at(Priority::Close, api, &id, wanted, "recovery")
-                            .await
+                        super::read::read_at(Priority::Close, api, &id, wanted, "recovery").await
                     else {
                         let _ = ask.send(Ask::Failed(id)).await;
                         return (1, 0);
