@@ -101,7 +101,7 @@ pub struct RunOptions {
 pub enum DaemonError {
     /// Genesys refused the credentials: an operator must fix them, retrying won't.
     #[error("cannot start: {0}")]
-    Credentials(ApiError),
+    Credentials(Box<ApiError>),
     /// Local set-up failed.
     #[error("cannot start: {0}")]
     Setup(String),
@@ -233,7 +233,7 @@ pub async fn run(
     let starting = async {
         match api.token().await {
             Ok(_) => {}
-            Err(e) if !e.is_retryable() => return Err(DaemonError::Credentials(e)),
+            Err(e) if !e.is_retryable() => return Err(DaemonError::Credentials(Box::new(e))),
             Err(e) => {
                 tracing::warn!(error = %e, "login service not reachable yet; will keep trying");
             }
