@@ -2,6 +2,8 @@
 //!
 //! The daemon records through the `metrics` facade: the helpers here name every family
 //! and keep its labels bounded (no conversation ids; rule names come from the config).
+//! They take labels (`&str`, numbers), never the closer's, the budget's or the parser's
+//! types: every module records here, so this one imports nothing above config.
 //! When `[metrics]` is on, a recorder is installed once per process and a small HTTP/1
 //! server on loopback answers `GET` only:
 //! - `/metrics`: the Prometheus text format: what the recorder holds, then the families
