@@ -40,7 +40,7 @@ type Preparing<'a> = Pin<Box<dyn Future<Output = Result<(Channel, Ws), String>> 
 
 /// A REST check or repair running beside the reading (it must never hold the reading up:
 /// a socket not read for `heartbeat_timeout` is declared dead).
-type Side<'a> = Pin<Box<dyn Future<Output = Option<fn(Channel) -> LiveEnd>> + Send + 'a>>;
+type Side<'a> = Pin<Box<dyn Future<Output = Option<Ending>> + Send + 'a>>;
 
 /// After a ping sent because events stopped, a socket that answers nothing within this
 /// long (nor within `heartbeat_timeout`, if shorter) is dead: a stall is found in
@@ -63,11 +63,28 @@ enum Action {
     /// Nothing: keep reading.
     Continue,
     /// End this connection.
-    End(fn(Channel) -> LiveEnd),
+    End(Ending),
     /// Move to a fresh channel without a gap.
     Rotate(&'static str),
     /// The channel lost its topics: subscribe them again in place.
     Resubscribe,
+}
+
+/// Why a live connection must end, before it is told with its channel.
+enum Ending {
+    /// The channel is gone (404, token revoked): a new one is needed.
+    Gone(&'static str),
+    /// The channel is kept but lost its topics: it is subscribed again.
+    Unsubscribed(&'static str),
+}
+
+impl Ending {
+    fn with(self, ch: Channel) -> LiveEnd {
+        match self {
+            Ending::Gone(why) => LiveEnd::ChannelGone(why.into()),
+            Ending::Unsubscribed(why) => LiveEnd::Unsubscribed(ch, why.into()),
+        }
+    }
 }
 
 /// The old socket of a rotation, read until the overlap ends.
@@ -125,7 +142,7 @@ fn rotation_time(ch: &Channel, stream: usize) -> Option<Instant> {
     Some(Instant::now() + left - RENEW_BEFORE_EXPIRY.min(left / 5))
 }
 
-async fn side(s: &mut Option<Side<'_>>) -> Option<fn(Channel) -> LiveEnd> {
+async fn side(s: &mut Option<Side<'_>>) -> Option<Ending> {
     match s {
         Some(f) => f.await,
         None => std::future::pending().await,
@@ -319,7 +336,7 @@ impl ChannelStream {
                         Action::Continue => {}
                         Action::End(end) => {
                             let _ = ws.close(None).await;
-                            return end(ch);
+                            return end.with(ch);
                         }
                         Action::Rotate(reason) => {
                             if preparing.is_none() && draining.is_none() {
@@ -344,7 +361,7 @@ impl ChannelStream {
                     checking = None;
                     if let Some(end) = end {
                         let _ = ws.close(None).await;
-                        return end(ch);
+                        return end.with(ch);
                     }
                 }
                 // The channel expires soon: move to a fresh one while this one works.
@@ -479,17 +496,14 @@ impl ChannelStream {
 
     /// After `no_longer_subscribed`: the topics again, in place, then a resync of the
     /// stretch (events pushed while the channel had no topics are lost).
-    async fn resubscribe(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
+    async fn resubscribe(&self, ch: &Channel) -> Option<Ending> {
         let since = Instant::now();
         if let Err(e) = self.subscribe(ch).await {
             tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e,
                 "re-subscribing after no_longer_subscribed failed; the channel will be subscribed again");
-            return Some(|ch| {
-                LiveEnd::Unsubscribed(
-                    ch,
-                    "re-subscribing after no_longer_subscribed failed".into(),
-                )
-            });
+            return Some(Ending::Unsubscribed(
+                "re-subscribing after no_longer_subscribed failed",
+            ));
         }
         crate::metrics::rotation("no_longer_subscribed");
         self.gap(
@@ -503,7 +517,7 @@ impl ChannelStream {
 
     /// A reload changed the configured topics: `PUT` the whole set on this channel (no
     /// reconnect; topics kept are never absent, so nothing is missed on them).
-    async fn apply_topic_change(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
+    async fn apply_topic_change(&self, ch: &Channel) -> Option<Ending> {
         match self.subscribe(ch).await {
             Ok(()) => {
                 tracing::info!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id,
@@ -513,9 +527,9 @@ impl ChannelStream {
             Err(e) => {
                 tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e,
                     "subscribing the reloaded topics failed; the channel will be subscribed again");
-                Some(|ch| {
-                    LiveEnd::Unsubscribed(ch, "subscribing the reloaded topics failed".into())
-                })
+                Some(Ending::Unsubscribed(
+                    "subscribing the reloaded topics failed",
+                ))
             }
         }
     }
@@ -536,13 +550,13 @@ impl ChannelStream {
     /// when events stop while the socket still answers): topics the server no longer
     /// holds are re-added and the stretch since `held_at` (the last check that found
     /// them all, or the subscribe) resynced.
-    async fn verify(&self, ch: &Channel) -> Option<fn(Channel) -> LiveEnd> {
+    async fn verify(&self, ch: &Channel) -> Option<Ending> {
         let held_at = self.held_since();
         let held = match self.api.get_subscriptions(&ch.id).await {
             Ok(t) => t,
             Err(e) if e.status() == Some(404) => {
                 tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, "subscription check: the channel no longer exists");
-                return Some(|_| LiveEnd::ChannelGone("channel gone (subscription check)".into()));
+                return Some(Ending::Gone("channel gone (subscription check)"));
             }
             Err(e) => {
                 tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e, "subscription check failed; will try again");
@@ -658,7 +672,7 @@ impl ChannelStream {
                 } else if t.starts_with("v2.system.token_revoked")
                     || kind.as_deref() == Some("token_revoked")
                 {
-                    Action::End(|_| LiveEnd::ChannelGone("token revoked".into()))
+                    Action::End(Ending::Gone("token revoked"))
                 } else {
                     Action::Continue
                 }
@@ -666,7 +680,7 @@ impl ChannelStream {
             Frame::Reply { result, status } => {
                 if result == "404" {
                     tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, "socket says the channel no longer exists");
-                    Action::End(|_| LiveEnd::ChannelGone("channel reported 404".into()))
+                    Action::End(Ending::Gone("channel reported 404"))
                 } else {
                     tracing::debug!(stream = %crate::genesys::StreamName(self.index), %result, status = status.as_deref(), "socket reply");
                     Action::Continue

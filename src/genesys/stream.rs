@@ -127,10 +127,16 @@ enum State {
     Subscribing(Channel),
     /// Subscribed: connect to `connectUri` and read.
     Live(Channel),
-    /// Wait before trying again; keep the channel if it is still usable. The flag says
-    /// whether that channel holds its topics: if not, it is subscribed again before the
-    /// socket goes live (a channel without its topics receives nothing).
-    Backoff(Option<Channel>, bool, String),
+    /// Wait before trying again; keep the channel if it is still usable.
+    Backoff {
+        /// The channel to try again, if any (it is checked first).
+        channel: Option<Channel>,
+        /// Whether that channel holds its topics: if not, it is subscribed again
+        /// before the socket goes live (a channel without its topics receives nothing).
+        subscribed: bool,
+        /// Why the stream is down (logged).
+        reason: String,
+    },
 }
 
 /// Why a live connection ended.
@@ -219,11 +225,19 @@ impl ChannelStream {
                     tracing::info!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, expires = ch.expires.as_deref(), "channel created; subscribing");
                     State::Subscribing(ch)
                 }
-                Err(e) => State::Backoff(None, false, format!("cannot create a channel: {e}")),
+                Err(e) => State::Backoff {
+                    channel: None,
+                    subscribed: false,
+                    reason: format!("cannot create a channel: {e}"),
+                },
             },
             State::Subscribing(ch) => match self.subscribe(&ch).await {
                 Ok(()) => State::Live(ch),
-                Err(reason) => State::Backoff(Some(ch), false, reason),
+                Err(reason) => State::Backoff {
+                    channel: Some(ch),
+                    subscribed: false,
+                    reason,
+                },
             },
             State::Live(ch) => {
                 let started = Instant::now();
@@ -236,7 +250,11 @@ impl ChannelStream {
                     LiveEnd::Unsubscribed(ch, reason) => {
                         crate::metrics::reconnect("unsubscribed");
                         self.down(&reason).await;
-                        State::Backoff(Some(ch), false, reason)
+                        State::Backoff {
+                            channel: Some(ch),
+                            subscribed: false,
+                            reason,
+                        }
                     }
                     // Through backoff, so a server that keeps dropping channels is not
                     // answered with a tight loop of channel creations.
@@ -251,11 +269,13 @@ impl ChannelStream {
                                 "channel unusable; creating a new one at once");
                             State::Connecting
                         } else {
-                            State::Backoff(
-                                None,
-                                false,
-                                format!("channel unusable ({reason}); a new one will be created"),
-                            )
+                            State::Backoff {
+                                channel: None,
+                                subscribed: false,
+                                reason: format!(
+                                    "channel unusable ({reason}); a new one will be created"
+                                ),
+                            }
                         }
                     }
                     LiveEnd::Failed(ch, reason) => {
@@ -270,12 +290,20 @@ impl ChannelStream {
                                 "socket lost; reconnecting at once");
                             State::Live(ch)
                         } else {
-                            State::Backoff(Some(ch), true, reason)
+                            State::Backoff {
+                                channel: Some(ch),
+                                subscribed: true,
+                                reason,
+                            }
                         }
                     }
                 }
             }
-            State::Backoff(ch, subscribed, reason) => {
+            State::Backoff {
+                channel: ch,
+                subscribed,
+                reason,
+            } => {
                 let mut delay = backoff.next().unwrap_or(self.config.backoff_max);
                 let probes = self.reconnects.probes(self.index);
                 if probes {
