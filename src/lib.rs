@@ -24,6 +24,7 @@
 pub mod closer;
 pub mod config;
 pub mod daemon;
+pub mod decide;
 pub mod farewell;
 pub mod feed;
 pub mod genesys;

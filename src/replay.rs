@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::genesys::frames::{ConversationEvent, Frame, FrameError, Source, parse_frame};
+use crate::genesys::frames::{Frame, FrameError, parse_frame};
 use crate::rules::Rules;
 use crate::state::Store;
 
@@ -377,32 +377,23 @@ impl Replay {
         let ev = match frame {
             Frame::Conversation(ev) => ev,
             // As the event loop's `on_discovered`: a conversation new to us becomes known.
-            Frame::FlowMetric(m) => {
-                let known = self
-                    .store
-                    .with(&m.conversation_id, |c| c.is_decided() || c.is_closed());
-                if known == Some(true) {
-                    return None;
-                }
-                ConversationEvent::empty(m.conversation_id, Source::Flow)
-            }
+            Frame::FlowMetric(m) => crate::decide::discovered(&self.store, &m)?,
             _ => return None,
         };
         if !self.seen.contains(&ev.conversation_id) {
             self.seen.insert(ev.conversation_id.clone());
             self.summary.conversations += 1;
         }
-        let rules = &self.rules;
-        let applied = self.store.apply(&ev, now, |conv| {
-            rules
-                .evaluate(conv)
-                .map(|verdict| (verdict, conv.is_closed()))
-        });
+        let applied = crate::decide::step(&self.store, &self.rules, &ev, now);
         if applied.late {
             self.summary.late_events += 1;
             return None;
         }
-        let (verdict, already_closed) = applied.decision?;
+        let crate::decide::Matched {
+            verdict,
+            already_closed,
+            ..
+        } = applied.decision?;
         self.summary.decisions += 1;
         *self
             .summary

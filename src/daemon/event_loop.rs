@@ -113,21 +113,18 @@ impl EventLoop {
     /// `Store::apply`, before waiters are notified or a close starts.
     /// Returns whether a rule decided on it now.
     pub fn on_event(&mut self, ev: &ConversationEvent, received: Instant) -> bool {
-        let rules = &self.rules;
-        let applied = self.store.apply(ev, received, |conv| {
-            let verdict = rules.evaluate(conv)?;
-            Some(Decision {
-                conversation_id: ev.conversation_id.clone(),
-                verdict,
-                queue_id: conv.queue_id().map(Into::into),
-                customer_id: conv.customer_id().map(Into::into),
-                already_closed: conv.is_closed(),
-                decided_at: received,
-                source: ev.source,
-                watch: !conv.seen_on_topic(),
-                resume: None,
-                event_correlation_id: ev.correlation_id.clone(),
-            })
+        let applied = crate::decide::step(&self.store, &self.rules, ev, received);
+        let decision = applied.decision.map(|m| Decision {
+            conversation_id: ev.conversation_id.clone(),
+            verdict: m.verdict,
+            queue_id: m.queue_id,
+            customer_id: m.customer_id,
+            already_closed: m.already_closed,
+            decided_at: received,
+            source: ev.source,
+            watch: !m.seen_on_topic,
+            resume: None,
+            event_correlation_id: ev.correlation_id.clone(),
         });
         if matches!(ev.source, Source::Read | Source::Recovery) {
             self.verifying.remove(&ev.conversation_id);
@@ -160,7 +157,7 @@ impl EventLoop {
             }
             self.owed_catchup.remove(&ev.conversation_id);
         }
-        if let Some(d) = applied.decision {
+        if let Some(d) = decision {
             self.stats.decisions.inc();
             tracing::info!(
                 conversation_id = &*d.conversation_id,
@@ -252,12 +249,9 @@ impl EventLoop {
     /// A flow-metrics record named a conversation: watch it if it is new to us.
     /// Returns whether it was new to us.
     pub fn on_discovered(&mut self, m: &FlowMetric, received: Instant) -> bool {
-        let known = self.store.with(&m.conversation_id, |c| {
-            c.is_decided() || c.is_closed() || c.is_watched()
-        });
-        if known == Some(true) {
+        let Some(ev) = crate::decide::discovered(&self.store, m) else {
             return false;
-        }
+        };
         self.stats.discovered.inc();
         // `nFlow` is counted when the flow starts; any other metric comes later, so the
         // intent may already be set: read once when the topics are live.
@@ -269,10 +263,7 @@ impl EventLoop {
             late,
             "conversation discovered in a watched flow"
         );
-        self.on_event(
-            &ConversationEvent::empty(m.conversation_id.clone(), Source::Flow),
-            received,
-        );
+        self.on_event(&ev, received);
         if self.watch(&m.conversation_id) && late {
             self.owed_catchup.insert(
                 m.conversation_id.clone(),
