@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod decide;
 pub mod farewell;
 pub mod feed;
+pub mod findings;
 pub mod genesys;
 pub mod ids;
 pub mod intake;

@@ -5,7 +5,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use cli::args::{Cli, Command};
 use genesys_closer::config::Exit;
 
@@ -13,7 +13,9 @@ fn main() -> ExitCode {
     let command = match Cli::parse().command {
         // The commands that need no async runtime.
         Command::Help { command } => return cli::help::help(&command).into(),
-        Command::Generate { what } => return cli::generate::generate(what).into(),
+        Command::Generate { what } => {
+            return cli::generate::generate(what, &Cli::command()).into();
+        }
         Command::Replay(args) => return cli::replay::replay(&args).into(),
         other => other,
     };

@@ -11,8 +11,7 @@ use super::replay::ReplayArgs;
 use super::run::RunArgs;
 use super::sim::SimArgs;
 
-/// `--version`: the package version and the git commit it was built from (build.rs).
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GIT_COMMIT"), ")");
+use super::VERSION;
 
 /// Ends Genesys Cloud messaging conversations when a bot intent matches a rule.
 #[derive(Parser)]

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use genesys_closer::config::{Config, Exit, findings};
+use genesys_closer::config::{Config, Exit};
+use genesys_closer::findings;
 use genesys_closer::genesys;
 
 use super::{load, print_out};

@@ -5,13 +5,10 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use clap::CommandFactory as _;
 use clap::Subcommand;
 use genesys_closer::config::{
     Exit, FEED_TOKEN_ENV, INTAKE_TOKEN_CREDENTIAL, INTAKE_TOKEN_ENV, SECRET_ENV,
 };
-
-use super::args::{Cli, VERSION};
 
 /// What `generate` writes.
 #[derive(Subcommand)]
@@ -47,22 +44,23 @@ const COMPLETIONS: [(&str, clap_complete::Shell); 3] = [
 ];
 
 /// `generate completions SHELL` / `generate man [COMMAND]` on stdout; `generate all`
-/// into a directory.
-pub fn generate(what: Generate) -> Exit {
+/// into a directory. `cli` is the whole command line's definition (handed down, so
+/// this file does not import the one that lists it).
+pub fn generate(what: Generate, cli: &clap::Command) -> Exit {
     let mut out = std::io::stdout().lock();
     let written = match what {
         Generate::Completions { shell } => {
             // Into memory first: the generator panics on a write error (a closed pipe).
-            out.write_all(&completion(shell))
+            out.write_all(&completion(cli, shell))
         }
-        Generate::Man { command } => match man_page(command.as_deref()) {
+        Generate::Man { command } => match man_page(cli, command.as_deref()) {
             Some(page) => out.write_all(&page),
             None => {
                 eprintln!("error: no subcommand '{}'", command.unwrap_or_default());
                 return Exit::Usage;
             }
         },
-        Generate::All { dir } => match generate_all(&dir) {
+        Generate::All { dir } => match generate_all(cli, &dir) {
             Ok(paths) => paths
                 .iter()
                 .try_for_each(|p| writeln!(out, "{}", p.display())),
@@ -83,16 +81,16 @@ pub fn generate(what: Generate) -> Exit {
 }
 
 /// The completion script for `shell`.
-fn completion(shell: clap_complete::Shell) -> Vec<u8> {
+fn completion(cli: &clap::Command, shell: clap_complete::Shell) -> Vec<u8> {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "genesys-closer", &mut script);
+    clap_complete::generate(shell, &mut cli.clone(), "genesys-closer", &mut script);
     script
 }
 
 /// The command as the man pages describe it: built (so subcommands know their full
 /// names) and without `help`, which gets no page of its own.
-fn man_command() -> clap::Command {
-    let mut cmd = Cli::command().mut_subcommand("help", |h| h.hide(true));
+fn man_command(cli: &clap::Command) -> clap::Command {
+    let mut cmd = cli.clone().mut_subcommand("help", |h| h.hide(true));
     cmd.build();
     cmd
 }
@@ -103,8 +101,8 @@ fn man_subcommands(cmd: &clap::Command) -> Vec<&clap::Command> {
 }
 
 /// The top page (`None`) or a subcommand's; `None` if there is no such subcommand.
-fn man_page(command: Option<&str>) -> Option<Vec<u8>> {
-    let cmd = man_command();
+fn man_page(cli: &clap::Command, command: Option<&str>) -> Option<Vec<u8>> {
+    let cmd = man_command(cli);
     let (page, extra) = match command {
         None => {
             let names: Vec<String> = man_subcommands(&cmd)
@@ -114,13 +112,14 @@ fn man_page(command: Option<&str>) -> Option<Vec<u8>> {
             (cmd.clone(), top_page_sections(&names))
         }
         Some(name) => (
-            cmd.find_subcommand(name)?.clone().version(VERSION),
+            cmd.find_subcommand(name)?.clone().version(super::VERSION),
             ".SH \"SEE ALSO\"\n\\fBgenesys\\-closer\\fR(1): the exit statuses, the \
              environment and the files of every command\n"
                 .to_string(),
         ),
     };
-    let man = clap_mangen::Man::new(page.clone()).source(format!("genesys-closer {VERSION}"));
+    let man =
+        clap_mangen::Man::new(page.clone()).source(format!("genesys-closer {}", super::VERSION));
     // clap_mangen's own sections, with ours before VERSION (writing to memory cannot fail).
     let mut out = Vec::new();
     let _ = man.render_title(&mut out);
@@ -242,11 +241,11 @@ fn environment() -> [(&'static str, String); 8] {
 }
 
 /// `generate all --dir DIR`: every man page and completion file; returns their paths.
-fn generate_all(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+fn generate_all(cli: &clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let (man_dir, completion_dir) = (dir.join("man"), dir.join("completions"));
     std::fs::create_dir_all(&man_dir)?;
     std::fs::create_dir_all(&completion_dir)?;
-    let cmd = man_command();
+    let cmd = man_command(cli);
     let mut pages: Vec<(String, Option<&str>)> = vec![("genesys-closer".into(), None)];
     pages.extend(man_subcommands(&cmd).into_iter().map(|s| {
         (
@@ -257,14 +256,14 @@ fn generate_all(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for (name, command) in pages {
         let path = man_dir.join(format!("{name}.1"));
-        let page =
-            man_page(command).ok_or_else(|| std::io::Error::other(format!("no page {name}")))?;
+        let page = man_page(cli, command)
+            .ok_or_else(|| std::io::Error::other(format!("no page {name}")))?;
         std::fs::write(&path, page)?;
         written.push(path);
     }
     for (file, shell) in COMPLETIONS {
         let path = completion_dir.join(file);
-        std::fs::write(&path, completion(shell))?;
+        std::fs::write(&path, completion(cli, shell))?;
         written.push(path);
     }
     Ok(written)

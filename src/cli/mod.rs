@@ -19,6 +19,9 @@ use std::path::Path;
 
 use genesys_closer::config::{Config, Exit};
 
+/// `--version`: the package version and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GIT_COMMIT"), ")");
+
 /// The config at `path`, or its errors printed and [`Exit::BadConfig`].
 pub fn load(path: &Path) -> Result<Config, Exit> {
     Config::load(path).map_err(|e| {

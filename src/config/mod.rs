@@ -3,7 +3,7 @@
 //! Everything is checked here, before any network I/O, in one pass that reports every
 //! problem with its file, line and column (and the rule it belongs to), not only the first.
 //! The CLI turns a [`ConfigErrors`] into exit status 64 ([`Exit::BadConfig`], `EX_USAGE`), as
-//! linkerd does; [`findings`] is what `check` adds by looking at the files the config names.
+//! linkerd does; `crate::findings` is what `check` adds by looking at the files the config names.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +14,6 @@ use url::Url;
 
 mod check;
 pub mod exit;
-pub mod findings;
 mod log_level;
 #[cfg(test)]
 mod tests;

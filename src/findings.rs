@@ -1,7 +1,7 @@
 //! What `check` finds beyond the file itself: whether the secret, the tokens and the state
 //! directory a valid [`Config`] names can be used, and what is valid but probably not meant.
 //!
-//! [`inspect`] is the one place in `config` that touches the file system: it reads the
+//! [`inspect`] sits above `config` and the credential loaders; it touches the file system: it reads the
 //! credentials through the loaders `run` uses ([`load_secret`], [`intake::load_token`],
 //! [`feed::load_token`]), so `check` refuses exactly what `run` would, and probes the state
 //! directory. Nothing here talks to the network (`check --online` does, in the binary).
@@ -11,8 +11,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use super::{Config, DisconnectMode, RuleConfig, SecretSource};
-use super::{Exit, SECRET_ENV, is_loopback, known_genesys_host};
+use crate::config::{Config, DisconnectMode, RuleConfig, SecretSource};
+use crate::config::{Exit, SECRET_ENV, is_loopback, known_genesys_host};
 use crate::feed;
 use crate::genesys::auth::load_secret;
 use crate::intake;
