@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use crate::genesys::api::ApiClient;
 use crate::genesys::budget::Priority;
 use crate::genesys::frames::ConversationEvent;
@@ -49,8 +47,15 @@ pub(super) async fn read_checked(
     wanted: &[Box<str>],
     why: &'static str,
 ) -> Result<ConversationEvent, Unread> {
-    let started = Instant::now();
-    let mut pause = Duration::from_secs(1);
+    use backon::BackoffBuilder as _;
+    // Failures that pass: 1 s doubling to 20 s, with jitter, for READ_RETRY_FOR in all.
+    let mut backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(20))
+        .with_jitter()
+        .with_total_delay(Some(READ_RETRY_FOR))
+        .without_max_times()
+        .build();
     let mut rechecked = false;
     loop {
         match api.get_conversation_as(priority, id, wanted).await {
@@ -67,11 +72,19 @@ pub(super) async fn read_checked(
                     "Genesys does not know this conversation (404)");
                 return Err(Unread::NotFound);
             }
-            Err(e) if e.is_retryable() && started.elapsed() + pause < READ_RETRY_FOR => {
-                tracing::debug!(conversation_id = id, error = %e, why, "read failed; retrying");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(20));
-            }
+            Err(e) if e.is_retryable() => match backoff.next() {
+                Some(pause) => {
+                    tracing::debug!(conversation_id = id, error = %e, why,
+                        retry_in_ms = pause.as_millis() as u64, "read failed; retrying");
+                    tokio::time::sleep(pause).await;
+                }
+                None => {
+                    tracing::warn!(conversation_id = id, error = %e,
+                        correlation_id = e.correlation_id(), why,
+                        "conversation read failed (retried for 2 min)");
+                    return Err(Unread::Failed);
+                }
+            },
             Err(e) => {
                 tracing::warn!(conversation_id = id, error = %e,
                     correlation_id = e.correlation_id(), why, "conversation read failed");
