@@ -71,6 +71,32 @@ pub struct Stats {
     pub resync_reads: Counter,
 }
 
+/// A frame the sockets read but skipped, by why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// Over the size worth parsing.
+    Oversized,
+    /// A binary frame (Genesys sends text).
+    Binary,
+    /// Not a frame the parser can read.
+    Malformed,
+}
+
+impl Stats {
+    /// A skipped frame, counted once for both the summary and the metrics (the one
+    /// counting path: the `frames_total` metric's `kind` label and these counters
+    /// cannot drift apart).
+    pub fn skipped(&self, why: Skipped) {
+        let (counter, kind) = match why {
+            Skipped::Oversized => (&self.oversized_frames, "oversized"),
+            Skipped::Binary => (&self.binary_frames, "binary"),
+            Skipped::Malformed => (&self.malformed_frames, "malformed"),
+        };
+        counter.inc();
+        crate::metrics::frame(kind);
+    }
+}
+
 /// At most one log line per kind per interval, saying how many were held back.
 #[derive(Debug, Default)]
 pub struct LogLimit {

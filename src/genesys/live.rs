@@ -294,8 +294,7 @@ impl ChannelStream {
                         None => return LiveEnd::Failed(ch, "socket closed by the server".into()),
                         Some(Err(e)) => {
                             let why = if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
-                                self.stats.oversized_frames.inc();
-                                crate::metrics::frame("oversized");
+                                self.stats.skipped(crate::telemetry::Skipped::Oversized);
                                 format!("a frame over {} MiB cannot be skipped by the socket library: {e}", MAX_FRAME_BYTES >> 20)
                             } else {
                                 format!("socket error: {e}")
@@ -311,8 +310,7 @@ impl ChannelStream {
                             return LiveEnd::Failed(ch, format!("socket closed by the server {why}").trim_end().to_string());
                         }
                         Some(Ok(Message::Binary(b))) => {
-                            self.stats.binary_frames.inc();
-                            crate::metrics::frame("binary");
+                            self.stats.skipped(crate::telemetry::Skipped::Binary);
                             if let Some(held) = self.stats.log_limit.allow("binary") {
                                 tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, bytes = b.len(),
                                     held_back = held, "skipping a binary frame (Genesys sends text)");
@@ -602,8 +600,7 @@ impl ChannelStream {
             r.frame(self.index, text);
         }
         if text.len() > OVERSIZED_FRAME_BYTES {
-            self.stats.oversized_frames.inc();
-            crate::metrics::frame("oversized");
+            self.stats.skipped(crate::telemetry::Skipped::Oversized);
             if let Some(held) = self.stats.log_limit.allow("oversized") {
                 tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, bytes = text.len(),
                     held_back = held, "skipping an oversized frame unparsed");
@@ -613,8 +610,7 @@ impl ChannelStream {
         let frame = match parse_frame(text, &self.wanted_attributes.get()) {
             Ok(f) => f,
             Err(e) => {
-                self.stats.malformed_frames.inc();
-                crate::metrics::frame("malformed");
+                self.stats.skipped(crate::telemetry::Skipped::Malformed);
                 if let Some(held) = self.stats.log_limit.allow("malformed") {
                     let head: String = text.chars().take(120).collect();
                     tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e,
