@@ -32,13 +32,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -274,105 +272,28 @@ pub async fn start(
         request_timeout: cfg.request_timeout,
     });
     let app = router(shared);
-    let permits = Arc::new(Semaphore::new(cfg.max_connections));
-    let timeout = cfg.request_timeout;
     tracing::info!(%addr, tls = tls.is_some(), max_connections = cfg.max_connections,
         "intake listening (POST /v1/intents)");
-    tokio::spawn(accept_loop(listener, tls, app, permits, timeout, cancel));
+    tokio::spawn(crate::listen::accept_loop(
+        listener,
+        tls,
+        hyper_util::service::TowerToHyperService::new(app),
+        crate::listen::Bounds {
+            max_connections: cfg.max_connections,
+            head_timeout: cfg.request_timeout,
+            lifetime: CONNECTION_LIFETIME,
+            max_head: MAX_HEAD,
+            max_buf: 64 * 1024,
+        },
+        crate::listen::Busy {
+            content_type: "application/json",
+            body: r#"{"error":"too many connections; retry later"}"#,
+            counted: || crate::metrics::intake_request(503),
+            name: "intake",
+        },
+        cancel,
+    ));
     Ok(Intake { addr })
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    app: Router,
-    permits: Arc<Semaphore>,
-    timeout: Duration,
-    cancel: CancellationToken,
-) {
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors, say: pause instead of spinning.
-                    tracing::warn!(error = %e, "intake: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // Answers are small and latency is the point: no Nagle delay behind an
-        // unacknowledged segment.
-        let _ = stream.set_nodelay(true);
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            // Full: say so at once rather than queueing, so a flood cannot pile up.
-            // (Over TLS a plain answer would be noise: just close.)
-            let plain = tls.is_none();
-            tokio::spawn(async move {
-                let body = r#"{"error":"too many connections; retry later"}"#;
-                let answer = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-                     retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                if plain {
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(1),
-                        stream.write_all(answer.as_bytes()),
-                    )
-                    .await;
-                }
-                drop(stream);
-            });
-            crate::metrics::intake_request(503);
-            tracing::debug!(%peer, "intake: connection limit reached");
-            continue;
-        };
-        let app = app.clone();
-        let tls = tls.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => serve_connection(stream, app, timeout, cancel).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_connection(s, app, timeout, cancel).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "intake: TLS handshake failed")
-                        }
-                        Err(_) => tracing::debug!(%peer, "intake: TLS handshake timed out"),
-                    }
-                }
-            }
-        });
-    }
-}
-
-async fn serve_connection<S>(io: S, app: Router, timeout: Duration, cancel: CancellationToken)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let service = hyper_util::service::TowerToHyperService::new(app);
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
-        // Without a head limit of its own, hyper takes whatever one read brings (it
-        // checks its buffer only between reads), so the bound would depend on timing.
-        .max_header_size(MAX_HEAD)
-        .max_buf_size(64 * 1024);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
-        _ = cancel.cancelled() => {}
-    }
-    conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(timeout, conn).await;
 }
 
 fn router(shared: Arc<Shared>) -> Router {

@@ -32,6 +32,7 @@ pub mod genesys;
 pub mod ids;
 pub mod intake;
 pub mod journal;
+pub(crate) mod listen;
 #[cfg(feature = "lab")]
 pub mod lab;
 pub mod metrics;

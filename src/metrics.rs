@@ -25,11 +25,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::MetricsConfig;
@@ -498,83 +495,48 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(bind_err)?;
     let cancel = CancellationToken::new();
     tracing::info!(%addr, "metrics listening (GET /metrics, /healthz, /readyz)");
-    tokio::spawn(accept_loop(
+    // The recorder's upkeep (histogram buckets) while the server runs.
+    let upkeep = {
+        let (handle, cancel) = (handle.clone(), cancel.clone());
+        async move {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = every.tick() => handle.run_upkeep(),
+                }
+            }
+        }
+    };
+    tokio::spawn(upkeep);
+    let shared = Arc::new((handle, probes));
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let resp = answer(&req, &shared.0, &shared.1);
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    tokio::spawn(crate::listen::accept_loop(
         listener,
-        Arc::new((handle, probes)),
-        limits,
+        None,
+        service,
+        crate::listen::Bounds {
+            max_connections: limits.max_connections,
+            head_timeout: limits.header_timeout,
+            lifetime: limits.lifetime,
+            max_head: MAX_HEAD,
+            max_buf: MAX_HEAD,
+        },
+        crate::listen::Busy {
+            content_type: "text/plain",
+            body: "too many connections; retry later\n",
+            counted: || {},
+            name: "metrics",
+        },
         cancel.clone(),
     ));
     Ok(Server {
         addr,
         _stop: cancel.drop_guard(),
     })
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<(PrometheusHandle, Probes)>,
-    limits: Limits,
-    cancel: CancellationToken,
-) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = upkeep.tick() => {
-                shared.0.run_upkeep();
-                continue;
-            }
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tokio::spawn(async move {
-                let body = "too many connections; retry later\n";
-                let answer = format!(
-                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
-                     retry-after: 1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    stream.write_all(answer.as_bytes()),
-                )
-                .await;
-            });
-            tracing::debug!(%peer, "metrics: connection limit reached");
-            continue;
-        };
-        let shared = Arc::clone(&shared);
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let resp = answer(&req, &shared.0, &shared.1);
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(MAX_HEAD);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => return,
-                _ = tokio::time::sleep(limits.lifetime) => {}
-                _ = cancel.cancelled() => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(limits.header_timeout, conn).await;
-        });
-    }
 }
 
 /// Whether the request carries (or announces) a body.
@@ -644,7 +606,7 @@ fn text(status: StatusCode, body: impl Into<Body>) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
     use super::*;
