@@ -63,18 +63,7 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
     .deserialize(&mut de)?;
     de.end()?;
     let Some(topic) = env.topic else {
-        return Ok(match env.result {
-            Some(r) => Frame::Reply {
-                result: match r {
-                    StrOrNum::Str(s) => s.into_owned(),
-                    StrOrNum::Num(n) => n.to_string(),
-                },
-                status: env.status.map(Cow::into_owned),
-            },
-            None => Frame::Unknown {
-                topic: String::new(),
-            },
-        });
+        return Ok(reply(env.result, env.status));
     };
     let kind = topic_kind(&topic);
     match kind {
@@ -137,6 +126,22 @@ pub fn parse_frame(text: &str, wanted_attributes: &[Box<str>]) -> Result<Frame, 
         TopicKind::Other => Ok(Frame::Unknown {
             topic: topic.into_owned(),
         }),
+    }
+}
+
+/// A frame without a topic: the reply to a socket-level request, else unknown.
+fn reply(result: Option<StrOrNum<'_>>, status: Option<Cow<'_, str>>) -> Frame {
+    match result {
+        Some(r) => Frame::Reply {
+            result: match r {
+                StrOrNum::Str(s) => s.into_owned(),
+                StrOrNum::Num(n) => n.to_string(),
+            },
+            status: status.map(Cow::into_owned),
+        },
+        None => Frame::Unknown {
+            topic: String::new(),
+        },
     }
 }
 
