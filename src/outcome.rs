@@ -5,6 +5,7 @@
 //! the journal importing the closer; nothing here imports the rest of the crate.
 
 use std::fmt;
+use std::str::FromStr;
 
 /// How a close sequence ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +56,23 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// Text that names no outcome (a typo, a newer version's outcome).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an outcome this version knows")]
+pub struct UnknownOutcome(pub String);
+
+impl FromStr for Outcome {
+    type Err = UnknownOutcome;
+
+    /// The outcome [`Outcome::as_str`] names; anything else is an error, never a default.
+    fn from_str(s: &str) -> Result<Outcome, UnknownOutcome> {
+        Outcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| UnknownOutcome(s.to_owned()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +92,16 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Outcome::ALL.len());
+    }
+
+    #[test]
+    fn every_outcome_round_trips_through_its_name() {
+        for o in Outcome::ALL {
+            assert_eq!(o.as_str().parse::<Outcome>(), Ok(o));
+            assert_eq!(o.to_string().parse::<Outcome>(), Ok(o));
+        }
+        for bad in ["", "Confirmed", "confirm", "escalated"] {
+            assert_eq!(bad.parse::<Outcome>(), Err(UnknownOutcome(bad.into())));
+        }
     }
 }
