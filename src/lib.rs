@@ -11,7 +11,8 @@
 //! learning of the confirming event through a waiter that the event loop fires.
 //! [`config`] validates the TOML before any I/O; [`telemetry`] holds logs and counters.
 //! At the bottom, importing nothing of the crate, [`ids`] is the one UUID reader and
-//! [`outcome`] names how a close ended (for the closer, the journal and `history`).
+//! [`outcome`] names how a close ended and [`step`] the steps of a close, as the journal
+//! keeps them (for the closer, the journal, restarts and `history`).
 //!
 //! The Genesys simulator (REST, socket, conversation generator) is a crate of its own,
 //! `genesys-sim` (`crates/genesys-sim`), which does not depend on this one; only
@@ -42,6 +43,7 @@ pub mod record;
 pub mod replay;
 pub mod rules;
 pub mod state;
+pub mod step;
 pub mod telemetry;
 
 /// Installs rustls's ring provider as the process default (no OpenSSL, no aws-lc).
