@@ -6,6 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use genesys_closer::step::{Call, Step};
+
 fn bin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_genesys-closer"))
         .args(args)
@@ -423,7 +425,8 @@ async fn history_filters_counts_and_takes_human_times() {
         j.decision(decision("c-bad", now - 2_000));
         j.outcome(outcome("c-bad", "failed")).await.unwrap();
         j.decision(decision("c-open", now - 1_000));
-        j.note("c-open", "about_to_send:patch_conversation");
+        let about = Step::AboutToSend(Call::PatchConversation);
+        j.note("c-open", &about);
         j.flush().await.unwrap();
         drop(j);
         drop(opened.journal);

@@ -39,6 +39,7 @@ use crate::journal::{DecisionRecord, Journal, OutcomeRecord, now_ms};
 pub use crate::outcome::Outcome;
 use crate::rules::Verdict;
 use crate::state::Store;
+use crate::step::{Call, Step};
 
 /// A rule's decision to close one conversation, made by the event loop.
 #[derive(Debug, Clone)]
@@ -67,42 +68,75 @@ pub struct Decision {
 }
 
 /// What a past run journalled of an unfinished close.
+///
+/// A stored step this version cannot read (a newer version's, a damaged row) is an
+/// error said once per process at warn, with its text (later ones at debug), and the
+/// resume treats it as a request that may have gone: like every resume it reads the
+/// conversation first; the farewell is skipped (it may have gone, and a guest never
+/// gets two); it is not taken for an accepted disconnect or teardown, so an open
+/// conversation gets its disconnect (again: harmless, where a second farewell is not).
 #[derive(Debug, Clone, Default)]
 pub struct Resume {
-    /// Steps, oldest first (`about_to_send:farewell`, `sent:patch_conversation`, ...).
-    pub steps: Vec<String>,
+    /// The steps read, oldest first (`about_to_send:farewell`, `sent:patch_conversation`, ...).
+    pub steps: Vec<Step>,
+    /// Stored steps that are no [`Step`] this version knows, as stored.
+    pub unreadable: Vec<String>,
 }
 
+/// Whether an unreadable journalled step was said at warn already (once per process).
+static UNREADABLE_SAID: std::sync::Once = std::sync::Once::new();
+
 impl Resume {
+    /// Reads the steps `conversation_id`'s close journalled (see [`Resume`] for what
+    /// becomes of a step that does not read).
+    pub fn from_journal(conversation_id: &str, stored: Vec<String>) -> Resume {
+        let mut r = Resume::default();
+        for text in stored {
+            match text.parse::<Step>() {
+                Ok(step) => r.steps.push(step),
+                Err(e) => {
+                    let mut said = false;
+                    UNREADABLE_SAID.call_once(|| {
+                        said = true;
+                        tracing::warn!(conversation_id, step = %text, error = %e,
+                            "journal: a stored close step this version cannot read; the close \
+                             resumes as if that request may have gone: read first, no farewell \
+                             (said once; later ones at debug)");
+                    });
+                    if !said {
+                        tracing::debug!(conversation_id, step = %text, error = %e,
+                            "journal: a stored close step this version cannot read");
+                    }
+                    r.unreadable.push(text);
+                }
+            }
+        }
+        r
+    }
+
     /// Whether the step was journalled.
-    pub fn has(&self, step: &str) -> bool {
-        self.steps.iter().any(|s| s == step)
+    pub fn has(&self, step: &Step) -> bool {
+        self.steps.contains(step)
     }
 
     /// Whether Genesys accepted a disconnect in a past run.
     pub fn disconnect_accepted(&self) -> bool {
-        self.has(step::SENT_PATCH_CONVERSATION) || self.has(step::SENT_PATCH_CUSTOMER)
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Sent(Call::PatchConversation | Call::PatchCustomer)))
     }
-}
 
-/// The step names the journal keeps (stable: `history` shows them and restarts read them).
-pub mod step {
-    /// Journalled (durably) before the farewell goes out.
-    pub const ABOUT_TO_SEND_FAREWELL: &str = "about_to_send:farewell";
-    /// Genesys accepted the farewell.
-    pub const SENT_FAREWELL: &str = "sent:farewell";
-    /// Journalled before the conversation PATCH.
-    pub const ABOUT_TO_SEND_PATCH_CONVERSATION: &str = "about_to_send:patch_conversation";
-    /// Genesys accepted the conversation PATCH.
-    pub const SENT_PATCH_CONVERSATION: &str = "sent:patch_conversation";
-    /// Journalled before the customer-participant PATCH.
-    pub const ABOUT_TO_SEND_PATCH_CUSTOMER: &str = "about_to_send:patch_customer";
-    /// Genesys accepted the customer-participant PATCH.
-    pub const SENT_PATCH_CUSTOMER: &str = "sent:patch_customer";
-    /// Journalled before the full teardown.
-    pub const ABOUT_TO_SEND_TEARDOWN: &str = "about_to_send:teardown";
-    /// Genesys accepted the teardown.
-    pub const SENT_TEARDOWN: &str = "sent:teardown";
+    /// Whether a past run may have sent the farewell without journalling that Genesys
+    /// accepted it: it was about to, or a step could not be read.
+    pub fn farewell_may_have_gone(&self) -> bool {
+        self.has(&Step::AboutToSend(Call::Farewell)) || !self.unreadable.is_empty()
+    }
+
+    /// The steps read, comma-separated, for the log line.
+    pub fn text(&self) -> String {
+        let all: Vec<String> = self.steps.iter().map(ToString::to_string).collect();
+        all.join(",")
+    }
 }
 
 /// How long a close waits for its confirming topic before disconnecting anyway (and
@@ -320,5 +354,45 @@ fn log_report(r: &CloseReport) {
         Outcome::DryRun => line!(info, "dry run: would close conversation"),
         Outcome::EscalatedConfirmed => line!(warn, "conversation closed only after full teardown"),
         Outcome::Failed => line!(error, "conversation close failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resume(stored: &[&str]) -> Resume {
+        Resume::from_journal("c1", stored.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn a_resume_reads_its_steps_and_keeps_what_it_cannot() {
+        let r = resume(&[
+            "about_to_send:patch_customer",
+            "sent:patch_customer",
+            "read:open",
+        ]);
+        assert!(r.disconnect_accepted() && r.unreadable.is_empty());
+        assert!(!r.farewell_may_have_gone() && !r.has(&Step::Sent(Call::Teardown)));
+        assert_eq!(
+            r.text(),
+            "about_to_send:patch_customer,sent:patch_customer,read:open"
+        );
+
+        let r = resume(&["about_to_send:farewell", "about_to_send:patch_conversation"]);
+        assert!(r.farewell_may_have_gone() && !r.disconnect_accepted());
+    }
+
+    /// An unreadable step may have been a request that went: no farewell (a guest never
+    /// gets two), but no accepted disconnect or teardown either (the read comes first,
+    /// and a second disconnect is harmless).
+    #[test]
+    fn an_unreadable_step_is_taken_for_a_request_that_may_have_gone() {
+        let r = resume(&["about_to_send:patch_conversation", "sent:patch_conversatio"]);
+        assert_eq!(r.unreadable, ["sent:patch_conversatio"]);
+        assert_eq!(r.steps, [Step::AboutToSend(Call::PatchConversation)]);
+        assert!(r.farewell_may_have_gone());
+        assert!(!r.disconnect_accepted());
+        assert!(!r.has(&Step::Sent(Call::Teardown)));
     }
 }

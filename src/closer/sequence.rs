@@ -7,12 +7,13 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::{CloseReport, Closer, ConfirmedBy, Decision, ENSURE_WITHIN, Outcome, note_error, step};
+use super::{CloseReport, Closer, ConfirmedBy, Decision, ENSURE_WITHIN, Outcome, note_error};
 use crate::config::DisconnectMode;
 use crate::farewell;
 use crate::genesys::api::ApiError;
 use crate::genesys::budget::Priority;
 use crate::rules::Rule;
+use crate::step::{Call, Step};
 
 /// Notes left on a wrap-up the daemon sends.
 const WRAPUP_NOTES: &str = "closed by genesys-closer on a bot intent";
@@ -101,8 +102,8 @@ impl Closer {
         let resume = d.resume.clone();
         if let Some(res) = &resume {
             // A close a past run left unfinished: read it once; it may have closed since.
-            tracing::info!(conversation_id = id, rule = &*rule.name, steps = %res.steps.join(","),
-                "resuming a close a past run left unfinished");
+            tracing::info!(conversation_id = id, rule = &*rule.name, steps = %res.text(),
+                unreadable = res.unreadable.len(), "resuming a close a past run left unfinished");
             if matches!(self.read(id, &mut r).await, Ok(true)) {
                 return self
                     .confirmed(d, &rule, r, None, ConfirmedBy::Read, Outcome::Confirmed)
@@ -158,17 +159,9 @@ impl Closer {
             let first_attempt = Instant::now();
             let mut without_login = Duration::ZERO;
             loop {
-                let (call, about, sent_step) = match (rule.disconnect, d.customer_id.as_deref()) {
-                    (DisconnectMode::Customer, Some(_)) => (
-                        "patch_customer",
-                        step::ABOUT_TO_SEND_PATCH_CUSTOMER,
-                        step::SENT_PATCH_CUSTOMER,
-                    ),
-                    _ => (
-                        "patch_conversation",
-                        step::ABOUT_TO_SEND_PATCH_CONVERSATION,
-                        step::SENT_PATCH_CONVERSATION,
-                    ),
+                let call = match (rule.disconnect, d.customer_id.as_deref()) {
+                    (DisconnectMode::Customer, Some(_)) => Call::PatchCustomer,
+                    _ => Call::PatchConversation,
                 };
                 if rule.disconnect == DisconnectMode::Customer && d.customer_id.is_none() {
                     tracing::warn!(
@@ -180,10 +173,13 @@ impl Closer {
                 // Stored before the request goes: with it, the decision queued before it
                 // (the event loop does not wait for that one), so every disconnect sent
                 // is in the journal even if the process is killed the next instant.
-                let _ = self.journal.step(id, about).await;
+                let _ = self
+                    .journal
+                    .step(id, &Step::AboutToSend(call.clone()))
+                    .await;
                 let request = async {
-                    match (call, d.customer_id.as_deref()) {
-                        ("patch_customer", Some(customer)) => {
+                    match (&call, d.customer_id.as_deref()) {
+                        (Call::PatchCustomer, Some(customer)) => {
                             self.api.disconnect_participant(id, customer).await
                         }
                         _ => self.api.disconnect_conversation(id).await,
@@ -195,12 +191,7 @@ impl Closer {
                         // Whatever the request would have done next (time out, 5xx,
                         // reset), it is not retried. Whether Genesys answered it is
                         // unknown, so it is not counted as sent.
-                        self.journal.note(
-                            id,
-                            &format!(
-                                "dropped:{call}: the conversation closed while it was in flight"
-                            ),
-                        );
+                        self.journal.note(id, &Step::Dropped(call));
                         return self
                             .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
                             .await;
@@ -208,18 +199,18 @@ impl Closer {
                 };
                 // Only requests Genesys answered count as sent.
                 if !matches!(&sent, Err(ApiError::Transport { .. } | ApiError::Auth(_))) {
-                    r.sent.push(call);
+                    r.sent.push(call.name());
                 }
                 match sent {
                     Ok(answer) => {
                         r.request_correlation_id = answer.correlation_id;
-                        self.journal.note(id, sent_step);
+                        self.journal.note(id, &Step::Sent(call));
                         break true;
                     }
                     Err(e @ ApiError::Auth(_)) => {
                         let since = Instant::now();
                         match self
-                            .wait_for_login(id, &rule, &mut waiter, call, &e, &mut r)
+                            .wait_for_login(id, &rule, &mut waiter, call.clone(), &e, &mut r)
                             .await
                         {
                             Login::Token => without_login += since.elapsed(),
@@ -243,7 +234,8 @@ impl Closer {
                             && first_attempt.elapsed().saturating_sub(without_login) + pause
                                 < rule.retry_for =>
                     {
-                        self.journal.note(id, &format!("failed:{call}: {e}"));
+                        self.journal
+                            .note(id, &Step::Failed(call.clone(), e.to_string()));
                         tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
                             correlation_id = e.correlation_id(), retry_in_ms = pause.as_millis() as u64,
                             "disconnect failed for a reason that passes; retrying until the rule's deadline");
@@ -258,7 +250,7 @@ impl Closer {
                         pause = (pause * 2).min(RETRY_PAUSE_MAX);
                     }
                     Err(e) => {
-                        self.journal.note(id, &format!("failed:{call}: {e}"));
+                        self.journal.note(id, &Step::Failed(call, e.to_string()));
                         tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
                             correlation_id = e.correlation_id(), "disconnect request failed; checking the conversation");
                         note_error(&mut r, &e);
@@ -298,7 +290,7 @@ impl Closer {
                 }
                 Raced::Done(Err(e @ ApiError::Auth(_))) => {
                     match self
-                        .wait_for_login(id, &rule, &mut waiter, "get_conversation", &e, &mut r)
+                        .wait_for_login(id, &rule, &mut waiter, Call::GetConversation, &e, &mut r)
                         .await
                     {
                         Login::Token => continue,
@@ -333,7 +325,9 @@ impl Closer {
                 .confirmed(d, &rule, r, None, ConfirmedBy::Event, Outcome::Confirmed)
                 .await;
         }
-        let torn_before = resume.as_ref().is_some_and(|s| s.has(step::SENT_TEARDOWN));
+        let torn_before = resume
+            .as_ref()
+            .is_some_and(|s| s.has(&Step::Sent(Call::Teardown)));
         if !torn_before {
             tracing::warn!(
                 conversation_id = id,
@@ -341,13 +335,13 @@ impl Closer {
                 "escalating to POST /api/v2/conversations/{{id}}/disconnect (full teardown)"
             );
             loop {
-                let _ = self.journal.step(id, step::ABOUT_TO_SEND_TEARDOWN).await;
+                let _ = self
+                    .journal
+                    .step(id, &Step::AboutToSend(Call::Teardown))
+                    .await;
                 match self.race(id, &mut waiter, self.api.teardown(id)).await {
                     Raced::Closed(at) => {
-                        self.journal.note(
-                            id,
-                            "dropped:teardown: the conversation closed while it was in flight",
-                        );
+                        self.journal.note(id, &Step::Dropped(Call::Teardown));
                         return self
                             .confirmed(
                                 d,
@@ -361,12 +355,12 @@ impl Closer {
                     }
                     Raced::Done(Ok(_)) => {
                         r.sent.push("teardown");
-                        self.journal.note(id, step::SENT_TEARDOWN);
+                        self.journal.note(id, &Step::Sent(Call::Teardown));
                         break;
                     }
                     Raced::Done(Err(e @ ApiError::Auth(_))) => {
                         match self
-                            .wait_for_login(id, &rule, &mut waiter, "teardown", &e, &mut r)
+                            .wait_for_login(id, &rule, &mut waiter, Call::Teardown, &e, &mut r)
                             .await
                         {
                             Login::Token => continue,
@@ -390,7 +384,8 @@ impl Closer {
                         if !matches!(&e, ApiError::Transport { .. }) {
                             r.sent.push("teardown");
                         }
-                        self.journal.note(id, &format!("failed:teardown: {e}"));
+                        self.journal
+                            .note(id, &Step::Failed(Call::Teardown, e.to_string()));
                         note_error(&mut r, &e);
                         r.latency = d.decided_at.elapsed();
                         return Some(r);
@@ -476,19 +471,24 @@ impl Closer {
         id: &str,
         rule: &Rule,
         waiter: &mut Waiter,
-        what: &'static str,
+        what: Call,
         first: &ApiError,
         r: &mut CloseReport,
     ) -> Login {
         note_error(r, first);
-        self.journal
-            .note(id, &format!("waiting:login: {what} not sent: {first}"));
+        self.journal.note(
+            id,
+            &Step::WaitingLogin {
+                call: what.clone(),
+                error: first.to_string(),
+            },
+        );
         let mut pause = RETRY_PAUSE_MIN;
         let mut error = first.to_string();
         loop {
             // Between half and all of the pause, so closes waiting together spread out.
             let delay = pause.mul_f64(0.5 + fastrand::f64() * 0.5);
-            tracing::warn!(conversation_id = id, rule = &*rule.name, step = what, error = %error,
+            tracing::warn!(conversation_id = id, rule = &*rule.name, step = what.name(), error = %error,
                 retry_in_ms = delay.as_millis() as u64,
                 "no access token, so nothing was sent; the close is kept and tried again \
                  until the login works");
@@ -506,7 +506,7 @@ impl Closer {
                     tracing::info!(
                         conversation_id = id,
                         rule = &*rule.name,
-                        step = what,
+                        step = what.name(),
                         "access token obtained again; sending"
                     );
                     return Login::Token;
@@ -527,8 +527,7 @@ impl Closer {
                     "stopping while no access token can be had: the close stays unfinished \
                      in the journal and the next start resumes it"
                 );
-                self.journal
-                    .note(id, "unfinished: stopped while waiting for the login");
+                self.journal.note(id, &Step::Unfinished);
                 Login::Stopping
             }
         }
@@ -597,8 +596,7 @@ impl Closer {
                 if self.resync.send(ev).await.is_err() {
                     tracing::debug!(conversation_id = id, "event loop gone; read dropped");
                 }
-                self.journal
-                    .note(id, if closed { "read:closed" } else { "read:open" });
+                self.journal.note(id, &Step::Read { closed });
                 Ok(closed)
             }
             Err(e) => {
@@ -622,17 +620,20 @@ impl Closer {
         r: &mut CloseReport,
     ) {
         if let Some(res) = resume {
-            if res.has(step::SENT_FAREWELL) {
+            if res.has(&Step::Sent(Call::Farewell)) {
                 return;
             }
-            if res.has(step::ABOUT_TO_SEND_FAREWELL) {
+            if res.farewell_may_have_gone() {
                 tracing::warn!(
                     conversation_id = id,
                     "farewell skipped: a past run was about to send it when it stopped and \
-                     may have; a guest never gets it twice"
+                     may have (or journalled a step this version cannot read); a guest never \
+                     gets it twice"
                 );
-                self.journal
-                    .note(id, "skipped:farewell: a past run may have sent it");
+                self.journal.note(
+                    id,
+                    &Step::Skipped(Call::Farewell, "a past run may have sent it".into()),
+                );
                 return;
             }
         }
@@ -646,15 +647,17 @@ impl Closer {
                     "farewell skipped: cannot read the conversation's communications; closing without it");
                 self.journal.note(
                     id,
-                    &format!("skipped:farewell: cannot read communications: {e}"),
+                    &Step::Skipped(Call::Farewell, format!("cannot read communications: {e}")),
                 );
                 return;
             }
         };
         if self.store.is_closed(id) {
             // It ended while its communications were read: no farewell to a closed one.
-            self.journal
-                .note(id, "skipped:farewell: the conversation closed");
+            self.journal.note(
+                id,
+                &Step::Skipped(Call::Farewell, "the conversation closed".into()),
+            );
             return;
         }
         let (_participant, communication) = match farewell::farewell_communication(&parts) {
@@ -662,13 +665,14 @@ impl Closer {
             Err(why) => {
                 tracing::warn!(conversation_id = id, reason = %why,
                     "farewell skipped: no communication to send it on; closing without it");
-                self.journal.note(id, &format!("skipped:farewell: {why}"));
+                self.journal
+                    .note(id, &Step::Skipped(Call::Farewell, why.to_string()));
                 return;
             }
         };
         if let Err(e) = self
             .journal
-            .step_durable(id, step::ABOUT_TO_SEND_FAREWELL)
+            .step_durable(id, &Step::AboutToSend(Call::Farewell))
             .await
         {
             // Without the record, a crash could send it twice: better none than two.
@@ -677,14 +681,16 @@ impl Closer {
             return;
         }
         if self.store.is_closed(id) {
-            self.journal
-                .note(id, "skipped:farewell: the conversation closed");
+            self.journal.note(
+                id,
+                &Step::Skipped(Call::Farewell, "the conversation closed".into()),
+            );
             return;
         }
         match self.api.send_message(id, &communication, text).await {
             Ok(_) => {
                 r.sent.push("farewell");
-                self.journal.note(id, step::SENT_FAREWELL);
+                self.journal.note(id, &Step::Sent(Call::Farewell));
             }
             Err(e) => {
                 if !matches!(&e, ApiError::Transport { .. } | ApiError::Auth(_)) {
@@ -692,7 +698,8 @@ impl Closer {
                 }
                 tracing::warn!(conversation_id = id, error = %e, correlation_id = e.correlation_id(),
                     "farewell not sent; closing without it");
-                self.journal.note(id, &format!("failed:farewell: {e}"));
+                self.journal
+                    .note(id, &Step::Failed(Call::Farewell, e.to_string()));
             }
         }
     }
@@ -707,8 +714,13 @@ impl Closer {
             Err(e) => {
                 tracing::warn!(conversation_id = id, error = %e, correlation_id = e.correlation_id(),
                     "wrap-up not sent: cannot read the conversation's participants");
-                self.journal
-                    .note(id, &format!("failed:wrapup: cannot read participants: {e}"));
+                self.journal.note(
+                    id,
+                    &Step::Failed(
+                        Call::Wrapup { participant: None },
+                        format!("cannot read participants: {e}"),
+                    ),
+                );
                 return;
             }
         };
@@ -720,7 +732,12 @@ impl Closer {
             {
                 Ok(_) => {
                     r.sent.push("wrapup");
-                    self.journal.note(id, &format!("sent:wrapup:{participant}"));
+                    self.journal.note(
+                        id,
+                        &Step::Sent(Call::Wrapup {
+                            participant: Some(participant.to_string()),
+                        }),
+                    );
                 }
                 Err(e) => {
                     if !matches!(&e, ApiError::Transport { .. } | ApiError::Auth(_)) {
@@ -728,8 +745,15 @@ impl Closer {
                     }
                     tracing::warn!(conversation_id = id, participant_id = %participant, error = %e,
                         correlation_id = e.correlation_id(), "wrap-up code not accepted");
-                    self.journal
-                        .note(id, &format!("failed:wrapup:{participant}: {e}"));
+                    self.journal.note(
+                        id,
+                        &Step::Failed(
+                            Call::Wrapup {
+                                participant: Some(participant.to_string()),
+                            },
+                            e.to_string(),
+                        ),
+                    );
                 }
             }
         }

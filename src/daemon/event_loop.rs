@@ -215,7 +215,7 @@ impl EventLoop {
                      close it by hand if it is still open");
                 self.closer
                     .journal
-                    .note(&d.conversation_id, "abandoned: rule removed");
+                    .note(&d.conversation_id, &crate::step::Step::Abandoned);
                 continue;
             };
             let id: Box<str> = d.conversation_id.as_str().into();
@@ -238,9 +238,9 @@ impl EventLoop {
                 customer_id: d.customer_id.map(Into::into),
                 already_closed: false,
                 decided_at: now.checked_sub(age).unwrap_or(now),
-                source: Source::from_name(&d.source),
+                source: journalled_source(&d.conversation_id, &d.source),
                 watch: d.watch,
-                resume: Some(Resume { steps: u.steps }),
+                resume: Some(Resume::from_journal(&d.conversation_id, u.steps)),
                 event_correlation_id: None,
             });
         }
@@ -635,5 +635,49 @@ impl EventLoop {
                 "evicted conversations"
             );
         }
+    }
+}
+
+/// Whether an unknown journalled source was said at warn already (once per process).
+static UNKNOWN_SOURCE_SAID: std::sync::Once = std::sync::Once::new();
+
+/// The source of a decision a past run journalled. A name this version does not know
+/// (a newer version's source, a damaged row) is said once per process at warn, with
+/// the text (later ones at debug), and the close resumes labelled `read`. That is safe:
+/// a resumed decision's source only labels its report, metrics and log line (the close
+/// does not depend on it, and a resumed decision never reaches the state map), and a
+/// resumed close starts with a REST read, so `read` is what this run knows of it.
+/// [`Source`] names where events come from and has no "unknown" the map could be
+/// handed.
+fn journalled_source(conversation_id: &str, name: &str) -> Source {
+    let e = match name.parse::<Source>() {
+        Ok(source) => return source,
+        Err(e) => e,
+    };
+    let mut said = false;
+    UNKNOWN_SOURCE_SAID.call_once(|| {
+        said = true;
+        tracing::warn!(conversation_id, source = name, error = %e,
+            "journal: a decision's source this version does not know; its resumed close is \
+             labelled `read` (said once; later ones at debug)");
+    });
+    if !said {
+        tracing::debug!(conversation_id, source = name, error = %e,
+            "journal: a decision's source this version does not know; labelled `read`");
+    }
+    Source::Read
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journalled_source_reads_and_an_unknown_one_is_labelled_read() {
+        for s in Source::ALL {
+            assert_eq!(journalled_source("c1", s.as_str()), s);
+        }
+        assert_eq!(journalled_source("c1", "quue"), Source::Read);
+        assert_eq!(journalled_source("c1", "webhook"), Source::Read);
     }
 }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{Backend, EntryKind, HistoryEntry, HistoryQuery, JournalError, rfc3339_ms};
 use crate::outcome::Outcome;
+use crate::step::Step;
 
 /// How far back `history` looks without `--since` (and without `--unfinished`).
 pub const DEFAULT_SINCE: Duration = Duration::from_secs(24 * 3600);
@@ -154,12 +155,22 @@ pub struct Fields {
 
 /// A `history` line from a journal row: a step's detail (`failed:farewell: 503 ...`)
 /// goes to `reason`, and `what` gets the table's text.
+///
+/// A step is read as the restart reads it ([`Step`]'s head and detail). History shows
+/// every line it finds, so text that is no step this version knows (a newer version's)
+/// is shown as stored, split at its first `": "` like a step's, not refused.
 pub fn entry(kind: EntryKind, at_ms: i64, conversation_id: String, f: Fields) -> HistoryEntry {
     let raw_step = f.step.unwrap_or_default();
     let (step, reason) = match kind {
-        EntryKind::Step => match raw_step.split_once(": ") {
-            Some((head, detail)) => (Some(head.to_owned()), Some(detail.to_owned())),
-            None => (Some(raw_step.clone()), f.reason),
+        EntryKind::Step => match raw_step.parse::<Step>() {
+            Ok(s) => match s.detail() {
+                Some(detail) => (Some(s.head()), Some(detail)),
+                None => (Some(s.head()), f.reason),
+            },
+            Err(_) => match raw_step.split_once(": ") {
+                Some((head, detail)) => (Some(head.to_owned()), Some(detail.to_owned())),
+                None => (Some(raw_step.clone()), f.reason),
+            },
         },
         _ => (None, f.reason),
     };
@@ -584,6 +595,46 @@ mod tests {
         assert!(o.get("correlation_id").is_none(), "{o}");
     }
 
+    /// `step` and `reason` come from the same reading the restart makes; a step this
+    /// version does not know is still shown, split at its first `": "`.
+    #[test]
+    fn steps_split_into_step_and_reason_as_the_restart_reads_them() {
+        let p = "7f3c2a1e-5b4d-4c3b-9a2f-1e0d9c8b7a6f";
+        let cases = [
+            (
+                format!("failed:wrapup:{p}: 400 bad code"),
+                format!("failed:wrapup:{p}"),
+                Some("400 bad code"),
+            ),
+            (
+                "failed:wrapup: cannot read participants: 500".into(),
+                "failed:wrapup".into(),
+                Some("cannot read participants: 500"),
+            ),
+            (
+                "waiting:login: teardown not sent: 401".into(),
+                "waiting:login".into(),
+                Some("teardown not sent: 401"),
+            ),
+            ("read:closed".into(), "read:closed".into(), None),
+            (format!("sent:wrapup:{p}"), format!("sent:wrapup:{p}"), None),
+            (
+                "postponed:farewell: a newer step".into(),
+                "postponed:farewell".into(),
+                Some("a newer step"),
+            ),
+            ("paused".into(), "paused".into(), None),
+        ];
+        for (text, step, reason) in cases {
+            let l = stepped(NOW, "c1", &text);
+            assert_eq!(
+                (l.step.as_deref(), l.reason.as_deref(), l.what.as_str()),
+                (Some(step.as_str()), reason, text.as_str()),
+                "{text}"
+            );
+        }
+    }
+
     fn record(id: &str, at: i64) -> crate::journal::DecisionRecord {
         crate::journal::DecisionRecord {
             conversation_id: id.into(),
@@ -625,13 +676,19 @@ mod tests {
             j.decision(record("c-bad", now - 2_000));
             j.note(
                 "c-bad",
-                "failed:patch_conversation: 503 Service Unavailable",
+                &Step::Failed(
+                    crate::step::Call::PatchConversation,
+                    "503 Service Unavailable".into(),
+                ),
             );
             j.outcome(outcome("c-bad", "failed"))
                 .await
                 .expect("outcome");
             j.decision(record("c-open", now - 1_000));
-            j.note("c-open", "about_to_send:patch_conversation");
+            j.note(
+                "c-open",
+                &Step::AboutToSend(crate::step::Call::PatchConversation),
+            );
             j.intake("c-intake", Some("Goodbye"), "no_rule");
             j.flush().await.expect("flush");
             drop(j);

@@ -29,6 +29,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::step::Step;
+
 pub use sqlite::SqliteBackend;
 
 /// A decision as journalled.
@@ -59,7 +61,9 @@ pub struct DecisionRecord {
 pub struct Unfinished {
     /// The decision.
     pub decision: DecisionRecord,
-    /// The steps journalled so far, oldest first (`about_to_send:patch_conversation`, ...).
+    /// The steps journalled so far, oldest first, as stored
+    /// (`about_to_send:patch_conversation`, ...): the restart reads them as [`Step`]s
+    /// ([`crate::closer::Resume::from_journal`]), and says what it could not read.
     pub steps: Vec<String>,
 }
 
@@ -730,8 +734,8 @@ impl Journal {
     }
 
     /// Records a step and waits until it is stored: call before acting on it.
-    pub async fn step(&self, conversation_id: &str, step: &str) -> Result<(), JournalError> {
-        let (id, step) = (conversation_id.to_owned(), step.to_owned());
+    pub async fn step(&self, conversation_id: &str, step: &Step) -> Result<(), JournalError> {
+        let (id, step) = (conversation_id.to_owned(), step.to_string());
         self.submit_wait(|r| Cmd::Step(id, step, now_ms(), Some(r)))
             .await
     }
@@ -741,18 +745,18 @@ impl Journal {
     pub async fn step_durable(
         &self,
         conversation_id: &str,
-        step: &str,
+        step: &Step,
     ) -> Result<(), JournalError> {
-        let (id, step) = (conversation_id.to_owned(), step.to_owned());
+        let (id, step) = (conversation_id.to_owned(), step.to_string());
         self.submit_wait(|r| Cmd::StepDurable(id, step, now_ms(), r))
             .await
     }
 
     /// Records a step without waiting (what happened, not what is about to).
-    pub fn note(&self, conversation_id: &str, step: &str) {
+    pub fn note(&self, conversation_id: &str, step: &Step) {
         self.submit(Cmd::Step(
             conversation_id.to_owned(),
-            step.to_owned(),
+            step.to_string(),
             now_ms(),
             None,
         ));

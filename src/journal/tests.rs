@@ -1,4 +1,5 @@
 use super::*;
+use crate::step::{Call, Step};
 
 fn decision(id: &str, at: i64) -> DecisionRecord {
     DecisionRecord {
@@ -33,10 +34,10 @@ async fn unfinished_closes_and_their_steps_survive_a_reopen() {
         assert!(o.unfinished.is_empty());
         let j = o.journal.clone();
         j.decision(decision("c1", 1_000));
-        j.step("c1", "about_to_send:patch_conversation")
+        j.step("c1", &Step::AboutToSend(Call::PatchConversation))
             .await
             .expect("step");
-        j.note("c1", "sent:patch_conversation");
+        j.note("c1", &Step::Sent(Call::PatchConversation));
         j.decision(decision("c2", 2_000));
         j.outcome(outcome("c2")).await.expect("outcome");
         j.intake("c3", Some("Goodbye"), "close");
@@ -115,7 +116,7 @@ async fn prune_forgets_only_finished_closes_past_retention() {
     j.decision(decision("old", 1));
     j.outcome(outcome("old")).await.expect("outcome");
     j.decision(decision("open", 2));
-    j.step("open", "about_to_send:patch_conversation")
+    j.step("open", &Step::AboutToSend(Call::PatchConversation))
         .await
         .expect("step");
     // Everything finished so far is older than now (retention zero) once a few ms pass.
@@ -156,13 +157,13 @@ async fn grouped_writes_are_stored_whole_and_in_order() {
     for i in 0..300 {
         let id = format!("conv-{i}");
         j.decision(decision(&id, now_ms()));
-        j.note(&id, "about_to_send:patch_conversation");
+        j.note(&id, &Step::AboutToSend(Call::PatchConversation));
         if i == 150 {
-            j.step_durable(&id, "about_to_send:farewell")
+            j.step_durable(&id, &Step::AboutToSend(Call::Farewell))
                 .await
                 .expect("the durable step is stored");
         }
-        j.note(&id, "sent:patch_conversation");
+        j.note(&id, &Step::Sent(Call::PatchConversation));
     }
     // Awaited: answered after its group's commit, so a reader sees it at once.
     j.outcome(outcome("conv-7"))

@@ -24,7 +24,7 @@ mod model;
 pub use detail::FLOW_PURPOSE;
 pub use model::{
     ConversationEvent, DetailKind, FlowMetric, Frame, FrameError, InlineStr, ParticipantUpdate,
-    Source, TopicKind, WATCH_SUFFIXES, topic_kind, watch_topics,
+    Source, TopicKind, UnknownSource, WATCH_SUFFIXES, topic_kind, watch_topics,
 };
 
 use de::{ConversationBody, ConversationSeed, read_raw};
