@@ -115,8 +115,24 @@ pub async fn start_daemon(mut config: Config, sim: &SimHandle) -> Running {
         record: None,
     };
     let secret = SecretString::from("sim-secret".to_string());
+    // At every start the daemon lists the watched queues once its channels are live
+    // (recovery). A conversation a test creates before that listing is answered may be
+    // found by it and read: wait for it, so what the test counts is the test's own.
+    let lists_queues = config.stream.recover_queues && !config.stream.queues.is_empty();
+    let listings = |sim: &SimHandle| {
+        sim.requests()
+            .iter()
+            // Status 0 while it is being answered.
+            .filter(|r| r.path == "/api/v2/analytics/queues/observations/query" && r.status != 0)
+            .count()
+    };
+    let listed_before = listings(sim);
     let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
     wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 1).await;
+    if lists_queues {
+        // Answered (whatever the answer: a test may refuse it).
+        wait_for(Duration::from_secs(15), || listings(sim) > listed_before).await;
+    }
     Running {
         reports,
         stop,
