@@ -33,9 +33,9 @@ pub mod genesys;
 pub mod ids;
 pub mod intake;
 pub mod journal;
-pub(crate) mod listen;
 #[cfg(feature = "lab")]
 pub mod lab;
+pub(crate) mod listen;
 pub mod metrics;
 pub mod outcome;
 pub mod progress;
