@@ -58,6 +58,52 @@ enum NoLogin {
     Stopping,
 }
 
+/// How a close sequence ended before its last step.
+enum End {
+    /// The conversation was seen closed: by `by`, at the event's arrival when known.
+    Confirmed {
+        at: Option<Instant>,
+        by: ConfirmedBy,
+        outcome: Outcome,
+    },
+    /// The daemon is stopping while no token can be had: no outcome, so the journal
+    /// keeps the close for the next start.
+    Unfinished,
+    /// The report says how it ended (already closed, dry run, failed).
+    Report,
+}
+
+impl End {
+    /// Seen closed by its pushed event (or the waiter's recheck of the map).
+    fn by_event(at: Option<Instant>) -> End {
+        End::Confirmed {
+            at,
+            by: ConfirmedBy::Event,
+            outcome: Outcome::Confirmed,
+        }
+    }
+
+    /// Seen closed by the sequence's own read.
+    fn by_read() -> End {
+        End::Confirmed {
+            at: None,
+            by: ConfirmedBy::Read,
+            outcome: Outcome::Confirmed,
+        }
+    }
+}
+
+/// A step's result: go on with `T`, or the sequence ends so.
+type Stepped<T> = Result<T, End>;
+
+/// One running close: the decision, its rule, the report being written and the waiter.
+struct Close<'a> {
+    d: &'a Decision,
+    rule: Arc<Rule>,
+    r: CloseReport,
+    waiter: Waiter,
+}
+
 impl Closer {
     /// Runs one close to its end; `None` when it was left unfinished (the daemon stops
     /// while no token can be had): no outcome is recorded, so the journal keeps it for
@@ -69,352 +115,364 @@ impl Closer {
         report
     }
 
+    /// The steps in order; each named step below either goes on or ends the sequence
+    /// (`?`), and how it ended becomes the report here.
     async fn steps(&self, d: &Decision) -> Option<CloseReport> {
         let rule = Arc::clone(&d.verdict.rule);
-        let mut r = CloseReport {
-            conversation_id: d.conversation_id.clone(),
-            rule: Arc::clone(&rule.name),
-            intent: d.verdict.intent.clone(),
-            queue_id: d.queue_id.clone(),
-            source: d.source,
-            outcome: Outcome::Failed,
-            latency: Duration::ZERO,
-            sent: Vec::new(),
-            confirmed_by: None,
-            correlation_id: None,
-            request_correlation_id: None,
-            event_correlation_id: d.event_correlation_id.clone(),
-            reason: None,
+        let mut c = Close {
+            d,
+            r: CloseReport {
+                conversation_id: d.conversation_id.clone(),
+                rule: Arc::clone(&rule.name),
+                intent: d.verdict.intent.clone(),
+                queue_id: d.queue_id.clone(),
+                source: d.source,
+                outcome: Outcome::Failed,
+                latency: Duration::ZERO,
+                sent: Vec::new(),
+                confirmed_by: None,
+                correlation_id: None,
+                request_correlation_id: None,
+                event_correlation_id: d.event_correlation_id.clone(),
+                reason: None,
+            },
+            rule,
+            waiter: None,
         };
-        let id = &*d.conversation_id;
-        if d.already_closed {
-            r.outcome = Outcome::AlreadyClosed;
-            return Some(r);
+        match self.run_steps(&mut c).await {
+            Ok(()) | Err(End::Report) => Some(c.r),
+            Err(End::Unfinished) => None,
+            Err(End::Confirmed { at, by, outcome }) => {
+                let rule = Arc::clone(&c.rule);
+                self.confirmed(d, &rule, c.r, at, by, outcome).await
+            }
         }
-        if rule.dry_run {
-            r.outcome = Outcome::DryRun;
-            r.reason = Some("dry run: would disconnect".into());
-            return Some(r);
+    }
+
+    async fn run_steps(&self, c: &mut Close<'_>) -> Stepped<()> {
+        let d = c.d;
+        if d.already_closed {
+            c.r.outcome = Outcome::AlreadyClosed;
+            return Err(End::Report);
+        }
+        if c.rule.dry_run {
+            c.r.outcome = Outcome::DryRun;
+            c.r.reason = Some("dry run: would disconnect".into());
+            return Err(End::Report);
         }
         // At most `max_concurrent_closes` sequences send at once; the rest queue here.
         let _turn = Arc::clone(&self.running).acquire_owned().await;
-
-        let resume = d.resume.clone();
-        if let Some(res) = &resume {
-            // A close a past run left unfinished: read it once; it may have closed since.
-            tracing::info!(conversation_id = id, rule = &*rule.name, steps = %res.text(),
-                unreadable = res.unreadable.len(), "resuming a close a past run left unfinished");
-            if matches!(self.read(id, &mut r).await, Ok(true)) {
-                return self
-                    .confirmed(d, &rule, r, None, ConfirmedBy::Read, Outcome::Confirmed)
-                    .await;
-            }
+        self.resumed_read(c).await?;
+        self.confirming_topic(c).await;
+        let accepted_before = d.resume.as_ref().is_some_and(|s| s.disconnect_accepted());
+        if !accepted_before {
+            self.farewell_step(c).await;
         }
+        self.register_waiter(c)?;
+        let accepted = accepted_before || self.disconnect(c).await?;
+        if accepted {
+            self.wait_for_close(c, accepted_before).await?;
+        }
+        self.read_once(c).await?;
+        // The teardown answers only a disconnect Genesys accepted that did not take; a
+        // disconnect refused for good (a 4xx) or never answered ends here.
+        if !accepted {
+            c.r.latency = d.decided_at.elapsed();
+            return Err(End::Report);
+        }
+        self.escalate(c).await
+    }
 
-        // Step 0 (bot phase): the confirming topic must be live before the disconnect.
-        if d.watch
+    /// A close a past run left unfinished: read it once; it may have closed since.
+    async fn resumed_read(&self, c: &mut Close<'_>) -> Stepped<()> {
+        let Some(res) = &c.d.resume else {
+            return Ok(());
+        };
+        let id = &*c.d.conversation_id;
+        tracing::info!(conversation_id = id, rule = &*c.rule.name, steps = %res.text(),
+            unreadable = res.unreadable.len(), "resuming a close a past run left unfinished");
+        if matches!(self.read(id, &mut c.r).await, Ok(true)) {
+            return Err(End::by_read());
+        }
+        Ok(())
+    }
+
+    /// Step 0 (bot phase): the confirming topic must be live before the disconnect.
+    async fn confirming_topic(&self, c: &Close<'_>) {
+        let id = &*c.d.conversation_id;
+        if c.d.watch
             && let Err(e) = self.subs.ensure(id, ENSURE_WITHIN).await
         {
-            tracing::warn!(conversation_id = id, rule = &*rule.name, reason = %e,
+            tracing::warn!(conversation_id = id, rule = &*c.rule.name, reason = %e,
                     "confirming topic not subscribed; disconnecting anyway (the close will be \
                      confirmed by a read if no event arrives)");
         }
+    }
 
-        let accepted_before = resume.as_ref().is_some_and(|s| s.disconnect_accepted());
-        // Step 1 (optional): the farewell, before the disconnect, at most once, and
-        // never to a conversation already seen closed.
-        if let Some(text) = &rule.farewell
-            && !accepted_before
+    /// Step 1 (optional): the farewell, before the disconnect, at most once, and never
+    /// to a conversation already seen closed.
+    async fn farewell_step(&self, c: &mut Close<'_>) {
+        let id = &*c.d.conversation_id;
+        if let Some(text) = &c.rule.farewell
             && !self.store.is_closed(id)
         {
-            self.farewell(id, text, resume.as_ref(), &mut r).await;
+            self.farewell(id, text, c.d.resume.as_ref(), &mut c.r).await;
         }
+    }
 
-        // Step 2: disconnect, with the waiter in place first (register, recheck, send).
-        let mut waiter: Waiter = Some(self.waiters.register(id));
+    /// The waiter goes in place before the disconnect (register, recheck, send): a
+    /// conversation seen closed already ends the sequence here.
+    fn register_waiter(&self, c: &mut Close<'_>) -> Stepped<()> {
+        let id = &*c.d.conversation_id;
+        c.waiter = Some(self.waiters.register(id));
         if self.store.is_closed(id) {
-            if !r.sent.is_empty() {
-                return self
-                    .confirmed(d, &rule, r, None, ConfirmedBy::Event, Outcome::Confirmed)
-                    .await;
+            if !c.r.sent.is_empty() {
+                return Err(End::by_event(None));
             }
-            r.outcome = Outcome::AlreadyClosed;
-            r.latency = d.decided_at.elapsed();
-            return Some(r);
+            c.r.outcome = Outcome::AlreadyClosed;
+            c.r.latency = c.d.decided_at.elapsed();
+            return Err(End::Report);
         }
-        let accepted = if accepted_before {
-            true
-        } else {
-            // A failure that passes (429, 5xx, transport) is retried until the rule's
-            // deadline; the teardown is never the answer to it. A disconnect that could
-            // not go for want of a token was not sent at all: it waits for the login,
-            // with no deadline. Every request and every pause races the waiter: once
-            // the conversation is seen closed, nothing more is sent (a request in
-            // flight is dropped, and its retries with it) and the close is confirmed.
-            let mut pause = RETRY_PAUSE_MIN;
-            // The retry deadline runs from the first attempt, not the decision: a close
-            // that waited its turn behind the budget or the concurrency bound (a burst
-            // larger than the budget) still gets its whole `retry_for`. Time spent
-            // waiting for a token does not count: nothing could be sent meanwhile.
-            let first_attempt = Instant::now();
-            let mut without_login = Duration::ZERO;
-            loop {
-                let call = match (rule.disconnect, d.customer_id.as_deref()) {
-                    (DisconnectMode::Customer, Some(_)) => Call::PatchCustomer,
-                    _ => Call::PatchConversation,
-                };
-                if rule.disconnect == DisconnectMode::Customer && d.customer_id.is_none() {
-                    tracing::warn!(
-                        conversation_id = id,
-                        rule = &*rule.name,
-                        "no customer participant known; disconnecting the whole conversation instead"
-                    );
-                }
-                // Stored before the request goes: with it, the decision queued before it
-                // (the event loop does not wait for that one), so every disconnect sent
-                // is in the journal even if the process is killed the next instant.
-                let _ = self
-                    .journal
-                    .step(id, &Step::AboutToSend(call.clone()))
-                    .await;
-                let request = async {
-                    match (&call, d.customer_id.as_deref()) {
-                        (Call::PatchCustomer, Some(customer)) => {
-                            self.api.disconnect_participant(id, customer).await
-                        }
-                        _ => self.api.disconnect_conversation(id).await,
-                    }
-                };
-                let sent = match self.race(id, &mut waiter, request).await {
-                    Raced::Done(sent) => sent,
-                    Raced::Closed(at) => {
-                        // Whatever the request would have done next (time out, 5xx,
-                        // reset), it is not retried. Whether Genesys answered it is
-                        // unknown, so it is not counted as sent.
-                        self.journal.note(id, &Step::Dropped(call));
-                        return self
-                            .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
-                            .await;
-                    }
-                };
-                // Only requests Genesys answered count as sent.
-                if !matches!(&sent, Err(ApiError::Transport { .. } | ApiError::Auth(_))) {
-                    r.sent.push(call.name());
-                }
-                match sent {
-                    Ok(answer) => {
-                        r.request_correlation_id = answer.correlation_id;
-                        self.journal.note(id, &Step::Sent(call));
-                        break true;
-                    }
-                    Err(e @ ApiError::Auth(_)) => {
-                        let since = Instant::now();
-                        match self
-                            .wait_for_login(id, &rule, &mut waiter, call.clone(), &e, &mut r)
-                            .await
-                        {
-                            Login::Token => without_login += since.elapsed(),
-                            Login::Closed(at) => {
-                                return self
-                                    .confirmed(
-                                        d,
-                                        &rule,
-                                        r,
-                                        at,
-                                        ConfirmedBy::Event,
-                                        Outcome::Confirmed,
-                                    )
-                                    .await;
-                            }
-                            Login::Stopping => return None,
-                        }
-                    }
-                    Err(e)
-                        if e.is_retryable()
-                            && first_attempt.elapsed().saturating_sub(without_login) + pause
-                                < rule.retry_for =>
-                    {
-                        self.journal
-                            .note(id, &Step::Failed(call.clone(), e.to_string()));
-                        tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
-                            correlation_id = e.correlation_id(), retry_in_ms = pause.as_millis() as u64,
-                            "disconnect failed for a reason that passes; retrying until the rule's deadline");
-                        note_error(&mut r, &e);
-                        if let Raced::Closed(at) =
-                            self.race(id, &mut waiter, tokio::time::sleep(pause)).await
-                        {
-                            return self
-                                .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
-                                .await;
-                        }
-                        pause = (pause * 2).min(RETRY_PAUSE_MAX);
-                    }
-                    Err(e) => {
-                        self.journal.note(id, &Step::Failed(call, e.to_string()));
-                        tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
-                            correlation_id = e.correlation_id(), "disconnect request failed; checking the conversation");
-                        note_error(&mut r, &e);
-                        break false;
-                    }
-                }
-            }
-        };
-        if accepted {
-            // A resumed close waits only what is left of its confirm time.
-            let left = if accepted_before {
-                rule.confirm_timeout
-                    .saturating_sub(d.decided_at.elapsed())
-                    .max(Duration::from_millis(500))
-            } else {
-                rule.confirm_timeout
-            };
-            if let Ok(at) = tokio::time::timeout(left, self.closed(id, &mut waiter)).await {
-                return self
-                    .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
-                    .await;
-            }
-            r.reason = Some(format!(
-                "no closing event within {} ms of the disconnect",
-                rule.confirm_timeout.as_millis()
-            ));
-        }
+        Ok(())
+    }
 
-        // Step 3: one read. Fed to the event loop so state (and any waiter) sees it. A
-        // read that could not go for want of a token waits for the login.
-        let read = loop {
-            match self.race(id, &mut waiter, self.read(id, &mut r)).await {
-                Raced::Closed(at) => {
-                    return self
-                        .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
-                        .await;
+    /// Step 2: the disconnect; `Ok(true)` when Genesys accepted it.
+    ///
+    /// A failure that passes (429, 5xx, transport) is retried until the rule's deadline;
+    /// the teardown is never the answer to it. A disconnect that could not go for want
+    /// of a token was not sent at all: it waits for the login, with no deadline. Every
+    /// request and every pause races the waiter: once the conversation is seen closed,
+    /// nothing more is sent (a request in flight is dropped, and its retries with it)
+    /// and the close is confirmed.
+    async fn disconnect(&self, c: &mut Close<'_>) -> Stepped<bool> {
+        let (d, rule) = (c.d, Arc::clone(&c.rule));
+        let id = &*d.conversation_id;
+        let mut pause = RETRY_PAUSE_MIN;
+        // The retry deadline runs from the first attempt, not the decision: a close
+        // that waited its turn behind the budget or the concurrency bound (a burst
+        // larger than the budget) still gets its whole `retry_for`. Time spent waiting
+        // for a token does not count: nothing could be sent meanwhile.
+        let first_attempt = Instant::now();
+        let mut without_login = Duration::ZERO;
+        loop {
+            let call = match (rule.disconnect, d.customer_id.as_deref()) {
+                (DisconnectMode::Customer, Some(_)) => Call::PatchCustomer,
+                _ => Call::PatchConversation,
+            };
+            if rule.disconnect == DisconnectMode::Customer && d.customer_id.is_none() {
+                tracing::warn!(
+                    conversation_id = id,
+                    rule = &*rule.name,
+                    "no customer participant known; disconnecting the whole conversation instead"
+                );
+            }
+            // Stored before the request goes: with it, the decision queued before it
+            // (the event loop does not wait for that one), so every disconnect sent is
+            // in the journal even if the process is killed the next instant.
+            let _ = self
+                .journal
+                .step(id, &Step::AboutToSend(call.clone()))
+                .await;
+            let request = async {
+                match (&call, d.customer_id.as_deref()) {
+                    (Call::PatchCustomer, Some(customer)) => {
+                        self.api.disconnect_participant(id, customer).await
+                    }
+                    _ => self.api.disconnect_conversation(id).await,
                 }
-                Raced::Done(Err(e @ ApiError::Auth(_))) => {
-                    match self
-                        .wait_for_login(id, &rule, &mut waiter, Call::GetConversation, &e, &mut r)
+            };
+            let sent = match self.race(id, &mut c.waiter, request).await {
+                Raced::Done(sent) => sent,
+                Raced::Closed(at) => {
+                    // Whatever the request would have done next (time out, 5xx,
+                    // reset), it is not retried. Whether Genesys answered it is
+                    // unknown, so it is not counted as sent.
+                    self.journal.note(id, &Step::Dropped(call));
+                    return Err(End::by_event(at));
+                }
+            };
+            // Only requests Genesys answered count as sent.
+            if sent.as_ref().err().is_none_or(ApiError::was_answered) {
+                c.r.sent.push(call.name());
+            }
+            match sent {
+                Ok(answer) => {
+                    c.r.request_correlation_id = answer.correlation_id;
+                    self.journal.note(id, &Step::Sent(call));
+                    return Ok(true);
+                }
+                Err(e @ ApiError::Auth(_)) => {
+                    let since = Instant::now();
+                    self.login_or_end(c, call.clone(), &e).await?;
+                    without_login += since.elapsed();
+                }
+                Err(e)
+                    if e.is_retryable()
+                        && first_attempt.elapsed().saturating_sub(without_login) + pause
+                            < rule.retry_for =>
+                {
+                    self.journal
+                        .note(id, &Step::Failed(call.clone(), e.to_string()));
+                    tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
+                        correlation_id = e.correlation_id(), retry_in_ms = pause.as_millis() as u64,
+                        "disconnect failed for a reason that passes; retrying until the rule's deadline");
+                    note_error(&mut c.r, &e);
+                    if let Raced::Closed(at) = self
+                        .race(id, &mut c.waiter, tokio::time::sleep(pause))
                         .await
                     {
-                        Login::Token => continue,
-                        Login::Closed(at) => {
-                            return self
-                                .confirmed(d, &rule, r, at, ConfirmedBy::Event, Outcome::Confirmed)
-                                .await;
-                        }
-                        Login::Stopping => return None,
+                        return Err(End::by_event(at));
                     }
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                Err(e) => {
+                    self.journal.note(id, &Step::Failed(call, e.to_string()));
+                    tracing::warn!(conversation_id = id, rule = &*rule.name, error = %e,
+                        correlation_id = e.correlation_id(), "disconnect request failed; checking the conversation");
+                    note_error(&mut c.r, &e);
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// A request that found no token: wait for the login ([`wait_for_login`]); the
+    /// conversation seen closed meanwhile, or the daemon stopping, ends the sequence.
+    ///
+    /// [`wait_for_login`]: Self::wait_for_login
+    async fn login_or_end(&self, c: &mut Close<'_>, call: Call, e: &ApiError) -> Stepped<()> {
+        let rule = Arc::clone(&c.rule);
+        let id = &*c.d.conversation_id;
+        match self
+            .wait_for_login(id, &rule, &mut c.waiter, call, e, &mut c.r)
+            .await
+        {
+            Login::Token => Ok(()),
+            Login::Closed(at) => Err(End::by_event(at)),
+            Login::Stopping => Err(End::Unfinished),
+        }
+    }
+
+    /// The accepted disconnect's confirming event, within the rule's confirm time (a
+    /// resumed close waits only what is left of it).
+    async fn wait_for_close(&self, c: &mut Close<'_>, resumed: bool) -> Stepped<()> {
+        let rule = &c.rule;
+        let left = if resumed {
+            rule.confirm_timeout
+                .saturating_sub(c.d.decided_at.elapsed())
+                .max(Duration::from_millis(500))
+        } else {
+            rule.confirm_timeout
+        };
+        let id = &*c.d.conversation_id;
+        if let Ok(at) = tokio::time::timeout(left, self.closed(id, &mut c.waiter)).await {
+            return Err(End::by_event(at));
+        }
+        c.r.reason = Some(format!(
+            "no closing event within {} ms of the disconnect",
+            rule.confirm_timeout.as_millis()
+        ));
+        Ok(())
+    }
+
+    /// Step 3: one read. Fed to the event loop so state (and any waiter) sees it. A read
+    /// that could not go for want of a token waits for the login.
+    async fn read_once(&self, c: &mut Close<'_>) -> Stepped<()> {
+        let id = &*c.d.conversation_id;
+        let read = loop {
+            match self.race(id, &mut c.waiter, self.read(id, &mut c.r)).await {
+                Raced::Closed(at) => return Err(End::by_event(at)),
+                Raced::Done(Err(e @ ApiError::Auth(_))) => {
+                    self.login_or_end(c, Call::GetConversation, &e).await?;
                 }
                 Raced::Done(read) => break read,
             }
         };
         if matches!(read, Ok(true)) {
-            return self
-                .confirmed(d, &rule, r, None, ConfirmedBy::Read, Outcome::Confirmed)
-                .await;
+            return Err(End::by_read());
         }
+        Ok(())
+    }
 
-        // The teardown answers only a disconnect Genesys accepted that did not take; a
-        // disconnect refused for good (a 4xx) or never answered ends here.
-        if !accepted {
-            r.latency = d.decided_at.elapsed();
-            return Some(r);
-        }
-
-        // Step 4: full teardown, the documented last resort, then wait again. The
-        // waiter registered before the disconnect is still in place.
+    /// Step 4: the full teardown, the documented last resort (at most once over every
+    /// run), then the wait again. The waiter registered before the disconnect is still
+    /// in place.
+    async fn escalate(&self, c: &mut Close<'_>) -> Stepped<()> {
+        let d = c.d;
+        let id = &*d.conversation_id;
         if self.store.is_closed(id) {
-            return self
-                .confirmed(d, &rule, r, None, ConfirmedBy::Event, Outcome::Confirmed)
-                .await;
+            return Err(End::by_event(None));
         }
-        let torn_before = resume
+        let torn_before = d
+            .resume
             .as_ref()
             .is_some_and(|s| s.has(&Step::Sent(Call::Teardown)));
         if !torn_before {
-            tracing::warn!(
-                conversation_id = id,
-                rule = &*rule.name,
-                "escalating to POST /api/v2/conversations/{{id}}/disconnect (full teardown)"
-            );
-            loop {
-                let _ = self
-                    .journal
-                    .step(id, &Step::AboutToSend(Call::Teardown))
-                    .await;
-                match self.race(id, &mut waiter, self.api.teardown(id)).await {
-                    Raced::Closed(at) => {
-                        self.journal.note(id, &Step::Dropped(Call::Teardown));
-                        return self
-                            .confirmed(
-                                d,
-                                &rule,
-                                r,
-                                at,
-                                ConfirmedBy::Event,
-                                Outcome::EscalatedConfirmed,
-                            )
-                            .await;
+            self.teardown(c).await?;
+        }
+        let timeout = c.rule.confirm_timeout;
+        match tokio::time::timeout(timeout, self.closed(id, &mut c.waiter)).await {
+            Ok(at) => Err(End::Confirmed {
+                at,
+                by: ConfirmedBy::Event,
+                outcome: Outcome::EscalatedConfirmed,
+            }),
+            Err(_) => {
+                c.r.reason = Some(format!(
+                    "still open {} ms after the full teardown",
+                    timeout.as_millis()
+                ));
+                c.r.latency = d.decided_at.elapsed();
+                Ok(())
+            }
+        }
+    }
+
+    /// `POST /api/v2/conversations/{id}/disconnect`, journalled before it goes.
+    async fn teardown(&self, c: &mut Close<'_>) -> Stepped<()> {
+        let d = c.d;
+        let id = &*d.conversation_id;
+        tracing::warn!(
+            conversation_id = id,
+            rule = &*c.rule.name,
+            "escalating to POST /api/v2/conversations/{{id}}/disconnect (full teardown)"
+        );
+        loop {
+            let _ = self
+                .journal
+                .step(id, &Step::AboutToSend(Call::Teardown))
+                .await;
+            match self.race(id, &mut c.waiter, self.api.teardown(id)).await {
+                Raced::Closed(at) => {
+                    self.journal.note(id, &Step::Dropped(Call::Teardown));
+                    return Err(End::Confirmed {
+                        at,
+                        by: ConfirmedBy::Event,
+                        outcome: Outcome::EscalatedConfirmed,
+                    });
+                }
+                Raced::Done(Ok(_)) => {
+                    c.r.sent.push("teardown");
+                    self.journal.note(id, &Step::Sent(Call::Teardown));
+                    return Ok(());
+                }
+                // The teardown never went: if the conversation closes meanwhile, the
+                // disconnect took after all (plain `Confirmed`).
+                Raced::Done(Err(e @ ApiError::Auth(_))) => {
+                    self.login_or_end(c, Call::Teardown, &e).await?;
+                }
+                Raced::Done(Err(e)) => {
+                    if !matches!(&e, ApiError::Transport { .. }) {
+                        c.r.sent.push("teardown");
                     }
-                    Raced::Done(Ok(_)) => {
-                        r.sent.push("teardown");
-                        self.journal.note(id, &Step::Sent(Call::Teardown));
-                        break;
-                    }
-                    Raced::Done(Err(e @ ApiError::Auth(_))) => {
-                        match self
-                            .wait_for_login(id, &rule, &mut waiter, Call::Teardown, &e, &mut r)
-                            .await
-                        {
-                            Login::Token => continue,
-                            // The teardown never went: the disconnect took after all.
-                            Login::Closed(at) => {
-                                return self
-                                    .confirmed(
-                                        d,
-                                        &rule,
-                                        r,
-                                        at,
-                                        ConfirmedBy::Event,
-                                        Outcome::Confirmed,
-                                    )
-                                    .await;
-                            }
-                            Login::Stopping => return None,
-                        }
-                    }
-                    Raced::Done(Err(e)) => {
-                        if !matches!(&e, ApiError::Transport { .. }) {
-                            r.sent.push("teardown");
-                        }
-                        self.journal
-                            .note(id, &Step::Failed(Call::Teardown, e.to_string()));
-                        note_error(&mut r, &e);
-                        r.latency = d.decided_at.elapsed();
-                        return Some(r);
-                    }
+                    self.journal
+                        .note(id, &Step::Failed(Call::Teardown, e.to_string()));
+                    note_error(&mut c.r, &e);
+                    c.r.latency = d.decided_at.elapsed();
+                    return Err(End::Report);
                 }
             }
         }
-        match tokio::time::timeout(rule.confirm_timeout, self.closed(id, &mut waiter)).await {
-            Ok(at) => {
-                return self
-                    .confirmed(
-                        d,
-                        &rule,
-                        r,
-                        at,
-                        ConfirmedBy::Event,
-                        Outcome::EscalatedConfirmed,
-                    )
-                    .await;
-            }
-            Err(_) => {
-                r.reason = Some(format!(
-                    "still open {} ms after the full teardown",
-                    rule.confirm_timeout.as_millis()
-                ));
-                r.latency = d.decided_at.elapsed();
-            }
-        }
-        Some(r)
     }
 
     /// Resolves once the conversation is seen closed: by its waiter, with the closing
@@ -600,7 +658,7 @@ impl Closer {
                 Ok(closed)
             }
             Err(e) => {
-                if !matches!(&e, ApiError::Transport { .. } | ApiError::Auth(_)) {
+                if e.was_answered() {
                     r.sent.push("get_conversation");
                 }
                 note_error(r, &e);
@@ -693,7 +751,7 @@ impl Closer {
                 self.journal.note(id, &Step::Sent(Call::Farewell));
             }
             Err(e) => {
-                if !matches!(&e, ApiError::Transport { .. } | ApiError::Auth(_)) {
+                if e.was_answered() {
                     r.sent.push("farewell");
                 }
                 tracing::warn!(conversation_id = id, error = %e, correlation_id = e.correlation_id(),
@@ -740,7 +798,7 @@ impl Closer {
                     );
                 }
                 Err(e) => {
-                    if !matches!(&e, ApiError::Transport { .. } | ApiError::Auth(_)) {
+                    if e.was_answered() {
                         r.sent.push("wrapup");
                     }
                     tracing::warn!(conversation_id = id, participant_id = %participant, error = %e,

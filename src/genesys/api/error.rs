@@ -50,7 +50,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Whether trying again later may succeed.
+    /// Whether Genesys answered the request (it then counts as sent): not when it got
+    /// no answer (transport) or never went for want of a token (auth).
+    pub fn was_answered(&self) -> bool {
+        matches!(self, ApiError::Status { .. } | ApiError::Decode { .. })
+    }
+
+    /// Failures that pass (429, 5xx, transport, a login that may come back).
     pub fn is_retryable(&self) -> bool {
         match self {
             ApiError::Status { status, .. } => *status == 429 || *status >= 500,
