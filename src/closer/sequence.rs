@@ -23,6 +23,19 @@ const RETRY_PAUSE_MIN: Duration = Duration::from_secs(1);
 /// Longest pause between two tries of a step: a retry after a failure that passes, and
 /// a fresh login after one was refused.
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(30);
+/// The pauses between two tries of a step: doubling from [`RETRY_PAUSE_MIN`] to
+/// [`RETRY_PAUSE_MAX`], each between half and all of that (backon's jitter adds up to
+/// the delay again), without end (the caller's deadline, if any, ends it).
+fn retry_pauses() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(RETRY_PAUSE_MIN / 2)
+        .with_max_delay(RETRY_PAUSE_MAX / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
 /// How often the state map is looked at for a close once the waiter is gone (dropped
 /// by someone else); while it is in place, the waiter answers at once.
 const STORE_POLL: Duration = Duration::from_millis(100);
@@ -247,7 +260,8 @@ impl Closer {
     async fn disconnect(&self, c: &mut Close<'_>) -> Stepped<bool> {
         let (d, rule) = (c.d, Arc::clone(&c.rule));
         let id = &*d.conversation_id;
-        let mut pause = RETRY_PAUSE_MIN;
+        let mut backoff = retry_pauses();
+        let mut pause = backoff.next().unwrap_or(RETRY_PAUSE_MAX);
         // The retry deadline runs from the first attempt, not the decision: a close
         // that waited its turn behind the budget or the concurrency bound (a burst
         // larger than the budget) still gets its whole `retry_for`. Time spent waiting
@@ -323,7 +337,7 @@ impl Closer {
                     {
                         return Err(End::by_event(at));
                     }
-                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                    pause = backoff.next().unwrap_or(RETRY_PAUSE_MAX);
                 }
                 Err(e) => {
                     self.journal.note(id, &Step::Failed(call, e.to_string()));
@@ -541,11 +555,11 @@ impl Closer {
                 error: first.to_string(),
             },
         );
-        let mut pause = RETRY_PAUSE_MIN;
+        let mut pauses = retry_pauses();
         let mut error = first.to_string();
         loop {
-            // Between half and all of the pause, so closes waiting together spread out.
-            let delay = pause.mul_f64(0.5 + fastrand::f64() * 0.5);
+            // Jittered, so closes waiting together spread out.
+            let delay = pauses.next().unwrap_or(RETRY_PAUSE_MAX);
             tracing::warn!(conversation_id = id, rule = &*rule.name, step = what.name(), error = %error,
                 retry_in_ms = delay.as_millis() as u64,
                 "no access token, so nothing was sent; the close is kept and tried again \
@@ -572,7 +586,6 @@ impl Closer {
                 Ok(Err(e)) => error = e.to_string(),
                 Err(why) => return self.login_wait_ended(id, why),
             }
-            pause = (pause * 2).min(RETRY_PAUSE_MAX);
         }
     }
 
