@@ -258,7 +258,7 @@ pub async fn run(
     let waiters = Arc::new(Waiters::default());
     let (events_tx, mut events_rx) = mpsc::channel(EVENT_QUEUE);
     let (reads_tx, mut reads_rx) = mpsc::channel::<ConversationEvent>(256);
-    let (reports_tx, mut reports_rx) = mpsc::unbounded_channel::<CloseReport>();
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel::<CloseReport>();
     let (notice_tx, mut notice_rx) = mpsc::unbounded_channel::<event_loop::Notice>();
     let (live_tx, mut live_rx) = mpsc::channel::<Vec<Box<str>>>(256);
     let closes = TaskTracker::new();
@@ -302,21 +302,7 @@ pub async fn run(
             config.daemon.max_concurrent_closes,
         )),
     };
-    // Forward reports to the observer; the closer already logged them. A failed close
-    // is told to the event loop, which gives back the topics nothing waits on now.
-    let observer = opts.reports;
-    let close_failed = notice_tx.clone();
-    let forward = tokio::spawn(async move {
-        while let Some(r) = reports_rx.recv().await {
-            if r.outcome == crate::closer::Outcome::Failed {
-                let _ =
-                    close_failed.send(event_loop::Notice::CloseFailed(r.conversation_id.clone()));
-            }
-            if let Some(o) = &observer {
-                let _ = o.send(r);
-            }
-        }
-    });
+    let forward = start::forward_reports(reports_rx, opts.reports.take(), notice_tx.clone());
 
     // Metrics and health (`[metrics]`), until `run` returns.
     let probes = crate::metrics::Probes::new(journal.writable());
@@ -348,27 +334,7 @@ pub async fn run(
     // After every blind window (this start included) the watched queues and flows are
     // listed, so what started meanwhile is found (see `recovery`).
     let (ask_tx, mut ask_rx) = mpsc::channel::<recovery::Ask>(256);
-    let listed = |prefix: &str, on: bool, ids: &[String]| {
-        (on && !ids.is_empty() && usable.topics.iter().any(|t| t.starts_with(prefix)))
-            .then(|| Arc::<[String]>::from(ids))
-    };
-    let recovery = recovery::Recovery::start(
-        Arc::clone(&api),
-        recovery::Sources {
-            queues: listed(
-                "v2.routing.queues.",
-                config.stream.recover_queues,
-                &config.stream.queues,
-            ),
-            flows: listed(
-                "v2.analytics.flow.",
-                config.stream.discover_after_gap && subs.enabled(),
-                &config.stream.flows,
-            ),
-        },
-        Arc::clone(&wanted),
-        ask_tx,
-    );
+    let recovery = start::recovery(config, &usable, &api, &wanted, subs.enabled(), ask_tx);
     let mut lp = EventLoop {
         store: Arc::clone(&store),
         rules,

@@ -225,3 +225,59 @@ pub(super) async fn endpoints(
         stop_intake,
     })
 }
+
+/// Hands every close report to the observer (tests, the demo); the closer already
+/// logged it. A failed close is told to the event loop, which gives back the topics
+/// nothing waits on now.
+pub(super) fn forward_reports(
+    mut reports: mpsc::UnboundedReceiver<crate::closer::CloseReport>,
+    observer: Option<mpsc::UnboundedSender<crate::closer::CloseReport>>,
+    notices: mpsc::UnboundedSender<super::event_loop::Notice>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(r) = reports.recv().await {
+            if r.outcome == crate::closer::Outcome::Failed {
+                let _ = notices.send(super::event_loop::Notice::CloseFailed(
+                    r.conversation_id.clone(),
+                ));
+            }
+            if let Some(o) = &observer {
+                let _ = o.send(r);
+            }
+        }
+    })
+}
+
+/// The worker that lists the watched queues and flows after every blind window (this
+/// start included), so what started meanwhile is found (see `recovery`). A listing is
+/// on only when its topics are in use.
+pub(super) fn recovery(
+    config: &Config,
+    usable: &Usable,
+    api: &Arc<ApiClient>,
+    wanted: &Arc<Wanted>,
+    per_conversation_topics: bool,
+    ask: mpsc::Sender<super::recovery::Ask>,
+) -> super::recovery::Recovery {
+    let listed = |prefix: &str, on: bool, ids: &[String]| {
+        (on && !ids.is_empty() && usable.topics.iter().any(|t| t.starts_with(prefix)))
+            .then(|| Arc::<[String]>::from(ids))
+    };
+    super::recovery::Recovery::start(
+        Arc::clone(api),
+        super::recovery::Sources {
+            queues: listed(
+                "v2.routing.queues.",
+                config.stream.recover_queues,
+                &config.stream.queues,
+            ),
+            flows: listed(
+                "v2.analytics.flow.",
+                config.stream.discover_after_gap && per_conversation_topics,
+                &config.stream.flows,
+            ),
+        },
+        Arc::clone(wanted),
+        ask,
+    )
+}
