@@ -19,8 +19,12 @@
 //! [`lab`] (feature `lab`: the demo, burst, latency and fault matrix) uses it, and the
 //! library builds without that feature, so no daemon module can import the simulator.
 //!
-//! [`record`] appends every frame the sockets read to a file (`run --record`), and
-//! [`replay`] feeds such a file through the parser, the state map and the rules offline.
+//! [`decide`] is the one decision step (apply an event, ask the rules) the event loop and
+//! [`replay`] share; [`record`] appends every frame the sockets read to a file
+//! (`run --record`), and [`replay`] feeds such a file through it offline. [`intake`] and
+//! [`metrics`] listen through one bounded HTTP edge (`listen`); [`findings`] is what
+//! `check` finds beyond the file. The binary's commands are thin: a file each in
+//! `src/cli`, the work here.
 
 pub mod closer;
 pub mod config;
