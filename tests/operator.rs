@@ -63,22 +63,9 @@ fn answer(conn: &mut TcpStream, peer: Peer) {
         return;
     }
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match conn.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
+    if read_request(conn).is_none() {
+        return;
     }
-    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let length = text
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    let _ = conn.read_exact(&mut body);
     let (status, body) = match peer {
         Peer::RefuseLogin => (
             "401 Unauthorized",
@@ -92,6 +79,28 @@ fn answer(conn: &mut TcpStream, peer: Peer) {
          connection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// Reads one request (its head, then the body its `content-length` announces); the
+/// head in lower case, or `None` if the connection ended first.
+fn read_request(conn: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    let _ = conn.read_exact(&mut body);
+    Some(text)
 }
 
 /// A config pointing both URLs at `url`, with `extra` appended to `[genesys]` and
@@ -422,22 +431,9 @@ async fn a_body_cut_off_mid_read_is_retried() {
             let Ok(mut conn) = conn else { return };
             let calls = Arc::clone(&calls);
             std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match conn.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-                let length = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0u8; length];
-                let _ = conn.read_exact(&mut body);
+                let Some(text) = read_request(&mut conn) else {
+                    return;
+                };
                 let answer = if text.starts_with("post /oauth/token") {
                     r#"{"access_token":"t","token_type":"bearer","expires_in":86400}"#
                 } else {
