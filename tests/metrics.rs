@@ -8,37 +8,11 @@ use std::time::Duration;
 use common::*;
 use genesys_closer::closer::Outcome;
 use genesys_sim::SimConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
 /// A family after `genesys_closer_`, labels its sample must have, and its least value.
 type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
-
-/// One HTTP/1.1 exchange on a fresh connection: (status, body).
-async fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
-    s.write_all(req.as_bytes()).await.expect("send");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// The sum of the samples of `name` whose labels include every one of `labels`;
 /// `None` when there is no such sample.

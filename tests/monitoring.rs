@@ -17,14 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{FLOW, QUEUE, conversation, start_sim};
+use common::{FLOW, QUEUE, conversation, http, start_sim};
 use genesys_closer::closer::{CloseReport, Outcome};
 use genesys_closer::config::Config;
 use genesys_closer::daemon::{self, RunOptions};
 use genesys_sim::SimConfig;
 use secrecy::SecretString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -134,30 +132,6 @@ async fn start(path: &Path) -> Daemon {
         intake,
         task,
     }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection: (status, body).
-async fn http(addr: SocketAddr, method: &str, path: &str, extra: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
-    s.write_all(req.as_bytes()).await.expect("send");
-    let mut out = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut out))
-        .await
-        .expect("answer in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
 }
 
 /// Polls `/metrics` until `cond` holds on it.
