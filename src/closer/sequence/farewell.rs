@@ -1,0 +1,110 @@
+//! Step 1 of a close (optional): the farewell to the guest, before the disconnect, at
+//! most once over every run (journalled durably before it is sent).
+
+use crate::closer::{CloseReport, Closer, Resume};
+use crate::farewell;
+use crate::step::{Call, Step};
+
+use super::Close;
+
+impl Closer {
+    /// Step 1 (optional): the farewell, before the disconnect, at most once, and never
+    /// to a conversation already seen closed.
+    pub(super) async fn farewell_step(&self, c: &mut Close<'_>) {
+        let id = &*c.d.conversation_id;
+        if let Some(text) = &c.rule.farewell
+            && !self.store.is_closed(id)
+        {
+            self.farewell(id, text, c.d.resume.as_ref(), &mut c.r).await;
+        }
+    }
+
+    /// The farewell: journalled "about to send" (durably) before it goes, "sent" after;
+    /// a past run that journalled the first and not the second may have sent it, so it
+    /// is skipped. Any failure leaves the close to go on without it.
+    async fn farewell(&self, id: &str, text: &str, resume: Option<&Resume>, r: &mut CloseReport) {
+        if let Some(res) = resume {
+            if res.has(&Step::Sent(Call::Farewell)) {
+                return;
+            }
+            if res.farewell_may_have_gone() {
+                tracing::warn!(
+                    conversation_id = id,
+                    "farewell skipped: a past run was about to send it when it stopped and \
+                     may have (or journalled a step this version cannot read); a guest never \
+                     gets it twice"
+                );
+                self.journal.note(
+                    id,
+                    &Step::Skipped(Call::Farewell, "a past run may have sent it".into()),
+                );
+                return;
+            }
+        }
+        let parts = match self.api.get_communications(id).await {
+            Ok(p) => {
+                r.sent.push("get_conversation_communications");
+                p
+            }
+            Err(e) => {
+                tracing::warn!(conversation_id = id, error = %e, correlation_id = e.correlation_id(),
+                    "farewell skipped: cannot read the conversation's communications; closing without it");
+                self.journal.note(
+                    id,
+                    &Step::Skipped(Call::Farewell, format!("cannot read communications: {e}")),
+                );
+                return;
+            }
+        };
+        if self.store.is_closed(id) {
+            // It ended while its communications were read: no farewell to a closed one.
+            self.journal.note(
+                id,
+                &Step::Skipped(Call::Farewell, "the conversation closed".into()),
+            );
+            return;
+        }
+        let (_participant, communication) = match farewell::farewell_communication(&parts) {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::warn!(conversation_id = id, reason = %why,
+                    "farewell skipped: no communication to send it on; closing without it");
+                self.journal
+                    .note(id, &Step::Skipped(Call::Farewell, why.to_string()));
+                return;
+            }
+        };
+        if let Err(e) = self
+            .journal
+            .step_durable(id, &Step::AboutToSend(Call::Farewell))
+            .await
+        {
+            // Without the record, a crash could send it twice: better none than two.
+            tracing::error!(conversation_id = id, error = %e,
+                "farewell skipped: it could not be journalled first");
+            return;
+        }
+        if self.store.is_closed(id) {
+            self.journal.note(
+                id,
+                &Step::Skipped(Call::Farewell, "the conversation closed".into()),
+            );
+            return;
+        }
+        match self.api.send_message(id, &communication, text).await {
+            Ok(_) => {
+                r.sent.push("farewell");
+                self.journal.note(id, &Step::Sent(Call::Farewell));
+            }
+            Err(e) => {
+                if e.was_answered() {
+                    r.sent.push("farewell");
+                }
+                tracing::warn!(conversation_id = id, error = %e, correlation_id = e.correlation_id(),
+                    "farewell not sent; closing without it");
+                self.journal
+                    .note(id, &Step::Failed(Call::Farewell, e.to_string()));
+            }
+        }
+    }
+}
