@@ -31,7 +31,7 @@ pub use server::{Limits, MetricsError, Server, serve, start};
 
 /// Frames read from the notification sockets, by `kind`.
 pub const FRAMES: &str = "genesys_closer_frames_total";
-/// Close sequences started, by `rule` and `source`.
+/// Rule decisions (close sequences started, or deferred while stopping), by `rule` and `source`.
 pub const DECISIONS: &str = "genesys_closer_decisions_total";
 /// Close sequences finished, by `rule`, `source` and `outcome`.
 pub const OUTCOMES: &str = "genesys_closer_outcomes_total";
@@ -133,7 +133,10 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(FRAMES, "Frames read from the notification sockets, by kind");
-    describe_counter!(DECISIONS, "Close sequences started, by rule and source");
+    describe_counter!(
+        DECISIONS,
+        "Rule decisions (a close sequence started, or journalled as deferred while stopping), by rule and source"
+    );
     describe_counter!(
         OUTCOMES,
         "Close sequences finished, by rule, source and outcome"
@@ -255,7 +258,7 @@ pub fn frame(kind: &'static str) {
     metrics::counter!(FRAMES, "kind" => kind).increment(1);
 }
 
-/// A close sequence starts.
+/// A rule decided: a close sequence starts (or is journalled as deferred while stopping).
 pub fn decision(rule: &Arc<str>, source: &'static str) {
     metrics::counter!(DECISIONS, "rule" => Arc::clone(rule), "source" => source).increment(1);
 }

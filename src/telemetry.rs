@@ -47,7 +47,8 @@ pub struct Stats {
     pub binary_frames: Counter,
     /// Text frames over the size worth parsing, skipped.
     pub oversized_frames: Counter,
-    /// Make-before-break moves to a fresh channel.
+    /// Make-before-break moves to a fresh channel, and topics re-added in place after
+    /// `no_longer_subscribed` or a silent drop (as `rotations_total` counts them).
     pub rotations: Counter,
     /// Topics found missing by the periodic subscription check, re-added.
     pub dropped_topics: Counter,
@@ -82,10 +83,16 @@ pub enum Skipped {
     Malformed,
 }
 
+/// Every count here that has a metric goes through one method that bumps both, so the
+/// run's summary and the metrics cannot drift apart (the one counting path).
 impl Stats {
-    /// A skipped frame, counted once for both the summary and the metrics (the one
-    /// counting path: the `frames_total` metric's `kind` label and these counters
-    /// cannot drift apart).
+    /// A text frame read and parsed, by its kind (the `frames_total` metric's label).
+    pub fn frame(&self, kind: &'static str) {
+        self.frames.inc();
+        crate::metrics::frame(kind);
+    }
+
+    /// A skipped frame: the summary's counter and the frame metric's `kind`.
     pub fn skipped(&self, why: Skipped) {
         let (counter, kind) = match why {
             Skipped::Oversized => (&self.oversized_frames, "oversized"),
@@ -93,7 +100,24 @@ impl Stats {
             Skipped::Malformed => (&self.malformed_frames, "malformed"),
         };
         counter.inc();
+        if why != Skipped::Binary {
+            // A text frame all the same (the summary's `frames` counts text frames).
+            self.frames.inc();
+        }
         crate::metrics::frame(kind);
+    }
+
+    /// A channel rotated or re-subscribed in place, by `reason` (the
+    /// `rotations_total` metric's label).
+    pub fn rotated(&self, reason: &'static str) {
+        self.rotations.inc();
+        crate::metrics::rotation(reason);
+    }
+
+    /// A rule decided (or a past run's close was resumed): a close sequence starts.
+    pub fn decided(&self, rule: &std::sync::Arc<str>, source: &'static str) {
+        self.decisions.inc();
+        crate::metrics::decision(rule, source);
     }
 }
 

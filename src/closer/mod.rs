@@ -281,7 +281,6 @@ impl Closer {
         if decision.resume.is_none() {
             self.journal.decision(decision_record(&decision, false));
         }
-        crate::metrics::decision(&decision.verdict.rule.name, decision.source.as_str());
         let this = self.clone();
         self.tracker.spawn(async move {
             // Left unfinished (stopping while no token could be had): no outcome, so

@@ -158,7 +158,7 @@ impl EventLoop {
             self.owed_catchup.remove(&ev.conversation_id);
         }
         if let Some(d) = decision {
-            self.stats.decisions.inc();
+            self.stats.decided(&d.verdict.rule.name, d.source.as_str());
             tracing::info!(
                 conversation_id = &*d.conversation_id,
                 rule = &*d.verdict.rule.name,
@@ -227,7 +227,8 @@ impl EventLoop {
             tracing::info!(conversation_id = &*id, rule = %d.rule, deferred = d.deferred,
                 age_ms = age.as_millis() as u64, steps = u.steps.len(),
                 "unfinished close found in the journal; resuming");
-            self.stats.decisions.inc();
+            let source = journalled_source(&d.conversation_id, &d.source);
+            self.stats.decided(&rule.name, source.as_str());
             self.closer.start(Decision {
                 conversation_id: id,
                 verdict: crate::rules::Verdict {
@@ -238,7 +239,7 @@ impl EventLoop {
                 customer_id: d.customer_id.map(Into::into),
                 already_closed: false,
                 decided_at: now.checked_sub(age).unwrap_or(now),
-                source: journalled_source(&d.conversation_id, &d.source),
+                source,
                 watch: d.watch,
                 resume: Some(Resume::from_journal(&d.conversation_id, u.steps)),
                 event_correlation_id: None,

@@ -1,21 +1,301 @@
-//! Start-up: the channels for the configured topics (and their mirrors), each on a
-//! stream task of its own, and the subscription manager that adds channels for the
-//! conversations the daemon watches.
+//! Start-up: the journal, the login and the `availabletopics` check, the channels for
+//! the configured topics (and their mirrors), each on a stream task of its own, the
+//! subscription manager that adds channels for the conversations the daemon watches,
+//! the closer, what listens, and the event loop they all feed.
 
 use std::sync::Arc;
 
+use secrecy::SecretString;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Usable;
+use super::event_loop::EventLoop;
 use super::health::Health;
+use super::running::{Inputs, Parts, Running, Teardown};
+use super::stop::FeedTask;
+use super::{DaemonError, EVENT_QUEUE, RunOptions};
+use crate::closer::{Closer, Waiters};
 use crate::config::{Config, MAX_CHANNELS, TOPICS_PER_CHANNEL};
 use crate::genesys::api::ApiClient;
+use crate::genesys::auth::TokenSource;
 use crate::genesys::frames::Wanted;
 use crate::genesys::stream::{ChannelStream, Reconnects, StreamEvent};
 use crate::genesys::subscriptions::{Manager, Slot, Subscriptions};
+use crate::genesys::topics::{self, Family};
+use crate::journal::Opened;
+use crate::rules::Rules;
+use crate::state::Store;
 use crate::telemetry::Stats;
+
+/// Start-up: the journal first, then the login. Refused credentials fail the start;
+/// an unreachable login service is retried by the streams. A stop signal meanwhile
+/// ends the start at once (`None`): nothing is in flight yet.
+pub(super) async fn start(
+    config: &Config,
+    secret: SecretString,
+    opts: &mut RunOptions,
+    started: Instant,
+) -> Result<Option<Running>, DaemonError> {
+    let (opened, feed_token) = open_journal(config)?;
+    let http = ApiClient::http_client().map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let feed = FeedTask::start(config, &opened.journal, &http, feed_token);
+    let tokens = TokenSource::new(
+        http.clone(),
+        &config.genesys.login_url,
+        config.genesys.client_id.clone(),
+        secret,
+    );
+    let api = Arc::new(
+        ApiClient::new(http, config.genesys.api_url.clone(), tokens).with_budget(Arc::new(
+            crate::genesys::budget::Budget::new(config.genesys.requests_per_minute),
+        )),
+    );
+    let login = async {
+        match api.token().await {
+            Ok(_) => {}
+            Err(e) if !e.is_retryable() => return Err(DaemonError::Credentials(Box::new(e))),
+            Err(e) => {
+                tracing::warn!(error = %e, "login service not reachable yet; will keep trying");
+            }
+        }
+        usable_sources(config, &api).await
+    };
+    let usable = tokio::select! {
+        r = login => r?,
+        () = opts.shutdown.cancelled() => {
+            feed.stop(None).await;
+            let Opened { journal, guard, .. } = opened;
+            drop(journal);
+            guard.finish();
+            return Ok(None);
+        }
+    };
+    let running = assemble(config, opts, started, api, usable, opened, feed).await?;
+    Ok(Some(running))
+}
+
+/// Everything the loop runs with, built from what start-up found: the streams, the
+/// closer, what listens, recovery, and the event loop.
+///
+/// Longer than most functions here because it is the wiring: channels and struct
+/// literals, one part per line, in the order they must start (the intake listens only
+/// once everything it feeds exists). Split up, the same parts would only be passed
+/// around between the pieces.
+async fn assemble(
+    config: &Config,
+    opts: &mut RunOptions,
+    started: Instant,
+    api: Arc<ApiClient>,
+    usable: Usable,
+    opened: Opened,
+    feed: FeedTask,
+) -> Result<Running, DaemonError> {
+    let Opened {
+        journal,
+        unfinished,
+        recently_finished,
+        guard,
+    } = opened;
+    let rules = Rules::compile(config);
+    let wanted = Wanted::new(rules.attributes());
+    let stats = Arc::new(Stats::default());
+    let store = Arc::new(Store::new());
+    let waiters = Arc::new(Waiters::default());
+    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let (reads_tx, reads) = mpsc::channel(256);
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let (notice_tx, notices) = mpsc::unbounded_channel();
+    let (live_tx, live) = mpsc::channel(256);
+    let (ask_tx, asks) = mpsc::channel(256);
+    let closes = TaskTracker::new();
+    let stop_streams = CancellationToken::new();
+    let streams = TaskTracker::new();
+    let ch = spawn_streams(
+        config,
+        &usable,
+        StreamParts {
+            api: Arc::clone(&api),
+            wanted: Arc::clone(&wanted),
+            events: events_tx,
+            stats: Arc::clone(&stats),
+            cancel: stop_streams.clone(),
+            streams: streams.clone(),
+            record: opts.record.clone(),
+            live: live_tx,
+        },
+    );
+    let closer = Closer {
+        api: Arc::clone(&api),
+        store: Arc::clone(&store),
+        waiters: Arc::clone(&waiters),
+        resync: reads_tx.clone(),
+        wanted_attributes: Arc::clone(&wanted),
+        reports: reports_tx,
+        tracker: closes.clone(),
+        subs: ch.subs.clone(),
+        journal: journal.clone(),
+        running: Arc::new(tokio::sync::Semaphore::new(
+            config.daemon.max_concurrent_closes,
+        )),
+    };
+    let forward = forward_reports(reports_rx, opts.reports.take(), notice_tx.clone());
+    // Metrics and health (`[metrics]`), until `run` returns.
+    let probes = crate::metrics::Probes::new(journal.writable());
+    let ends = endpoints(
+        config,
+        probes.clone(),
+        opts.intake_token.take(),
+        opts.metrics_bound.take(),
+        opts.intake_bound.take(),
+    )
+    .await?;
+    log_started(config, &usable, &ch);
+    // After every blind window (this start included) the watched queues and flows are
+    // listed, so what started meanwhile is found (see `recovery`).
+    let recovery = recovery(config, &usable, &api, &wanted, ch.subs.enabled(), ask_tx);
+    let lp = EventLoop {
+        store: Arc::clone(&store),
+        rules,
+        waiters,
+        closer,
+        stats: Arc::clone(&stats),
+        subs: ch.subs,
+        api: Arc::clone(&api),
+        wanted,
+        reads: reads_tx,
+        notices: notice_tx,
+        catchup_after: config.stream.catchup_after,
+        verify: config.intake.as_ref().is_some_and(|i| i.verify),
+        draining: false,
+        owed_catchup: Default::default(),
+        verifying: Default::default(),
+        resyncing: Default::default(),
+        health: ch.health,
+        recovery,
+    };
+    store.bury_decided(recently_finished.iter().map(String::as_str));
+    Ok(Running::new(Parts {
+        lp,
+        inputs: Inputs {
+            events,
+            reads,
+            notices,
+            live,
+            asks,
+            intake: ends.intake,
+            reload: opts.reload.take(),
+        },
+        awaited: (0..ch.slots_at_start).chain(ch.mirrors).collect(),
+        started,
+        unfinished,
+        closes,
+        probes,
+        notifier: super::notify::Notifier::new(opts.notify_systemd),
+        reloader: super::reload::Reloader {
+            current: config.clone(),
+            static_slots: ch.static_slots,
+            mirror_slots: ch.mirror_slots,
+        },
+        api,
+        stats,
+        journal,
+        retention: config.daemon.retention,
+        recover_max_reads: config.stream.recover_max_reads,
+        teardown: Teardown {
+            streams,
+            stop_streams,
+            stop_intake: ends.stop_intake,
+            feed,
+            forward,
+            guard,
+            metrics: ends.metrics,
+            stop_timeout: opts.drain_timeout,
+        },
+    }))
+}
+
+/// The one line that says the daemon started and with what.
+fn log_started(config: &Config, usable: &Usable, ch: &Channels) {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %config.source.display(),
+        channels = ch.channels,
+        topics = usable.topics.len(),
+        rules = config.rules.len(),
+        intake = config.intake.is_some(),
+        per_conversation_topics = ch.subs.enabled(),
+        dry_run = config.dry_run,
+        "genesys-closer started"
+    );
+}
+
+/// Which sources survived the `availabletopics` check.
+pub(super) struct Usable {
+    /// Topics of the configured families that can be used.
+    pub topics: Vec<String>,
+    /// Per-conversation detail topics can be used; else why not.
+    pub detail: Result<(), String>,
+}
+
+/// Asks `availabletopics` (when `check_topics`) and drops what cannot work, one error
+/// line per family; refuses to start when nothing can.
+async fn usable_sources(config: &Config, api: &ApiClient) -> Result<Usable, DaemonError> {
+    let all = config.stream.topics();
+    let mut usable = Usable {
+        topics: all.clone(),
+        detail: Ok(()),
+    };
+    if !config.stream.check_topics || topics::families_in_use(config).is_empty() {
+        return Ok(usable);
+    }
+    let reports = match topics::check(api, config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, correlation_id = e.correlation_id(),
+                "cannot read availabletopics; using every configured topic family unchecked");
+            return Ok(usable);
+        }
+    };
+    let mut bad = Vec::new();
+    for r in &reports {
+        if r.usable() {
+            tracing::info!(topic_family = r.family.template(), "{r}");
+        } else {
+            tracing::error!(topic_family = r.family.template(), "{r}");
+            bad.push(r.family);
+        }
+    }
+    let prefix = |f: Family| match f {
+        Family::Queue => Some("v2.routing.queues."),
+        Family::User => Some("v2.users."),
+        Family::FlowMetrics => Some("v2.analytics.flow."),
+        _ => None,
+    };
+    let mut drop_prefixes: Vec<&str> = bad.iter().filter_map(|f| prefix(*f)).collect();
+    if let Some(f) = bad.iter().find(|f| f.is_detail()) {
+        usable.detail = Err(format!(
+            "{} cannot be used over the WebSocket",
+            f.template()
+        ));
+        if !config.stream.flows.is_empty() {
+            tracing::error!("flow discovery needs the per-conversation detail topics: it is off");
+            drop_prefixes.push("v2.analytics.flow.");
+        }
+    }
+    usable
+        .topics
+        .retain(|t| !drop_prefixes.iter().any(|p| t.starts_with(p)));
+    if usable.topics.is_empty() && config.intake.is_none() {
+        return Err(DaemonError::NoSource(
+            "none of the configured topic families can be used over the WebSocket (see the \
+             error lines above); fix the org or the config"
+                .into(),
+        ));
+    }
+    Ok(usable)
+}
 
 /// What every stream is built from.
 pub(super) struct StreamParts {
@@ -146,15 +426,13 @@ pub(super) fn spawn_streams(config: &Config, usable: &Usable, parts: StreamParts
 /// The journal first: without it a crash could lose a close, so no state directory, no
 /// start (it also refuses a second daemon on the same directory). The feed's token is
 /// read with it, so a bad `[feed]` stops the start before any network I/O.
-pub(super) fn open_journal(
-    config: &Config,
-) -> Result<(crate::journal::Opened, Option<secrecy::SecretString>), super::DaemonError> {
+pub(super) fn open_journal(config: &Config) -> Result<(Opened, Option<SecretString>), DaemonError> {
     let sinks = crate::journal::Sinks {
         http: config.feed.as_ref().is_some_and(|f| f.url.is_some()),
         file: config.feed.as_ref().is_some_and(|f| f.file.is_some()),
     };
     let feed_token = match &config.feed {
-        Some(f) => crate::feed::load_token(f).map_err(super::DaemonError::Setup)?,
+        Some(f) => crate::feed::load_token(f).map_err(DaemonError::Setup)?,
         None => None,
     };
     let opened = crate::journal::open_with(
@@ -187,11 +465,10 @@ pub(super) struct Endpoints {
 pub(super) async fn endpoints(
     config: &Config,
     probes: crate::metrics::Probes,
-    intake_token: Option<secrecy::SecretString>,
+    intake_token: Option<SecretString>,
     metrics_bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
     intake_bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
-) -> Result<Endpoints, super::DaemonError> {
-    use super::DaemonError;
+) -> Result<Endpoints, DaemonError> {
     let metrics = match &config.metrics {
         Some(m) => {
             let server = crate::metrics::start(m, probes)

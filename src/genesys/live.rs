@@ -389,8 +389,7 @@ impl ChannelStream {
                             *last_seen = Some(last_frame);
                             pinged = false;
                             renew_at = rotate_at(&ch);
-                            self.stats.rotations.inc();
-                            crate::metrics::rotation(crate::metrics::rotation_class(reason));
+                            self.stats.rotated(crate::metrics::rotation_class(reason));
                             self.announce(&ch, None).await;
                         }
                         Err(e) => {
@@ -503,7 +502,7 @@ impl ChannelStream {
                 "re-subscribing after no_longer_subscribed failed",
             ));
         }
-        crate::metrics::rotation("no_longer_subscribed");
+        self.stats.rotated("no_longer_subscribed");
         self.gap(
             since.elapsed(),
             "no_longer_subscribed: topics re-added in place",
@@ -583,7 +582,7 @@ impl ChannelStream {
             tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, error = %e, "re-adding dropped topics failed; will try again");
             return None;
         }
-        crate::metrics::rotation("topics_dropped");
+        self.stats.rotated("topics_dropped");
         self.gap(
             held_at.elapsed(),
             "topics dropped silently by the server",
@@ -595,7 +594,6 @@ impl ChannelStream {
 
     /// Handles one text frame.
     async fn handle_text(&self, ch: &Channel, text: &str, received: Instant) -> Action {
-        self.stats.frames.inc();
         if let Some(r) = &self.record {
             r.frame(self.index, text);
         }
@@ -619,7 +617,7 @@ impl ChannelStream {
                 return Action::Continue;
             }
         };
-        crate::metrics::frame(frame.kind());
+        self.stats.frame(frame.kind());
         match frame {
             Frame::Heartbeat | Frame::Pong => Action::Continue,
             Frame::Conversation(ev) => {
