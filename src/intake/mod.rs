@@ -19,6 +19,12 @@
 //!   waits for the close itself.
 //!
 //! It serves plain HTTP on loopback (behind a reverse proxy) or HTTPS itself (rustls).
+//!
+//! Here: the limits, the call and its answer, start-up and the handler;
+//! `credentials.rs` holds the credential check, `parse.rs` the reading of a call's body.
+
+mod credentials;
+mod parse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,21 +33,19 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::header::{CONTENT_LENGTH, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use base64::Engine as _;
-use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use self::credentials::Credentials;
+use self::parse::parse_call;
 use crate::config::{IntakeConfig, TlsFiles, TokenSource};
-use crate::ids::is_uuid;
 
 /// Largest request body read.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -183,59 +187,6 @@ fn load_tls(files: &TlsFiles) -> Result<tokio_rustls::TlsAcceptor, IntakeError> 
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// The credential check, holding only digests of what is accepted.
-struct Credentials {
-    bearer: [u8; 32],
-    basic: Option<[u8; 32]>,
-}
-
-fn digest(bytes: &[u8]) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
-}
-
-/// Equality whose time does not depend on where the inputs differ: both sides are
-/// fixed-size digests, so neither length nor content leaks through timing.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
-
-impl Credentials {
-    fn new(token: &SecretString, basic_user: Option<&str>) -> Self {
-        let t = token.expose_secret();
-        Credentials {
-            bearer: digest(t.as_bytes()),
-            basic: basic_user.map(|u| digest(format!("{u}:{t}").as_bytes())),
-        }
-    }
-
-    fn admits(&self, headers: &HeaderMap) -> bool {
-        let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let Some((scheme, rest)) = value.trim().split_once(' ') else {
-            return false;
-        };
-        let rest = rest.trim();
-        if scheme.eq_ignore_ascii_case("bearer") {
-            same(&digest(rest.as_bytes()), &self.bearer)
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let Some(basic) = &self.basic else {
-                return false;
-            };
-            match base64::engine::general_purpose::STANDARD.decode(rest) {
-                Ok(raw) => same(&digest(&raw), basic),
-                Err(_) => false,
-            }
-        } else {
-            false
-        }
-    }
-}
-
 struct Shared {
     credentials: Credentials,
     calls: mpsc::Sender<IntakeCall>,
@@ -333,121 +284,6 @@ fn error(status: StatusCode, field: Option<&str>, message: &str) -> Response {
             .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
-}
-
-#[derive(Deserialize)]
-struct CallBody<'a> {
-    #[serde(rename = "conversationId", borrow, default)]
-    conversation_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    intent: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    attributes: Option<&'a RawValue>,
-    #[serde(rename = "eventTime", borrow, default)]
-    event_time: Option<&'a RawValue>,
-}
-
-/// A field-level problem: the field and what is wrong with it.
-type BadField = (&'static str, String);
-
-/// A call's parts, checked.
-#[derive(Debug)]
-struct CallParts {
-    conversation_id: Box<str>,
-    intent: Option<Box<str>>,
-    attributes: Vec<(Box<str>, Box<str>)>,
-    /// `eventTime`, epoch milliseconds.
-    event_time: Option<u64>,
-}
-
-/// Validates a call's body into its parts; `now_ms` is this host's clock, against
-/// which an `eventTime` may not be far ahead.
-fn parse_call(bytes: &[u8], now_ms: u64) -> Result<CallParts, BadField> {
-    // serde would also read a struct from an array; only an object is a call.
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(("body", "must be a JSON object".into()));
-    }
-    let body: CallBody<'_> =
-        serde_json::from_slice(bytes).map_err(|e| ("body", format!("not a JSON object: {e}")))?;
-    let id_raw = body
-        .conversation_id
-        .ok_or(("conversationId", "required".to_string()))?;
-    let id: String = serde_json::from_str(id_raw.get())
-        .map_err(|_| ("conversationId", "must be a string".to_string()))?;
-    if !is_uuid(&id) {
-        return Err((
-            "conversationId",
-            "must be a conversation UUID (8-4-4-4-12 hex digits)".into(),
-        ));
-    }
-    let intent = match body.intent {
-        None => None,
-        Some(raw) if raw.get() == "null" => None,
-        Some(raw) => {
-            let s: String = serde_json::from_str(raw.get())
-                .map_err(|_| ("intent", "must be a string".to_string()))?;
-            if s.len() > MAX_INTENT {
-                return Err(("intent", format!("longer than {MAX_INTENT} bytes")));
-            }
-            // An empty template variable means "no intent yet". Anything else is kept
-            // exactly as sent: rules match the value exactly, as they do a `.attributes`
-            // event's, so " Goodbye" or "Goodbye\n" is another value, never trimmed
-            // into one a rule holds.
-            (!s.is_empty()).then(|| s.into())
-        }
-    };
-    let mut attributes = Vec::new();
-    if let Some(raw) = body.attributes.filter(|r| r.get() != "null") {
-        let map: std::collections::HashMap<String, &RawValue> = serde_json::from_str(raw.get())
-            .map_err(|_| ("attributes", "must be an object of strings".to_string()))?;
-        if map.len() > MAX_ATTRIBUTES {
-            return Err((
-                "attributes",
-                format!("more than {MAX_ATTRIBUTES} attributes"),
-            ));
-        }
-        for (k, v) in map {
-            let v: String = serde_json::from_str(v.get())
-                .map_err(|_| ("attributes", format!("value of {k:?} must be a string")))?;
-            if k.len() > MAX_ATTRIBUTE_TEXT || v.len() > MAX_ATTRIBUTE_TEXT {
-                return Err((
-                    "attributes",
-                    format!("names and values are limited to {MAX_ATTRIBUTE_TEXT} bytes"),
-                ));
-            }
-            attributes.push((k.into(), v.into()));
-        }
-    }
-    let event_time = match body.event_time {
-        None => None,
-        Some(raw) if raw.get() == "null" => None,
-        Some(raw) => {
-            let ms: u64 = serde_json::from_str(raw.get()).map_err(|_| {
-                (
-                    "eventTime",
-                    "must be epoch milliseconds, a whole number".to_string(),
-                )
-            })?;
-            let ahead = Duration::from_millis(ms.saturating_sub(now_ms));
-            if ahead > MAX_CLOCK_AHEAD {
-                return Err((
-                    "eventTime",
-                    format!(
-                        "{} s ahead of this host's clock (at most {} s allowed)",
-                        ahead.as_secs(),
-                        MAX_CLOCK_AHEAD.as_secs()
-                    ),
-                ));
-            }
-            Some(ms)
-        }
-    };
-    Ok(CallParts {
-        conversation_id: id.into(),
-        intent,
-        attributes,
-        event_time,
-    })
 }
 
 /// Milliseconds since the epoch on this host's clock.
@@ -548,157 +384,4 @@ fn too_large() -> Response {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bodies_name_the_bad_field() {
-        let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
-        let now = 1_795_510_000_000;
-        let ok = parse_call(
-            format!(r#"{{"conversationId":"{id}","intent":"Bye","x":1}}"#).as_bytes(),
-            now,
-        )
-        .expect("valid");
-        assert_eq!(ok.intent.as_deref(), Some("Bye"));
-        assert_eq!(ok.event_time, None);
-        let field = |b: &str| parse_call(b.as_bytes(), now).err().map(|e| e.0);
-        assert_eq!(field("{"), Some("body"));
-        assert_eq!(field("[]"), Some("body"));
-        assert_eq!(field(r#"{"intent":"x"}"#), Some("conversationId"));
-        assert_eq!(field(r#"{"conversationId":5}"#), Some("conversationId"));
-        assert_eq!(field(r#"{"conversationId":"abc"}"#), Some("conversationId"));
-        let long = "x".repeat(MAX_INTENT + 1);
-        assert_eq!(
-            field(&format!(r#"{{"conversationId":"{id}","intent":"{long}"}}"#)),
-            Some("intent")
-        );
-        assert_eq!(
-            field(&format!(
-                r#"{{"conversationId":"{id}","attributes":{{"a":1}}}}"#
-            )),
-            Some("attributes")
-        );
-        let empty = parse_call(
-            format!(r#"{{"conversationId":"{id}","intent":""}}"#).as_bytes(),
-            now,
-        )
-        .expect("valid");
-        assert_eq!(empty.intent, None, "an empty intent is no intent");
-    }
-
-    #[test]
-    fn event_time_is_whole_epoch_milliseconds_not_far_ahead() {
-        let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
-        let now: u64 = 1_795_510_000_000;
-        let parse = |t: &str| {
-            parse_call(
-                format!(r#"{{"conversationId":"{id}","eventTime":{t}}}"#).as_bytes(),
-                now,
-            )
-        };
-        let at = |t: &str| parse(t).map(|p| p.event_time).map_err(|e| e.0);
-        assert_eq!(at("1795509997000"), Ok(Some(now - 3_000)));
-        assert_eq!(at("null"), Ok(None));
-        // A little ahead (clocks differ) is fine; far ahead is not a start.
-        assert_eq!(at("1795510060000"), Ok(Some(now + 60_000)));
-        assert_eq!(at("1795511000000"), Err("eventTime"));
-        for bad in [
-            "\"1795509997000\"",
-            "1795509997000.5",
-            "-1",
-            "1e12",
-            "true",
-            "{}",
-        ] {
-            assert_eq!(at(bad), Err("eventTime"), "{bad}");
-        }
-        // Long ago is a start (it only earns a read).
-        assert_eq!(at("0"), Ok(Some(0)));
-    }
-
-    #[test]
-    fn intents_and_attributes_are_kept_exactly_as_sent() {
-        let id = "5d2b8c1e-9a47-4f3e-b6d0-7e1c2a9f4b38";
-        // As JSON escapes them: a newline, a no-break space, a leading space or tab.
-        for sent in [
-            r"Goodbye\n",
-            r"Goodbye\u00a0",
-            " Goodbye",
-            r"\tGoodbye",
-            "  ",
-        ] {
-            let body = format!(r#"{{"conversationId":"{id}","intent":"{sent}"}}"#);
-            let intent = parse_call(body.as_bytes(), 0).expect("valid").intent;
-            let expected: String = serde_json::from_str(&format!("\"{sent}\"")).expect("json");
-            assert_eq!(intent.as_deref(), Some(expected.as_str()), "{sent:?}");
-            let body =
-                format!(r#"{{"conversationId":"{id}","attributes":{{"Bot.Intent":"{sent}"}}}}"#);
-            let attributes = parse_call(body.as_bytes(), 0).expect("valid").attributes;
-            assert_eq!(attributes[0].1.as_ref(), expected.as_str(), "{sent:?}");
-        }
-    }
-
-    async fn body_of(resp: Response) -> serde_json::Value {
-        let bytes = axum::body::to_bytes(resp.into_body(), MAX_BODY)
-            .await
-            .expect("body");
-        serde_json::from_slice(&bytes).expect("json body")
-    }
-
-    #[tokio::test]
-    async fn error_bodies_name_a_field_only_when_one_is_at_fault() {
-        let unauthorized = error(StatusCode::UNAUTHORIZED, None, "unauthorized");
-        assert_eq!(
-            unauthorized.headers().get(WWW_AUTHENTICATE),
-            Some(&HeaderValue::from_static("Bearer"))
-        );
-        assert_eq!(
-            body_of(unauthorized).await,
-            serde_json::json!({ "error": "unauthorized" })
-        );
-        assert_eq!(
-            body_of(error(
-                StatusCode::BAD_REQUEST,
-                Some("intent"),
-                "intent: bad"
-            ))
-            .await,
-            serde_json::json!({ "error": "intent: bad", "field": "intent" })
-        );
-    }
-
-    #[test]
-    fn credentials_are_checked_by_digest() {
-        let c = Credentials::new(
-            &SecretString::from("s3cret-token-0123456789".to_string()),
-            Some("genesys"),
-        );
-        let mut h = HeaderMap::new();
-        assert!(!c.admits(&h));
-        h.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer s3cret-token-0123456789"),
-        );
-        assert!(c.admits(&h));
-        h.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer s3cret-token-012345678"),
-        );
-        assert!(!c.admits(&h));
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode("genesys:s3cret-token-0123456789");
-        h.insert(
-            AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {basic}")).unwrap(),
-        );
-        assert!(c.admits(&h));
-        let wrong =
-            base64::engine::general_purpose::STANDARD.encode("other:s3cret-token-0123456789");
-        h.insert(
-            AUTHORIZATION,
-            HeaderValue::from_str(&format!("Basic {wrong}")).unwrap(),
-        );
-        assert!(!c.admits(&h));
-    }
-}
+mod tests;
