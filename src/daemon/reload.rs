@@ -34,87 +34,9 @@ impl Reloader {
     /// when the old one stays.
     pub(crate) fn reload(&mut self, lp: &mut EventLoop) -> Result<String, String> {
         let path = self.current.source.clone();
-        let mut new = match Config::load(&path) {
-            Ok(c) => c,
-            Err(errors) => {
-                for issue in &errors.0 {
-                    tracing::error!(problem = %issue, "reload: configuration problem");
-                }
-                crate::metrics::config_loaded(false);
-                // One line that says it all, for whoever reads only the last one (or
-                // greps for "reload failed").
-                let first = errors.0.first().map(ToString::to_string);
-                tracing::error!(
-                    config = %path.display(),
-                    problems = errors.0.len(),
-                    error = first.as_deref().unwrap_or("unknown"),
-                    "reload failed; the previous configuration stays in force"
-                );
-                return Err(format!(
-                    "reload failed: {} problem(s) in {}; still running the previous configuration",
-                    errors.0.len(),
-                    path.display()
-                ));
-            }
-        };
-        let old = &self.current;
-        let mut at_restart: Vec<&str> = Vec::new();
-        // Sections read only at start keep their running values until a restart.
-        macro_rules! keep {
-            ($field:ident, $name:literal) => {
-                if new.$field != old.$field {
-                    at_restart.push($name);
-                    new.$field = old.$field.clone();
-                }
-            };
-        }
-        keep!(genesys, "[genesys]");
-        keep!(intake, "[intake]");
-        keep!(daemon, "[daemon]");
-        keep!(log, "[log]");
-        keep!(metrics, "[metrics]");
-        keep!(feed, "[feed]");
-        // [stream]: the topic lists apply now; timings and switches at restart.
-        let mut timings = new.stream.clone();
-        timings.queues = old.stream.queues.clone();
-        timings.users = old.stream.users.clone();
-        timings.flows = old.stream.flows.clone();
-        if timings != old.stream {
-            at_restart.push("[stream] timings and switches");
-            let (q, u, f) = (
-                std::mem::take(&mut new.stream.queues),
-                std::mem::take(&mut new.stream.users),
-                std::mem::take(&mut new.stream.flows),
-            );
-            new.stream = old.stream.clone();
-            new.stream.queues = q;
-            new.stream.users = u;
-            new.stream.flows = f;
-        }
-        let topics = new.stream.topics();
-        let mut topics_changed = false;
-        if topics != old.stream.topics() {
-            let chunks: Vec<Vec<String>> = topics
-                .chunks(TOPICS_PER_CHANNEL)
-                .map(<[String]>::to_vec)
-                .collect();
-            if chunks.len() != self.static_slots.len() || self.static_slots.is_empty() {
-                at_restart
-                    .push("[stream] queues/users/flows (they need a different number of channels)");
-                new.stream.queues = old.stream.queues.clone();
-                new.stream.users = old.stream.users.clone();
-                new.stream.flows = old.stream.flows.clone();
-            } else {
-                for (i, chunk) in chunks.into_iter().enumerate() {
-                    if let Some(m) = self.mirror_slots.get(i) {
-                        m.set_static(chunk.clone());
-                    }
-                    self.static_slots[i].set_static(chunk);
-                }
-                lp.recovery.set_lists(&new.stream.queues, &new.stream.flows);
-                topics_changed = true;
-            }
-        }
+        let mut new = Config::load(&path).map_err(|errors| refused(&path, &errors.0))?;
+        let mut at_restart = kept_until_restart(&self.current, &mut new);
+        let topics_changed = self.apply_topics(lp, &mut new, &mut at_restart);
         let rules = Rules::compile(&new);
         lp.wanted.set(rules.attributes());
         lp.rules = rules;
@@ -146,4 +68,99 @@ impl Reloader {
         self.current = new;
         Ok(status)
     }
+
+    /// Changed queues, users and flows are written on the running channels in place
+    /// (and the blind-window listings follow), when they fit the same number of
+    /// channels; else they wait for a restart. Whether the topics changed now.
+    fn apply_topics(
+        &self,
+        lp: &mut EventLoop,
+        new: &mut Config,
+        at_restart: &mut Vec<&'static str>,
+    ) -> bool {
+        let old = &self.current;
+        let topics = new.stream.topics();
+        if topics == old.stream.topics() {
+            return false;
+        }
+        let chunks: Vec<Vec<String>> = topics
+            .chunks(TOPICS_PER_CHANNEL)
+            .map(<[String]>::to_vec)
+            .collect();
+        if chunks.len() != self.static_slots.len() || self.static_slots.is_empty() {
+            at_restart
+                .push("[stream] queues/users/flows (they need a different number of channels)");
+            new.stream.queues = old.stream.queues.clone();
+            new.stream.users = old.stream.users.clone();
+            new.stream.flows = old.stream.flows.clone();
+            return false;
+        }
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            if let Some(m) = self.mirror_slots.get(i) {
+                m.set_static(chunk.clone());
+            }
+            self.static_slots[i].set_static(chunk);
+        }
+        lp.recovery.set_lists(&new.stream.queues, &new.stream.flows);
+        true
+    }
+}
+
+/// Every problem logged, then one line that says it all, for whoever reads only the
+/// last one (or greps for "reload failed"); the `STATUS=` text.
+fn refused(path: &std::path::Path, problems: &[impl std::fmt::Display]) -> String {
+    for issue in problems {
+        tracing::error!(problem = %issue, "reload: configuration problem");
+    }
+    crate::metrics::config_loaded(false);
+    let first = problems.first().map(ToString::to_string);
+    tracing::error!(
+        config = %path.display(),
+        problems = problems.len(),
+        error = first.as_deref().unwrap_or("unknown"),
+        "reload failed; the previous configuration stays in force"
+    );
+    format!(
+        "reload failed: {} problem(s) in {}; still running the previous configuration",
+        problems.len(),
+        path.display()
+    )
+}
+
+/// Sections read only at start keep their running values in `new` until a restart;
+/// what changed in them is named. Of `[stream]`, the topic lists apply now; timings
+/// and switches at restart.
+fn kept_until_restart(old: &Config, new: &mut Config) -> Vec<&'static str> {
+    let mut at_restart: Vec<&'static str> = Vec::new();
+    macro_rules! keep {
+        ($field:ident, $name:literal) => {
+            if new.$field != old.$field {
+                at_restart.push($name);
+                new.$field = old.$field.clone();
+            }
+        };
+    }
+    keep!(genesys, "[genesys]");
+    keep!(intake, "[intake]");
+    keep!(daemon, "[daemon]");
+    keep!(log, "[log]");
+    keep!(metrics, "[metrics]");
+    keep!(feed, "[feed]");
+    let mut timings = new.stream.clone();
+    timings.queues = old.stream.queues.clone();
+    timings.users = old.stream.users.clone();
+    timings.flows = old.stream.flows.clone();
+    if timings != old.stream {
+        at_restart.push("[stream] timings and switches");
+        let (q, u, f) = (
+            std::mem::take(&mut new.stream.queues),
+            std::mem::take(&mut new.stream.users),
+            std::mem::take(&mut new.stream.flows),
+        );
+        new.stream = old.stream.clone();
+        new.stream.queues = q;
+        new.stream.users = u;
+        new.stream.flows = f;
+    }
+    at_restart
 }

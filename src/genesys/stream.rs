@@ -245,85 +245,15 @@ impl ChannelStream {
                 if started.elapsed() >= self.config.healthy_after {
                     *backoff = self.new_backoff();
                 }
-                match end {
-                    LiveEnd::Cancelled => return None,
-                    LiveEnd::Unsubscribed(ch, reason) => {
-                        crate::metrics::reconnect("unsubscribed");
-                        self.down(&reason).await;
-                        State::Backoff {
-                            channel: Some(ch),
-                            subscribed: false,
-                            reason,
-                        }
-                    }
-                    // Through backoff, so a server that keeps dropping channels is not
-                    // answered with a tight loop of channel creations.
-                    LiveEnd::ChannelGone(reason) => {
-                        crate::metrics::reconnect("channel_gone");
-                        self.down(&reason).await;
-                        if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
-                            // A channel that worked for a while (a 404, a revoked
-                            // token): a new one at once, every moment without a
-                            // socket loses events.
-                            tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason,
-                                "channel unusable; creating a new one at once");
-                            State::Connecting
-                        } else {
-                            State::Backoff {
-                                channel: None,
-                                subscribed: false,
-                                reason: format!(
-                                    "channel unusable ({reason}); a new one will be created"
-                                ),
-                            }
-                        }
-                    }
-                    LiveEnd::Failed(ch, reason) => {
-                        crate::metrics::reconnect(crate::metrics::reconnect_class(&reason));
-                        self.down(&reason).await;
-                        if started.elapsed() >= RECONNECT_AT_ONCE_AFTER {
-                            // A connection that worked for a while is retried at once on
-                            // the same channel: every moment without a socket loses
-                            // events. A gone channel answers the connect with 404 and
-                            // takes the backoff path; so does a second failure.
-                            tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason,
-                                "socket lost; reconnecting at once");
-                            State::Live(ch)
-                        } else {
-                            State::Backoff {
-                                channel: Some(ch),
-                                subscribed: true,
-                                reason,
-                            }
-                        }
-                    }
-                }
+                self.after_live(end, started.elapsed()).await?
             }
             State::Backoff {
-                channel: ch,
+                channel,
                 subscribed,
                 reason,
             } => {
-                let mut delay = backoff.next().unwrap_or(self.config.backoff_max);
-                let probes = self.reconnects.probes(self.index);
-                if probes {
-                    let probe = PROBE_EVERY.mul_f64(0.5 + fastrand::f64() * 0.5);
-                    delay = delay.min(probe);
-                }
-                tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason, delay_ms = delay.as_millis() as u64,
-                    probes_for_the_others = probes, "stream down; backing off");
-                let back = self.reconnects.back.notified();
-                tokio::pin!(back);
-                back.as_mut().enable();
-                tokio::select! {
-                    _ = self.cancel.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = back => {
-                        tracing::info!(stream = %crate::genesys::StreamName(self.index),
-                            "another stream's socket is live again: retrying now");
-                    }
-                }
-                match ch {
+                self.back_off(backoff, &reason).await?;
+                match channel {
                     Some(ch) if self.channel_usable(&ch).await => {
                         if subscribed {
                             State::Live(ch)
@@ -335,6 +265,86 @@ impl ChannelStream {
                 }
             }
         })
+    }
+
+    /// What follows a socket that was live for `lived`: at once again when it worked
+    /// for a while (every moment without a socket loses events), else through backoff;
+    /// `None` when the stream is to end.
+    async fn after_live(&self, end: LiveEnd, lived: Duration) -> Option<State> {
+        Some(match end {
+            LiveEnd::Cancelled => return None,
+            LiveEnd::Unsubscribed(ch, reason) => {
+                crate::metrics::reconnect("unsubscribed");
+                self.down(&reason).await;
+                State::Backoff {
+                    channel: Some(ch),
+                    subscribed: false,
+                    reason,
+                }
+            }
+            // Through backoff, so a server that keeps dropping channels is not
+            // answered with a tight loop of channel creations.
+            LiveEnd::ChannelGone(reason) => {
+                crate::metrics::reconnect("channel_gone");
+                self.down(&reason).await;
+                if lived >= RECONNECT_AT_ONCE_AFTER {
+                    // A channel that worked for a while (a 404, a revoked token): a new
+                    // one at once, every moment without a socket loses events.
+                    tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason,
+                        "channel unusable; creating a new one at once");
+                    State::Connecting
+                } else {
+                    State::Backoff {
+                        channel: None,
+                        subscribed: false,
+                        reason: format!("channel unusable ({reason}); a new one will be created"),
+                    }
+                }
+            }
+            LiveEnd::Failed(ch, reason) => {
+                crate::metrics::reconnect(crate::metrics::reconnect_class(&reason));
+                self.down(&reason).await;
+                if lived >= RECONNECT_AT_ONCE_AFTER {
+                    // A connection that worked for a while is retried at once on the
+                    // same channel. A gone channel answers the connect with 404 and
+                    // takes the backoff path; so does a second failure.
+                    tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason,
+                        "socket lost; reconnecting at once");
+                    State::Live(ch)
+                } else {
+                    State::Backoff {
+                        channel: Some(ch),
+                        subscribed: true,
+                        reason,
+                    }
+                }
+            }
+        })
+    }
+
+    /// Waits out the next backoff delay (shorter while this stream probes for the
+    /// others), or less when another stream's socket is live again; `None` on stop.
+    async fn back_off(&self, backoff: &mut backon::ExponentialBackoff, reason: &str) -> Option<()> {
+        let mut delay = backoff.next().unwrap_or(self.config.backoff_max);
+        let probes = self.reconnects.probes(self.index);
+        if probes {
+            let probe = PROBE_EVERY.mul_f64(0.5 + fastrand::f64() * 0.5);
+            delay = delay.min(probe);
+        }
+        tracing::warn!(stream = %crate::genesys::StreamName(self.index), %reason, delay_ms = delay.as_millis() as u64,
+            probes_for_the_others = probes, "stream down; backing off");
+        let back = self.reconnects.back.notified();
+        tokio::pin!(back);
+        back.as_mut().enable();
+        tokio::select! {
+            _ = self.cancel.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+            _ = back => {
+                tracing::info!(stream = %crate::genesys::StreamName(self.index),
+                    "another stream's socket is live again: retrying now");
+            }
+        }
+        Some(())
     }
 
     /// The topics are known to be held now.
