@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use reqwest::{Method, StatusCode};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::super::budget::{Priority, priority_of};
 use super::super::transport::describe_transport;
@@ -53,6 +53,8 @@ impl ApiClient {
         self.send_inner(priority, method, path, body, false).await
     }
 
+    /// Sends one call: attempts it until it is answered, fails for good, or runs out
+    /// of attempts, waiting between tries as the failure asks.
     async fn send_inner(
         &self,
         priority: Priority,
@@ -61,103 +63,23 @@ impl ApiClient {
         body: Option<serde_json::Value>,
         retry_ambiguous: bool,
     ) -> Result<Answer, ApiError> {
-        let mut url = self.base.clone();
-        let base_path = url.path().trim_end_matches('/').to_string();
-        // `path` may carry a query (`?ignoreErrors=true`); it is kept out of the path.
-        let (path, query) = match path.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path, None),
+        let (url, path) = self.url_for(path);
+        let call = Call {
+            method: &method,
+            path,
+            url: &url,
+            body: body.as_ref(),
+            operation: crate::metrics::api_operation(method.as_str(), path),
         };
-        url.set_path(&format!("{base_path}{path}"));
-        url.set_query(query);
-        let operation = crate::metrics::api_operation(method.as_str(), path);
-        let mut backoff = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = retry_backoff();
         let mut renewed = false;
         let mut attempt = 0;
-        'attempts: loop {
+        loop {
             attempt += 1;
-            // The permit first, the token after it: a wait behind the budget (or a 429
-            // pause) cannot leave the request holding a token that expired meanwhile.
-            self.budget.acquire(priority).await;
-            let token = self.tokens.token().await.inspect_err(|_| {
-                crate::metrics::api_failure(operation, "auth");
-            })?;
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .bearer_auth(token.expose_secret());
-            if let Some(b) = &body {
-                req = req.json(b);
-            }
-            let result = req.send().await;
-            let (err, wait) = match result {
-                Err(e) => {
-                    crate::metrics::api_failure(operation, "transport");
-                    let err = ApiError::Transport {
-                        method: method.clone(),
-                        path: path.to_string(),
-                        reason: describe_transport(&url, &e),
-                    };
-                    (err, None)
-                }
-                Ok(resp) => 'answered: {
-                    let status = resp.status();
-                    crate::metrics::api_request(operation, status.as_u16());
-                    let correlation_id = header(&resp, "inin-correlation-id");
-                    let retry_after =
-                        header(&resp, "retry-after").and_then(|v| parse_retry_after(&v));
-                    // A connection lost while the body is read is a transport failure
-                    // (retried like any other), not an empty or undecodable answer.
-                    let bytes = match resp.bytes().await {
-                        Ok(b) => b,
-                        Err(e) => {
-                            crate::metrics::api_failure(operation, "transport");
-                            let err = ApiError::Transport {
-                                method: method.clone(),
-                                path: path.to_string(),
-                                reason: format!(
-                                    "the answer (HTTP {}) broke off: {}",
-                                    status.as_u16(),
-                                    describe_transport(&url, &e)
-                                ),
-                            };
-                            break 'answered (err, None);
-                        }
-                    };
-                    if status.is_success() {
-                        self.outage_over();
-                        return Ok(Answer {
-                            status: status.as_u16(),
-                            correlation_id,
-                            body: bytes,
-                        });
-                    }
-                    if status.as_u16() < 500 {
-                        self.outage_over();
-                    }
-                    let err = status_error(&method, path, status, correlation_id, &bytes);
-                    if status == StatusCode::UNAUTHORIZED && !renewed {
-                        // The token may have been revoked or expired early: renew once.
-                        renewed = true;
-                        tracing::warn!(%method, path, "HTTP 401: renewing the access token and retrying once");
-                        self.tokens.invalidate(&token).await;
-                        continue 'attempts;
-                    }
-                    let wait = (status == StatusCode::TOO_MANY_REQUESTS)
-                        .then(|| retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
-                    if let Some(w) = wait {
-                        // The limit is the client's, not this call's: every request
-                        // waits it out. A daily quota's long wait (this call gives up
-                        // below) pauses the others no longer than a burst's would.
-                        self.budget.pause_for(w.min(MAX_RETRY_AFTER));
-                    }
-                    (err, wait)
-                }
+            let (err, wait) = match self.attempt(&call, priority, &mut renewed).await? {
+                Attempt::Answered(answer) => return Ok(answer),
+                Attempt::Renewed => continue,
+                Attempt::Failed(err, wait) => (err, wait),
             };
             self.outage_failure(&err);
             if !err.is_retryable()
@@ -171,22 +93,174 @@ impl ApiClient {
                 Some(w) => w,
                 None => backoff.next().unwrap_or(Duration::from_secs(10)),
             };
-            // Every call retrying through an outage would write a line per try: one
-            // warning per operation per interval, the rest at debug (counted in it).
-            let conversation_id = conversation_in(path);
-            match RETRY_LOG.allow_every(operation, RETRY_LOG_EVERY) {
-                Some(held_back) => tracing::warn!(
-                    %method, path, conversation_id, attempt, delay_ms = delay.as_millis() as u64,
-                    error = %err, similar_held_back = held_back,
-                    "API call failed; retrying"
-                ),
-                None => tracing::debug!(
-                    %method, path, conversation_id, attempt, delay_ms = delay.as_millis() as u64,
-                    error = %err, "API call failed; retrying"
-                ),
-            }
+            log_retry(&call, attempt, delay, &err);
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// The URL a call goes to (the API's base, then `path`), and `path` without its
+    /// query.
+    fn url_for<'p>(&self, path: &'p str) -> (reqwest::Url, &'p str) {
+        let mut url = self.base.clone();
+        let base_path = url.path().trim_end_matches('/').to_string();
+        // `path` may carry a query (`?ignoreErrors=true`); it is kept out of the path.
+        let (path, query) = match path.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (path, None),
+        };
+        url.set_path(&format!("{base_path}{path}"));
+        url.set_query(query);
+        (url, path)
+    }
+
+    /// One attempt: the budget's permit, the token, the request, and what it came to.
+    /// Fails only when no token can be had.
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        priority: Priority,
+        renewed: &mut bool,
+    ) -> Result<Attempt, ApiError> {
+        // The permit first, the token after it: a wait behind the budget (or a 429
+        // pause) cannot leave the request holding a token that expired meanwhile.
+        self.budget.acquire(priority).await;
+        let token = self.tokens.token().await.inspect_err(|_| {
+            crate::metrics::api_failure(call.operation, "auth");
+        })?;
+        let mut req = self
+            .http
+            .request(call.method.clone(), call.url.clone())
+            .bearer_auth(token.expose_secret());
+        if let Some(b) = call.body {
+            req = req.json(b);
+        }
+        Ok(match req.send().await {
+            Err(e) => {
+                crate::metrics::api_failure(call.operation, "transport");
+                let err = call.transport_error(describe_transport(call.url, &e));
+                Attempt::Failed(err, None)
+            }
+            Ok(resp) => self.answered(call, resp, &token, renewed).await,
+        })
+    }
+
+    /// What an answer comes to: a success, a token renewed after a first 401, or the
+    /// failure with the wait a 429 asks for (which pauses the whole budget).
+    async fn answered(
+        &self,
+        call: &Call<'_>,
+        resp: reqwest::Response,
+        token: &SecretString,
+        renewed: &mut bool,
+    ) -> Attempt {
+        let status = resp.status();
+        crate::metrics::api_request(call.operation, status.as_u16());
+        let correlation_id = header(&resp, "inin-correlation-id");
+        let retry_after = header(&resp, "retry-after").and_then(|v| parse_retry_after(&v));
+        // A connection lost while the body is read is a transport failure
+        // (retried like any other), not an empty or undecodable answer.
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                crate::metrics::api_failure(call.operation, "transport");
+                let err = call.transport_error(format!(
+                    "the answer (HTTP {}) broke off: {}",
+                    status.as_u16(),
+                    describe_transport(call.url, &e)
+                ));
+                return Attempt::Failed(err, None);
+            }
+        };
+        if status.is_success() {
+            self.outage_over();
+            return Attempt::Answered(Answer {
+                status: status.as_u16(),
+                correlation_id,
+                body: bytes,
+            });
+        }
+        if status.as_u16() < 500 {
+            self.outage_over();
+        }
+        let err = status_error(call.method, call.path, status, correlation_id, &bytes);
+        if status == StatusCode::UNAUTHORIZED && !*renewed {
+            // The token may have been revoked or expired early: renew once.
+            *renewed = true;
+            tracing::warn!(method = %call.method, path = call.path, "HTTP 401: renewing the access token and retrying once");
+            self.tokens.invalidate(token).await;
+            return Attempt::Renewed;
+        }
+        let wait = (status == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
+        if let Some(w) = wait {
+            // The limit is the client's, not this call's: every request
+            // waits it out. A daily quota's long wait (this call gives up
+            // below) pauses the others no longer than a burst's would.
+            self.budget.pause_for(w.min(MAX_RETRY_AFTER));
+        }
+        Attempt::Failed(err, wait)
+    }
+}
+
+/// One call as every attempt sends it.
+struct Call<'a> {
+    method: &'a Method,
+    /// The path without its query.
+    path: &'a str,
+    url: &'a reqwest::Url,
+    body: Option<&'a serde_json::Value>,
+    /// The metrics' name for it ([`crate::metrics::api_operation`]).
+    operation: &'static str,
+}
+
+impl Call<'_> {
+    /// The call failed in transport (no answer, or an answer broken off) for `reason`.
+    fn transport_error(&self, reason: String) -> ApiError {
+        ApiError::Transport {
+            method: self.method.clone(),
+            path: self.path.to_string(),
+            reason,
+        }
+    }
+}
+
+/// What one attempt came to.
+enum Attempt {
+    /// Genesys answered with a success.
+    Answered(Answer),
+    /// A first 401: the token was dropped, the call goes again at once.
+    Renewed,
+    /// The failure, and the wait a 429 asked for (none for any other).
+    Failed(ApiError, Option<Duration>),
+}
+
+/// The delays between retries that no `Retry-After` sets: exponential from 200 ms to
+/// 10 s, with jitter, never running out.
+fn retry_backoff() -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Logs a retry of `call` after `delay`.
+fn log_retry(call: &Call<'_>, attempt: usize, delay: Duration, err: &ApiError) {
+    let (method, path) = (call.method, call.path);
+    // Every call retrying through an outage would write a line per try: one
+    // warning per operation per interval, the rest at debug (counted in it).
+    let conversation_id = conversation_in(path);
+    match RETRY_LOG.allow_every(call.operation, RETRY_LOG_EVERY) {
+        Some(held_back) => tracing::warn!(
+            %method, path, conversation_id, attempt, delay_ms = delay.as_millis() as u64,
+            error = %err, similar_held_back = held_back,
+            "API call failed; retrying"
+        ),
+        None => tracing::debug!(
+            %method, path, conversation_id, attempt, delay_ms = delay.as_millis() as u64,
+            error = %err, "API call failed; retrying"
+        ),
     }
 }
 
