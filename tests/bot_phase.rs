@@ -369,7 +369,8 @@ async fn detail_topics_offered_only_over_eventbridge_leave_the_queue_path_workin
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/bot_phase.toml"))
             .expect("template")
-            .replace("{URL}", &url);
+            .replace("{URL}", &url)
+            .replace("{QUEUE}", QUEUE);
     std::fs::write(&path, text).expect("write config");
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_genesys-closer"))

@@ -1,21 +1,31 @@
 //! The binary's config handling: `check` on good and bad files, exit statuses, messages.
 
+#[path = "common/ids.rs"]
+mod ids;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
-const GOOD: &str = r#"
+use ids::QUEUE;
+
+/// A valid config watching [`QUEUE`] and one agent, with one rule.
+fn good() -> String {
+    format!(
+        r#"
 [genesys]
 region = "eu-west-1"
 client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
 
 [stream]
-queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
+queues = ["{QUEUE}"]
 users = ["1d7c4e92-8a5b-4c3f-b6e0-f93a2d5c7e18"]
 
 [[rule]]
 name = "goodbye"
 intents = ["Goodbye", "CancelSubscription"]
-"#;
+"#
+    )
+}
 
 fn run(args: &[&str], config_text: &str) -> (Output, String) {
     run_env(args, config_text, &[])
@@ -47,7 +57,7 @@ fn run_env(args: &[&str], config_text: &str, env: &[(&str, &str)]) -> (Output, S
 fn check_prints_what_would_run() {
     let (out, text) = run_env(
         &["check"],
-        GOOD,
+        &good(),
         &[("GENESYSCLOUD_OAUTHCLIENT_SECRET", "s")],
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
@@ -56,7 +66,7 @@ fn check_prints_what_would_run() {
     assert!(text.contains("metrics: off"), "{text}");
     assert!(text.contains("outcome feed: off"), "{text}");
     // Without the secret `run` would refuse, and so does `check`.
-    let (out, text) = run(&["check"], GOOD);
+    let (out, text) = run(&["check"], &good());
     assert_eq!(out.status.code(), Some(64), "{text}");
     assert!(
         text.contains(
@@ -65,11 +75,7 @@ fn check_prints_what_would_run() {
         "{text}"
     );
     assert!(text.contains("https://api.mypurecloud.ie/"), "{text}");
-    assert!(
-        text.contains(
-            "v2.routing.queues.8f14e45f-ceea-467a-9575-3b9d1c2e4a77.conversations.messages"
-        )
-    );
+    assert!(text.contains(&format!("v2.routing.queues.{QUEUE}.conversations.messages")));
     assert!(text.contains("v2.users.1d7c4e92-8a5b-4c3f-b6e0-f93a2d5c7e18.conversations.messages"));
     assert!(
         text.contains("channels needed: 2 for 2 topic(s), held twice (mirror = true)"),
@@ -92,25 +98,25 @@ fn bad_configs_exit_64_with_file_line_column_and_message() {
     let cases: &[(&str, String, &str, &str)] = &[
         (
             "syntax error",
-            GOOD.replace("[stream]", "[stream"),
+            good().replace("[stream]", "[stream"),
             "CONFIG:6:",
             "TOML syntax error",
         ),
         (
             "unknown key",
-            GOOD.replace("client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"", "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"\nclientid = \"typo\""),
+            good().replace("client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"", "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"\nclientid = \"typo\""),
             "CONFIG:5:1: unknown key `clientid` in [genesys]",
             "did you mean `client_id`?",
         ),
         (
             "empty intents",
-            GOOD.replace("intents = [\"Goodbye\", \"CancelSubscription\"]", "intents = []"),
+            good().replace("intents = [\"Goodbye\", \"CancelSubscription\"]", "intents = []"),
             "CONFIG:12:11: rule \"goodbye\": `intents` must list at least one intent",
             "intents = [",
         ),
         (
             "a client id that is not one",
-            GOOD.replace(
+            good().replace(
                 "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"",
                 "client_id = \"my-client\"",
             ),
@@ -119,7 +125,7 @@ fn bad_configs_exit_64_with_file_line_column_and_message() {
         ),
         (
             "http to a remote host",
-            GOOD.replace(
+            good().replace(
                 "region = \"eu-west-1\"",
                 "api_url = \"http://api.mypurecloud.ie\"\nlogin_url = \"https://login.mypurecloud.ie\"",
             ),
@@ -145,7 +151,7 @@ fn bad_configs_exit_64_with_file_line_column_and_message() {
 
 #[test]
 fn all_errors_are_reported_at_once() {
-    let text = GOOD
+    let text = good()
         .replace(
             "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"",
             "client_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"\ncolour = 1",
@@ -165,7 +171,7 @@ fn all_errors_are_reported_at_once() {
 #[test]
 fn run_without_a_secret_refuses_before_any_network_io() {
     // The config points at a port nothing listens on; the refusal must come first.
-    let text = GOOD.replace(
+    let text = good().replace(
         "region = \"eu-west-1\"",
         "api_url = \"http://127.0.0.1:9\"\nlogin_url = \"http://127.0.0.1:9\"",
     );
@@ -192,7 +198,8 @@ fn the_example_config_is_valid() {
 #[test]
 fn check_warns_of_rules_nothing_can_reach() {
     let text = format!(
-        "{GOOD}\n[[rule]]\nname = \"shadowed\"\nintents = [\"Goodbye\"]\n\n[[rule]]\nname = \"elsewhere\"\nintents = [\"X\"]\nqueues = [\"2b7e1516-28ae-4d2a-a6d2-abf7158809cf\"]\n"
+        "{}\n[[rule]]\nname = \"shadowed\"\nintents = [\"Goodbye\"]\n\n[[rule]]\nname = \"elsewhere\"\nintents = [\"X\"]\nqueues = [\"2b7e1516-28ae-4d2a-a6d2-abf7158809cf\"]\n",
+        good()
     );
     let (out, output) = run_env(
         &["check"],

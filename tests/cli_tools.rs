@@ -2,11 +2,15 @@
 //! `--version`, `generate` (man pages and completions, and what the .deb ships of them),
 //! `replay`, `history`, and `sim`'s listen-address guard.
 
+#[path = "common/ids.rs"]
+mod ids;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use genesys_closer::step::{Call, Step};
+use ids::QUEUE;
 
 fn bin(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_genesys-closer"))
@@ -110,9 +114,11 @@ fn replay_prints_decisions_and_a_summary() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[genesys]\nregion = \"us-east-1\"\nclient_id = \"3f2504e0-4f89-41d3-9a0c-0305e82c3301\"\n[stream]\n\
-         queues = [\"8f14e45f-ceea-467a-9575-3b9d1c2e4a77\"]\n\
-         [[rule]]\nname = \"cancel\"\nintents = [\"CancelSubscription\"]\n",
+        format!(
+            "[genesys]\nregion = \"us-east-1\"\nclient_id = \"3f2504e0-4f89-41d3-9a0c-0305e82c3301\"\n[stream]\n\
+             queues = [\"{QUEUE}\"]\n\
+             [[rule]]\nname = \"cancel\"\nintents = [\"CancelSubscription\"]\n"
+        ),
     )
     .unwrap();
     let (cfg, file) = (config.to_str().unwrap(), rec.to_str().unwrap());
@@ -154,8 +160,10 @@ fn replay_prints_decisions_and_a_summary() {
     let missing = dir.path().join("nope.jsonl");
     std::fs::write(
         &config,
-        "[genesys]\nregion = \"us-east-1\"\nclient_id = \"3f2504e0-4f89-41d3-9a0c-0305e82c3301\"\n[stream]\nqueues = [\"8f14e45f-ceea-467a-9575-3b9d1c2e4a77\"]\n\
-         [[rule]]\nname = \"r\"\nintents = [\"I\"]\n",
+        format!(
+            "[genesys]\nregion = \"us-east-1\"\nclient_id = \"3f2504e0-4f89-41d3-9a0c-0305e82c3301\"\n[stream]\nqueues = [\"{QUEUE}\"]\n\
+             [[rule]]\nname = \"r\"\nintents = [\"I\"]\n"
+        ),
     )
     .unwrap();
     let o = bin(&["replay", "--config", cfg, missing.to_str().unwrap()]);
@@ -339,9 +347,11 @@ fn replay_of_a_file_without_a_recorded_frame_exits_65() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[genesys]\nregion = \"us-east-1\"\nclient_id = \"3f2504e0-4f89-41d3-9a0c-0305e82c3301\"\n[stream]\n\
-         queues = [\"8f14e45f-ceea-467a-9575-3b9d1c2e4a77\"]\n\
-         [[rule]]\nname = \"r\"\nintents = [\"I\"]\n",
+        format!(
+            "[genesys]\nregion = \"us-east-1\"\nclient_id = \"3f2504e0-4f89-41d3-9a0c-0305e82c3301\"\n[stream]\n\
+             queues = [\"{QUEUE}\"]\n\
+             [[rule]]\nname = \"r\"\nintents = [\"I\"]\n"
+        ),
     )
     .unwrap();
     let empty = dir.path().join("empty.jsonl");
@@ -525,7 +535,7 @@ fn the_simulators_printed_config_is_one_to_paste() {
     let g = genesys_sim::GeneratorConfig {
         total: None,
         rate_per_sec: 1.0,
-        queue_ids: vec!["8f14e45f-ceea-467a-9575-3b9d1c2e4a77".into()],
+        queue_ids: vec![QUEUE.into()],
         intent_attribute: "Bot.Intent".into(),
         intents: vec![Some("Goodbye".into()), Some("TalkToAgent".into()), None],
         customer_leaves_after: std::time::Duration::from_secs(30),

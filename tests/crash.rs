@@ -13,6 +13,9 @@
 //! A failing scenario keeps its directory (config, state, one log per daemon run) and
 //! prints where it is.
 
+#[path = "common/ids.rs"]
+mod ids;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,11 +24,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use genesys_sim::{self as sim, ConversationSpec, Faults, RequestDelay, SimConfig, SimHandle};
+use ids::QUEUE;
 use serde_json::Value;
 use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_genesys-closer");
-const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
 const AGENT: &str = "3d2f8a41-9c6b-4e57-a0d8-6b1e2c9f7a35";
 /// The conversation PATCH (and the customer-participant PATCH under it).
 const MESSAGES: &str = "/api/v2/conversations/messages/";
@@ -250,7 +253,7 @@ retry_for = "2m"
         let h = self.history().await?;
         Some(
             h.iter()
-                .any(|e| e["conversation_id"] == id && e["kind"] == "step" && e["what"] == step),
+                .any(|e| e["conversation_id"] == id && e["kind"] == "step" && e["step"] == step),
         )
     }
 
@@ -369,7 +372,7 @@ retry_for = "2m"
                         decided.insert(id);
                     }
                     Some("outcome") => {
-                        outcome.insert(id, e["what"].as_str().unwrap_or(""));
+                        outcome.insert(id, e["outcome"].as_str().unwrap_or(""));
                     }
                     _ => {}
                 }
@@ -788,10 +791,7 @@ async fn sigterm_drain_while_matches_arrive() {
     if let Some(h) = s.history().await {
         let journalled = h
             .iter()
-            .filter(|e| {
-                e["kind"] == "decision"
-                    && e["what"].as_str().is_some_and(|w| w.contains("deferred"))
-            })
+            .filter(|e| e["kind"] == "decision" && e["deferred"] == true)
             .count();
         assert!(
             journalled >= 1,

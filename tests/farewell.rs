@@ -2,6 +2,9 @@
 //! read names the communications, the farewell goes on the agent's (else the flow's)
 //! communication, and the simulator validates and records what it is sent.
 
+#[path = "common/ids.rs"]
+mod ids;
+
 use std::time::Duration;
 
 use genesys_closer::farewell::{SkipReason, farewell_communication, wrapup_targets};
@@ -11,10 +14,10 @@ use genesys_sim::{
     self as sim, BotConversationSpec, BotPurpose, ConversationSpec, RestFault, SentMessage,
     SentWrapup, SimConfig, SimHandle,
 };
+use ids::QUEUE;
 use secrecy::SecretString;
 use url::Url;
 
-const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
 const AGENT: &str = "5a5a5a5a-1111-4222-8333-444455556666";
 
 async fn start() -> (SimHandle, ApiClient) {

@@ -1,8 +1,12 @@
 //! Every example frame in ../shared/genesys/events parses into what it shows.
 
+#[path = "common/ids.rs"]
+mod ids;
+
 use std::path::PathBuf;
 
 use genesys_closer::genesys::frames::{Frame, parse_frame};
+use ids::QUEUE;
 
 fn events_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/genesys/events")
@@ -57,10 +61,7 @@ fn fixtures_say_what_they_show() {
     );
     assert!(!customer.ended);
     assert!(open.participants[1].ended, "the workflow has left");
-    assert_eq!(
-        open.participants[2].queue_id.as_deref(),
-        Some("8f14e45f-ceea-467a-9575-3b9d1c2e4a77")
-    );
+    assert_eq!(open.participants[2].queue_id.as_deref(), Some(QUEUE));
 
     let Frame::Conversation(closed) = parse("03-queue-fully-disconnected.json") else {
         panic!("03 is a conversation");

@@ -4,6 +4,9 @@
 //! during the start-up login. Every peer is a small server on loopback that the test
 //! starts itself.
 
+#[path = "common/ids.rs"]
+mod ids;
+
 use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -11,6 +14,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use ids::QUEUE;
 
 const BIN: &str = env!("CARGO_BIN_EXE_genesys-closer");
 
@@ -115,7 +120,7 @@ client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
 {genesys_extra}
 
 [stream]
-queues = ["8f14e45f-ceea-467a-9575-3b9d1c2e4a77"]
+queues = ["{QUEUE}"]
 
 [daemon]
 state_dir = "{state}"

@@ -2,6 +2,9 @@
 //! its REST answers use only fields of the OpenAPI subset, and its errors, logs and
 //! conversation endings behave like Genesys. Real clock, loopback only.
 
+#[path = "common/ids.rs"]
+mod ids;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -9,6 +12,7 @@ use genesys_sim::{
     self as sim, BotConversationSpec, BotPurpose, ConversationSpec, DataAction, Faults,
     FlowMetricsMode, GeneratorConfig, SimConfig, SimHandle,
 };
+use ids::QUEUE;
 use jsonschema::{Draft, Validator};
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
@@ -19,7 +23,6 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 const GENESYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/genesys");
-const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
 const OTHER_QUEUE: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 const AGENT: &str = "1d7c4e92-8a5b-4c3f-b6e0-f93a2d5c7e18";
 const DISCONNECT: &str = r#"{"state":"disconnected"}"#;

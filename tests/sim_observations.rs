@@ -5,18 +5,21 @@
 //! bodies get a 400 `ErrorBody` naming the field; auth, REST faults and the org's rate
 //! limit apply as on every other endpoint. Real clock, loopback only.
 
+#[path = "common/ids.rs"]
+mod ids;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use genesys_sim::{
     self as sim, BotConversationSpec, BotPurpose, ConversationSpec, SimConfig, SimHandle,
 };
+use ids::QUEUE as Q1;
 use jsonschema::{Draft, Validator};
 use serde_json::{Value, json};
 
 const GENESYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/genesys");
 const QUERY: &str = "/api/v2/analytics/queues/observations/query";
-const Q1: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
 const Q2: &str = "0c9a5d3e-6b1f-4e28-9a7d-2f5c8e1b4d60";
 const AGENT: &str = "1d7c4e92-8a5b-4c3f-b6e0-f93a2d5c7e18";
 

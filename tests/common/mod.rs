@@ -1,6 +1,8 @@
 //! Shared harness: the simulator plus the daemon on loopback, driven through the library.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+mod ids;
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
+pub use ids::QUEUE;
 
 /// A config for the simulator; `api_url` may differ from the simulator (a proxy).
 pub fn config(api_url: &str, login_url: &str, rule_extra: &str) -> Config {

@@ -1,6 +1,9 @@
 //! The raw client of `sim_faults`: a token-holding HTTP client, socket
 //! readers with deadlines, and schema validators for what the simulator sends.
 
+#[path = "../common/ids.rs"]
+mod ids;
+
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
@@ -18,7 +21,7 @@ pub(crate) type Ws =
 
 const GENESYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/genesys");
 /// A queue the tests subscribe to.
-pub(crate) const QUEUE: &str = "8f14e45f-ceea-467a-9575-3b9d1c2e4a77";
+pub(crate) use ids::QUEUE;
 /// A queue nobody subscribes to.
 pub(crate) const OTHER_QUEUE: &str = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 /// The agent whose user topic some channels subscribe to.
