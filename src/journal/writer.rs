@@ -23,135 +23,187 @@ struct Done {
 /// The farewell's durable step, prunes and reads are never grouped: the group before
 /// them is committed first.
 pub(super) fn writer(
-    mut b: SqliteBackend,
+    b: SqliteBackend,
     rx: std_mpsc::Receiver<Cmd>,
     ok: &crate::metrics::JournalHealth,
     sinks: Sinks,
     outbox_ready: &tokio::sync::Notify,
 ) {
-    let answer = |reply: Option<Reply>, r: Result<(), JournalError>, what: &str, id: &str| {
-        ok.record(r.is_ok());
-        if let Err(e) = &r {
-            crate::metrics::journal_error();
-            tracing::error!(conversation_id = id, error = %e, what,
-                "journal write failed; the close goes on, but a crash now could not resume it");
-        }
-        if let Some(reply) = reply {
-            let _ = reply.send(r);
-        }
+    let mut w = Writer {
+        b,
+        ok,
+        sinks,
+        outbox_ready,
+        done: Vec::new(),
+        open: false,
     };
-    // Commits the open group, then answers its callers in order.
-    let finish = |b: &mut SqliteBackend, open: &mut bool, done: &mut Vec<Done>| {
-        let committed = if std::mem::take(open) {
-            b.end_group()
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            let grouped = match w.record(cmd) {
+                None => true,
+                Some(cmd) => {
+                    w.finish();
+                    w.alone(cmd);
+                    false
+                }
+            };
+            if grouped && w.done.len() < GROUP_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        w.finish();
+    }
+}
+
+/// The writer thread's state between commands.
+struct Writer<'a> {
+    b: SqliteBackend,
+    ok: &'a crate::metrics::JournalHealth,
+    sinks: Sinks,
+    outbox_ready: &'a tokio::sync::Notify,
+    /// The open group's writes, answered once it is committed.
+    done: Vec<Done>,
+    /// Whether a group is open.
+    open: bool,
+}
+
+impl Writer<'_> {
+    /// Writes a record that groups (a decision, a step, an outcome, an intake call)
+    /// into the open group, opening one; any other command is handed back unwritten.
+    fn record(&mut self, cmd: Cmd) -> Option<Cmd> {
+        let grouped = matches!(
+            cmd,
+            Cmd::Decision(..) | Cmd::Step(..) | Cmd::Outcome(..) | Cmd::Intake(..)
+        );
+        if grouped && !self.open {
+            // Without a group each write commits alone; nothing is lost.
+            self.open = self.b.begin_group().is_ok();
+        }
+        let b = &mut self.b;
+        let done = match cmd {
+            Cmd::Decision(d, reply) => Done {
+                result: b.decision(&d),
+                reply,
+                what: "decision",
+                id: d.conversation_id,
+                fed: false,
+            },
+            Cmd::Step(id, step, at, reply) => Done {
+                result: b.step(&id, &step, at),
+                reply,
+                what: "step",
+                id,
+                fed: false,
+            },
+            Cmd::Outcome(o, at, reply) => Done {
+                result: b.outcome(&o, at, self.sinks),
+                reply,
+                what: "outcome",
+                id: o.conversation_id,
+                fed: self.sinks.http || self.sinks.file,
+            },
+            Cmd::Intake(id, intent, ans, at) => Done {
+                result: b.intake(&id, intent.as_deref(), &ans, at),
+                reply: None,
+                what: "intake",
+                id,
+                fed: false,
+            },
+            other => return Some(other),
+        };
+        self.done.push(done);
+        None
+    }
+
+    /// Does a command that is never grouped (the farewell's durable step, a flush, the
+    /// outbox's reads and marks, a prune); the open group must be committed first.
+    fn alone(&mut self, cmd: Cmd) {
+        let b = &mut self.b;
+        match cmd {
+            Cmd::StepDurable(id, step, at, reply) => {
+                let r = b.step_durable(&id, &step, at);
+                answer(self.ok, Some(reply), r, "step", &id);
+            }
+            Cmd::Flush(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Cmd::OutboxDue(now, limit, reply) => {
+                let r = b
+                    .outbox_due(now, limit)
+                    .and_then(|due| Ok((due, b.outbox_pending()?)));
+                let _ = reply.send(r);
+            }
+            Cmd::OutboxDone(id, http, file) => {
+                if let Err(e) = b.outbox_done(id, http, file) {
+                    tracing::error!(error = %e, "journal: cannot mark an outcome delivered (it may be delivered again)");
+                }
+            }
+            Cmd::OutboxRetry(id, next, err) => {
+                if let Err(e) = b.outbox_retry(id, next, &err) {
+                    tracing::error!(error = %e, "journal: cannot record a failed delivery");
+                }
+            }
+            Cmd::Prune(before) => self.prune(before),
+            Cmd::Decision(..) | Cmd::Step(..) | Cmd::Outcome(..) | Cmd::Intake(..) => {
+                unreachable!("records are written into the group by Writer::record")
+            }
+        }
+    }
+
+    /// Prunes finished closes recorded before `before`.
+    fn prune(&mut self, before: i64) {
+        match self.b.prune(before) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(pruned = n, "journal: pruned finished closes past retention")
+            }
+            Err(e) => {
+                crate::metrics::journal_error();
+                self.ok.failure();
+                tracing::error!(error = %e, "journal prune failed")
+            }
+        }
+    }
+
+    /// Commits the open group, then answers its callers in order.
+    fn finish(&mut self) {
+        let committed = if std::mem::take(&mut self.open) {
+            self.b.end_group()
         } else {
             Ok(())
         };
         let mut fed = false;
-        for d in done.drain(..) {
+        for d in self.done.drain(..) {
             let result = match (&committed, d.result) {
                 (Err(e), Ok(())) => Err(JournalError::Storage(format!("commit failed: {e}"))),
                 (_, r) => r,
             };
             fed |= d.fed && result.is_ok();
-            answer(d.reply, result, d.what, &d.id);
+            answer(self.ok, d.reply, result, d.what, &d.id);
         }
         if fed {
-            outbox_ready.notify_one();
+            self.outbox_ready.notify_one();
         }
-    };
-    let mut done: Vec<Done> = Vec::new();
-    let mut open = false;
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            let grouped = matches!(
-                cmd,
-                Cmd::Decision(..) | Cmd::Step(..) | Cmd::Outcome(..) | Cmd::Intake(..)
-            );
-            if grouped && !open {
-                // Without a group each write commits alone; nothing is lost.
-                open = b.begin_group().is_ok();
-            }
-            match cmd {
-                Cmd::Decision(d, reply) => done.push(Done {
-                    result: b.decision(&d),
-                    reply,
-                    what: "decision",
-                    id: d.conversation_id,
-                    fed: false,
-                }),
-                Cmd::Step(id, step, at, reply) => done.push(Done {
-                    result: b.step(&id, &step, at),
-                    reply,
-                    what: "step",
-                    id,
-                    fed: false,
-                }),
-                Cmd::Outcome(o, at, reply) => done.push(Done {
-                    result: b.outcome(&o, at, sinks),
-                    reply,
-                    what: "outcome",
-                    id: o.conversation_id,
-                    fed: sinks.http || sinks.file,
-                }),
-                Cmd::Intake(id, intent, ans, at) => done.push(Done {
-                    result: b.intake(&id, intent.as_deref(), &ans, at),
-                    reply: None,
-                    what: "intake",
-                    id,
-                    fed: false,
-                }),
-                Cmd::StepDurable(id, step, at, reply) => {
-                    finish(&mut b, &mut open, &mut done);
-                    let r = b.step_durable(&id, &step, at);
-                    answer(Some(reply), r, "step", &id);
-                }
-                Cmd::Flush(reply) => {
-                    finish(&mut b, &mut open, &mut done);
-                    let _ = reply.send(Ok(()));
-                }
-                Cmd::OutboxDue(now, limit, reply) => {
-                    finish(&mut b, &mut open, &mut done);
-                    let r = b
-                        .outbox_due(now, limit)
-                        .and_then(|due| Ok((due, b.outbox_pending()?)));
-                    let _ = reply.send(r);
-                }
-                Cmd::OutboxDone(id, http, file) => {
-                    finish(&mut b, &mut open, &mut done);
-                    if let Err(e) = b.outbox_done(id, http, file) {
-                        tracing::error!(error = %e, "journal: cannot mark an outcome delivered (it may be delivered again)");
-                    }
-                }
-                Cmd::OutboxRetry(id, next, err) => {
-                    finish(&mut b, &mut open, &mut done);
-                    if let Err(e) = b.outbox_retry(id, next, &err) {
-                        tracing::error!(error = %e, "journal: cannot record a failed delivery");
-                    }
-                }
-                Cmd::Prune(before) => {
-                    finish(&mut b, &mut open, &mut done);
-                    match b.prune(before) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::info!(
-                                pruned = n,
-                                "journal: pruned finished closes past retention"
-                            )
-                        }
-                        Err(e) => {
-                            crate::metrics::journal_error();
-                            ok.failure();
-                            tracing::error!(error = %e, "journal prune failed")
-                        }
-                    }
-                }
-            }
-            if grouped && done.len() < GROUP_MAX {
-                next = rx.try_recv().ok();
-            }
-        }
-        finish(&mut b, &mut open, &mut done);
+    }
+}
+
+/// Records a write's result (for `/readyz`), logs a failure, and answers the caller
+/// that waits for it, if one does.
+fn answer(
+    ok: &crate::metrics::JournalHealth,
+    reply: Option<Reply>,
+    r: Result<(), JournalError>,
+    what: &str,
+    id: &str,
+) {
+    ok.record(r.is_ok());
+    if let Err(e) = &r {
+        crate::metrics::journal_error();
+        tracing::error!(conversation_id = id, error = %e, what,
+            "journal write failed; the close goes on, but a crash now could not resume it");
+    }
+    if let Some(reply) = reply {
+        let _ = reply.send(r);
     }
 }
