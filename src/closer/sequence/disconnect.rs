@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::closer::{Closer, note_error};
+use crate::closer::{Closer, Decision, note_error};
 use crate::config::DisconnectMode;
-use crate::genesys::api::ApiError;
+use crate::genesys::api::{Answer, ApiError};
+use crate::rules::Rule;
 use crate::step::{Call, Step};
 
 use super::{Close, End, RETRY_PAUSE_MAX, Raced, Stepped, retry_pauses};
@@ -34,47 +35,8 @@ impl Closer {
         let first_attempt = Instant::now();
         let mut without_login = Duration::ZERO;
         loop {
-            let call = match (rule.disconnect, d.customer_id.as_deref()) {
-                (DisconnectMode::Customer, Some(_)) => Call::PatchCustomer,
-                _ => Call::PatchConversation,
-            };
-            if rule.disconnect == DisconnectMode::Customer && d.customer_id.is_none() {
-                tracing::warn!(
-                    conversation_id = id,
-                    rule = &*rule.name,
-                    "no customer participant known; disconnecting the whole conversation instead"
-                );
-            }
-            // Stored before the request goes: with it, the decision queued before it
-            // (the event loop does not wait for that one), so every disconnect sent is
-            // in the journal even if the process is killed the next instant.
-            let _ = self
-                .journal
-                .step(id, &Step::AboutToSend(call.clone()))
-                .await;
-            let request = async {
-                match (&call, d.customer_id.as_deref()) {
-                    (Call::PatchCustomer, Some(customer)) => {
-                        self.api.disconnect_participant(id, customer).await
-                    }
-                    _ => self.api.disconnect_conversation(id).await,
-                }
-            };
-            let sent = match self.race(id, &mut c.waiter, request).await {
-                Raced::Done(sent) => sent,
-                Raced::Closed(at) => {
-                    // Whatever the request would have done next (time out, 5xx,
-                    // reset), it is not retried. Whether Genesys answered it is
-                    // unknown, so it is not counted as sent.
-                    self.journal.note(id, &Step::Dropped(call));
-                    return Err(End::by_event(at));
-                }
-            };
-            // Only requests Genesys answered count as sent.
-            if sent.as_ref().err().is_none_or(ApiError::was_answered) {
-                c.r.sent.push(call.name());
-            }
-            match sent {
+            let call = disconnect_call(d, &rule);
+            match self.send_disconnect(c, &call).await? {
                 Ok(answer) => {
                     c.r.request_correlation_id = answer.correlation_id;
                     self.journal.note(id, &Step::Sent(call));
@@ -114,4 +76,62 @@ impl Closer {
             }
         }
     }
+
+    /// One disconnect request, journalled before it goes and raced against the
+    /// conversation's end (which drops it); counted as sent when Genesys answered it.
+    async fn send_disconnect(
+        &self,
+        c: &mut Close<'_>,
+        call: &Call,
+    ) -> Stepped<Result<Answer, ApiError>> {
+        let d = c.d;
+        let id = &*d.conversation_id;
+        // Stored before the request goes: with it, the decision queued before it
+        // (the event loop does not wait for that one), so every disconnect sent is
+        // in the journal even if the process is killed the next instant.
+        let _ = self
+            .journal
+            .step(id, &Step::AboutToSend(call.clone()))
+            .await;
+        let request = async {
+            match (call, d.customer_id.as_deref()) {
+                (Call::PatchCustomer, Some(customer)) => {
+                    self.api.disconnect_participant(id, customer).await
+                }
+                _ => self.api.disconnect_conversation(id).await,
+            }
+        };
+        let sent = match self.race(id, &mut c.waiter, request).await {
+            Raced::Done(sent) => sent,
+            Raced::Closed(at) => {
+                // Whatever the request would have done next (time out, 5xx,
+                // reset), it is not retried. Whether Genesys answered it is
+                // unknown, so it is not counted as sent.
+                self.journal.note(id, &Step::Dropped(call.clone()));
+                return Err(End::by_event(at));
+            }
+        };
+        // Only requests Genesys answered count as sent.
+        if sent.as_ref().err().is_none_or(ApiError::was_answered) {
+            c.r.sent.push(call.name());
+        }
+        Ok(sent)
+    }
+}
+
+/// The disconnect the rule asks for: the customer participant's, or the whole
+/// conversation's when the rule says so or no customer participant is known (warned).
+fn disconnect_call(d: &Decision, rule: &Rule) -> Call {
+    let call = match (rule.disconnect, d.customer_id.as_deref()) {
+        (DisconnectMode::Customer, Some(_)) => Call::PatchCustomer,
+        _ => Call::PatchConversation,
+    };
+    if rule.disconnect == DisconnectMode::Customer && d.customer_id.is_none() {
+        tracing::warn!(
+            conversation_id = &*d.conversation_id,
+            rule = &*rule.name,
+            "no customer participant known; disconnecting the whole conversation instead"
+        );
+    }
+    call
 }
