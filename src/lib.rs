@@ -34,6 +34,7 @@ pub mod farewell;
 pub mod feed;
 pub mod findings;
 pub mod genesys;
+pub mod ha;
 pub mod ids;
 pub mod intake;
 pub mod journal;

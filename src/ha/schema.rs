@@ -1,0 +1,90 @@
+//! The coordination tables, created by versioned migrations embedded in the binary.
+//!
+//! Each migration runs in one transaction that first takes a transaction-scoped
+//! advisory lock, so two instances starting together apply each version once (the
+//! second waits, then finds it applied). A transaction-scoped lock is released at
+//! commit, which a transaction-mode pooler keeps; it is never used for leadership.
+
+use tokio_postgres::Client;
+
+use super::HaError;
+
+/// The lock key migrations take (any constant; named so it shows in `pg_locks`).
+const MIGRATION_LOCK: i64 = 0x0067_636c_6f73_6572; // "gcloser"
+
+/// Version and SQL, in order. `{schema}` is replaced by the configured schema. A
+/// released version is never edited: a change is a new version.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE {schema}.lease (
+        name text PRIMARY KEY,
+        holder text NOT NULL,
+        epoch bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    CREATE TABLE {schema}.sent (
+        id bigserial PRIMARY KEY,
+        conversation_id text NOT NULL,
+        step text NOT NULL,
+        epoch bigint NOT NULL,
+        instance text NOT NULL,
+        at timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX sent_by_conversation ON {schema}.sent (conversation_id);",
+)];
+
+/// The newest version this binary knows.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// Applies the migrations not applied yet; returns how many this call applied. A
+/// database newer than this binary is refused (an older binary must not write to
+/// tables it does not know).
+pub async fn migrate(client: &mut Client, schema: &str) -> Result<usize, HaError> {
+    super::valid_schema(schema)?;
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS {
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.migrations (
+                 version int PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );"
+        ))
+        .await?;
+        let newest: Option<i32> = tx
+            .query_one(
+                &format!("SELECT max(version) FROM {schema}.migrations"),
+                &[],
+            )
+            .await?
+            .get(0);
+        if let Some(n) = newest
+            && n > latest()
+        {
+            return Err(HaError::Settings(format!(
+                "the database's schema {schema} is at version {n}, newer than this binary's \
+                 {}: upgrade this instance",
+                latest()
+            )));
+        }
+        if newest.is_some_and(|n| n >= *version) {
+            tx.commit().await?;
+            continue;
+        }
+        tx.batch_execute(&sql.replace("{schema}", schema)).await?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+            &[version],
+        )
+        .await?;
+        tx.commit().await?;
+        applied += 1;
+        tracing::info!(schema, version, "coordination database: migration applied");
+    }
+    Ok(applied)
+}
