@@ -466,6 +466,48 @@ fn create(sim: &SimHandle, shapes: &[Shape], n: u64) -> (String, Shape, Option<&
 
 /// Runs the demo; returns the summary (also printed as JSON by the CLI).
 pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<DemoSummary> {
+    let (sim, config, secret) = start_simulator().await?;
+    let Harness {
+        task: daemon_task,
+        reports: reports_rx,
+        stop: stop_daemon,
+        _state,
+        ..
+    } = start_daemon_on(&sim, &config, secret, DEMO_INTAKE_TOKEN).await?;
+    let baseline_topics = topic_total(&sim);
+
+    let mut watch = Watch::new(reports_rx);
+    let load = create_load(&sim, &config, &opts, &shutdown, &mut watch).await;
+    watch.await_outcomes(&load, &shutdown).await;
+    leave_and_settle(&sim, &config, &load.unmatched, baseline_topics, &shutdown).await;
+    // Cleared before the summary: stdout stays exactly the JSON line.
+    let (mut reports_rx, mut reports) = watch.end();
+    stop_daemon.cancel();
+    let run_summary = match daemon_task.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(e.into()),
+        Err(e) => anyhow::bail!("daemon task failed: {e}"),
+    };
+    while let Ok(r) = reports_rx.try_recv() {
+        reports.push(r);
+    }
+    let requests = sim.requests();
+    sim.shutdown().await;
+    let mut summary = summarise(load.created, load.expected, &reports);
+    summary.catchup_reads = run_summary.catchup_reads;
+    count_requests(
+        &mut summary,
+        &requests,
+        &reports,
+        &load.queue_ids,
+        &load.bot_ids,
+    );
+    Ok(summary)
+}
+
+/// The set-up: the simulator, the embedded config pointed at it, logging, and the
+/// client secret the simulator accepts.
+async fn start_simulator() -> anyhow::Result<(SimHandle, Config, SecretString)> {
     let sim_cfg = SimConfig {
         heartbeat_interval: Duration::from_secs(5),
         ..SimConfig::default()
@@ -475,16 +517,50 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     let config = demo_config(&sim.base_url())?;
     crate::telemetry::init_logging(&config.log);
     tracing::info!(simulator = %sim.base_url(), "demo: simulator listening");
+    Ok((sim, config, secret))
+}
 
-    let Harness {
-        task: daemon_task,
-        reports: mut reports_rx,
-        stop: stop_daemon,
-        _state,
-        ..
-    } = start_daemon_on(&sim, &config, secret, DEMO_INTAKE_TOKEN).await?;
-    let baseline_topics = topic_total(&sim);
+/// The conversations the demo created, and what it expects of them.
+#[derive(Default)]
+struct Load {
+    /// Conversations created.
+    created: u64,
+    /// Of those, the ones whose intent a rule matches.
+    expected: u64,
+    /// The bot-phase ones.
+    bot_ids: HashSet<String>,
+    /// The queue ones.
+    queue_ids: HashSet<String>,
+    /// Those whose intent no rule matches: their guests leave on their own at the end.
+    unmatched: Vec<String>,
+}
 
+impl Load {
+    /// Counts conversation `id`, of `shape`, with `intent`.
+    fn add(&mut self, id: String, shape: Shape, intent: Option<&str>, rule_intents: &[&str]) {
+        self.created += 1;
+        if shape == Shape::Queue {
+            self.queue_ids.insert(id.clone());
+        } else {
+            self.bot_ids.insert(id.clone());
+        }
+        if intent.is_some_and(|i| rule_intents.contains(&i)) {
+            self.expected += 1;
+        } else {
+            self.unmatched.push(id);
+        }
+    }
+}
+
+/// The load: conversations at `opts.rate` in the rotation of shapes, until
+/// `opts.conversations` (or Ctrl-C), taking the reports that come meanwhile.
+async fn create_load(
+    sim: &SimHandle,
+    config: &Config,
+    opts: &DemoOptions,
+    shutdown: &CancellationToken,
+    watch: &mut Watch,
+) -> Load {
     let rule_intents: Vec<&str> = config
         .rules
         .iter()
@@ -497,81 +573,94 @@ pub async fn run(opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Resu
     };
     let period = Duration::from_secs_f64(1.0 / opts.rate.max(0.001));
     let mut tick = tokio::time::interval(period);
-    let mut created = 0u64;
-    let mut expected = 0u64;
-    let mut bot_ids: HashSet<String> = HashSet::new();
-    let mut queue_ids: HashSet<String> = HashSet::new();
-    let mut unmatched = Vec::new();
-    let mut reports: Vec<CloseReport> = Vec::new();
+    let mut load = Load::default();
     let limit = opts.conversations.unwrap_or(u64::MAX);
-    // Live progress on one line for a person at a terminal; nothing otherwise.
-    let status = crate::progress::StatusLine::for_terminal();
-    let mut redraw = tokio::time::interval(PROGRESS_EVERY);
-    while created < limit {
+    while load.created < limit {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = redraw.tick(), if status.is_some() => show_progress(status.as_ref(), created, &reports),
-            Some(r) = reports_rx.recv() => reports.push(r),
+            _ = watch.redraw.tick(), if watch.status.is_some() => watch.show(load.created),
+            Some(r) = watch.rx.recv() => watch.reports.push(r),
             _ = tick.tick() => {
-                let (id, shape, intent) = create(&sim, &shapes, created);
-                created += 1;
-                if shape == Shape::Queue {
-                    queue_ids.insert(id.clone());
-                } else {
-                    bot_ids.insert(id.clone());
-                }
-                if intent.is_some_and(|i| rule_intents.contains(&i)) {
-                    expected += 1;
-                } else {
-                    unmatched.push(id);
-                }
+                let (id, shape, intent) = create(sim, &shapes, load.created);
+                load.add(id, shape, intent, &rule_intents);
+            }
+        }
+    }
+    load
+}
+
+/// The daemon's close reports as they come, and the progress line.
+struct Watch {
+    /// Where the daemon sends its reports.
+    rx: mpsc::UnboundedReceiver<CloseReport>,
+    /// The reports so far.
+    reports: Vec<CloseReport>,
+    /// Live progress on one line for a person at a terminal; nothing otherwise.
+    status: Option<crate::progress::StatusLine>,
+    /// When to redraw the progress line.
+    redraw: tokio::time::Interval,
+}
+
+impl Watch {
+    /// Watches `rx`, with a progress line when stderr is a terminal.
+    fn new(rx: mpsc::UnboundedReceiver<CloseReport>) -> Self {
+        Watch {
+            rx,
+            reports: Vec::new(),
+            status: crate::progress::StatusLine::for_terminal(),
+            redraw: tokio::time::interval(PROGRESS_EVERY),
+        }
+    }
+
+    /// Redraws the progress line.
+    fn show(&self, created: u64) {
+        show_progress(self.status.as_ref(), created, &self.reports);
+    }
+
+    /// The measurement: waits for every matched conversation's outcome (bounded: bot
+    /// intents come late).
+    async fn await_outcomes(&mut self, load: &Load, shutdown: &CancellationToken) {
+        let wait_until = Instant::now() + INTENT_AFTER + TRIGGER_LATE_BY + Duration::from_secs(30);
+        while (self.reports.len() as u64) < load.expected && !shutdown.is_cancelled() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(wait_until) => break,
+                _ = self.redraw.tick(), if self.status.is_some() => self.show(load.created),
+                r = self.rx.recv() => match r {
+                    Some(r) => self.reports.push(r),
+                    None => break,
+                },
             }
         }
     }
 
-    // Wait for every matched conversation's outcome (bounded): bot intents come late.
-    let wait_until = Instant::now() + INTENT_AFTER + TRIGGER_LATE_BY + Duration::from_secs(30);
-    while (reports.len() as u64) < expected && !shutdown.is_cancelled() {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep_until(wait_until) => break,
-            _ = redraw.tick(), if status.is_some() => show_progress(status.as_ref(), created, &reports),
-            r = reports_rx.recv() => match r {
-                Some(r) => reports.push(r),
-                None => break,
-            },
-        }
+    /// Clears the progress line; hands back the receiver and the reports so far.
+    fn end(self) -> (mpsc::UnboundedReceiver<CloseReport>, Vec<CloseReport>) {
+        drop(self.status);
+        (self.rx, self.reports)
     }
-    // The guests of unmatched conversations leave on their own; the daemon must not have
-    // touched them. Their topics (and the closed ones') are then removed in a batch:
-    // wait for that, so the request count includes the removals.
-    for id in &unmatched {
+}
+
+/// The guests of unmatched conversations leave on their own; the daemon must not have
+/// touched them. Their topics (and the closed ones') are then removed in a batch: waits
+/// for that, so the request count includes the removals.
+async fn leave_and_settle(
+    sim: &SimHandle,
+    config: &Config,
+    unmatched: &[String],
+    baseline_topics: usize,
+    shutdown: &CancellationToken,
+) {
+    for id in unmatched {
         sim.customer_leaves(id);
     }
     let settle_by = Instant::now() + config.stream.unsubscribe_window + Duration::from_secs(5);
-    while topic_total(&sim) > baseline_topics
+    while topic_total(sim) > baseline_topics
         && Instant::now() < settle_by
         && !shutdown.is_cancelled()
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Cleared before the summary: stdout stays exactly the JSON line.
-    drop(status);
-    stop_daemon.cancel();
-    let run_summary = match daemon_task.await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(e.into()),
-        Err(e) => anyhow::bail!("daemon task failed: {e}"),
-    };
-    while let Ok(r) = reports_rx.try_recv() {
-        reports.push(r);
-    }
-    let requests = sim.requests();
-    sim.shutdown().await;
-    let mut summary = summarise(created, expected, &reports);
-    summary.catchup_reads = run_summary.catchup_reads;
-    count_requests(&mut summary, &requests, &reports, &queue_ids, &bot_ids);
-    Ok(summary)
 }
 
 /// How often the terminal's progress line is redrawn.
