@@ -16,12 +16,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::demo::{Harness, start_daemon_on};
 use crate::closer::{CloseReport, Outcome};
 use crate::config::Config;
-use genesys_sim::{self as sim, ConversationSpec, SimConfig};
+use genesys_sim::{self as sim, ConversationSpec, RecordedRequest, SimConfig, SimHandle};
 
 const QUEUE: &str = super::demo::SIM_QUEUE;
 const TOKEN: &str = "burst-bench-intake-credential";
@@ -160,19 +161,7 @@ pub async fn run(
     sim_rate: Option<(u32, Duration)>,
     requests_per_minute: u32,
 ) -> anyhow::Result<BurstReport> {
-    let sim = sim::start(SimConfig {
-        heartbeat_interval: Duration::from_secs(5),
-        rate_limit: sim_rate,
-        ..SimConfig::default()
-    })
-    .await?;
-    let config = Config::parse(
-        &CONFIG
-            .replace("{URL}", &sim.base_url())
-            .replace("{RPM}", &requests_per_minute.to_string()),
-        Path::new("<burst>"),
-    )?;
-    crate::telemetry::init_logging(&config.log);
+    let (sim, config) = start_simulator(sim_rate, requests_per_minute).await?;
     let Harness {
         task,
         mut reports,
@@ -187,46 +176,11 @@ pub async fn run(
     )
     .await?;
 
-    let started = Instant::now();
-    let started_std = std::time::Instant::now();
-    let mut created: HashMap<String, std::time::Instant> = HashMap::new();
-    for _ in 0..conversations {
-        let id = sim.create_conversation(ConversationSpec {
-            queue_id: QUEUE.into(),
-            intent_attribute: "Bot.Intent".into(),
-            intent: Some("Goodbye".into()),
-            agent_user_id: None,
-        });
-        created.insert(id, std::time::Instant::now());
-    }
+    let burst = Burst::create(&sim, conversations);
     let per_second = f64::from(requests_per_minute.max(1)) / 60.0;
     let budget_time = Duration::from_secs_f64(conversations as f64 / per_second);
-    let deadline = started + budget_time * 2 + Duration::from_secs(120);
-    let mut outcomes: HashMap<Box<str>, CloseReport> = HashMap::new();
-    let mut last = started;
-    let mut last_std = started_std;
-    let mut progress = tokio::time::interval(Duration::from_secs(10));
-    progress.tick().await;
-    while outcomes.len() < conversations {
-        tokio::select! {
-            r = reports.recv() => match r {
-                Some(r) => {
-                    if created.contains_key(&*r.conversation_id) {
-                        last = Instant::now();
-                        last_std = std::time::Instant::now();
-                        outcomes.insert(r.conversation_id.clone(), r);
-                    }
-                }
-                None => break,
-            },
-            _ = progress.tick() => eprintln!(
-                "burst: {} of {conversations} outcomes after {:.0} s",
-                outcomes.len(),
-                started.elapsed().as_secs_f64()
-            ),
-            _ = tokio::time::sleep_until(deadline) => break,
-        }
-    }
+    let deadline = burst.started + budget_time * 2 + Duration::from_secs(120);
+    let outcomes = burst.await_outcomes(&mut reports, deadline).await;
     stop.cancel();
     match task.await {
         Ok(Ok(_)) => {}
@@ -235,28 +189,197 @@ pub async fn run(
     }
     let requests = sim.requests_timed();
     sim.shutdown().await;
+    Ok(burst.report(&outcomes, &requests, sim_rate, requests_per_minute))
+}
 
-    let confirmed = outcomes
-        .values()
-        .filter(|r| {
-            matches!(
-                r.outcome,
-                Outcome::Confirmed | Outcome::EscalatedConfirmed | Outcome::AlreadyClosed
-            )
-        })
-        .count();
-    let failed = outcomes
-        .values()
-        .filter(|r| r.outcome == Outcome::Failed)
-        .count();
-    let during: Vec<_> = requests
-        .iter()
-        .filter(|(at, r)| *at >= started_std && *at <= last_std && r.path.starts_with("/api/"))
-        .collect();
-    let rate_limited = requests.iter().filter(|(_, r)| r.status == 429).count();
+/// The set-up: a simulator limited to `sim_rate`, and the config pointed at it with
+/// the budget `requests_per_minute`; logging started.
+async fn start_simulator(
+    sim_rate: Option<(u32, Duration)>,
+    requests_per_minute: u32,
+) -> anyhow::Result<(SimHandle, Config)> {
+    let sim = sim::start(SimConfig {
+        heartbeat_interval: Duration::from_secs(5),
+        rate_limit: sim_rate,
+        ..SimConfig::default()
+    })
+    .await?;
+    let config = Config::parse(
+        &CONFIG
+            .replace("{URL}", &sim.base_url())
+            .replace("{RPM}", &requests_per_minute.to_string()),
+        Path::new("<burst>"),
+    )?;
+    crate::telemetry::init_logging(&config.log);
+    Ok((sim, config))
+}
+
+/// The burst's conversations, and when each was created.
+struct Burst {
+    /// Conversations asked for.
+    conversations: usize,
+    /// Just before the first was created.
+    started: Instant,
+    /// The same, on the clock of the simulator's request log.
+    started_std: std::time::Instant,
+    /// Each conversation's creation.
+    created: HashMap<String, std::time::Instant>,
+}
+
+/// The outcomes of a burst, and when the last came.
+struct Outcomes {
+    /// The report of each conversation of the burst that got one.
+    by_id: HashMap<Box<str>, CloseReport>,
+    /// When the last came (the start when none did).
+    last: Instant,
+    /// The same, on the clock of the simulator's request log.
+    last_std: std::time::Instant,
+}
+
+impl Burst {
+    /// The load: `conversations` queue conversations with a matching intent, at once.
+    fn create(sim: &SimHandle, conversations: usize) -> Self {
+        let started = Instant::now();
+        let started_std = std::time::Instant::now();
+        let mut created: HashMap<String, std::time::Instant> = HashMap::new();
+        for _ in 0..conversations {
+            let id = sim.create_conversation(ConversationSpec {
+                queue_id: QUEUE.into(),
+                intent_attribute: "Bot.Intent".into(),
+                intent: Some("Goodbye".into()),
+                agent_user_id: None,
+            });
+            created.insert(id, std::time::Instant::now());
+        }
+        Burst {
+            conversations,
+            started,
+            started_std,
+            created,
+        }
+    }
+
+    /// Takes the daemon's reports until every conversation of the burst has one, the
+    /// daemon stops, or `deadline`; progress every 10 s on stderr.
+    async fn await_outcomes(
+        &self,
+        reports: &mut mpsc::UnboundedReceiver<CloseReport>,
+        deadline: Instant,
+    ) -> Outcomes {
+        let conversations = self.conversations;
+        let mut outcomes = Outcomes {
+            by_id: HashMap::new(),
+            last: self.started,
+            last_std: self.started_std,
+        };
+        let mut progress = tokio::time::interval(Duration::from_secs(10));
+        progress.tick().await;
+        while outcomes.by_id.len() < conversations {
+            tokio::select! {
+                r = reports.recv() => match r {
+                    Some(r) => {
+                        if self.created.contains_key(&*r.conversation_id) {
+                            outcomes.last = Instant::now();
+                            outcomes.last_std = std::time::Instant::now();
+                            outcomes.by_id.insert(r.conversation_id.clone(), r);
+                        }
+                    }
+                    None => break,
+                },
+                _ = progress.tick() => eprintln!(
+                    "burst: {} of {conversations} outcomes after {:.0} s",
+                    outcomes.by_id.len(),
+                    self.started.elapsed().as_secs_f64()
+                ),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        outcomes
+    }
+
+    /// The measurement and the report: outcomes counted, and the simulator's request log
+    /// read from the first creation to the last outcome.
+    fn report(
+        &self,
+        outcomes: &Outcomes,
+        requests: &[(std::time::Instant, RecordedRequest)],
+        sim_rate: Option<(u32, Duration)>,
+        requests_per_minute: u32,
+    ) -> BurstReport {
+        let conversations = self.conversations;
+        let confirmed = outcomes
+            .by_id
+            .values()
+            .filter(|r| {
+                matches!(
+                    r.outcome,
+                    Outcome::Confirmed | Outcome::EscalatedConfirmed | Outcome::AlreadyClosed
+                )
+            })
+            .count();
+        let failed = outcomes
+            .by_id
+            .values()
+            .filter(|r| r.outcome == Outcome::Failed)
+            .count();
+        let during: Vec<_> = requests
+            .iter()
+            .filter(|(at, r)| {
+                *at >= self.started_std && *at <= outcomes.last_std && r.path.starts_with("/api/")
+            })
+            .collect();
+        let rate_limited = requests.iter().filter(|(_, r)| r.status == 429).count();
+        let (first_patch, accepted) = disconnects(&during);
+        BurstReport {
+            conversations,
+            sim_rate,
+            requests_per_minute,
+            confirmed,
+            failed,
+            missing: conversations - outcomes.by_id.len(),
+            rate_limited,
+            rate_limited_after_first: rate_limited.saturating_sub(1),
+            duplicate_disconnects: accepted.values().map(|n| n.saturating_sub(1)).sum(),
+            wall: outcomes.last.saturating_duration_since(self.started),
+            rest_requests: during.len(),
+            queue_wait: self.queue_wait(&first_patch),
+        }
+    }
+
+    /// Creation to the first disconnect PATCH: median, 95th percentile, largest.
+    fn queue_wait(&self, first_patch: &HashMap<&str, std::time::Instant>) -> [Duration; 3] {
+        let mut waits: Vec<Duration> = self
+            .created
+            .iter()
+            .filter_map(|(id, made)| {
+                first_patch
+                    .get(id.as_str())
+                    .map(|at| at.saturating_duration_since(*made))
+            })
+            .collect();
+        waits.sort();
+        let pick = |q: f64| -> Duration {
+            if waits.is_empty() {
+                return Duration::ZERO;
+            }
+            let i = ((waits.len() - 1) as f64 * q).round() as usize;
+            waits[i]
+        };
+        [pick(0.5), pick(0.95), pick(1.0)]
+    }
+}
+
+/// Of the disconnect requests among `during`: when each conversation's first PATCH
+/// came, and how many PATCHes for it Genesys accepted.
+fn disconnects<'a>(
+    during: &[&'a (std::time::Instant, RecordedRequest)],
+) -> (
+    HashMap<&'a str, std::time::Instant>,
+    HashMap<&'a str, usize>,
+) {
     let mut first_patch: HashMap<&str, std::time::Instant> = HashMap::new();
     let mut accepted: HashMap<&str, usize> = HashMap::new();
-    for (at, r) in &during {
+    for (at, r) in during {
         let is_disconnect = (r.method == "PATCH" && r.path.starts_with(MESSAGES))
             || (r.method == "POST" && r.path.ends_with("/disconnect"));
         if !is_disconnect {
@@ -275,34 +398,5 @@ pub async fn run(
             *accepted.entry(id).or_default() += 1;
         }
     }
-    let mut waits: Vec<Duration> = created
-        .iter()
-        .filter_map(|(id, made)| {
-            first_patch
-                .get(id.as_str())
-                .map(|at| at.saturating_duration_since(*made))
-        })
-        .collect();
-    waits.sort();
-    let pick = |q: f64| -> Duration {
-        if waits.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((waits.len() - 1) as f64 * q).round() as usize;
-        waits[i]
-    };
-    Ok(BurstReport {
-        conversations,
-        sim_rate,
-        requests_per_minute,
-        confirmed,
-        failed,
-        missing: conversations - outcomes.len(),
-        rate_limited,
-        rate_limited_after_first: rate_limited.saturating_sub(1),
-        duplicate_disconnects: accepted.values().map(|n| n.saturating_sub(1)).sum(),
-        wall: last.saturating_duration_since(started),
-        rest_requests: during.len(),
-        queue_wait: [pick(0.5), pick(0.95), pick(1.0)],
-    })
+    (first_patch, accepted)
 }
