@@ -19,10 +19,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
 
 use super::demo::{Harness, start_daemon_on};
 use crate::config::Config;
-use genesys_sim::{self as sim, BotConversationSpec, BotPurpose, ConversationSpec, SimConfig};
+use genesys_sim::{
+    self as sim, BotConversationSpec, BotPurpose, ConversationSpec, RecordedRequest, SimConfig,
+    SimHandle,
+};
 
 const QUEUE: &str = super::demo::SIM_QUEUE;
 const FLOW: &str = super::demo::SIM_FLOW;
@@ -159,8 +163,58 @@ fn background_frame(id: &str) -> String {
     .to_string()
 }
 
+/// When a sample started: its conversation, and the moment just before its event or
+/// intake call.
+type Start = (String, std::time::Instant);
+
 /// Runs `samples` measurements of each path with `background` other frames a second.
 pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyReport> {
+    let (sim_rt, sim, config) = start_simulator().await?;
+    let Harness {
+        task,
+        stop,
+        intake,
+        _state,
+        ..
+    } = start_daemon_on(
+        &sim,
+        &config,
+        SecretString::from("sim-secret".to_string()),
+        TOKEN,
+    )
+    .await?;
+    // The intake is called by this driver, not by the simulated flow.
+    sim.set_data_action(None);
+
+    let (stop_bg, bg) = start_background(&sim_rt, &sim, background);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let event_starts = event_path(&sim_rt, &sim, samples).await;
+    let intake_starts = intake_path(&sim_rt, &sim, intake, samples).await?;
+    await_disconnects(&sim, &event_starts, &intake_starts).await;
+    stop_bg.cancel();
+    let (background_sent, background_secs) = bg.await?;
+
+    let reqs = sim.requests_timed();
+    let mut missing = 0;
+    let event = measure(&reqs, &event_starts, &mut missing);
+    let intake_p = measure(&reqs, &intake_starts, &mut missing);
+    stop.cancel();
+    let _ = task.await;
+    sim.shutdown().await;
+    sim_rt.shutdown_background();
+    Ok(LatencyReport {
+        background_per_s: background,
+        background_sent,
+        background_secs,
+        event,
+        intake: intake_p,
+        missing,
+    })
+}
+
+/// The set-up: the simulator on a runtime of its own, and the config pointed at it;
+/// logging started.
+async fn start_simulator() -> anyhow::Result<(tokio::runtime::Runtime, SimHandle, Config)> {
     // The simulator (and the background it pushes) gets a runtime of its own, as Genesys
     // is another machine: its tasks never queue in front of the daemon's in one
     // scheduler. They still share the machine's cores with the daemon.
@@ -181,27 +235,21 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
         Path::new("<latency>"),
     )?;
     crate::telemetry::init_logging(&config.log);
-    let Harness {
-        task,
-        stop,
-        intake,
-        _state,
-        ..
-    } = start_daemon_on(
-        &sim,
-        &config,
-        SecretString::from("sim-secret".to_string()),
-        TOKEN,
-    )
-    .await?;
-    // The intake is called by this driver, not by the simulated flow.
-    sim.set_data_action(None);
+    Ok((sim_rt, sim, config))
+}
 
-    // Background frames, spread over each second (a few every millisecond).
+/// The background load: `background` frames a second, spread over each second (a few
+/// every millisecond), on the simulator's runtime until cancelled; the task answers how
+/// many it pushed in how many seconds.
+fn start_background(
+    sim_rt: &tokio::runtime::Runtime,
+    sim: &SimHandle,
+    background: u32,
+) -> (CancellationToken, tokio::task::JoinHandle<(u64, f64)>) {
     let pool: Vec<String> = (0..1000)
         .map(|i| background_frame(&format!("00000000-0000-4000-8000-{i:012}")))
         .collect();
-    let stop_bg = tokio_util::sync::CancellationToken::new();
+    let stop_bg = CancellationToken::new();
     let bg = {
         let sim = sim.clone();
         let stop_bg = stop_bg.clone();
@@ -223,9 +271,15 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
             (sent, started.elapsed().as_secs_f64())
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    (stop_bg, bg)
+}
 
-    // Path 1: intent events on the queue topic.
+/// Path 1: intent events on the queue topic, one every 20 ms.
+async fn event_path(
+    sim_rt: &tokio::runtime::Runtime,
+    sim: &SimHandle,
+    samples: usize,
+) -> Vec<Start> {
     let mut event_starts = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t0 = std::time::Instant::now();
@@ -241,8 +295,43 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
         event_starts.push((id, t0));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    event_starts
+}
 
-    // Path 2: watched bot-phase conversations, then the intake call.
+/// Path 2: watched bot-phase conversations, then the intake call for each, one every
+/// 20 ms.
+async fn intake_path(
+    sim_rt: &tokio::runtime::Runtime,
+    sim: &SimHandle,
+    intake: std::net::SocketAddr,
+    samples: usize,
+) -> anyhow::Result<Vec<Start>> {
+    let watched = watched_bot_conversations(sim_rt, sim, samples).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{intake}/v1/intents");
+    let mut intake_starts = Vec::with_capacity(samples);
+    for id in &watched {
+        let t0 = std::time::Instant::now();
+        let r = http
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({"conversationId": id, "intent": "Goodbye"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "intake answered {}", r.status());
+        intake_starts.push((id.clone(), t0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(intake_starts)
+}
+
+/// `samples` bot-phase conversations without an intent, once the daemon watches each
+/// (its `customer.end` detail topic subscribed; at most 30 s).
+async fn watched_bot_conversations(
+    sim_rt: &tokio::runtime::Runtime,
+    sim: &SimHandle,
+    samples: usize,
+) -> Vec<String> {
     let mut watched = Vec::with_capacity(samples);
     for _ in 0..samples {
         let _on_sim = sim_rt.enter();
@@ -268,69 +357,47 @@ pub async fn run(samples: usize, background: u32) -> anyhow::Result<LatencyRepor
     while !watched.iter().all(|id| topic_live(id)) && std::time::Instant::now() < ready_by {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let http = reqwest::Client::new();
-    let url = format!("http://{intake}/v1/intents");
-    let mut intake_starts = Vec::with_capacity(samples);
-    for id in &watched {
-        let t0 = std::time::Instant::now();
-        let r = http
-            .post(&url)
-            .bearer_auth(TOKEN)
-            .json(&serde_json::json!({"conversationId": id, "intent": "Goodbye"}))
-            .send()
-            .await?;
-        anyhow::ensure!(r.status().is_success(), "intake answered {}", r.status());
-        intake_starts.push((id.clone(), t0));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    watched
+}
 
-    // Every disconnect should be in by now; give stragglers a moment.
+/// Whether `r` is a disconnect PATCH of conversation `id`.
+fn is_disconnect_of(r: &RecordedRequest, id: &str) -> bool {
+    r.method == "PATCH" && r.path.starts_with(MESSAGES) && r.path.contains(id)
+}
+
+/// Every disconnect should be in by now; gives stragglers a moment (at most 10 s).
+async fn await_disconnects(sim: &SimHandle, event_starts: &[Start], intake_starts: &[Start]) {
     let all: Vec<&String> = event_starts
         .iter()
-        .chain(&intake_starts)
+        .chain(intake_starts)
         .map(|(id, _)| id)
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let reqs = sim.requests_timed();
-        let done = all.iter().all(|id| {
-            reqs.iter().any(|(_, r)| {
-                r.method == "PATCH" && r.path.starts_with(MESSAGES) && r.path.contains(id.as_str())
-            })
-        });
+        let done = all
+            .iter()
+            .all(|id| reqs.iter().any(|(_, r)| is_disconnect_of(r, id)));
         if done || std::time::Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop_bg.cancel();
-    let (background_sent, background_secs) = bg.await?;
-    let reqs = sim.requests_timed();
-    let mut missing = 0;
-    let mut measure = |starts: &[(String, std::time::Instant)]| {
-        let mut v = Vec::new();
-        for (id, t0) in starts {
-            match reqs.iter().find(|(_, r)| {
-                r.method == "PATCH" && r.path.starts_with(MESSAGES) && r.path.contains(id.as_str())
-            }) {
-                Some((at, _)) => v.push(at.saturating_duration_since(*t0)),
-                None => missing += 1,
-            }
+}
+
+/// The measurement of one path: each start to its disconnect PATCH in `reqs`; the
+/// samples without one are added to `missing`.
+fn measure(
+    reqs: &[(std::time::Instant, RecordedRequest)],
+    starts: &[Start],
+    missing: &mut usize,
+) -> Percentiles {
+    let mut v = Vec::new();
+    for (id, t0) in starts {
+        match reqs.iter().find(|(_, r)| is_disconnect_of(r, id)) {
+            Some((at, _)) => v.push(at.saturating_duration_since(*t0)),
+            None => *missing += 1,
         }
-        Percentiles::of(v)
-    };
-    let event = measure(&event_starts);
-    let intake_p = measure(&intake_starts);
-    stop.cancel();
-    let _ = task.await;
-    sim.shutdown().await;
-    sim_rt.shutdown_background();
-    Ok(LatencyReport {
-        background_per_s: background,
-        background_sent,
-        background_secs,
-        event,
-        intake: intake_p,
-        missing,
-    })
+    }
+    Percentiles::of(v)
 }
