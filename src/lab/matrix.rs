@@ -32,8 +32,8 @@ use super::demo::{Harness, Launch, start_daemon_with};
 use crate::closer::{CloseReport, Outcome};
 use crate::config::Config;
 use genesys_sim::{
-    self, BotConversationSpec, BotPurpose, ConversationSpec, Faults, RecordedRequest, Scope,
-    SimConfig, SimHandle,
+    self, BotConversationSpec, BotPurpose, ConversationSpec, EventRecord, Faults, RecordedRequest,
+    Scope, SimConfig, SimHandle,
 };
 
 const QUEUE: &str = super::demo::SIM_QUEUE;
@@ -305,6 +305,52 @@ impl Row {
 
 /// Runs one scenario.
 pub async fn run(fault: Fault) -> anyhow::Result<Row> {
+    let (sim, config) = start_simulator(fault).await?;
+    // The restart row runs the daemon on a runtime of its own, so it can be killed.
+    let launch = Launch {
+        state: None,
+        own_runtime: fault == Fault::Restart,
+    };
+    let mut daemon = start_daemon_with(&sim, &config, secret(), TOKEN, launch).await?;
+    // Stamped on arrival, for the time to recover.
+    let (stamped_tx, reports_rx) = mpsc::unbounded_channel::<(Instant, CloseReport)>();
+    forward_reports(&mut daemon, stamped_tx.clone());
+    let mut reports = Reports {
+        rx: reports_rx,
+        got: Vec::new(),
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (load, daemon) =
+        load_with_fault(fault, &sim, &config, daemon, stamped_tx, &mut reports).await?;
+    let probe_done = await_outcomes(&load, &mut reports).await;
+    for id in &load.unmatched {
+        sim.customer_leaves(id);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(mut d) = daemon {
+        d.stop.cancel();
+        let _ = (&mut d.task).await;
+        // The runtime (if its own) and the state directory go with it.
+        drop(d);
+    }
+    reports.drain();
+    let requests = sim.requests();
+    let events = sim.event_log();
+    sim.shutdown().await;
+    Ok(row(
+        fault,
+        &load,
+        &reports.got,
+        probe_done,
+        &requests,
+        &events,
+    ))
+}
+
+/// The set-up: the simulator (channels living 4 s for the expiry row) and the config
+/// pointed at it; logging started.
+async fn start_simulator(fault: Fault) -> anyhow::Result<(SimHandle, Config)> {
     let mut sim_cfg = SimConfig {
         heartbeat_interval: Duration::from_millis(500),
         ..SimConfig::default()
@@ -318,27 +364,85 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
         Path::new("<fault matrix>"),
     )?;
     crate::telemetry::init_logging(&config.log);
-    // The restart row runs the daemon on a runtime of its own, so it can be killed.
-    let launch = Launch {
-        state: None,
-        own_runtime: fault == Fault::Restart,
-    };
-    let mut daemon = start_daemon_with(&sim, &config, secret(), TOKEN, launch).await?;
-    // Stamped on arrival, for the time to recover.
-    let (stamped_tx, mut reports_rx) = mpsc::unbounded_channel::<(Instant, CloseReport)>();
-    forward_reports(&mut daemon, stamped_tx.clone());
+    Ok((sim, config))
+}
+
+/// The daemon's close reports, stamped on arrival.
+struct Reports {
+    /// Where [`forward_reports`] sends them.
+    rx: mpsc::UnboundedReceiver<(Instant, CloseReport)>,
+    /// Those taken so far.
+    got: Vec<(Instant, CloseReport)>,
+}
+
+impl Reports {
+    /// Takes every report that has arrived.
+    fn drain(&mut self) {
+        while let Ok(r) = self.rx.try_recv() {
+            self.got.push(r);
+        }
+    }
+}
+
+/// The conversations a scenario created.
+#[derive(Default)]
+struct Load {
+    /// Those whose intent matches the rule, the probe included.
+    expected: HashSet<String>,
+    /// Each one's path (`queue`, `flow`, `intake`, `queue (probe)`).
+    path_of: HashMap<String, &'static str>,
+    /// Every one.
+    all: Vec<String>,
+    /// Those whose intent matches no rule: their guests leave at the end.
+    unmatched: Vec<String>,
+    /// The probe, and the moment of the fault.
+    probe: Option<(String, Instant)>,
+}
+
+impl Load {
+    /// The probe: a queue conversation with a matching intent, right at the fault (`at`).
+    fn add_probe(&mut self, sim: &SimHandle, at: Instant) {
+        let id = sim.create_conversation(queue(Some("Goodbye")));
+        self.path_of.insert(id.clone(), "queue (probe)");
+        self.expected.insert(id.clone());
+        self.all.push(id.clone());
+        self.probe = Some((id, at));
+    }
+
+    /// The `n`th conversation: every other one matching, the paths in rotation.
+    fn add(&mut self, sim: &SimHandle, n: u64) {
+        let matching = n.is_multiple_of(2);
+        let intent = matching.then_some("Goodbye").or(Some("TalkToAgent"));
+        let (id, path) = match n % 3 {
+            0 => (sim.create_conversation(queue(intent)), "queue"),
+            1 => (sim.create_bot_conversation(bot(intent, false)), "flow"),
+            _ => (sim.create_bot_conversation(bot(intent, true)), "intake"),
+        };
+        self.path_of.insert(id.clone(), path);
+        self.all.push(id.clone());
+        if matching {
+            self.expected.insert(id);
+        } else {
+            self.unmatched.push(id);
+        }
+    }
+}
+
+/// The load and the fault: ten conversations a second for 5 s, the fault 1 s in (the
+/// restart row kills the daemon then, and starts it again [`DOWN_FOR`] later). Returns
+/// what was created and the daemon running at the end.
+async fn load_with_fault(
+    fault: Fault,
+    sim: &SimHandle,
+    config: &Config,
+    daemon: Harness,
+    stamped_tx: mpsc::UnboundedSender<(Instant, CloseReport)>,
+    reports: &mut Reports,
+) -> anyhow::Result<(Load, Option<Harness>)> {
     let mut daemon = Some(daemon);
     let mut restarted = None;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    // Ten conversations a second for 5 s, the fault 1 s in.
-    let mut expected: HashSet<String> = HashSet::new();
-    let mut path_of: HashMap<String, &'static str> = HashMap::new();
-    let mut all: Vec<String> = Vec::new();
-    let mut unmatched = Vec::new();
-    let mut reports: Vec<(Instant, CloseReport)> = Vec::new();
+    let mut load = Load::default();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut probe: Option<(String, Instant)> = None;
     for n in 0..50u64 {
         tick.tick().await;
         if n == 10 {
@@ -346,34 +450,14 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
             if fault == Fault::Restart
                 && let Some(d) = daemon.take()
             {
-                restarted = Some(restart(d, at, &sim, &config, stamped_tx.clone()));
+                restarted = Some(restart(d, at, sim, config, stamped_tx.clone()));
             } else {
-                fault.inject(&sim).await;
+                fault.inject(sim).await;
             }
-            // The probe: a queue conversation with a matching intent, right at the fault.
-            let id = sim.create_conversation(queue(Some("Goodbye")));
-            path_of.insert(id.clone(), "queue (probe)");
-            expected.insert(id.clone());
-            all.push(id.clone());
-            probe = Some((id, at));
+            load.add_probe(sim, at);
         }
-        let matching = n % 2 == 0;
-        let intent = matching.then_some("Goodbye").or(Some("TalkToAgent"));
-        let (id, path) = match n % 3 {
-            0 => (sim.create_conversation(queue(intent)), "queue"),
-            1 => (sim.create_bot_conversation(bot(intent, false)), "flow"),
-            _ => (sim.create_bot_conversation(bot(intent, true)), "intake"),
-        };
-        path_of.insert(id.clone(), path);
-        all.push(id.clone());
-        if matching {
-            expected.insert(id);
-        } else {
-            unmatched.push(id);
-        }
-        while let Ok(r) = reports_rx.try_recv() {
-            reports.push(r);
-        }
+        load.add(sim, n);
+        reports.drain();
     }
     drop(stamped_tx);
     // The restarted daemon (its start began 2 s after the kill).
@@ -383,86 +467,64 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
                 .map_err(|e| anyhow::anyhow!("the restart task failed: {e}"))??,
         );
     }
-    // Wait for every matching conversation's outcome.
+    Ok((load, daemon))
+}
+
+/// Waits (at most 25 s) for every matching conversation's outcome; returns when the
+/// probe's confirmation arrived, if it did.
+async fn await_outcomes(load: &Load, reports: &mut Reports) -> Option<Instant> {
     let deadline = Instant::now() + Duration::from_secs(25);
     let mut probe_done: Option<Instant> = None;
     loop {
-        while let Ok(r) = reports_rx.try_recv() {
-            reports.push(r);
-        }
-        let confirmed = confirmed_ids(&reports);
-        if let Some((p, _)) = &probe
+        reports.drain();
+        let confirmed = confirmed_ids(&reports.got);
+        if let Some((p, _)) = &load.probe
             && probe_done.is_none()
             && confirmed.contains(p.as_str())
         {
             probe_done = reports
+                .got
                 .iter()
                 .find(|(_, r)| &*r.conversation_id == p.as_str())
                 .map(|(at, _)| *at);
         }
-        if expected.iter().all(|id| confirmed.contains(id.as_str())) || Instant::now() > deadline {
+        if load
+            .expected
+            .iter()
+            .all(|id| confirmed.contains(id.as_str()))
+            || Instant::now() > deadline
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for id in &unmatched {
-        sim.customer_leaves(id);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    if let Some(mut d) = daemon {
-        d.stop.cancel();
-        let _ = (&mut d.task).await;
-        // The runtime (if its own) and the state directory go with it.
-        drop(d);
-    }
-    while let Ok(r) = reports_rx.try_recv() {
-        reports.push(r);
-    }
-    let requests = sim.requests();
-    let events = sim.event_log();
-    sim.shutdown().await;
+    probe_done
+}
 
-    let confirmed = confirmed_ids(&reports);
-    let confirmed_expected = expected
+/// The measurement: the row, from the reports and the simulator's request and event
+/// logs.
+fn row(
+    fault: Fault,
+    load: &Load,
+    reports: &[(Instant, CloseReport)],
+    probe_done: Option<Instant>,
+    requests: &[RecordedRequest],
+    events: &[EventRecord],
+) -> Row {
+    let confirmed = confirmed_ids(reports);
+    let confirmed_expected = load
+        .expected
         .iter()
         .filter(|id| confirmed.contains(id.as_str()))
         .count();
-    let mut accepted: HashMap<&str, usize> = HashMap::new();
-    for r in &requests {
-        if rest_kind(r) == "close"
-            && (200..300).contains(&r.status)
-            && let Some(id) = r.path.split('/').nth(5)
-        {
-            *accepted.entry(id).or_default() += 1;
-        }
-    }
-    let duplicate_closes = accepted
-        .iter()
-        .filter(|(id, _)| confirmed.contains(**id))
-        .map(|(_, n)| n.saturating_sub(1))
-        .sum();
-    let ours: HashSet<&str> = all.iter().map(String::as_str).collect();
-    let subscribed = |topic: &str| {
-        let t = topic.to_ascii_lowercase();
-        t.starts_with(&format!("v2.routing.queues.{QUEUE}"))
-            || t.starts_with(&format!("v2.analytics.flow.{FLOW}"))
-            || crate::genesys::frames::WATCH_SUFFIXES
-                .iter()
-                .any(|s| t.starts_with("v2.detail.events.conversation.") && t.ends_with(s))
-    };
-    let unreceived_events = events
-        .iter()
-        .filter(|e| {
-            ours.contains(e.conversation_id.as_str()) && e.delivered == 0 && subscribed(&e.topic)
-        })
-        .count();
-    let lost: Vec<&String> = expected
+    let lost: Vec<&String> = load
+        .expected
         .iter()
         .filter(|id| !confirmed.contains(id.as_str()))
         .collect();
     let lost_paths = lost
         .iter()
-        .map(|id| path_of.get(*id).copied().unwrap_or("?"))
+        .map(|id| load.path_of.get(*id).copied().unwrap_or("?"))
         .collect();
     let lost_unseen = lost
         .iter()
@@ -472,14 +534,75 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
                 .any(|e| e.conversation_id == ***id && e.delivered > 0 && subscribed(&e.topic))
         })
         .count();
-    let recover_ms = match (probe, probe_done) {
-        (Some((_, at)), Some(done)) => Some(done.saturating_duration_since(at).as_millis() as u64),
+    let recover_ms = match (&load.probe, probe_done) {
+        (Some((_, at)), Some(done)) => Some(done.saturating_duration_since(*at).as_millis() as u64),
         _ => None,
     };
     let api: Vec<&RecordedRequest> = requests
         .iter()
         .filter(|r| r.path.starts_with("/api/"))
         .collect();
+    let mut row = Row {
+        scenario: fault.name(),
+        matched: load.expected.len(),
+        confirmed: confirmed_expected,
+        lost: load.expected.len() - confirmed_expected,
+        duplicate_closes: duplicate_closes(requests, &confirmed),
+        rest_requests: api.len(),
+        rest_by_kind: rest_by_kind(&api),
+        recover_ms,
+        unreceived_events: unreceived_events(events, &load.all),
+        lost_unseen,
+        lost_paths,
+        passes: false,
+    };
+    row.passes = fault.bar(&row);
+    row
+}
+
+/// Disconnects Genesys accepted beyond the first for one confirmed conversation.
+fn duplicate_closes(requests: &[RecordedRequest], confirmed: &HashSet<&str>) -> usize {
+    let mut accepted: HashMap<&str, usize> = HashMap::new();
+    for r in requests {
+        if rest_kind(r) == "close"
+            && (200..300).contains(&r.status)
+            && let Some(id) = r.path.split('/').nth(5)
+        {
+            *accepted.entry(id).or_default() += 1;
+        }
+    }
+    accepted
+        .iter()
+        .filter(|(id, _)| confirmed.contains(**id))
+        .map(|(_, n)| n.saturating_sub(1))
+        .sum()
+}
+
+/// Whether the daemon subscribes `topic`: the queue, the flow's metrics, the watched
+/// detail topics.
+fn subscribed(topic: &str) -> bool {
+    let t = topic.to_ascii_lowercase();
+    t.starts_with(&format!("v2.routing.queues.{QUEUE}"))
+        || t.starts_with(&format!("v2.analytics.flow.{FLOW}"))
+        || crate::genesys::frames::WATCH_SUFFIXES
+            .iter()
+            .any(|s| t.starts_with("v2.detail.events.conversation.") && t.ends_with(s))
+}
+
+/// Events of the scenario's conversations (`all`), on subscribed topics, that no daemon
+/// socket received.
+fn unreceived_events(events: &[EventRecord], all: &[String]) -> usize {
+    let ours: HashSet<&str> = all.iter().map(String::as_str).collect();
+    events
+        .iter()
+        .filter(|e| {
+            ours.contains(e.conversation_id.as_str()) && e.delivered == 0 && subscribed(&e.topic)
+        })
+        .count()
+}
+
+/// API requests by kind, in [`REST_KINDS`] order, the kinds with none left out.
+fn rest_by_kind(api: &[&RecordedRequest]) -> Vec<(&'static str, usize)> {
     let mut rest_by_kind: Vec<(&'static str, usize)> = Vec::new();
     for kind in REST_KINDS {
         let n = api.iter().filter(|r| rest_kind(r) == kind).count();
@@ -487,22 +610,7 @@ pub async fn run(fault: Fault) -> anyhow::Result<Row> {
             rest_by_kind.push((kind, n));
         }
     }
-    let mut row = Row {
-        scenario: fault.name(),
-        matched: expected.len(),
-        confirmed: confirmed_expected,
-        lost: expected.len() - confirmed_expected,
-        duplicate_closes,
-        rest_requests: api.len(),
-        rest_by_kind,
-        recover_ms,
-        unreceived_events,
-        lost_unseen,
-        lost_paths,
-        passes: false,
-    };
-    row.passes = fault.bar(&row);
-    Ok(row)
+    rest_by_kind
 }
 
 /// How long the restart row's daemon stays down.
