@@ -23,12 +23,15 @@ struct CallBody<'a> {
 /// A field-level problem: the field and what is wrong with it.
 type BadField = (&'static str, String);
 
+/// A call's attributes: each name with its value.
+type Attributes = Vec<(Box<str>, Box<str>)>;
+
 /// A call's parts, checked.
 #[derive(Debug)]
 pub(super) struct CallParts {
     pub(super) conversation_id: Box<str>,
     pub(super) intent: Option<Box<str>>,
-    pub(super) attributes: Vec<(Box<str>, Box<str>)>,
+    pub(super) attributes: Attributes,
     /// `eventTime`, epoch milliseconds.
     pub(super) event_time: Option<u64>,
 }
@@ -42,9 +45,21 @@ pub(super) fn parse_call(bytes: &[u8], now_ms: u64) -> Result<CallParts, BadFiel
     }
     let body: CallBody<'_> =
         serde_json::from_slice(bytes).map_err(|e| ("body", format!("not a JSON object: {e}")))?;
-    let id_raw = body
-        .conversation_id
-        .ok_or(("conversationId", "required".to_string()))?;
+    let id = conversation_id(body.conversation_id)?;
+    let intent = intent(body.intent)?;
+    let attributes = attributes(body.attributes)?;
+    let event_time = event_time(body.event_time, now_ms)?;
+    Ok(CallParts {
+        conversation_id: id.into(),
+        intent,
+        attributes,
+        event_time,
+    })
+}
+
+/// `conversationId`: required, a conversation UUID.
+fn conversation_id(raw: Option<&RawValue>) -> Result<String, BadField> {
+    let id_raw = raw.ok_or(("conversationId", "required".to_string()))?;
     let id: String = serde_json::from_str(id_raw.get())
         .map_err(|_| ("conversationId", "must be a string".to_string()))?;
     if !is_uuid(&id) {
@@ -53,7 +68,12 @@ pub(super) fn parse_call(bytes: &[u8], now_ms: u64) -> Result<CallParts, BadFiel
             "must be a conversation UUID (8-4-4-4-12 hex digits)".into(),
         ));
     }
-    let intent = match body.intent {
+    Ok(id)
+}
+
+/// `intent`: a string of at most [`MAX_INTENT`] bytes; absent, null or empty is none.
+fn intent(raw: Option<&RawValue>) -> Result<Option<Box<str>>, BadField> {
+    Ok(match raw {
         None => None,
         Some(raw) if raw.get() == "null" => None,
         Some(raw) => {
@@ -68,9 +88,14 @@ pub(super) fn parse_call(bytes: &[u8], now_ms: u64) -> Result<CallParts, BadFiel
             // into one a rule holds.
             (!s.is_empty()).then(|| s.into())
         }
-    };
+    })
+}
+
+/// `attributes`: an object of at most [`MAX_ATTRIBUTES`] strings, names and values of
+/// at most [`MAX_ATTRIBUTE_TEXT`] bytes; absent or null is none.
+fn attributes(raw: Option<&RawValue>) -> Result<Attributes, BadField> {
     let mut attributes = Vec::new();
-    if let Some(raw) = body.attributes.filter(|r| r.get() != "null") {
+    if let Some(raw) = raw.filter(|r| r.get() != "null") {
         let map: std::collections::HashMap<String, &RawValue> = serde_json::from_str(raw.get())
             .map_err(|_| ("attributes", "must be an object of strings".to_string()))?;
         if map.len() > MAX_ATTRIBUTES {
@@ -91,7 +116,13 @@ pub(super) fn parse_call(bytes: &[u8], now_ms: u64) -> Result<CallParts, BadFiel
             attributes.push((k.into(), v.into()));
         }
     }
-    let event_time = match body.event_time {
+    Ok(attributes)
+}
+
+/// `eventTime`: epoch milliseconds, at most [`MAX_CLOCK_AHEAD`] ahead of `now_ms`;
+/// absent or null is none.
+fn event_time(raw: Option<&RawValue>, now_ms: u64) -> Result<Option<u64>, BadField> {
+    Ok(match raw {
         None => None,
         Some(raw) if raw.get() == "null" => None,
         Some(raw) => {
@@ -114,11 +145,5 @@ pub(super) fn parse_call(bytes: &[u8], now_ms: u64) -> Result<CallParts, BadFiel
             }
             Some(ms)
         }
-    };
-    Ok(CallParts {
-        conversation_id: id.into(),
-        intent,
-        attributes,
-        event_time,
     })
 }
