@@ -294,36 +294,17 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// `POST /v1/intents`: checks the credentials, reads and checks the body, hands the
+/// call to the event loop and answers what it says.
 async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let received = Instant::now();
     let (parts, body) = req.into_parts();
     if !shared.credentials.admits(&parts.headers) {
         return error(StatusCode::UNAUTHORIZED, None, "unauthorized");
     }
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return too_large();
-    }
-    let bytes = match tokio::time::timeout(
-        shared.request_timeout,
-        axum::body::to_bytes(Body::new(body), MAX_BODY),
-    )
-    .await
-    {
-        Ok(Ok(b)) => b,
-        // `to_bytes` fails past the limit (or on a broken body).
-        Ok(Err(_)) => return too_large(),
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                Some("body"),
-                "the body did not arrive in time",
-            );
-        }
+    let bytes = match read_body(&shared, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let received_ms = now_ms();
     let parts = match parse_call(&bytes, received_ms) {
@@ -356,6 +337,43 @@ async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             "busy: too many calls queued; retry later",
         );
     }
+    respond(answer, &conversation_id).await
+}
+
+/// Reads a call's body, at most [`MAX_BODY`] bytes (judged first by its declared
+/// length) within the request timeout; the error answer otherwise.
+async fn read_body(
+    shared: &Shared,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, Response> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(
+        shared.request_timeout,
+        axum::body::to_bytes(Body::new(body), MAX_BODY),
+    )
+    .await
+    {
+        Ok(Ok(b)) => Ok(b),
+        // `to_bytes` fails past the limit (or on a broken body).
+        Ok(Err(_)) => Err(too_large()),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            Some("body"),
+            "the body did not arrive in time",
+        )),
+    }
+}
+
+/// The answer to a call the event loop was handed: its answer, or busy when none
+/// comes within [`ANSWER_WITHIN`].
+async fn respond(answer: oneshot::Receiver<IntakeAnswer>, conversation_id: &str) -> Response {
     match tokio::time::timeout(ANSWER_WITHIN, answer).await {
         Ok(Ok(IntakeAnswer::ShuttingDown)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -364,7 +382,7 @@ async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         ),
         Ok(Ok(a)) => {
             let body =
-                serde_json::json!({ "result": a.as_str(), "conversationId": &*conversation_id });
+                serde_json::json!({ "result": a.as_str(), "conversationId": conversation_id });
             (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
         _ => error(
