@@ -1,0 +1,228 @@
+//! The lease loop: one task per instance that takes the lease when it is free, renews
+//! it while held, and resigns it at the stop, publishing this instance's [`Role`].
+//!
+//! A standby asks for the lease every `renew_every`, and at once when the holder
+//! resigns (`LISTEN`; through a transaction-mode pooler, where `LISTEN` does not work,
+//! the polling alone takes over within `renew_every` of the expiry). A leader renews
+//! every `renew_every`. A renew that fails (the database unreachable, a statement
+//! timeout) changes nothing at once: the trust window ends on its own, and [`Role`]
+//! carries its end, so whoever acts checks it just before acting (safety before
+//! liveness: a leader that cannot reach the database stops sending at the end of its
+//! window, and carries on if a later renew finds the lease still its own). A renew that
+//! finds a newer epoch means the lease is lost: the instance becomes a standby (it never
+//! exits for that).
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::HaError;
+use super::lease::{Held, Lease, LeaseSettings, NOTIFY_CHANNEL, Renewed};
+
+/// What this instance is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Holds no lease: keeps its state warm, decides nothing, sends no close request.
+    Standby,
+    /// Holds the lease under `epoch`; may act until `trusted_until`.
+    Leader {
+        /// The lease's epoch.
+        epoch: i64,
+        /// The end of the trust window (monotonic).
+        trusted_until: Instant,
+    },
+}
+
+impl Role {
+    /// The epoch to act under at `now`: a leader inside its trust window.
+    pub fn acting(&self, now: Instant) -> Option<i64> {
+        match *self {
+            Role::Leader {
+                epoch,
+                trusted_until,
+            } if now < trusted_until => Some(epoch),
+            _ => None,
+        }
+    }
+
+    fn of(held: Option<Held>) -> Role {
+        match held {
+            Some(h) => Role::Leader {
+                epoch: h.epoch,
+                trusted_until: h.trusted_until,
+            },
+            None => Role::Standby,
+        }
+    }
+}
+
+/// A connection to the coordination database for the lease alone (never shared with
+/// the journal, so a busy journal cannot starve renewals: River #695), and the
+/// resignations it hears.
+struct Link {
+    client: Client,
+    resigned: mpsc::UnboundedReceiver<()>,
+}
+
+async fn link(conn_str: &str) -> Result<Link, HaError> {
+    let (client, mut conn) = tokio_postgres::connect(conn_str, NoTls).await?;
+    let (tx, resigned) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notification(_) = m {
+                let _ = tx.send(());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .await?;
+    Ok(Link { client, resigned })
+}
+
+/// Runs the lease loop until `stop` is cancelled, then resigns (bounded by
+/// `renew_every`). Every change of role is sent on `role`.
+pub async fn run(
+    settings: LeaseSettings,
+    conn_str: String,
+    role: watch::Sender<Role>,
+    stop: CancellationToken,
+) {
+    let every = settings.renew_every;
+    let mut lease = Lease::new(settings);
+    let mut link: Option<Link> = None;
+    let mut trust_ended_said = false;
+    loop {
+        let Some(l) = connected(&mut link, &conn_str, every, &stop).await else {
+            break;
+        };
+        let step = if lease.held().is_some() {
+            renew(&mut lease, &l.client, &role).await
+        } else {
+            take(&mut lease, &l.client, &role).await
+        };
+        if let Err(e) = step {
+            tracing::warn!(error = %e, held = lease.held().is_some(),
+                "lease: the coordination database did not answer; trying again");
+            link = None;
+        }
+        // Said once per window: a leader past its window acts on nothing.
+        if let Some(h) = lease.held() {
+            if Instant::now() >= h.trusted_until && !trust_ended_said {
+                tracing::error!(
+                    epoch = h.epoch,
+                    "lease: trust window ended without a renew; sending nothing until the lease \
+                     is renewed or lost"
+                );
+                trust_ended_said = true;
+            } else if Instant::now() < h.trusted_until {
+                trust_ended_said = false;
+            }
+        }
+        let wake = tokio::time::sleep(every);
+        tokio::pin!(wake);
+        let resigned = async {
+            match link.as_mut() {
+                Some(l) if lease.held().is_none() => l.resigned.recv().await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = &mut wake => {}
+            _ = resigned => tracing::info!("lease: the holder resigned; asking for it now"),
+        }
+    }
+    resign(&mut lease, link.as_ref(), &role, every).await;
+}
+
+/// The link, (re)connecting while the lease loop runs; `None` once stopped.
+async fn connected<'l>(
+    link: &'l mut Option<Link>,
+    conn_str: &str,
+    every: Duration,
+    stop: &CancellationToken,
+) -> Option<&'l mut Link> {
+    while link.is_none() {
+        let attempt = tokio::time::timeout(every, self::link(conn_str));
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            r = attempt => match r {
+                Ok(Ok(l)) => *link = Some(l),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "lease: cannot connect to the coordination database");
+                }
+                Err(_) => tracing::warn!(timeout_ms = every.as_millis() as u64,
+                    "lease: connecting to the coordination database timed out"),
+            },
+        }
+        if link.is_none() {
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+    link.as_mut()
+}
+
+async fn take(lease: &mut Lease, db: &Client, role: &watch::Sender<Role>) -> Result<(), HaError> {
+    if let Some(h) = lease.try_take(db).await? {
+        tracing::info!(epoch = h.epoch, instance = %lease.settings().instance,
+            "lease acquired: this instance acts");
+        crate::metrics::lease(true, h.epoch);
+        role.send_replace(Role::of(Some(h)));
+    }
+    Ok(())
+}
+
+async fn renew(lease: &mut Lease, db: &Client, role: &watch::Sender<Role>) -> Result<(), HaError> {
+    let epoch = lease.held().map_or(0, |h| h.epoch);
+    let sent = Instant::now();
+    match lease.renew(db).await? {
+        Renewed::Kept(h) => {
+            crate::metrics::lease_renewed(sent.elapsed());
+            role.send_replace(Role::of(Some(h)));
+        }
+        Renewed::Lost => {
+            tracing::warn!(epoch, instance = %lease.settings().instance,
+                "lease lost: another instance holds a newer epoch; this one is a standby now");
+            crate::metrics::lease(false, epoch);
+            role.send_replace(Role::Standby);
+        }
+    }
+    Ok(())
+}
+
+/// At the stop: trust ends first (nothing is sent from now on), then the lease is
+/// expired and the standbys told, within `every`.
+async fn resign(
+    lease: &mut Lease,
+    link: Option<&Link>,
+    role: &watch::Sender<Role>,
+    every: Duration,
+) {
+    let Some(h) = lease.held() else {
+        return;
+    };
+    role.send_replace(Role::Standby);
+    let outcome = match link {
+        Some(l) => tokio::time::timeout(every, lease.resign(&l.client)).await,
+        None => Ok(Err(HaError::Db("not connected".into()))),
+    };
+    match outcome {
+        Ok(Ok(_)) => tracing::info!(epoch = h.epoch, "lease resigned: a standby takes over now"),
+        Ok(Err(e)) => tracing::warn!(epoch = h.epoch, error = %e,
+            "lease: resigning failed; a standby takes over when it expires"),
+        Err(_) => tracing::warn!(
+            epoch = h.epoch,
+            "lease: resigning timed out; a standby takes over when it expires"
+        ),
+    }
+    crate::metrics::lease(false, h.epoch);
+}
