@@ -180,6 +180,46 @@ struct Tally {
     flow_new: usize,
 }
 
+impl Tally {
+    /// The window's one line: at warn when it was recovered only in part.
+    fn log(&self, cause: &str, window: Option<Duration>, took: Duration) {
+        let window_ms = window.map(|w| w.as_millis() as u64);
+        let took_ms = took.as_millis() as u64;
+        if self.left > 0 || self.read_failed > 0 || self.truncated {
+            tracing::warn!(
+                cause,
+                window_ms,
+                listed_queues = self.listed_queues,
+                listed_flows = self.listed_flows,
+                read = self.read,
+                read_failed = self.read_failed,
+                decided = self.decided,
+                watched_from_flows = self.flow_new,
+                left = self.left,
+                truncated = self.truncated,
+                requests = self.requests,
+                took_ms,
+                "blind window recovered in part: conversations left unread are found at their \
+                 next event (raise [stream] recover_max_reads to read more per window)"
+            );
+        } else {
+            tracing::info!(
+                cause,
+                window_ms,
+                listed_queues = self.listed_queues,
+                listed_flows = self.listed_flows,
+                read = self.read,
+                decided = self.decided,
+                watched_from_flows = self.flow_new,
+                left = 0,
+                requests = self.requests,
+                took_ms,
+                "blind window recovered: listed what is in the watched queues and flows now"
+            );
+        }
+    }
+}
+
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Trigger>) {
         while let Some(first) = rx.recv().await {
@@ -210,91 +250,63 @@ impl Worker {
     async fn window(&mut self, cause: &str, window: Option<Duration>) -> bool {
         let started = Instant::now();
         let mut t = Tally::default();
-        let queues = self.list_queues(&mut t).await;
-        let flows = self.list_flows(&mut t).await;
-        let (reply, answer) = oneshot::channel();
-        if self
-            .ask
-            .send(Ask::Listed {
-                queues,
-                flows,
-                reply,
-            })
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        let Ok(plan) = answer.await else {
+        let Some(plan) = self.plan(&mut t).await else {
             return false;
         };
         t.left = plan.left;
         t.flow_new = plan.flow_new;
         t.read = plan.read.len();
         t.requests += plan.read.len();
-        let wanted = self.wanted.get();
-        let (read_failed, decided) = {
-            use futures_util::StreamExt as _;
-            let api = &self.api;
-            let ask = &self.ask;
-            let wanted = &wanted;
-            futures_util::stream::iter(plan.read)
-                .map(|id| async move {
-                    let Some(mut ev) =
-                        super::read::read_at(Priority::Close, api, &id, wanted, "recovery").await
-                    else {
-                        let _ = ask.send(Ask::Failed(id)).await;
-                        return (1, 0);
-                    };
-                    ev.source = Source::Recovery;
-                    let (reply, decided) = oneshot::channel();
-                    if ask.send(Ask::Read { event: ev, reply }).await.is_err() {
-                        return (0, 0);
-                    }
-                    (0, usize::from(decided.await.unwrap_or(false)))
-                })
-                .buffer_unordered(READ_CONCURRENCY)
-                .fold((0, 0), |(f, d), (f1, d1)| async move { (f + f1, d + d1) })
-                .await
-        };
-        t.read_failed = read_failed;
-        t.decided = decided;
-        let window_ms = window.map(|w| w.as_millis() as u64);
-        let took_ms = started.elapsed().as_millis() as u64;
-        if t.left > 0 || t.read_failed > 0 || t.truncated {
-            tracing::warn!(
-                cause,
-                window_ms,
-                listed_queues = t.listed_queues,
-                listed_flows = t.listed_flows,
-                read = t.read,
-                read_failed = t.read_failed,
-                decided = t.decided,
-                watched_from_flows = t.flow_new,
-                left = t.left,
-                truncated = t.truncated,
-                requests = t.requests,
-                took_ms,
-                "blind window recovered in part: conversations left unread are found at their \
-                 next event (raise [stream] recover_max_reads to read more per window)"
-            );
-        } else {
-            tracing::info!(
-                cause,
-                window_ms,
-                listed_queues = t.listed_queues,
-                listed_flows = t.listed_flows,
-                read = t.read,
-                decided = t.decided,
-                watched_from_flows = t.flow_new,
-                left = 0,
-                requests = t.requests,
-                took_ms,
-                "blind window recovered: listed what is in the watched queues and flows now"
-            );
-        }
+        (t.read_failed, t.decided) = self.read_all(plan.read).await;
+        t.log(cause, window, started.elapsed());
         crate::metrics::recovery_window(t.read as u64, t.decided as u64, t.left as u64);
         true
+    }
+
+    /// Lists the watched queues and flows and asks the event loop which of the listed
+    /// conversations to read; `None` when the event loop is gone.
+    async fn plan(&mut self, t: &mut Tally) -> Option<Plan> {
+        let queues = self.list_queues(t).await;
+        let flows = self.list_flows(t).await;
+        let (reply, answer) = oneshot::channel();
+        self.ask
+            .send(Ask::Listed {
+                queues,
+                flows,
+                reply,
+            })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// Reads the conversations the event loop asked for, [`READ_CONCURRENCY`] at once,
+    /// and hands each read back to it: how many reads failed, and how many a rule
+    /// decided on.
+    async fn read_all(&self, ids: Vec<Box<str>>) -> (usize, usize) {
+        use futures_util::StreamExt as _;
+        let wanted = self.wanted.get();
+        let api = &self.api;
+        let ask = &self.ask;
+        let wanted = &wanted;
+        futures_util::stream::iter(ids)
+            .map(|id| async move {
+                let Some(mut ev) =
+                    super::read::read_at(Priority::Close, api, &id, wanted, "recovery").await
+                else {
+                    let _ = ask.send(Ask::Failed(id)).await;
+                    return (1, 0);
+                };
+                ev.source = Source::Recovery;
+                let (reply, decided) = oneshot::channel();
+                if ask.send(Ask::Read { event: ev, reply }).await.is_err() {
+                    return (0, 0);
+                }
+                (0, usize::from(decided.await.unwrap_or(false)))
+            })
+            .buffer_unordered(READ_CONCURRENCY)
+            .fold((0, 0), |(f, d), (f1, d1)| async move { (f + f1, d + d1) })
+            .await
     }
 
     async fn list_queues(&mut self, t: &mut Tally) -> Vec<Listed> {
