@@ -305,6 +305,26 @@ impl Store {
             .flags |= DECIDED;
     }
 
+    /// Asks `decide` about every open conversation no rule has decided on yet, marking
+    /// those it decides (a standby that takes over: events it kept the map warm with
+    /// were applied without asking the rules). Event loop only.
+    pub fn decide_undecided<D>(
+        &self,
+        mut decide: impl FnMut(&Conversation) -> Option<D>,
+    ) -> Vec<(Box<str>, D)> {
+        let mut decided = Vec::new();
+        for mut e in self.map.iter_mut() {
+            if e.is_decided() || e.is_closed() {
+                continue;
+            }
+            if let Some(d) = decide(&e) {
+                e.set(DECIDED, true);
+                decided.push((e.key().text(), d));
+            }
+        }
+        decided
+    }
+
     /// Remembers conversations whose close a past run finished (from the journal) as
     /// decided tombstones: a late frame or a repeated intake call after a restart
     /// starts no second decision.
