@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use crate::genesys::frames::{ConversationEvent, FlowMetric, Source};
 use crate::rules::{Rules, Verdict};
-use crate::state::{Applied, Store};
+use crate::state::{Applied, Conversation, Store};
 
 /// A rule matched: the verdict and what the map knew of the conversation then.
 #[derive(Debug)]
@@ -28,15 +28,18 @@ pub struct Matched {
 
 /// Applies `ev` at `at` and asks the rules, once per conversation.
 pub fn step(store: &Store, rules: &Rules, ev: &ConversationEvent, at: Instant) -> Applied<Matched> {
-    store.apply(ev, at, |conv| {
-        let verdict = rules.evaluate(conv)?;
-        Some(Matched {
-            verdict,
-            queue_id: conv.queue_id().map(Into::into),
-            customer_id: conv.customer_id().map(Into::into),
-            already_closed: conv.is_closed(),
-            seen_on_topic: conv.seen_on_topic(),
-        })
+    store.apply(ev, at, |conv| matched(rules, conv))
+}
+
+/// What the rules say of `conv` as the map knows it now.
+fn matched(rules: &Rules, conv: &Conversation) -> Option<Matched> {
+    let verdict = rules.evaluate(conv)?;
+    Some(Matched {
+        verdict,
+        queue_id: conv.queue_id().map(Into::into),
+        customer_id: conv.customer_id().map(Into::into),
+        already_closed: conv.is_closed(),
+        seen_on_topic: conv.seen_on_topic(),
     })
 }
 
@@ -49,16 +52,7 @@ pub fn apply_only(store: &Store, ev: &ConversationEvent, at: Instant) -> Applied
 
 /// Asks the rules about every open conversation not decided yet (at a takeover).
 pub fn undecided(store: &Store, rules: &Rules) -> Vec<(Box<str>, Matched)> {
-    store.decide_undecided(|conv| {
-        let verdict = rules.evaluate(conv)?;
-        Some(Matched {
-            verdict,
-            queue_id: conv.queue_id().map(Into::into),
-            customer_id: conv.customer_id().map(Into::into),
-            already_closed: conv.is_closed(),
-            seen_on_topic: conv.seen_on_topic(),
-        })
-    })
+    store.decide_undecided(|conv| matched(rules, conv))
 }
 
 /// The event a flow-metrics record stands for: the conversation made known (with no
