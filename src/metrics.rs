@@ -424,6 +424,37 @@ pub fn set_watchdog_timeout(timeout: Option<Duration>) {
     metrics::gauge!(WATCHDOG_TIMEOUT).set(timeout.map_or(0.0, |t| t.as_secs_f64()));
 }
 
+/// 1 while this instance holds the lease and acts (`[ha]`), else 0.
+pub const LEADER: &str = "genesys_closer_leader";
+/// The epoch of the lease this instance holds or last held.
+pub const LEASE_EPOCH: &str = "genesys_closer_lease_epoch";
+/// How long each lease renew took.
+pub const LEASE_RENEW: &str = "genesys_closer_lease_renew_seconds";
+/// When the lease was last renewed (Unix time): `time() - this` is the time since.
+pub const LEASE_LAST_RENEW: &str = "genesys_closer_lease_last_renew_timestamp_seconds";
+
+/// The lease was taken (`leader`) or lost or resigned, under `epoch`.
+pub fn lease(leader: bool, epoch: i64) {
+    metrics::gauge!(LEADER).set(if leader { 1.0 } else { 0.0 });
+    metrics::gauge!(LEASE_EPOCH).set(epoch as f64);
+    if leader {
+        lease_renewed_now();
+    }
+}
+
+/// A renew kept the lease; it took `took`.
+pub fn lease_renewed(took: Duration) {
+    metrics::histogram!(LEASE_RENEW).record(took.as_secs_f64());
+    lease_renewed_now();
+}
+
+fn lease_renewed_now() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(LEASE_LAST_RENEW).set(now);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,35 +519,4 @@ mod tests {
         assert_eq!(rotation_class("channel expires soon"), "expiry");
         assert_eq!(rotation_class("retry"), "other");
     }
-}
-
-/// 1 while this instance holds the lease and acts (`[ha]`), else 0.
-pub const LEADER: &str = "genesys_closer_leader";
-/// The epoch of the lease this instance holds or last held.
-pub const LEASE_EPOCH: &str = "genesys_closer_lease_epoch";
-/// How long each lease renew took.
-pub const LEASE_RENEW: &str = "genesys_closer_lease_renew_seconds";
-/// When the lease was last renewed (Unix time): `time() - this` is the time since.
-pub const LEASE_LAST_RENEW: &str = "genesys_closer_lease_last_renew_timestamp_seconds";
-
-/// The lease was taken (`leader`) or lost or resigned, under `epoch`.
-pub fn lease(leader: bool, epoch: i64) {
-    metrics::gauge!(LEADER).set(if leader { 1.0 } else { 0.0 });
-    metrics::gauge!(LEASE_EPOCH).set(epoch as f64);
-    if leader {
-        lease_renewed_now();
-    }
-}
-
-/// A renew kept the lease; it took `took`.
-pub fn lease_renewed(took: Duration) {
-    metrics::histogram!(LEASE_RENEW).record(took.as_secs_f64());
-    lease_renewed_now();
-}
-
-fn lease_renewed_now() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    metrics::gauge!(LEASE_LAST_RENEW).set(now);
 }
