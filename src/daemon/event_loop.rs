@@ -385,20 +385,12 @@ impl EventLoop {
         let _ = call.reply.send(answer);
     }
 
+    /// The answer to an intake call, acting on it: already seen, shutting down, being
+    /// verified, closed by a rule, no rule, or watched for its intent.
     fn intake_answer(&mut self, call: &IntakeCall) -> IntakeAnswer {
         let id = &call.conversation_id;
-        let seen = self
-            .store
-            .with(id, |c| (c.is_decided(), c.is_closed()))
-            .or_else(|| {
-                self.store
-                    .tombstone(id)
-                    .map(|t| (t == crate::state::Tombstone::Decided, true))
-            });
-        match seen {
-            Some((true, _)) => return IntakeAnswer::Duplicate,
-            Some((false, true)) => return IntakeAnswer::AlreadyClosed,
-            _ => {}
+        if let Some(answer) = self.seen_answer(id) {
+            return answer;
         }
         if self.draining {
             return IntakeAnswer::ShuttingDown;
@@ -435,6 +427,32 @@ impl EventLoop {
         if has_intent {
             return IntakeAnswer::NoRule;
         }
+        self.watch_id_only(call)
+    }
+
+    /// The answer to a call about a conversation already decided on or closed (in the
+    /// map, or remembered by its tombstone); `None` for any other.
+    fn seen_answer(&self, id: &str) -> Option<IntakeAnswer> {
+        let seen = self
+            .store
+            .with(id, |c| (c.is_decided(), c.is_closed()))
+            .or_else(|| {
+                self.store
+                    .tombstone(id)
+                    .map(|t| (t == crate::state::Tombstone::Decided, true))
+            });
+        match seen {
+            Some((true, _)) => Some(IntakeAnswer::Duplicate),
+            Some((false, true)) => Some(IntakeAnswer::AlreadyClosed),
+            _ => None,
+        }
+    }
+
+    /// An id-only call no rule decided on: its conversation is watched for its intent
+    /// (with a catch-up read owed once its topics are live), when per-conversation
+    /// topics can be used.
+    fn watch_id_only(&mut self, call: &IntakeCall) -> IntakeAnswer {
+        let id = &call.conversation_id;
         if !self.subs.enabled() {
             tracing::warn!(
                 conversation_id = &**id,
@@ -492,6 +510,28 @@ impl EventLoop {
         };
         let configured_missed = configured && covered_by.is_none();
         let watched_missed = !Health::is_mirror(stream) && self.subs.enabled();
+        let (wanted, capped) = self.resync_list(configured_missed, watched_missed);
+        let recover = configured_missed;
+        log_gap(
+            stream,
+            reason,
+            gap,
+            covered_by,
+            wanted.len(),
+            recover,
+            capped,
+        );
+        if recover {
+            self.recovery.trigger(reason, Some(gap));
+        }
+        self.resync(wanted);
+    }
+
+    /// What a gap's resync reads: the closes in flight, then the open conversations by
+    /// urgency (only the watched ones when the configured topics missed nothing), none
+    /// twice nor already being read, at most [`RESYNC_CAP`]; and whether the cap left
+    /// some out.
+    fn resync_list(&self, configured_missed: bool, watched_missed: bool) -> (Vec<Box<str>>, bool) {
         let watched_only = !configured_missed;
         let mut wanted: Vec<Box<str>> = Vec::new();
         if configured_missed || watched_missed {
@@ -505,42 +545,12 @@ impl EventLoop {
         wanted.retain(|id| seen.insert(id.clone()) && !self.resyncing.contains(id));
         let capped = wanted.len() > RESYNC_CAP;
         wanted.truncate(RESYNC_CAP);
-        let recover = configured_missed;
-        // One line per gap: what happened, how long, and what is done about it.
-        if capped {
-            tracing::warn!(
-                stream = %crate::genesys::StreamName(stream),
-                reason,
-                gap_ms = gap.as_millis() as u64,
-                covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
-                reads = wanted.len(),
-                recover_listing = recover,
-                cap = RESYNC_CAP,
-                "stream gap: events pushed meanwhile are lost; resyncing by REST reads, capped \
-                 (the least recently active open conversations are not read)"
-            );
-        } else if configured_missed || !wanted.is_empty() {
-            tracing::warn!(
-                stream = %crate::genesys::StreamName(stream),
-                reason,
-                gap_ms = gap.as_millis() as u64,
-                covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
-                reads = wanted.len(),
-                recover_listing = recover,
-                "stream gap: events pushed meanwhile are lost; resyncing by REST reads"
-            );
-        } else {
-            tracing::info!(
-                stream = %crate::genesys::StreamName(stream),
-                reason,
-                gap_ms = gap.as_millis() as u64,
-                covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
-                "stream gap covered by the mirror: nothing missed, nothing to read"
-            );
-        }
-        if recover {
-            self.recovery.trigger(reason, Some(gap));
-        }
+        (wanted, capped)
+    }
+
+    /// Reads `wanted` in a task of its own, [`RESYNC_CONCURRENCY`] at once: each read
+    /// comes back as an event, each failure as a [`Notice`].
+    fn resync(&mut self, wanted: Vec<Box<str>>) {
         if wanted.is_empty() {
             return;
         }
@@ -636,6 +646,50 @@ impl EventLoop {
                 "evicted conversations"
             );
         }
+    }
+}
+
+/// One line per gap: what happened, how long, and what is done about it (`reads`
+/// conversations read back, `recover` a listing of the watched queues and flows).
+fn log_gap(
+    stream: usize,
+    reason: &'static str,
+    gap: Duration,
+    covered_by: Option<usize>,
+    reads: usize,
+    recover: bool,
+    capped: bool,
+) {
+    if capped {
+        tracing::warn!(
+            stream = %crate::genesys::StreamName(stream),
+            reason,
+            gap_ms = gap.as_millis() as u64,
+            covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
+            reads,
+            recover_listing = recover,
+            cap = RESYNC_CAP,
+            "stream gap: events pushed meanwhile are lost; resyncing by REST reads, capped \
+             (the least recently active open conversations are not read)"
+        );
+    } else if recover || reads > 0 {
+        tracing::warn!(
+            stream = %crate::genesys::StreamName(stream),
+            reason,
+            gap_ms = gap.as_millis() as u64,
+            covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
+            reads,
+            recover_listing = recover,
+            "stream gap: events pushed meanwhile are lost; resyncing by REST reads"
+        );
+    } else {
+        tracing::info!(
+            stream = %crate::genesys::StreamName(stream),
+            reason,
+            gap_ms = gap.as_millis() as u64,
+            covered_by_stream = covered_by.map(|c| tracing::field::display(crate::genesys::StreamName(c))),
+            "stream gap covered by the mirror: nothing missed, nothing to read"
+        );
     }
 }
 
