@@ -59,6 +59,37 @@ impl Checker<'_> {
                 "wrapup_code",
             ],
         );
+        let intents = self.rule_intents(t);
+        let attribute = self.nonempty_string(t, "attribute");
+        let queues = self.id_list(t, "queues");
+        let message_types = self.message_types(t);
+        let dry_run = self.bool(t, "dry_run").unwrap_or(false);
+        let disconnect = self.disconnect_mode(t);
+        let confirm_timeout = self
+            .duration(t, "confirm_timeout")
+            .unwrap_or(Duration::from_secs(10));
+        let retry_for = self
+            .duration(t, "retry_for")
+            .unwrap_or(Duration::from_secs(180));
+        let farewell = self.farewell(t, &message_types);
+        let wrapup_code = self.nonempty_string(t, "wrapup_code");
+        Some(RuleConfig {
+            farewell,
+            wrapup_code,
+            retry_for,
+            name: name?,
+            intents,
+            attribute,
+            queues,
+            message_types,
+            dry_run,
+            disconnect,
+            confirm_timeout,
+        })
+    }
+
+    /// A rule's `intents`: at least one.
+    fn rule_intents(&mut self, t: &toml_edit::Table) -> Vec<String> {
         let intents = self.string_list(t, "intents");
         // A wrong type or a bad element was reported already: one mistake, one message.
         let absent_or_empty = t
@@ -72,8 +103,11 @@ impl Checker<'_> {
                     .into(),
             );
         }
-        let attribute = self.nonempty_string(t, "attribute");
-        let queues = self.id_list(t, "queues");
+        intents
+    }
+
+    /// A rule's `message_types`, each one of [`MESSAGE_TYPES`].
+    fn message_types(&mut self, t: &toml_edit::Table) -> Vec<String> {
         let message_types = self.string_list(t, "message_types");
         for mt in &message_types {
             if !MESSAGE_TYPES.contains(&mt.as_str()) {
@@ -87,8 +121,12 @@ impl Checker<'_> {
                 );
             }
         }
-        let dry_run = self.bool(t, "dry_run").unwrap_or(false);
-        let disconnect = match self.string(t, "disconnect").as_deref() {
+        message_types
+    }
+
+    /// A rule's `disconnect`: `conversation` (the default) or `customer`.
+    fn disconnect_mode(&mut self, t: &toml_edit::Table) -> DisconnectMode {
+        match self.string(t, "disconnect").as_deref() {
             None | Some("conversation") => DisconnectMode::Conversation,
             Some("customer") => DisconnectMode::Customer,
             Some(other) => {
@@ -99,13 +137,12 @@ impl Checker<'_> {
                 );
                 DisconnectMode::Conversation
             }
-        };
-        let confirm_timeout = self
-            .duration(t, "confirm_timeout")
-            .unwrap_or(Duration::from_secs(10));
-        let retry_for = self
-            .duration(t, "retry_for")
-            .unwrap_or(Duration::from_secs(180));
+        }
+    }
+
+    /// A rule's `farewell`, no longer than Genesys accepts on the channels the rule may
+    /// close (`message_types`).
+    fn farewell(&mut self, t: &toml_edit::Table, message_types: &[String]) -> Option<String> {
         // AdditionalMessage.textBody: "SMS - 765 characters, other channels - 2000"
         // (facts sheet D.5). A rule that may close SMS conversations gets the SMS limit.
         let farewell = self.nonempty_string(t, "farewell");
@@ -129,20 +166,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let wrapup_code = self.nonempty_string(t, "wrapup_code");
-        Some(RuleConfig {
-            farewell,
-            wrapup_code,
-            retry_for,
-            name: name?,
-            intents,
-            attribute,
-            queues,
-            message_types,
-            dry_run,
-            disconnect,
-            confirm_timeout,
-        })
+        farewell
     }
 
     // ---- typed value readers: each reports a wrong type at the value's position ----
