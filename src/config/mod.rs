@@ -79,6 +79,9 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     /// `[feed]`: every final outcome delivered to an endpoint and/or a file; `None`: off.
     pub feed: Option<FeedConfig>,
+    /// `[ha]`: several instances on one PostgreSQL, exactly one acting; `None`: off
+    /// (one instance, the SQLite journal under `state_dir`).
+    pub ha: Option<HaConfig>,
     /// Rules in file order; the first that matches decides.
     pub rules: Vec<RuleConfig>,
 }
@@ -140,6 +143,89 @@ pub struct FeedConfig {
     pub token_file: Option<PathBuf>,
     /// Per delivery attempt.
     pub timeout: Duration,
+}
+
+/// `[ha]`: two or three instances share a PostgreSQL database (the journal and a lease
+/// row); the instance holding the lease acts, the others stand by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaConfig {
+    /// Where the connection string comes from (it may hold a password: never logged).
+    pub database_url: DatabaseUrl,
+    /// The schema holding the tables. Default `genesys_closer`.
+    pub schema: String,
+    /// The lease's name: instances with the same name form one group. Default
+    /// `genesys-closer`.
+    pub lease_name: String,
+    /// This instance's name, in the lease, the journal and the User-Agent. Default: the
+    /// host name.
+    pub instance: String,
+    /// How long a taken or renewed lease lasts. Default 10 s.
+    pub lease_ttl: Duration,
+    /// How often the holder renews it. Default 2 s.
+    pub renew_every: Duration,
+}
+
+/// Where `[ha]`'s connection string comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// `database_url = "..."` in the file (without a password, or the file is private).
+    Inline(String),
+    /// `database_url_file = "/path"`.
+    File(PathBuf),
+    /// systemd `LoadCredential=database_url:...`, found in `$CREDENTIALS_DIRECTORY`.
+    Credential(PathBuf),
+    /// The environment variable [`DATABASE_URL_ENV`].
+    Env,
+}
+
+/// Environment variable holding `[ha]`'s connection string.
+pub const DATABASE_URL_ENV: &str = "GENESYS_CLOSER_DATABASE_URL";
+
+/// The share of the lease's TTL a holder trusts it for: the rest covers clock-rate
+/// drift between the host and the database.
+pub const LEASE_TRUST_SHARE: f64 = 0.9;
+
+/// Whether a lease's timing can work: a renew every `renew_every`, each allowed up to
+/// `renew_every`, must leave room for two failed renews and a third inside the trust
+/// window (`3 x renew_every < 90% of lease_ttl`); a TTL equal to the renew interval
+/// loses a healthy lease (River #216).
+pub fn lease_timing(ttl: Duration, renew_every: Duration) -> Result<(), String> {
+    if !(Duration::from_secs(3)..=Duration::from_secs(600)).contains(&ttl) {
+        return Err(format!(
+            "lease_ttl = {} must be between 3s and 10m",
+            humantime::format_duration(ttl)
+        ));
+    }
+    if renew_every < Duration::from_millis(200) || renew_every * 3 >= ttl.mul_f64(LEASE_TRUST_SHARE)
+    {
+        return Err(format!(
+            "renew_every = {} must be at least 200ms and below a third of 90% of lease_ttl \
+             ({}): each renew may take up to renew_every, and two may fail before the lease \
+             is lost",
+            humantime::format_duration(renew_every),
+            humantime::format_duration(ttl)
+        ));
+    }
+    Ok(())
+}
+
+/// A schema name safe to write into SQL as an identifier: lower-case ASCII letters,
+/// digits and `_`, not starting with a digit, at most 63 bytes (PostgreSQL's limit).
+pub fn schema_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "schema {name:?} must be 1 to 63 lower-case letters, digits or '_', not starting \
+             with a digit"
+        ))
+    }
 }
 
 /// Environment variable holding the feed endpoint's bearer token.

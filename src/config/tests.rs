@@ -189,3 +189,83 @@ fn metrics_are_off_by_default_and_loopback_unless_allowed() {
         .0;
     assert_eq!(errs.len(), 2, "{errs:?}");
 }
+
+#[test]
+fn ha_is_off_by_default_and_its_settings_are_judged_together() {
+    assert_eq!(
+        parse(GOOD).expect("valid").ha,
+        None,
+        "one instance by default"
+    );
+    let c = parse(&format!("{GOOD}\n[ha]\ninstance = \"host-a\"\n")).expect("valid");
+    let ha = c.ha.expect("[ha] read");
+    assert_eq!(ha.schema, "genesys_closer");
+    assert_eq!(ha.lease_name, "genesys-closer");
+    assert_eq!(ha.instance, "host-a");
+    assert_eq!(
+        (ha.lease_ttl, ha.renew_every),
+        (Duration::from_secs(10), Duration::from_secs(2))
+    );
+    assert!(matches!(
+        ha.database_url,
+        DatabaseUrl::Env | DatabaseUrl::Credential(_)
+    ));
+    let c = parse(&format!(
+        "{GOOD}\n[ha]\ninstance = \"a\"\ndatabase_url_file = \"/etc/genesys-closer/db\"\n"
+    ))
+    .expect("valid");
+    assert_eq!(
+        c.ha.unwrap().database_url,
+        DatabaseUrl::File("/etc/genesys-closer/db".into())
+    );
+
+    let refused = |extra: &str, says: &str| {
+        let e = parse(&format!("{GOOD}\n[ha]\ninstance = \"a\"\n{extra}\n"))
+            .expect_err(extra)
+            .to_string();
+        assert!(e.contains(says), "{extra}: {e}");
+    };
+    // A TTL equal to the renew interval loses a healthy lease (River #216).
+    refused(
+        "lease_ttl = \"2s\"\nrenew_every = \"2s\"",
+        "between 3s and 10m",
+    );
+    refused(
+        "lease_ttl = \"10s\"\nrenew_every = \"10s\"",
+        "renew_every = 10s must be",
+    );
+    refused(
+        "lease_ttl = \"10s\"\nrenew_every = \"3s\"",
+        "below a third of 90% of lease_ttl",
+    );
+    refused("schema = \"Genesys\"", "schema \"Genesys\" must be");
+    refused(
+        "database_url = \"host=db\"\ndatabase_url_file = \"/x\"",
+        "not both",
+    );
+    refused("lease = \"x\"", "lease");
+}
+
+#[test]
+fn lease_timing_is_one_rule() {
+    let s = Duration::from_secs;
+    assert!(lease_timing(s(10), s(2)).is_ok());
+    assert!(lease_timing(s(10), Duration::from_millis(2999)).is_ok());
+    assert!(lease_timing(s(10), s(3)).is_err());
+    assert!(lease_timing(s(10), Duration::from_millis(100)).is_err());
+    assert!(lease_timing(s(601), s(2)).is_err());
+    for good in ["genesys_closer", "_x", "a1"] {
+        assert!(schema_name(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "",
+        "1a",
+        "Genesys",
+        "a-b",
+        "a;drop",
+        "a\"b",
+        &"a".repeat(64),
+    ] {
+        assert!(schema_name(bad).is_err(), "{bad}");
+    }
+}

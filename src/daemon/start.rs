@@ -38,6 +38,12 @@ pub(super) async fn start(
     opts: &mut RunOptions,
     started: Instant,
 ) -> Result<Option<Running>, DaemonError> {
+    if config.ha.is_some() {
+        // Not wired yet (issue 16): refused rather than run as one instance ignoring it.
+        return Err(DaemonError::Setup(
+            "[ha] is not supported by this version yet: remove it to run one instance".into(),
+        ));
+    }
     let (opened, feed_token) = open_journal(config)?;
     let http = ApiClient::http_client().map_err(|e| DaemonError::Setup(e.to_string()))?;
     let feed = FeedTask::start(config, &opened.journal, &http, feed_token);

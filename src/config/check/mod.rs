@@ -12,6 +12,7 @@ use url::Url;
 use super::*;
 use crate::ids::is_uuid;
 
+mod ha;
 mod rules;
 mod sections;
 mod stream;
@@ -55,6 +56,8 @@ fn duration_bounds(key: &str) -> (Duration, Duration) {
         "verify_every" => (ms(100), s(86_400)),
         "silence_check" => (ms(100), s(3600)),
         "retention" => (s(3600), s(3650 * 86_400)),
+        "lease_ttl" => (s(3), s(600)),
+        "renew_every" => (ms(200), s(200)),
         // At least a few seconds for the last steps (streams, journal, feed) after the drain.
         "stop_timeout" => (s(2), s(3600)),
         "request_timeout" | "timeout" => (ms(100), s(300)),
@@ -170,6 +173,7 @@ impl Checker<'_> {
                 "daemon",
                 "metrics",
                 "feed",
+                "ha",
                 "rule",
             ],
         );
@@ -185,6 +189,7 @@ impl Checker<'_> {
         let daemon = self.daemon(root);
         let metrics = self.metrics(root);
         let feed = self.feed(root);
+        let ha = self.ha(root);
         Some(Config {
             daemon,
             source: self.file.to_path_buf(),
@@ -196,6 +201,7 @@ impl Checker<'_> {
             intake,
             metrics,
             feed,
+            ha,
             rules,
         })
     }
