@@ -26,9 +26,24 @@ impl Checker<'_> {
         let requests_per_minute = self
             .int_in(t, "requests_per_minute", 1..=100_000)
             .unwrap_or(240) as u32;
+        let client_id = self.client_id(t, here.clone());
+        let region = self.region(t);
+        let (api_url, login_url) = self.genesys_urls(t, here, region)?;
+        let secret = self.client_secret(t);
+        Some(GenesysConfig {
+            requests_per_minute,
+            api_url,
+            login_url,
+            client_id: client_id?,
+            secret,
+        })
+    }
+
+    /// `client_id`: required, and an OAuth client's UUID.
+    fn client_id(&mut self, t: &dyn TableLike, here: Option<Range<usize>>) -> Option<String> {
         let client_id = self.nonempty_string(t, "client_id");
         if client_id.is_none() && t.get("client_id").is_none() {
-            self.at(here.clone(), "[genesys] needs `client_id`".into());
+            self.at(here, "[genesys] needs `client_id`".into());
         }
         // Genesys names an OAuth client by a UUID (Admin > OAuth > Client ID); anything
         // else is a paste of the client's name or of its secret.
@@ -45,7 +60,12 @@ impl Checker<'_> {
                 ),
             );
         }
-        let region = self.nonempty_string(t, "region").and_then(|r| {
+        client_id
+    }
+
+    /// `region`, as the domain it names.
+    fn region(&mut self, t: &dyn TableLike) -> Option<String> {
+        self.nonempty_string(t, "region").and_then(|r| {
             let domain = region_domain(&r);
             if domain.is_none() {
                 let span = t.get("region").and_then(Item::span);
@@ -58,29 +78,44 @@ impl Checker<'_> {
                 );
             }
             domain
-        });
+        })
+    }
+
+    /// The API and login URLs: `api_url` and `login_url`, or those of the region's
+    /// domain for either not set; `None` when neither way gives both.
+    fn genesys_urls(
+        &mut self,
+        t: &dyn TableLike,
+        here: Option<Range<usize>>,
+        region: Option<String>,
+    ) -> Option<(Url, Url)> {
         let api_url = self.url(t, "api_url");
         let login_url = self.url(t, "login_url");
-        let (api_url, login_url) = match (api_url, login_url, region) {
-            (Some(a), Some(l), _) => (a, l),
+        match (api_url, login_url, region) {
+            (Some(a), Some(l), _) => Some((a, l)),
             (a, l, Some(domain)) => {
                 let a = a.or_else(|| Url::parse(&format!("https://api.{domain}")).ok());
                 let l = l.or_else(|| Url::parse(&format!("https://login.{domain}")).ok());
-                (a?, l?)
+                Some((a?, l?))
             }
             (_, _, None) => {
                 // A bad URL or region was reported already; only report what is missing.
                 let both_urls = t.contains_key("api_url") && t.contains_key("login_url");
                 if t.get("region").is_none() && !both_urls {
                     self.at(
-                        here.clone(),
+                        here,
                         "[genesys] needs `region` (or both `api_url` and `login_url`)".into(),
                     );
                 }
-                return None;
+                None
             }
-        };
-        let secret = match self.string(t, "client_secret_file") {
+        }
+    }
+
+    /// Where the client secret comes from: `client_secret_file`, else systemd's
+    /// credential when there is one, else the environment.
+    fn client_secret(&mut self, t: &dyn TableLike) -> SecretSource {
+        match self.string(t, "client_secret_file") {
             Some(p) => SecretSource::File(PathBuf::from(p)),
             None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
                 Some(dir) if Path::new(&dir).join("client_secret").is_file() => {
@@ -88,14 +123,7 @@ impl Checker<'_> {
                 }
                 _ => SecretSource::Env,
             },
-        };
-        Some(GenesysConfig {
-            requests_per_minute,
-            api_url,
-            login_url,
-            client_id: client_id?,
-            secret,
-        })
+        }
     }
 
     pub(super) fn intake(&mut self, root: &dyn TableLike) -> Option<IntakeConfig> {
@@ -117,35 +145,8 @@ impl Checker<'_> {
         );
         let enabled = self.bool(t, "enabled").unwrap_or(false);
         let listen_span = t.get("listen").and_then(Item::span);
-        let listen = match self.string(t, "listen") {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 8443))),
-            Some(text) => match text.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.at(
-                        listen_span.clone(),
-                        format!(
-                            "`listen` = \"{text}\" is not an address such as \"127.0.0.1:8443\""
-                        ),
-                    );
-                    None
-                }
-            },
-        };
-        let cert = self.nonempty_string(t, "tls_cert").map(PathBuf::from);
-        let key = self.nonempty_string(t, "tls_key").map(PathBuf::from);
-        let tls = match (cert, key) {
-            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-            (None, None) => None,
-            _ => {
-                let span = t.get("tls_cert").or(t.get("tls_key")).and_then(Item::span);
-                self.at(
-                    span,
-                    "`tls_cert` and `tls_key` go together: set both or neither".into(),
-                );
-                None
-            }
-        };
+        let listen = self.listen(t, SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let tls = self.tls_files(t);
         if let Some(a) = listen
             && !a.ip().is_loopback()
             && tls.is_none()
@@ -159,35 +160,14 @@ impl Checker<'_> {
                 ),
             );
         }
-        let token = match self.nonempty_string(t, "token_file") {
-            Some(p) => TokenSource::File(PathBuf::from(p)),
-            None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
-                Some(dir) if Path::new(&dir).join(INTAKE_TOKEN_CREDENTIAL).is_file() => {
-                    TokenSource::Credential(Path::new(&dir).join(INTAKE_TOKEN_CREDENTIAL))
-                }
-                _ => TokenSource::Env,
-            },
-        };
+        let token = self.intake_token(t);
         let basic_user = self.nonempty_string(t, "basic_user");
         if basic_user.as_deref().is_some_and(|u| u.contains(':')) {
             let span = t.get("basic_user").and_then(Item::span);
             self.at(span, "`basic_user` must not contain ':'".into());
         }
         let verify = self.bool(t, "verify").unwrap_or(false);
-        let max_connections = match t.get("max_connections").and_then(Item::as_integer) {
-            Some(n) if (1..=65_536).contains(&n) => n as usize,
-            Some(_) => {
-                let span = t.get("max_connections").and_then(Item::span);
-                self.at(span, "`max_connections` must be between 1 and 65536".into());
-                256
-            }
-            None => {
-                if let Some(item) = t.get("max_connections") {
-                    self.at(item.span(), "`max_connections` must be an integer".into());
-                }
-                256
-            }
-        };
+        let max_connections = self.max_connections(t);
         let request_timeout = self
             .duration(t, "request_timeout")
             .unwrap_or(Duration::from_secs(5));
@@ -203,6 +183,74 @@ impl Checker<'_> {
             max_connections,
             request_timeout,
         })
+    }
+
+    /// `listen`: an address such as `default`, which it is when not set.
+    fn listen(&mut self, t: &dyn TableLike, default: SocketAddr) -> Option<SocketAddr> {
+        let listen_span = t.get("listen").and_then(Item::span);
+        match self.string(t, "listen") {
+            None => Some(default),
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.at(
+                        listen_span,
+                        format!("`listen` = \"{text}\" is not an address such as \"{default}\""),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// `tls_cert` and `tls_key`: both or neither.
+    fn tls_files(&mut self, t: &dyn TableLike) -> Option<TlsFiles> {
+        let cert = self.nonempty_string(t, "tls_cert").map(PathBuf::from);
+        let key = self.nonempty_string(t, "tls_key").map(PathBuf::from);
+        match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                let span = t.get("tls_cert").or(t.get("tls_key")).and_then(Item::span);
+                self.at(
+                    span,
+                    "`tls_cert` and `tls_key` go together: set both or neither".into(),
+                );
+                None
+            }
+        }
+    }
+
+    /// Where the intake's token comes from: `token_file`, else systemd's credential when
+    /// there is one, else the environment.
+    fn intake_token(&mut self, t: &dyn TableLike) -> TokenSource {
+        match self.nonempty_string(t, "token_file") {
+            Some(p) => TokenSource::File(PathBuf::from(p)),
+            None => match std::env::var_os("CREDENTIALS_DIRECTORY") {
+                Some(dir) if Path::new(&dir).join(INTAKE_TOKEN_CREDENTIAL).is_file() => {
+                    TokenSource::Credential(Path::new(&dir).join(INTAKE_TOKEN_CREDENTIAL))
+                }
+                _ => TokenSource::Env,
+            },
+        }
+    }
+
+    /// `max_connections`: 1 to 65536, 256 when not set (or wrong).
+    fn max_connections(&mut self, t: &dyn TableLike) -> usize {
+        match t.get("max_connections").and_then(Item::as_integer) {
+            Some(n) if (1..=65_536).contains(&n) => n as usize,
+            Some(_) => {
+                let span = t.get("max_connections").and_then(Item::span);
+                self.at(span, "`max_connections` must be between 1 and 65536".into());
+                256
+            }
+            None => {
+                if let Some(item) = t.get("max_connections") {
+                    self.at(item.span(), "`max_connections` must be an integer".into());
+                }
+                256
+            }
+        }
     }
 
     /// `[metrics]`: off unless `enabled = true`; loopback unless `allow_remote = true`
@@ -238,21 +286,7 @@ impl Checker<'_> {
         let enabled = self.bool(t, "enabled").unwrap_or(false);
         let allow_remote = self.bool(t, "allow_remote").unwrap_or(false);
         let listen_span = t.get("listen").and_then(Item::span);
-        let listen = match self.string(t, "listen") {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
-            Some(text) => match text.parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.at(
-                        listen_span.clone(),
-                        format!(
-                            "`listen` = \"{text}\" is not an address such as \"127.0.0.1:9464\""
-                        ),
-                    );
-                    None
-                }
-            },
-        };
+        let listen = self.listen(t, SocketAddr::from(([127, 0, 0, 1], 9464)));
         if let Some(a) = listen
             && enabled
             && !allow_remote
