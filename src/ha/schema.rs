@@ -45,46 +45,105 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<usize, HaError
     super::valid_schema(schema)?;
     let mut applied = 0;
     for (version, sql) in MIGRATIONS {
-        let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-            .await?;
-        tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema};
-             CREATE TABLE IF NOT EXISTS {schema}.migrations (
-                 version int PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now()
-             );"
-        ))
-        .await?;
-        let newest: Option<i32> = tx
-            .query_one(
-                &format!("SELECT max(version) FROM {schema}.migrations"),
-                &[],
-            )
-            .await?
-            .get(0);
-        if let Some(n) = newest
-            && n > latest()
-        {
-            return Err(HaError::Settings(format!(
-                "the database's schema {schema} is at version {n}, newer than this binary's \
-                 {}: upgrade this instance",
-                latest()
-            )));
+        let mut again = true;
+        let done = loop {
+            match apply(client, schema, *version, sql).await {
+                // A session that looked the schema or table name up before another
+                // instance created it keeps that "no such name" in its catalog cache
+                // until its next transaction: waiting on an advisory lock (no relation
+                // lock) reads no invalidations, so `CREATE ... IF NOT EXISTS` collides
+                // with what the other instance committed. A fresh transaction sees it.
+                Err(e) if again && stale_catalog(&e) => {
+                    again = false;
+                    tracing::debug!(schema, version, error = %e,
+                        "coordination database: created meanwhile by another instance; again");
+                }
+                r => break r?,
+            }
+        };
+        match done {
+            Applied::Now => {
+                applied += 1;
+                tracing::info!(schema, version, "coordination database: migration applied");
+            }
+            Applied::Before => {}
+            Applied::Newer(n) => {
+                return Err(HaError::Settings(format!(
+                    "the database's schema {schema} is at version {n}, newer than this \
+                     binary's {}: upgrade this instance",
+                    latest()
+                )));
+            }
         }
-        if newest.is_some_and(|n| n >= *version) {
-            tx.commit().await?;
-            continue;
-        }
-        tx.batch_execute(&sql.replace("{schema}", schema)).await?;
-        tx.execute(
-            &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
-            &[version],
-        )
-        .await?;
-        tx.commit().await?;
-        applied += 1;
-        tracing::info!(schema, version, "coordination database: migration applied");
     }
     Ok(applied)
+}
+
+/// What [`apply`] found.
+enum Applied {
+    /// Applied by this call.
+    Now,
+    /// Applied already.
+    Before,
+    /// The database is at this version, newer than this binary's.
+    Newer(i32),
+}
+
+/// Whether `e` is a name collision a stale catalog cache explains (duplicate schema,
+/// table or catalog key; a table not found).
+fn stale_catalog(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        [
+            SqlState::UNIQUE_VIOLATION,
+            SqlState::DUPLICATE_SCHEMA,
+            SqlState::DUPLICATE_TABLE,
+            SqlState::UNDEFINED_TABLE,
+        ]
+        .contains(c)
+    })
+}
+
+/// Applies `version` in one transaction under the migrations' lock, unless applied.
+async fn apply(
+    client: &mut Client,
+    schema: &str,
+    version: i32,
+    sql: &str,
+) -> Result<Applied, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.migrations (
+             version int PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await?;
+    let newest: Option<i32> = tx
+        .query_one(
+            &format!("SELECT max(version) FROM {schema}.migrations"),
+            &[],
+        )
+        .await?
+        .get(0);
+    if let Some(n) = newest
+        && n > latest()
+    {
+        return Ok(Applied::Newer(n));
+    }
+    if newest.is_some_and(|n| n >= version) {
+        tx.commit().await?;
+        return Ok(Applied::Before);
+    }
+    tx.batch_execute(&sql.replace("{schema}", schema)).await?;
+    tx.execute(
+        &format!("INSERT INTO {schema}.migrations (version) VALUES ($1)"),
+        &[&version],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Applied::Now)
 }
