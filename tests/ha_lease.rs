@@ -38,6 +38,9 @@ async fn connect() -> (Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
     (client, rx)
 }
 
+/// The step the fence guards in these tests.
+const STEP: &str = "about_to_send:disconnect";
+
 /// A fresh schema for one test, dropped by `drop_schema`.
 fn schema_name(test: &str) -> String {
     format!("t_{test}_{}", std::process::id())
@@ -112,7 +115,7 @@ async fn a_taken_lease_excludes_others_and_a_takeover_fences_the_old_epoch() {
     assert_eq!(b.renew(&db).await.unwrap(), Renewed::Lost);
     assert!(matches!(a.renew(&db).await.unwrap(), Renewed::Kept(h) if h.epoch == 1));
     assert!(
-        fenced_step(&db, a.settings(), 1, "c-1", "about to send: disconnect")
+        fenced_step(&db, a.settings(), 1, "c-1", STEP, 1_000)
             .await
             .unwrap()
     );
@@ -123,20 +126,20 @@ async fn a_taken_lease_excludes_others_and_a_takeover_fences_the_old_epoch() {
     assert_eq!(held_b.epoch, 2, "a takeover bumps the epoch");
     // A wakes up: its steps under epoch 1 are refused, and its renew says lost.
     assert!(
-        !fenced_step(&db, a.settings(), 1, "c-2", "about to send: disconnect")
+        !fenced_step(&db, a.settings(), 1, "c-2", STEP, 2_000)
             .await
             .unwrap()
     );
     assert_eq!(a.renew(&db).await.unwrap(), Renewed::Lost);
     assert_eq!(a.trusted(tokio::time::Instant::now()), None);
     assert!(
-        fenced_step(&db, b.settings(), 2, "c-2", "about to send: disconnect")
+        fenced_step(&db, b.settings(), 2, "c-2", STEP, 3_000)
             .await
             .unwrap()
     );
     let sent: Vec<(String, i64, String)> = db
         .query(
-            &format!("SELECT conversation_id, epoch, instance FROM {schema}.sent ORDER BY id"),
+            &format!("SELECT conversation_id, epoch, instance FROM {schema}.steps ORDER BY id"),
             &[],
         )
         .await
@@ -202,19 +205,10 @@ async fn a_fenced_insert_in_flight_holds_a_takeover_until_it_is_stored() {
 
     // The fenced insert, held open in a transaction (as if paused before its commit).
     let tx = old.transaction().await.unwrap();
-    let stored = tx
-        .execute(
-            &format!(
-                "INSERT INTO {schema}.sent (conversation_id, step, epoch, instance)
-                 SELECT 'c-9', 'about to send: disconnect', l.epoch, l.holder
-                 FROM {schema}.lease l WHERE l.name = 'closer' AND l.epoch = 1
-                 AND l.holder = 'host-a' FOR SHARE"
-            ),
-            &[],
-        )
+    let stored = fenced_step(&tx, a.settings(), 1, "c-9", STEP, 9_000)
         .await
         .unwrap();
-    assert_eq!(stored, 1);
+    assert!(stored);
     let schema2 = schema.clone();
     let taker = tokio::spawn(async move {
         let mut b = Lease::new(settings(&schema2, "host-b"));
@@ -250,7 +244,7 @@ async fn a_fenced_insert_in_flight_holds_a_takeover_until_it_is_stored() {
     assert_eq!(held.epoch, 2);
     let earlier: i64 = db
         .query_one(
-            &format!("SELECT count(*) FROM {schema}.sent WHERE epoch < $1"),
+            &format!("SELECT count(*) FROM {schema}.steps WHERE epoch < $1"),
             &[&held.epoch],
         )
         .await

@@ -18,7 +18,8 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, GenericClient};
 
 use super::HaError;
 
@@ -236,34 +237,42 @@ impl Lease {
     }
 }
 
-/// The fence: stores a step's "about to send" row under `epoch` only while `epoch` is
-/// the lease's current one and `instance` its holder, in one statement. The lease row
-/// is read `FOR SHARE`: a takeover (which updates the row) waits for this insert to
-/// commit, so the new holder's read of earlier epochs' steps sees it; a takeover that
-/// committed first makes this find no row. `Ok(false)`: fenced off, do not send.
-pub async fn fenced_step(
-    db: &Client,
+/// The fence: stores a step's "about to send" row in the journal's steps table under
+/// `epoch` only while `epoch` is the lease's current one and `settings.instance` its
+/// holder, in one statement. The lease row is read `FOR SHARE`: a takeover (which
+/// updates the row) waits for this insert's transaction to end, so the new holder's
+/// read of earlier epochs' steps sees it; a takeover that committed first makes this
+/// find no row. `Ok(false)`: fenced off, do not send.
+///
+/// `db` is a client (the row commits at once) or a transaction (the row, and the lease
+/// row's share lock, last until it ends). The PostgreSQL journal's
+/// [`step_fenced`](crate::journal::Backend::step_fenced) runs this statement.
+pub async fn fenced_step<C: GenericClient + Sync>(
+    db: &C,
     settings: &LeaseSettings,
     epoch: i64,
     conversation_id: &str,
     step: &str,
+    at_ms: i64,
 ) -> Result<bool, HaError> {
     let sql = format!(
-        "INSERT INTO {schema}.sent (conversation_id, step, epoch, instance)
-         SELECT $1, $2, l.epoch, l.holder FROM {schema}.lease l
-         WHERE l.name = $3 AND l.epoch = $4 AND l.holder = $5
+        "INSERT INTO {schema}.steps (conversation_id, at_ms, step, epoch, instance)
+         SELECT $1, $2, $3, l.epoch, l.holder FROM {schema}.lease l
+         WHERE l.name = $4 AND l.epoch = $5 AND l.holder = $6
          FOR SHARE",
         schema = settings.schema
     );
+    // Typed parameters: one round trip, and an unnamed statement (a pooler keeps it).
     let n = db
-        .execute(
+        .execute_typed(
             &sql,
             &[
-                &conversation_id,
-                &step,
-                &settings.name,
-                &epoch,
-                &settings.instance,
+                (&conversation_id, Type::TEXT),
+                (&at_ms, Type::INT8),
+                (&step, Type::TEXT),
+                (&settings.name, Type::TEXT),
+                (&epoch, Type::INT8),
+                (&settings.instance, Type::TEXT),
             ],
         )
         .await?;

@@ -1,4 +1,5 @@
-//! The coordination tables, created by versioned migrations embedded in the binary.
+//! The coordination tables (the lease) and the PostgreSQL journal's tables, created by
+//! versioned migrations embedded in the binary.
 //!
 //! Each migration runs in one transaction that first takes a transaction-scoped
 //! advisory lock, so two instances starting together apply each version once (the
@@ -13,7 +14,15 @@ use super::HaError;
 const MIGRATION_LOCK: i64 = 0x0067_636c_6f73_6572; // "gcloser"
 
 /// Version and SQL, in order. `{schema}` is replaced by the configured schema. A
-/// released version is never edited: a change is a new version.
+/// released version is never edited: a change is a new version. (Version 1 was edited
+/// once, before any release: the journal's tables joined the lease's, and the fence's
+/// rows moved from a table of their own into the journal's steps.)
+///
+/// The journal's tables mirror the SQLite journal's (`src/journal/sqlite.rs`), column
+/// for column, in PostgreSQL's types: `bigint` for times (`*_ms`, ms since the Unix
+/// epoch, written by the instance as in SQLite) and counts, `bigserial` for ids,
+/// `boolean` for flags (SQLite's 0/1 integers). Steps carry the lease epoch and the
+/// instance that wrote them under the fence (`NULL` for a step written unfenced).
 const MIGRATIONS: &[(i32, &str)] = &[(
     1,
     "CREATE TABLE {schema}.lease (
@@ -22,15 +31,54 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         epoch bigint NOT NULL,
         expires_at timestamptz NOT NULL
     );
-    CREATE TABLE {schema}.sent (
+    CREATE TABLE {schema}.decisions (
+        conversation_id text PRIMARY KEY,
+        rule text NOT NULL,
+        intent text NOT NULL,
+        queue_id text,
+        customer_id text,
+        source text NOT NULL,
+        watch boolean NOT NULL,
+        deferred boolean NOT NULL,
+        decided_ms bigint NOT NULL,
+        outcome text,
+        outcome_ms bigint,
+        reason text,
+        correlation_id text,
+        requests bigint,
+        latency_ms bigint
+    );
+    CREATE INDEX decisions_open ON {schema}.decisions (decided_ms) WHERE outcome IS NULL;
+    CREATE INDEX decisions_finished ON {schema}.decisions (outcome_ms);
+    CREATE TABLE {schema}.steps (
         id bigserial PRIMARY KEY,
         conversation_id text NOT NULL,
+        at_ms bigint NOT NULL,
         step text NOT NULL,
-        epoch bigint NOT NULL,
-        instance text NOT NULL,
-        at timestamptz NOT NULL DEFAULT now()
+        epoch bigint,
+        instance text
     );
-    CREATE INDEX sent_by_conversation ON {schema}.sent (conversation_id);",
+    CREATE INDEX steps_conversation ON {schema}.steps (conversation_id, id);
+    CREATE TABLE {schema}.intake (
+        id bigserial PRIMARY KEY,
+        conversation_id text NOT NULL,
+        at_ms bigint NOT NULL,
+        intent text,
+        answer text NOT NULL
+    );
+    CREATE INDEX intake_at ON {schema}.intake (at_ms);
+    CREATE TABLE {schema}.outbox (
+        id bigserial PRIMARY KEY,
+        key text NOT NULL UNIQUE,
+        payload text NOT NULL,
+        created_ms bigint NOT NULL,
+        http_pending boolean NOT NULL,
+        file_pending boolean NOT NULL,
+        attempts bigint NOT NULL DEFAULT 0,
+        next_ms bigint NOT NULL,
+        last_error text
+    );
+    CREATE INDEX outbox_due ON {schema}.outbox (next_ms) WHERE http_pending OR file_pending;",
 )];
 
 /// The newest version this binary knows.
