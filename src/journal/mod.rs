@@ -18,6 +18,7 @@
 //! crash, and the error line says so.
 
 pub mod history;
+mod postgres;
 mod records;
 mod sqlite;
 mod writer;
@@ -32,6 +33,7 @@ use tokio::sync::oneshot;
 
 use crate::step::Step;
 
+pub use postgres::PostgresBackend;
 pub use records::*;
 pub use sqlite::SqliteBackend;
 use writer::writer;
@@ -63,6 +65,21 @@ pub trait Backend: Send {
         at_ms: i64,
     ) -> Result<(), JournalError> {
         self.step(conversation_id, step, at_ms)
+    }
+    /// Records a step's "about to send" under the lease `epoch` (issue 16): stored only
+    /// while `epoch` is the lease's current one, checked in the same statement, else
+    /// [`JournalError::Fenced`] and nothing is stored. No row, no request. A backend
+    /// without a lease (SQLite: one instance) stores it as
+    /// [`step_durable`](Self::step_durable) does.
+    fn step_fenced(
+        &mut self,
+        conversation_id: &str,
+        step: &str,
+        at_ms: i64,
+        epoch: i64,
+    ) -> Result<(), JournalError> {
+        let _ = epoch;
+        self.step_durable(conversation_id, step, at_ms)
     }
     /// Records how a close ended, with an outbox entry for each sink in `sinks`.
     fn outcome(&mut self, o: &OutcomeRecord, at_ms: i64, sinks: Sinks) -> Result<(), JournalError>;
@@ -131,6 +148,15 @@ pub enum JournalError {
     /// The writer thread is gone (shut down or panicked).
     #[error("journal writer stopped")]
     Stopped,
+    /// A fenced step was refused: its lease epoch is no longer the current one.
+    #[error(
+        "lease epoch {epoch} is no longer the current one (a newer lease epoch exists): \
+         this instance must not send"
+    )]
+    Fenced {
+        /// The stale epoch the step was written under.
+        epoch: i64,
+    },
 }
 
 /// Milliseconds since the Unix epoch now.
