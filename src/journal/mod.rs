@@ -476,4 +476,6 @@ impl Journal {
 }
 
 #[cfg(test)]
+mod backend_suite;
+#[cfg(test)]
 mod tests;
