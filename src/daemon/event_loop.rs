@@ -62,6 +62,8 @@ pub(crate) struct EventLoop {
     pub verify: bool,
     /// Shutting down: no new decisions.
     pub draining: bool,
+    /// Asks the rules (always, unless `[ha]` and this instance stands by).
+    pub acting: bool,
     /// Watched conversations whose topics are not live yet, with what decides whether
     /// they are read once the topics are (those not here: when we first heard of them).
     pub owed_catchup: HashMap<Box<str>, Catchup>,
@@ -113,7 +115,12 @@ impl EventLoop {
     /// `Store::apply`, before waiters are notified or a close starts.
     /// Returns whether a rule decided on it now.
     pub fn on_event(&mut self, ev: &ConversationEvent, received: Instant) -> bool {
-        let applied = crate::decide::step(&self.store, &self.rules, ev, received);
+        // A standby keeps its map warm; only the acting instance asks the rules.
+        let applied = if self.acting {
+            crate::decide::step(&self.store, &self.rules, ev, received)
+        } else {
+            crate::decide::apply_only(&self.store, ev, received)
+        };
         let decision = applied.decision.map(|m| Decision {
             conversation_id: ev.conversation_id.clone(),
             verdict: m.verdict,
@@ -157,38 +164,71 @@ impl EventLoop {
             }
             self.owed_catchup.remove(&ev.conversation_id);
         }
-        if let Some(d) = decision {
-            self.stats.decided(&d.verdict.rule.name, d.source.as_str());
-            tracing::info!(
+        match decision {
+            Some(d) => {
+                self.act_on(d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A rule decided: the close starts (or, while stopping, is journalled as deferred).
+    fn act_on(&mut self, d: Decision) {
+        self.stats.decided(&d.verdict.rule.name, d.source.as_str());
+        tracing::info!(
+            conversation_id = &*d.conversation_id,
+            rule = &*d.verdict.rule.name,
+            intent = &*d.verdict.intent,
+            queue_id = d.queue_id.as_deref(),
+            source = d.source.as_str(),
+            // The event's id: the same field as on the outcome line (`correlation_id`
+            // is kept for a failed call's).
+            event_correlation_id = d.event_correlation_id.as_deref(),
+            "rule matched"
+        );
+        if self.draining && !d.already_closed {
+            // Shutting down: no new close starts now, but the match is not lost.
+            tracing::warn!(
                 conversation_id = &*d.conversation_id,
                 rule = &*d.verdict.rule.name,
-                intent = &*d.verdict.intent,
-                queue_id = d.queue_id.as_deref(),
-                source = d.source.as_str(),
-                // The event's id: the same field as on the outcome line (`correlation_id`
-                // is kept for a failed call's).
-                event_correlation_id = ev.correlation_id.as_deref(),
-                "rule matched"
+                "match while shutting down: journalled as deferred; the next start closes it"
             );
-            if self.draining && !d.already_closed {
-                // Shutting down: no new close starts now, but the match is not lost.
-                tracing::warn!(
-                    conversation_id = &*d.conversation_id,
-                    rule = &*d.verdict.rule.name,
-                    "match while shutting down: journalled as deferred; the next start closes it"
-                );
-                self.closer.journal.decision(decision_record(&d, true));
-                return true;
-            }
-            if d.watch && !d.already_closed && self.subs.enabled() {
-                // The closer subscribes its confirming topic before the disconnect;
-                // remember it so the topics are removed once it closes.
-                self.store.set_watched(&d.conversation_id, true);
-            }
-            self.closer.start(d);
-            return true;
+            self.closer.journal.decision(decision_record(&d, true));
+            return;
         }
-        false
+        if d.watch && !d.already_closed && self.subs.enabled() {
+            // The closer subscribes its confirming topic before the disconnect;
+            // remember it so the topics are removed once it closes.
+            self.store.set_watched(&d.conversation_id, true);
+        }
+        self.closer.start(d);
+    }
+
+    /// This instance now holds the lease (`[ha]`): it acts from now on, and the rules
+    /// are asked about every conversation the map kept warm while it stood by (each
+    /// once; what the journal says an earlier leader decided is marked decided first).
+    /// Returns how many decided now.
+    pub fn take_over(&mut self) -> usize {
+        self.acting = true;
+        let now = Instant::now();
+        let decided = crate::decide::undecided(&self.store, &self.rules);
+        let n = decided.len();
+        for (id, m) in decided {
+            self.act_on(Decision {
+                conversation_id: id,
+                verdict: m.verdict,
+                queue_id: m.queue_id,
+                customer_id: m.customer_id,
+                already_closed: m.already_closed,
+                decided_at: now,
+                source: Source::Recovery,
+                watch: !m.seen_on_topic,
+                resume: None,
+                event_correlation_id: None,
+            });
+        }
+        n
     }
 
     /// Marks the closes a past run left unfinished as decided (before their sequences
@@ -375,7 +415,7 @@ impl EventLoop {
             result = answer.as_str(),
             "intake call"
         );
-        if !matches!(answer, IntakeAnswer::ShuttingDown) {
+        if !matches!(answer, IntakeAnswer::ShuttingDown | IntakeAnswer::Standby) {
             self.closer.journal.intake(
                 &call.conversation_id,
                 call.intent.as_deref(),
@@ -394,6 +434,9 @@ impl EventLoop {
         }
         if self.draining {
             return IntakeAnswer::ShuttingDown;
+        }
+        if !self.acting {
+            return IntakeAnswer::Standby;
         }
         let wanted_now = self.wanted.get();
         let attributes: Vec<(Box<str>, Box<str>)> = call

@@ -46,6 +46,9 @@ pub(super) struct Inputs {
     pub intake: mpsc::Receiver<IntakeCall>,
     /// Reload requests (SIGHUP); `None`: no reloads.
     pub reload: Option<mpsc::Receiver<()>>,
+    /// `[ha]`: this instance's role, from the lease loop; `None`: one instance, always
+    /// acting.
+    pub role: Option<tokio::sync::watch::Receiver<crate::ha::leader::Role>>,
 }
 
 /// What the loop does on a clock.
@@ -230,6 +233,7 @@ impl Running {
                 () = tick_opt(&mut self.timers.watchdog) => self.notifier.watchdog(),
                 _ = self.timers.status.tick() => self.on_status_tick(),
                 Some(()) = recv_opt(&mut self.inputs.reload), if !self.lp.draining => self.reload(),
+                Some(role) = changed_opt(&mut self.inputs.role) => self.on_role(role),
             }
         }
     }
@@ -372,6 +376,32 @@ impl Running {
         }
     }
 
+    /// `[ha]`: the lease was taken (act: the rules are asked about what the map kept
+    /// warm, and what started while standing by is listed as after a blind window) or
+    /// lost (stand by: closes in flight are fenced off by the journal).
+    fn on_role(&mut self, role: crate::ha::leader::Role) {
+        use crate::ha::leader::Role;
+        match role {
+            Role::Leader { epoch, .. } if !self.lp.acting => {
+                let decided = self.lp.take_over();
+                tracing::info!(
+                    epoch,
+                    decided,
+                    "acting: decisions from the map kept warm while standing by"
+                );
+                self.lp.recovery.trigger("takeover", None);
+            }
+            Role::Standby if self.lp.acting => {
+                self.lp.acting = false;
+                tracing::warn!(
+                    in_flight = self.closes.len(),
+                    "standing by: no new decisions; closes in flight stop at their next step"
+                );
+            }
+            _ => {}
+        }
+    }
+
     /// SIGHUP: the file again; the old configuration stays on any problem.
     fn reload(&mut self) {
         self.notifier.reloading();
@@ -443,6 +473,19 @@ async fn tick_opt(i: &mut Option<Interval>) {
 async fn recv_opt(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
     match rx {
         Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next role, when it changes; never without a lease loop (or once it ended).
+async fn changed_opt(
+    rx: &mut Option<tokio::sync::watch::Receiver<crate::ha::leader::Role>>,
+) -> Option<crate::ha::leader::Role> {
+    match rx {
+        Some(r) => match r.changed().await {
+            Ok(()) => Some(*r.borrow_and_update()),
+            Err(_) => std::future::pending().await,
+        },
         None => std::future::pending().await,
     }
 }

@@ -20,6 +20,7 @@
 //! keeps it for ever, and a lock carries no fencing token (`../shared/ha-prior-art.md`).
 //! The migrations' lock is transaction-scoped, which a pooler keeps.
 
+pub mod connect;
 pub mod leader;
 pub mod lease;
 pub mod schema;

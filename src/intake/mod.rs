@@ -105,6 +105,8 @@ pub enum IntakeAnswer {
     Verifying,
     /// The daemon is shutting down and takes no new work.
     ShuttingDown,
+    /// `[ha]`: this instance stands by; the acting one takes calls (503, retry there).
+    Standby,
 }
 
 impl IntakeAnswer {
@@ -118,6 +120,7 @@ impl IntakeAnswer {
             IntakeAnswer::Watching => "watching",
             IntakeAnswer::Verifying => "verifying",
             IntakeAnswer::ShuttingDown => "shutting_down",
+            IntakeAnswer::Standby => "standby",
         }
     }
 }
@@ -379,6 +382,12 @@ async fn respond(answer: oneshot::Receiver<IntakeAnswer>, conversation_id: &str)
             StatusCode::SERVICE_UNAVAILABLE,
             None,
             "shutting down; retry later",
+        ),
+        Ok(Ok(IntakeAnswer::Standby)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            "standby: this instance does not act now; send the call to the acting one \
+             (behind a load balancer, route by /readyz)",
         ),
         Ok(Ok(a)) => {
             let body =

@@ -1,0 +1,81 @@
+//! From `[ha]` to what the lease and the journal need: the connection string (read from
+//! where the configuration says, never logged) and the lease's settings.
+
+use std::path::Path;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::lease::LeaseSettings;
+use crate::config::{DATABASE_URL_ENV, DatabaseUrl, HaConfig};
+
+/// Reads the connection string; an error says where it looked and why it cannot be
+/// used, never what it holds.
+pub fn database_url(ha: &HaConfig) -> Result<SecretString, String> {
+    let from_file = |path: &Path, what: &str| -> Result<SecretString, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(format!("{what} {} is empty", path.display()));
+        }
+        Ok(SecretString::from(text.to_owned()))
+    };
+    match &ha.database_url {
+        DatabaseUrl::Inline(u) => Ok(SecretString::from(u.clone())),
+        DatabaseUrl::File(p) => from_file(p, "[ha] database_url_file"),
+        DatabaseUrl::Credential(p) => from_file(p, "credential database_url"),
+        DatabaseUrl::Env => match std::env::var(DATABASE_URL_ENV) {
+            Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_owned())),
+            _ => Err(format!(
+                "[ha] has no connection string: set database_url or database_url_file, \
+                 LoadCredential=database_url, or the environment variable {DATABASE_URL_ENV}"
+            )),
+        },
+    }
+    .and_then(|s| {
+        // Parsed once here, so a malformed string is said at start, without its text.
+        s.expose_secret()
+            .parse::<tokio_postgres::Config>()
+            .map_err(|_| {
+                "[ha] the connection string is not a PostgreSQL connection string \
+                 (postgres://user@host/db or key=value pairs)"
+                    .to_owned()
+            })?;
+        Ok(s)
+    })
+}
+
+/// The lease's settings from `[ha]` (already judged by `check`).
+pub fn lease_settings(ha: &HaConfig) -> Result<LeaseSettings, super::HaError> {
+    LeaseSettings::new(
+        &ha.schema,
+        &ha.lease_name,
+        &ha.instance,
+        ha.lease_ttl,
+        ha.renew_every,
+    )
+}
+
+/// Where the coordination database is, for logs: host(s), port(s) and database name,
+/// never the user's password.
+pub fn describe(url: &SecretString) -> String {
+    match url.expose_secret().parse::<tokio_postgres::Config>() {
+        Ok(c) => {
+            let hosts: Vec<String> = c
+                .get_hosts()
+                .iter()
+                .map(|h| match h {
+                    tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                    tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .collect();
+            format!(
+                "{} port {:?} database {}",
+                hosts.join(","),
+                c.get_ports(),
+                c.get_dbname().unwrap_or("(default)")
+            )
+        }
+        Err(_) => "(unreadable connection string)".into(),
+    }
+}
