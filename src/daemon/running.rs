@@ -109,6 +109,14 @@ pub(super) struct Teardown {
     pub metrics: Option<crate::metrics::Server>,
     /// The whole stop's bound.
     pub stop_timeout: Duration,
+    /// `[ha]`: the lease loop, resigned at the stop signal.
+    pub lease: Option<LeaseTask>,
+}
+
+/// `[ha]`: the lease loop's task and what stops it (it resigns the lease as it ends).
+pub(super) struct LeaseTask {
+    pub stop: CancellationToken,
+    pub task: JoinHandle<()>,
 }
 
 /// The daemon once started: the event loop, what feeds it and how it stops.
@@ -233,7 +241,7 @@ impl Running {
                 () = tick_opt(&mut self.timers.watchdog) => self.notifier.watchdog(),
                 _ = self.timers.status.tick() => self.on_status_tick(),
                 Some(()) = recv_opt(&mut self.inputs.reload), if !self.lp.draining => self.reload(),
-                Some(role) = changed_opt(&mut self.inputs.role) => self.on_role(role),
+                Some(role) = changed_opt(&mut self.inputs.role) => self.on_role(role).await,
             }
         }
     }
@@ -244,6 +252,11 @@ impl Running {
     fn begin_drain(&mut self) {
         self.lp.draining = true;
         self.teardown.stop_intake.cancel();
+        if let Some(l) = &self.teardown.lease {
+            // [ha]: the lease goes first, so a standby takes over at once; steps of the
+            // closes in flight are refused from now on and left to it.
+            l.stop.cancel();
+        }
         let now = Instant::now();
         let stop = self.teardown.stop_timeout;
         self.stop_by = Some(now + stop);
@@ -379,17 +392,11 @@ impl Running {
     /// `[ha]`: the lease was taken (act: the rules are asked about what the map kept
     /// warm, and what started while standing by is listed as after a blind window) or
     /// lost (stand by: closes in flight are fenced off by the journal).
-    fn on_role(&mut self, role: crate::ha::leader::Role) {
+    async fn on_role(&mut self, role: crate::ha::leader::Role) {
         use crate::ha::leader::Role;
         match role {
-            Role::Leader { epoch, .. } if !self.lp.acting => {
-                let decided = self.lp.take_over();
-                tracing::info!(
-                    epoch,
-                    decided,
-                    "acting: decisions from the map kept warm while standing by"
-                );
-                self.lp.recovery.trigger("takeover", None);
+            Role::Leader { epoch, .. } if !self.lp.acting && !self.lp.draining => {
+                self.take_over(epoch).await;
             }
             Role::Standby if self.lp.acting => {
                 self.lp.acting = false;
@@ -400,6 +407,45 @@ impl Running {
             }
             _ => {}
         }
+    }
+
+    /// The lease is this instance's: the journal is read afresh (what earlier epochs
+    /// left unfinished is carried on, each starting with one read of the conversation;
+    /// what they finished is not decided again), then the rules are asked about what
+    /// the map kept warm, and what started meanwhile is listed as after a blind window.
+    async fn take_over(&mut self, epoch: i64) {
+        let since = crate::journal::now_ms() - super::FINISHED_REMEMBERED.as_millis() as i64;
+        let (mut unfinished, finished) = match self.journal.reread(since).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Not acting without knowing what earlier epochs did: the lease loop
+                // keeps renewing, and the next role change (or renew) tries again.
+                tracing::error!(epoch, error = %e,
+                    "takeover: cannot read the journal; not acting until it can be read");
+                return;
+            }
+        };
+        self.lp
+            .store
+            .bury_decided(finished.iter().map(String::as_str));
+        // A close still running here (a lease lost and taken back) is not started twice.
+        let running = self.lp.waiters.ids();
+        unfinished.retain(|u| {
+            !running
+                .iter()
+                .any(|id| **id == *u.decision.conversation_id)
+        });
+        self.lp.hold(&unfinished);
+        let resumed = unfinished.len();
+        let decided = self.lp.take_over();
+        self.lp.resume(unfinished);
+        tracing::info!(
+            epoch,
+            resumed,
+            decided,
+            "acting: earlier epochs' unfinished closes resumed, decisions from the map kept warm"
+        );
+        self.lp.recovery.trigger("takeover", None);
     }
 
     /// SIGHUP: the file again; the old configuration stays on any problem.
@@ -413,8 +459,13 @@ impl Running {
     /// `STATUS=` for systemd: connection state and counts.
     fn status_line(&self) -> String {
         let up = self.live.values().filter(|l| **l).count();
+        let role = match (&self.inputs.role, self.lp.acting) {
+            (Some(_), true) => "active; ",
+            (Some(_), false) => "standby; ",
+            (None, _) => "",
+        };
         format!(
-            "{up}/{} channels live; {} conversations tracked; {} decisions, {} closes in flight",
+            "{role}{up}/{} channels live; {} conversations tracked; {} decisions, {} closes in flight",
             self.live.len(),
             self.lp.store.len(),
             self.stats.decisions.get(),
@@ -433,6 +484,12 @@ impl Running {
             .unwrap_or_else(|| Instant::now() + t.stop_timeout);
         t.stop_intake.cancel();
         t.stop_streams.cancel();
+        if let Some(l) = t.lease {
+            l.stop.cancel();
+            if tokio::time::timeout_at(stop_by, l.task).await.is_err() {
+                tracing::warn!("lease: not resigned within the stop bound; it expires on its own");
+            }
+        }
         // Nobody reads events any more: a stream blocked on a full queue must not wait.
         drop(self.inputs.events);
         super::stop::streams(&t.streams, stop_by - teardown_reserve(t.stop_timeout) / 2).await;

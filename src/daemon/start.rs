@@ -38,13 +38,11 @@ pub(super) async fn start(
     opts: &mut RunOptions,
     started: Instant,
 ) -> Result<Option<Running>, DaemonError> {
-    if config.ha.is_some() {
-        // Not wired yet (issue 16): refused rather than run as one instance ignoring it.
-        return Err(DaemonError::Setup(
-            "[ha] is not supported by this version yet: remove it to run one instance".into(),
-        ));
-    }
-    let (opened, feed_token) = open_journal(config)?;
+    let group = match &config.ha {
+        Some(ha) => Some(Group::start(ha)?),
+        None => None,
+    };
+    let (opened, feed_token) = open_journal(config, group.as_ref())?;
     let http = ApiClient::http_client().map_err(|e| DaemonError::Setup(e.to_string()))?;
     let feed = FeedTask::start(config, &opened.journal, &http, feed_token);
     let tokens = TokenSource::new(
@@ -78,8 +76,25 @@ pub(super) async fn start(
             return Ok(None);
         }
     };
-    let running = assemble(config, opts, started, api, usable, opened, feed).await?;
+    let begun = Begun {
+        api,
+        usable,
+        opened,
+        feed,
+        group,
+    };
+    let running = assemble(config, opts, started, begun).await?;
     Ok(Some(running))
+}
+
+/// What the first steps of the start made: the client, the sources that can work, the
+/// journal, the feed and, in a group, the lease loop.
+struct Begun {
+    api: Arc<ApiClient>,
+    usable: Usable,
+    opened: Opened,
+    feed: FeedTask,
+    group: Option<Group>,
 }
 
 /// Everything the loop runs with, built from what start-up found: the streams, the
@@ -93,11 +108,15 @@ async fn assemble(
     config: &Config,
     opts: &mut RunOptions,
     started: Instant,
-    api: Arc<ApiClient>,
-    usable: Usable,
-    opened: Opened,
-    feed: FeedTask,
+    begun: Begun,
 ) -> Result<Running, DaemonError> {
+    let Begun {
+        api,
+        usable,
+        opened,
+        feed,
+        group,
+    } = begun;
     let Opened {
         journal,
         unfinished,
@@ -175,7 +194,8 @@ async fn assemble(
         catchup_after: config.stream.catchup_after,
         verify: config.intake.as_ref().is_some_and(|i| i.verify),
         draining: false,
-        acting: true,
+        // In a group, nothing is decided until the lease is taken.
+        acting: group.is_none(),
         owed_catchup: Default::default(),
         verifying: Default::default(),
         resyncing: Default::default(),
@@ -183,6 +203,13 @@ async fn assemble(
         recovery,
     };
     store.bury_decided(recently_finished.iter().map(String::as_str));
+    // In a group the backlog is read afresh at each takeover (the leader's work
+    // changes it meanwhile), never at start.
+    let unfinished = if group.is_some() { Vec::new() } else { unfinished };
+    let (role, lease) = match group {
+        Some(g) => (Some(g.role), Some(g.lease)),
+        None => (None, None),
+    };
     Ok(Running::new(Parts {
         lp,
         inputs: Inputs {
@@ -193,7 +220,7 @@ async fn assemble(
             asks,
             intake: ends.intake,
             reload: opts.reload.take(),
-            role: None,
+            role,
         },
         awaited: (0..ch.slots_at_start).chain(ch.mirrors).collect(),
         started,
@@ -220,6 +247,7 @@ async fn assemble(
             guard,
             metrics: ends.metrics,
             stop_timeout: opts.drain_timeout,
+            lease,
         },
     }))
 }
@@ -434,7 +462,10 @@ pub(super) fn spawn_streams(config: &Config, usable: &Usable, parts: StreamParts
 /// The journal first: without it a crash could lose a close, so no state directory, no
 /// start (it also refuses a second daemon on the same directory). The feed's token is
 /// read with it, so a bad `[feed]` stops the start before any network I/O.
-pub(super) fn open_journal(config: &Config) -> Result<(Opened, Option<SecretString>), DaemonError> {
+pub(super) fn open_journal(
+    config: &Config,
+    group: Option<&Group>,
+) -> Result<(Opened, Option<SecretString>), DaemonError> {
     let sinks = crate::journal::Sinks {
         http: config.feed.as_ref().is_some_and(|f| f.url.is_some()),
         file: config.feed.as_ref().is_some_and(|f| f.file.is_some()),
@@ -443,11 +474,21 @@ pub(super) fn open_journal(config: &Config) -> Result<(Opened, Option<SecretStri
         Some(f) => crate::feed::load_token(f).map_err(DaemonError::Setup)?,
         None => None,
     };
-    let opened = crate::journal::open_with(
-        &config.daemon.state_dir,
-        crate::journal::now_ms() - super::FINISHED_REMEMBERED.as_millis() as i64,
-        sinks,
-    )?;
+    let since = crate::journal::now_ms() - super::FINISHED_REMEMBERED.as_millis() as i64;
+    let opened = match group {
+        None => crate::journal::open_with(&config.daemon.state_dir, since, sinks)?,
+        Some(g) => {
+            tracing::info!(database = %g.database, schema = %g.settings.schema,
+                instance = %g.settings.instance, "journal: the group's, on PostgreSQL");
+            crate::journal::open_postgres(
+                g.url.clone(),
+                g.settings.clone(),
+                g.role.clone(),
+                since,
+                sinks,
+            )?
+        }
+    };
     opened.journal.prune(config.daemon.retention);
     tracing::info!(
         state_dir = %config.daemon.state_dir.display(),
@@ -565,4 +606,43 @@ pub(super) fn recovery(
         Arc::clone(wanted),
         ask,
     )
+}
+
+/// `[ha]`: this instance in a group on PostgreSQL. The lease loop starts at once (as a
+/// standby: it acts once it holds the lease); the journal is the group's.
+pub(super) struct Group {
+    url: SecretString,
+    /// Where the database is, for logs (no password).
+    database: String,
+    settings: crate::ha::lease::LeaseSettings,
+    role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
+    lease: super::running::LeaseTask,
+}
+
+impl Group {
+    fn start(ha: &crate::config::HaConfig) -> Result<Group, DaemonError> {
+        use secrecy::ExposeSecret;
+        let url = crate::ha::connect::database_url(ha).map_err(DaemonError::Setup)?;
+        let settings =
+            crate::ha::connect::lease_settings(ha).map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let (tx, role) = tokio::sync::watch::channel(crate::ha::leader::Role::Standby);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(crate::ha::leader::run(
+            settings.clone(),
+            url.expose_secret().to_owned(),
+            tx,
+            stop.clone(),
+        ));
+        tracing::info!(instance = %settings.instance, lease = %settings.name,
+            lease_ttl_ms = settings.ttl.as_millis() as u64,
+            renew_every_ms = settings.renew_every.as_millis() as u64,
+            "[ha]: standing by until this instance holds the lease");
+        Ok(Group {
+            database: crate::ha::connect::describe(&url),
+            url,
+            settings,
+            role,
+            lease: super::running::LeaseTask { stop, task },
+        })
+    }
 }

@@ -3,8 +3,9 @@
 //! where the last run stopped (issue 7).
 //!
 //! The daemon talks to [`Journal`]; the storage sits behind the narrow [`Backend`]
-//! trait (SQLite today, in [`sqlite`]; a PostgreSQL backend for an active/standby
-//! pair can implement the same trait). Nothing outside `sqlite.rs` knows it is SQLite.
+//! trait: SQLite for one instance ([`sqlite`]), PostgreSQL for a group of instances
+//! under `[ha]` ([`postgres`], where every "about to send" is fenced on the lease).
+//! Nothing outside those files knows which it is.
 //!
 //! Writes go through one writer thread in submission order, so a step journalled after
 //! its decision is never stored before it. A caller that must know a record is stored
@@ -172,6 +173,9 @@ enum Cmd {
     Decision(DecisionRecord, Option<Reply>),
     Step(String, String, i64, Option<Reply>),
     StepDurable(String, String, i64, Reply),
+    StepFenced(String, String, i64, i64, Reply),
+    /// The unfinished closes, and those finished since the time given (a takeover).
+    Reread(i64, oneshot::Sender<Result<Reread, JournalError>>),
     Outcome(OutcomeRecord, i64, Option<Reply>),
     Intake(String, Option<String>, String, i64),
     Prune(i64),
@@ -185,10 +189,17 @@ enum Cmd {
     OutboxRetry(i64, i64, String),
 }
 
+/// What a takeover reads: the unfinished closes, and the conversations whose close
+/// finished recently.
+pub type Reread = (Vec<Unfinished>, Vec<String>);
+
 /// The daemon's handle on the journal. Cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     tx: std_mpsc::Sender<Cmd>,
+    /// `[ha]`: the lease loop's role; every "about to send" is then written under its
+    /// epoch and refused (and not sent) without one.
+    fence: Option<tokio::sync::watch::Receiver<crate::ha::leader::Role>>,
     /// Whether writes are failing (for `/readyz`): every write's result is recorded.
     writable: Arc<crate::metrics::JournalHealth>,
     /// Woken when an outcome enters the outbox.
@@ -211,7 +222,8 @@ pub struct Opened {
 /// Holds the state directory's lock and joins the writer on drop (after the last
 /// handle is gone).
 pub struct JournalGuard {
-    _lock: File,
+    /// The state directory's lock (SQLite); none for a shared PostgreSQL journal.
+    _lock: Option<File>,
     writer: Option<std::thread::JoinHandle<()>>,
     checkpointer: Option<Checkpointer>,
     dir: PathBuf,
@@ -298,23 +310,90 @@ pub fn open_with(
         .name("journal".into())
         .spawn({
             let ready = Arc::clone(&outbox_ready);
-            move || writer(backend, rx, &ok, sinks, &ready)
+            move || writer(Box::new(backend), rx, &ok, sinks, &ready)
         })
         .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
     let checkpointer = start_checkpointer(&db_path(state_dir));
     Ok(Opened {
         journal: Journal {
             tx,
+            fence: None,
             writable,
             outbox_ready,
         },
         unfinished,
         recently_finished,
         guard: JournalGuard {
-            _lock: lock,
+            _lock: Some(lock),
             writer: Some(writer),
             checkpointer,
             dir: state_dir.to_path_buf(),
+        },
+    })
+}
+
+/// Opens the shared journal on PostgreSQL (`[ha]`): the writer thread connects and
+/// applies the migrations, then reads what is unfinished and what finished since
+/// `finished_since_ms`. Every "about to send" is fenced on the lease `role` follows.
+pub fn open_postgres(
+    conn_str: secrecy::SecretString,
+    lease: crate::ha::lease::LeaseSettings,
+    role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
+    finished_since_ms: i64,
+    sinks: Sinks,
+) -> Result<Opened, JournalError> {
+    use secrecy::ExposeSecret;
+    let (tx, rx) = std_mpsc::channel::<Cmd>();
+    let writable = crate::metrics::JournalHealth::new();
+    let outbox_ready = Arc::new(tokio::sync::Notify::new());
+    let ok = Arc::clone(&writable);
+    let (opened_tx, opened_rx) = std_mpsc::channel::<Result<Reread, JournalError>>();
+    let writer = std::thread::Builder::new()
+        .name("journal".into())
+        .spawn({
+            let ready = Arc::clone(&outbox_ready);
+            move || {
+                let schema = lease.schema.clone();
+                let first = postgres::PostgresBackend::connect(
+                    conn_str.expose_secret(),
+                    &schema,
+                    Some(lease),
+                )
+                .and_then(|mut b| {
+                    let read = b
+                        .unfinished()
+                        .and_then(|u| Ok((u, b.finished_since(finished_since_ms)?)));
+                    read.map(|r| (b, r))
+                });
+                match first {
+                    Ok((b, read)) => {
+                        let _ = opened_tx.send(Ok(read));
+                        writer(Box::new(b), rx, &ok, sinks, &ready);
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                    }
+                }
+            }
+        })
+        .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
+    let (unfinished, recently_finished) = opened_rx
+        .recv()
+        .map_err(|_| JournalError::Stopped)??;
+    Ok(Opened {
+        journal: Journal {
+            tx,
+            fence: Some(role),
+            writable,
+            outbox_ready,
+        },
+        unfinished,
+        recently_finished,
+        guard: JournalGuard {
+            _lock: None,
+            writer: Some(writer),
+            checkpointer: None,
+            dir: PathBuf::new(),
         },
     })
 }
@@ -398,8 +477,55 @@ impl Journal {
     /// Records a step and waits until it is stored: call before acting on it.
     pub async fn step(&self, conversation_id: &str, step: &Step) -> Result<(), JournalError> {
         let (id, step) = (conversation_id.to_owned(), step.to_string());
+        if let Some(role) = &self.fence {
+            return self.fenced(role, id, step).await;
+        }
         self.submit_wait(|r| Cmd::Step(id, step, now_ms(), Some(r)))
             .await
+    }
+
+    /// `[ha]`: the step under the epoch this instance acts under now, refused without
+    /// one ([`JournalError::Fenced`]); the trust window is asked again once the row is
+    /// stored, as close to the request as the journal can (the round trip may have
+    /// taken it past its end). The caller sends nothing on an error.
+    async fn fenced(
+        &self,
+        role: &tokio::sync::watch::Receiver<crate::ha::leader::Role>,
+        id: String,
+        step: String,
+    ) -> Result<(), JournalError> {
+        let acting = || role.borrow().acting(tokio::time::Instant::now());
+        let Some(epoch) = acting() else {
+            return Err(JournalError::Fenced { epoch: 0 });
+        };
+        self.submit_wait(|r| Cmd::StepFenced(id, step, now_ms(), epoch, r))
+            .await?;
+        match acting() {
+            Some(e) if e == epoch => Ok(()),
+            _ => Err(JournalError::Fenced { epoch }),
+        }
+    }
+
+    /// `[ha]`: a step that is not journalled for one instance (a wrap-up), fenced like
+    /// an "about to send" in a group; without `[ha]` nothing is written.
+    pub async fn fence(&self, conversation_id: &str, step: &Step) -> Result<(), JournalError> {
+        match &self.fence {
+            Some(role) => {
+                self.fenced(role, conversation_id.to_owned(), step.to_string())
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// What a takeover reads afresh: the unfinished closes (of every earlier epoch)
+    /// and the conversations whose close finished since `since_ms`.
+    pub async fn reread(&self, since_ms: i64) -> Result<Reread, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Reread(since_ms, tx))
+            .map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
     }
 
     /// Records a step and waits until it is on disk even against power loss (the
@@ -410,6 +536,9 @@ impl Journal {
         step: &Step,
     ) -> Result<(), JournalError> {
         let (id, step) = (conversation_id.to_owned(), step.to_string());
+        if let Some(role) = &self.fence {
+            return self.fenced(role, id, step).await;
+        }
         self.submit_wait(|r| Cmd::StepDurable(id, step, now_ms(), r))
             .await
     }

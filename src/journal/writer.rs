@@ -23,7 +23,7 @@ struct Done {
 /// The farewell's durable step, prunes and reads are never grouped: the group before
 /// them is committed first.
 pub(super) fn writer(
-    b: SqliteBackend,
+    b: Box<dyn Backend>,
     rx: std_mpsc::Receiver<Cmd>,
     ok: &crate::metrics::JournalHealth,
     sinks: Sinks,
@@ -58,7 +58,7 @@ pub(super) fn writer(
 
 /// The writer thread's state between commands.
 struct Writer<'a> {
-    b: SqliteBackend,
+    b: Box<dyn Backend>,
     ok: &'a crate::metrics::JournalHealth,
     sinks: Sinks,
     outbox_ready: &'a tokio::sync::Notify,
@@ -124,6 +124,23 @@ impl Writer<'_> {
             Cmd::StepDurable(id, step, at, reply) => {
                 let r = b.step_durable(&id, &step, at);
                 answer(self.ok, Some(reply), r, "step", &id);
+            }
+            // Alone: SQLite's durable write cannot sit in a group, and PostgreSQL's
+            // fenced insert holds the lease row only until its own commit.
+            Cmd::StepFenced(id, step, at, epoch, reply) => {
+                let r = b.step_fenced(&id, &step, at, epoch);
+                if matches!(r, Err(JournalError::Fenced { .. })) {
+                    // Refused by the lease, not a failing journal: not an error of /readyz.
+                    let _ = reply.send(r);
+                } else {
+                    answer(self.ok, Some(reply), r, "step", &id);
+                }
+            }
+            Cmd::Reread(since, reply) => {
+                let r = b
+                    .unfinished()
+                    .and_then(|u| Ok((u, b.finished_since(since)?)));
+                let _ = reply.send(r);
             }
             Cmd::Flush(reply) => {
                 let _ = reply.send(Ok(()));

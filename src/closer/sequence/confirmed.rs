@@ -59,6 +59,14 @@ impl Closer {
             }
         };
         for (participant, communication) in farewell::wrapup_targets(&parts) {
+            let call = Call::Wrapup {
+                participant: Some(participant.to_string()),
+            };
+            if let Err(e) = self.journal.fence(id, &Step::AboutToSend(call)).await {
+                // [ha]: this instance no longer acts; no wrap-up goes from it.
+                tracing::warn!(conversation_id = id, error = %e, "wrap-up not sent");
+                return;
+            }
             match self
                 .api
                 .send_wrapup(id, &participant, &communication, code, WRAPUP_NOTES)

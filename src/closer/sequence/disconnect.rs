@@ -89,10 +89,13 @@ impl Closer {
         // Stored before the request goes: with it, the decision queued before it
         // (the event loop does not wait for that one), so every disconnect sent is
         // in the journal even if the process is killed the next instant.
-        let _ = self
+        if let Err(e) = self
             .journal
             .step(id, &Step::AboutToSend(call.clone()))
-            .await;
+            .await
+        {
+            super::fenced_off(id, &e)?;
+        }
         let request = async {
             match (call, d.customer_id.as_deref()) {
                 (Call::PatchCustomer, Some(customer)) => {

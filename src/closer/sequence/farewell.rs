@@ -34,6 +34,13 @@ impl Closer {
             .step_durable(id, &Step::AboutToSend(Call::Farewell))
             .await
         {
+            if matches!(e, crate::journal::JournalError::Fenced { .. }) {
+                // [ha]: another instance acts now; the disconnect that follows is
+                // refused the same way and the close left to it.
+                tracing::warn!(conversation_id = id, error = %e,
+                    "farewell not sent: this instance no longer acts (lease)");
+                return;
+            }
             // Without the record, a crash could send it twice: better none than two.
             tracing::error!(conversation_id = id, error = %e,
                 "farewell skipped: it could not be journalled first");

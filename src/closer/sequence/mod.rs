@@ -308,10 +308,13 @@ impl Closer {
             "escalating to POST /api/v2/conversations/{{id}}/disconnect (full teardown)"
         );
         loop {
-            let _ = self
+            if let Err(e) = self
                 .journal
                 .step(id, &Step::AboutToSend(Call::Teardown))
-                .await;
+                .await
+            {
+                fenced_off(id, &e)?;
+            }
             match self.race(id, &mut c.waiter, self.api.teardown(id)).await {
                 Raced::Closed(at) => {
                     self.journal.note(id, &Step::Dropped(Call::Teardown));
@@ -414,4 +417,21 @@ impl Closer {
             }
         }
     }
+}
+
+/// `[ha]`: a step the lease refused (another instance acts now, or this one's trust
+/// window ended) is not sent, and the close writes no outcome: the acting instance
+/// carries it on from the journal. Any other journal error is only logged by the
+/// journal, and the close goes on (see the journal's module doc).
+fn fenced_off(id: &str, e: &crate::journal::JournalError) -> Stepped<()> {
+    if let crate::journal::JournalError::Fenced { epoch } = e {
+        tracing::warn!(
+            conversation_id = id,
+            epoch,
+            "not sent: this instance no longer acts (lease); the acting instance carries \
+             this close on from the journal"
+        );
+        return Err(End::Unfinished);
+    }
+    Ok(())
 }

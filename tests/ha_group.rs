@@ -1,0 +1,183 @@
+//! Two daemons in a group on one PostgreSQL and the simulator (issue 16): one acts, the
+//! other stands by; a stop signal to the leader hands over at once; every matching
+//! conversation is closed, none twice. The database on 127.0.0.1:5432 (trust,
+//! database `test`), or `GENESYS_CLOSER_TEST_PG`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use genesys_closer::config::{DatabaseUrl, HaConfig};
+use genesys_closer::daemon::{self, RunOptions};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+fn url() -> String {
+    std::env::var("GENESYS_CLOSER_TEST_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
+}
+
+struct Member {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<daemon::Summary, daemon::DaemonError>>,
+    _state: tempfile::TempDir,
+}
+
+fn start(sim_url: &str, schema: &str, instance: &str) -> Member {
+    let mut config = config(sim_url, sim_url, "");
+    let state = tempfile::tempdir().unwrap();
+    config.daemon.state_dir = state.path().to_path_buf();
+    config.ha = Some(HaConfig {
+        database_url: DatabaseUrl::Inline(url()),
+        schema: schema.into(),
+        lease_name: "closer".into(),
+        instance: instance.into(),
+        // Long: a takeover inside the test's waits can only come from the resign.
+        lease_ttl: Duration::from_secs(120),
+        renew_every: Duration::from_millis(500),
+    });
+    genesys_closer::telemetry::init_logging(&config.log);
+    let stop = CancellationToken::new();
+    let opts = RunOptions {
+        shutdown: stop.clone(),
+        drain_timeout: Duration::from_secs(10),
+        reports: None,
+        notify_systemd: false,
+        reload: None,
+        intake_token: None,
+        intake_bound: None,
+        metrics_bound: None,
+        record: None,
+    };
+    let secret = SecretString::from("sim-secret".to_string());
+    let task = tokio::spawn(async move { daemon::run(&config, secret, opts).await });
+    Member {
+        stop,
+        task,
+        _state: state,
+    }
+}
+
+async fn db() -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL on 127.0.0.1:5432 (bash .ci/run starts one)");
+    tokio::spawn(conn);
+    c
+}
+
+async fn holder(db: &tokio_postgres::Client, schema: &str) -> Option<(String, i64)> {
+    db.query_opt(
+        &format!("SELECT holder, epoch FROM {schema}.lease WHERE expires_at > now()"),
+        &[],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|r| (r.get(0), r.get(1)))
+}
+
+/// Polls the database until `cond` holds on the lease's holder (bounded).
+async fn lease_until(
+    db: &tokio_postgres::Client,
+    schema: &str,
+    cond: impl Fn(Option<&(String, i64)>) -> bool,
+) -> Option<(String, i64)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = holder(db, schema).await;
+        if cond(h.as_ref()) {
+            return h;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lease: {h:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn disconnects(sim: &genesys_sim::SimHandle, id: &str) -> usize {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(id) && r.status / 100 == 2)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_closes_and_a_stop_signal_hands_over_with_no_double_close() {
+    let schema = format!("t_group_{}", std::process::id());
+    let db = db().await;
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    let sim = start_sim(genesys_sim::SimConfig::default()).await;
+    let sim_url = sim.base_url();
+
+    let a = start(&sim_url, &schema, "host-a");
+    let (first, epoch) = lease_until(&db, &schema, |h| h.is_some()).await.unwrap();
+    assert_eq!(first, "host-a");
+    let b = start(&sim_url, &schema, "host-b");
+    wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 2).await;
+
+    // The leader closes these; the standby, watching the same queue, sends nothing.
+    let before: Vec<String> = (0..5)
+        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
+        .collect();
+    let keep = sim.create_conversation(conversation(Some("Hello")));
+    wait_for(Duration::from_secs(30), || {
+        before.iter().all(|id| sim.is_closed(id) == Some(true))
+    })
+    .await;
+
+    // SIGTERM to the leader: it resigns; the standby takes over at once (the TTL is
+    // 120 s) and closes what comes next.
+    a.stop.cancel();
+    let (second, next) = lease_until(&db, &schema, |h| h.is_some_and(|h| h.0 == "host-b"))
+        .await
+        .unwrap();
+    assert_eq!((second.as_str(), next), ("host-b", epoch + 1));
+    let after: Vec<String> = (0..5)
+        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
+        .collect();
+    wait_for(Duration::from_secs(30), || {
+        after.iter().all(|id| sim.is_closed(id) == Some(true))
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(20), a.task)
+        .await
+        .expect("A stops in time")
+        .unwrap()
+        .expect("A ran");
+
+    for id in before.iter().chain(&after) {
+        assert_eq!(disconnects(&sim, id), 1, "{id}: one accepted disconnect");
+    }
+    assert_eq!(sim.is_closed(&keep), Some(false), "no rule matched it");
+    assert_eq!(disconnects(&sim, &keep), 0);
+    // Every fenced step is in the shared journal under the epoch that sent it.
+    let by_epoch: Vec<(i64, String, i64)> = db
+        .query(
+            &format!(
+                "SELECT epoch, instance, count(*) FROM {schema}.steps \
+                 WHERE epoch IS NOT NULL GROUP BY epoch, instance ORDER BY epoch"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(by_epoch.len(), 2, "{by_epoch:?}");
+    assert_eq!((by_epoch[0].0, by_epoch[0].1.as_str()), (epoch, "host-a"));
+    assert_eq!((by_epoch[1].0, by_epoch[1].1.as_str()), (next, "host-b"));
+
+    b.stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), b.task)
+        .await
+        .expect("B stops in time")
+        .unwrap()
+        .expect("B ran");
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
