@@ -33,6 +33,9 @@ pub struct Findings<'a> {
     /// The outcome feed's bearer token, `None` when there is no feed URL: whether there is
     /// one, or why it cannot be used.
     pub feed_token: Option<Result<bool, String>>,
+    /// `[ha]`'s connection string, `None` when off: where it points (no password), or
+    /// why it cannot be used.
+    pub database: Option<Result<String, String>>,
     /// What would run but is probably not meant; `check` still exits 0 on these.
     pub warnings: Vec<Warning>,
 }
@@ -59,6 +62,8 @@ pub enum Refusal {
     IntakeCredential(String),
     /// The feed's `token_file` cannot be used (why).
     FeedToken(String),
+    /// `[ha]`'s connection string cannot be used (why).
+    DatabaseUrl(String),
     /// The state directory cannot be used.
     StateDir {
         /// The configured directory.
@@ -109,6 +114,9 @@ pub fn inspect<'a>(config: &'a Config, path: &'a Path) -> Findings<'a> {
         .as_ref()
         .filter(|f| f.url.is_some())
         .map(|f| feed::load_token(f).map(|token| token.is_some()));
+    let database = config.ha.as_ref().map(|ha| {
+        crate::ha::connect::database_url(ha).map(|url| crate::ha::connect::describe(&url))
+    });
     let mut warnings = secret_mode_warning(&config.genesys.secret);
     warnings.extend(host_warnings(config));
     warnings.extend(rule_warnings(config));
@@ -121,6 +129,7 @@ pub fn inspect<'a>(config: &'a Config, path: &'a Path) -> Findings<'a> {
         state_dir: StateDir::probe(&config.daemon.state_dir),
         intake,
         feed_token,
+        database,
         warnings,
     }
 }
@@ -138,7 +147,11 @@ impl Findings<'_> {
         if let Some(Err(e)) = &self.feed_token {
             refusals.push(Refusal::FeedToken(e.clone()));
         }
-        if !self.state_dir.usable() {
+        if let Some(Err(e)) = &self.database {
+            refusals.push(Refusal::DatabaseUrl(e.clone()));
+        }
+        // In a group the journal is the database's: the state directory is not used.
+        if self.config.ha.is_none() && !self.state_dir.usable() {
             refusals.push(Refusal::StateDir {
                 path: self.config.daemon.state_dir.clone(),
                 found: self.state_dir,
@@ -204,6 +217,16 @@ impl Findings<'_> {
     /// `journal: ...`: the state directory and the bounds of the close work.
     fn journal_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let daemon = &self.config.daemon;
+        if self.config.ha.is_some() {
+            return writeln!(
+                f,
+                "journal: the group's, on PostgreSQL (see group:); retention {}, at most {} \
+                 closes at once, {} REST requests/min",
+                humantime::format_duration(daemon.retention),
+                daemon.max_concurrent_closes,
+                self.config.genesys.requests_per_minute
+            );
+        }
         writeln!(
             f,
             "journal: {} ({}); retention {}, at most {} closes at once, {} REST requests/min",
@@ -212,6 +235,28 @@ impl Findings<'_> {
             humantime::format_duration(daemon.retention),
             daemon.max_concurrent_closes,
             self.config.genesys.requests_per_minute
+        )
+    }
+
+    /// `group:`: one instance, or `[ha]`'s lease and database.
+    fn group_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (Some(ha), Some(db)) = (&self.config.ha, &self.database) else {
+            return writeln!(
+                f,
+                "group: off (one instance, the journal under the state directory)"
+            );
+        };
+        let db = match db {
+            Ok(at) => format!("{at}, schema {}", ha.schema),
+            Err(e) => format!("NOT USABLE ({e}): `run` would refuse to start"),
+        };
+        writeln!(
+            f,
+            "group: lease {:?} as instance {:?}, TTL {} renewed every {}; journal and lease on {db}",
+            ha.lease_name,
+            ha.instance,
+            humantime::format_duration(ha.lease_ttl),
+            humantime::format_duration(ha.renew_every)
         )
     }
 
@@ -307,6 +352,7 @@ impl fmt::Display for Findings<'_> {
         self.secret_line(f)?;
         self.topic_lines(f)?;
         self.journal_line(f)?;
+        self.group_line(f)?;
         self.endpoint_lines(f)?;
         let stop = humantime::format_duration(config.daemon.stop_timeout);
         writeln!(f, "stop: within {stop} of SIGTERM")?;
@@ -359,7 +405,9 @@ impl StateDir {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::Secret(why) | Refusal::FeedToken(why) => f.write_str(why),
+            Refusal::Secret(why) | Refusal::FeedToken(why) | Refusal::DatabaseUrl(why) => {
+                f.write_str(why)
+            }
             // The intake line on stdout says why.
             Refusal::IntakeCredential(_) => f.write_str("the intake credential is not usable"),
             Refusal::StateDir { path, .. } => {

@@ -233,3 +233,51 @@ fn an_intake_without_a_credential_and_an_unreadable_feed_token_are_refused() {
         "{text}"
     );
 }
+
+#[test]
+fn a_group_names_its_lease_and_database_and_refuses_an_unusable_connection_string() {
+    let (dir, secret, _state) = dir();
+    // In a group the state directory is not used: a missing one refuses nothing.
+    let nowhere = dir.path().join("no-such-dir/at-all");
+    let url_file = dir.path().join("database_url");
+    std::fs::write(&url_file, "postgres://closer:pw@db.example.com:6432/gc\n").unwrap();
+    let group = |file: &Path| {
+        config(
+            &secret,
+            &nowhere,
+            &format!(
+                "[ha]\ninstance = \"host-a\"\ndatabase_url_file = \"{}\"\n",
+                file.display()
+            ),
+        )
+    };
+    let config = group(&url_file);
+    let findings = inspect(&config, Path::new("t.toml"));
+    assert_eq!(findings.refusals(), []);
+    let text = findings.to_string();
+    assert!(
+        text.contains(
+            "group: lease \"genesys-closer\" as instance \"host-a\", TTL 10s renewed every 2s; \
+             journal and lease on db.example.com port 6432 database gc, schema genesys_closer\n"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("pw"), "the password is never shown: {text}");
+
+    std::fs::write(&url_file, "not a connection string = =").unwrap();
+    let config = group(&url_file);
+    let findings = inspect(&config, Path::new("t.toml"));
+    assert!(
+        matches!(&findings.refusals()[..], [Refusal::DatabaseUrl(why)] if why.contains("not a PostgreSQL connection string")),
+        "{:?}",
+        findings.refusals()
+    );
+    assert_eq!(findings.exit(), Exit::BadConfig);
+    let config = group(&dir.path().join("missing"));
+    let findings = inspect(&config, Path::new("t.toml"));
+    assert!(
+        matches!(&findings.refusals()[..], [Refusal::DatabaseUrl(why)] if why.contains("database_url_file")),
+        "{:?}",
+        findings.refusals()
+    );
+}

@@ -69,11 +69,15 @@ pub fn describe(url: &SecretString) -> String {
                     tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
                 })
                 .collect();
+            let ports: Vec<String> = match c.get_ports() {
+                [] => vec!["5432".into()],
+                p => p.iter().map(u16::to_string).collect(),
+            };
             format!(
-                "{} port {:?} database {}",
+                "{} port {} database {}",
                 hosts.join(","),
-                c.get_ports(),
-                c.get_dbname().unwrap_or("(default)")
+                ports.join(","),
+                c.get_dbname().unwrap_or("(the user's name)")
             )
         }
         Err(_) => "(unreadable connection string)".into(),
