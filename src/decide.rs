@@ -102,8 +102,16 @@ intents = ["Goodbye"]
     fn a_standby_keeps_the_map_warm_and_decides_at_takeover_once() {
         let (store, rules, now) = (Store::new(), rules(), Instant::now());
         // Standing by: a matching intent is applied, no rule is asked.
-        assert!(apply_only(&store, &intent("c-1", "Goodbye"), now).decision.is_none());
-        assert!(apply_only(&store, &intent("c-2", "Hello"), now).decision.is_none());
+        assert!(
+            apply_only(&store, &intent("c-1", "Goodbye"), now)
+                .decision
+                .is_none()
+        );
+        assert!(
+            apply_only(&store, &intent("c-2", "Hello"), now)
+                .decision
+                .is_none()
+        );
         // c-3 was decided (by this instance before, or from the journal): not again.
         store.mark_decided("c-3", now);
         apply_only(&store, &intent("c-3", "Goodbye"), now);
@@ -114,8 +122,16 @@ intents = ["Goodbye"]
         assert_eq!(&*decided[0].1.verdict.rule.name, "bye");
         // Decided now: neither a second takeover nor the next event decides it again.
         assert!(undecided(&store, &rules).is_empty());
-        assert!(step(&store, &rules, &intent("c-1", "Goodbye"), now).decision.is_none());
+        assert!(
+            step(&store, &rules, &intent("c-1", "Goodbye"), now)
+                .decision
+                .is_none()
+        );
         // An undecided one still decides on its next event as usual.
-        assert!(step(&store, &rules, &intent("c-2", "Goodbye"), now).decision.is_some());
+        assert!(
+            step(&store, &rules, &intent("c-2", "Goodbye"), now)
+                .decision
+                .is_some()
+        );
     }
 }

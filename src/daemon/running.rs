@@ -430,11 +430,7 @@ impl Running {
             .bury_decided(finished.iter().map(String::as_str));
         // A close still running here (a lease lost and taken back) is not started twice.
         let running = self.lp.waiters.ids();
-        unfinished.retain(|u| {
-            !running
-                .iter()
-                .any(|id| **id == *u.decision.conversation_id)
-        });
+        unfinished.retain(|u| !running.iter().any(|id| **id == *u.decision.conversation_id));
         self.lp.hold(&unfinished);
         let resumed = unfinished.len();
         let decided = self.lp.take_over();

@@ -205,7 +205,11 @@ async fn assemble(
     store.bury_decided(recently_finished.iter().map(String::as_str));
     // In a group the backlog is read afresh at each takeover (the leader's work
     // changes it meanwhile), never at start.
-    let unfinished = if group.is_some() { Vec::new() } else { unfinished };
+    let unfinished = if group.is_some() {
+        Vec::new()
+    } else {
+        unfinished
+    };
     let (role, lease) = match group {
         Some(g) => (Some(g.role), Some(g.lease)),
         None => (None, None),
@@ -623,8 +627,8 @@ impl Group {
     fn start(ha: &crate::config::HaConfig) -> Result<Group, DaemonError> {
         use secrecy::ExposeSecret;
         let url = crate::ha::connect::database_url(ha).map_err(DaemonError::Setup)?;
-        let settings =
-            crate::ha::connect::lease_settings(ha).map_err(|e| DaemonError::Setup(e.to_string()))?;
+        let settings = crate::ha::connect::lease_settings(ha)
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
         let (tx, role) = tokio::sync::watch::channel(crate::ha::leader::Role::Standby);
         let stop = CancellationToken::new();
         let task = tokio::spawn(crate::ha::leader::run(

@@ -377,9 +377,7 @@ pub fn open_postgres(
             }
         })
         .map_err(|e| JournalError::Storage(format!("cannot start the writer: {e}")))?;
-    let (unfinished, recently_finished) = opened_rx
-        .recv()
-        .map_err(|_| JournalError::Stopped)??;
+    let (unfinished, recently_finished) = opened_rx.recv().map_err(|_| JournalError::Stopped)??;
     Ok(Opened {
         journal: Journal {
             tx,
