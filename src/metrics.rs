@@ -210,6 +210,24 @@ fn describe_families() {
         Unit::Seconds,
         "systemd's WatchdogSec: the event loop must turn within it or systemd restarts the daemon (0: no watchdog)"
     );
+    describe_gauge!(
+        LEADER,
+        "[ha]: 1 while this instance holds the lease and acts, 0 while it stands by"
+    );
+    describe_gauge!(
+        LEASE_EPOCH,
+        "[ha]: the epoch of the lease this instance holds or last held"
+    );
+    describe_histogram!(
+        LEASE_RENEW,
+        Unit::Seconds,
+        "[ha]: how long each lease renew took"
+    );
+    describe_gauge!(
+        LEASE_LAST_RENEW,
+        Unit::Seconds,
+        "[ha]: when the lease was last taken or renewed, Unix time"
+    );
 }
 
 /// What the exposition shows before the first event: the build's info, and zero for

@@ -28,7 +28,7 @@ pub const NOTIFY_CHANNEL: &str = "genesys_closer_lease";
 
 /// The share of the TTL a holder trusts its lease for: the rest covers clock-rate
 /// drift between this host and the database (far below 10 % on any sane host).
-const TRUST_SHARE: f64 = 0.9;
+const TRUST_SHARE: f64 = crate::config::LEASE_TRUST_SHARE;
 
 /// A lease's settings, validated together.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,21 +67,7 @@ impl LeaseSettings {
                 "lease name must be 1 to 200 characters".into(),
             ));
         }
-        if !(Duration::from_secs(3)..=Duration::from_secs(600)).contains(&ttl) {
-            return Err(HaError::Settings(format!(
-                "lease_ttl = {} must be between 3s and 10m",
-                humantime::format_duration(ttl)
-            )));
-        }
-        if renew_every < Duration::from_millis(200) || renew_every * 3 >= ttl.mul_f64(TRUST_SHARE) {
-            return Err(HaError::Settings(format!(
-                "renew_every = {} must be at least 200ms and below a third of 90% of lease_ttl \
-                 ({}): each renew may take up to renew_every, and two may fail before the lease \
-                 is lost",
-                humantime::format_duration(renew_every),
-                humantime::format_duration(ttl)
-            )));
-        }
+        crate::config::lease_timing(ttl, renew_every).map_err(HaError::Settings)?;
         Ok(LeaseSettings {
             schema: schema.to_owned(),
             name: name.to_owned(),

@@ -51,45 +51,8 @@ impl From<tokio_postgres::Error> for HaError {
     }
 }
 
-/// A schema name safe to write into SQL as an identifier: lower-case ASCII letters,
-/// digits and `_`, starting with a letter or `_`, at most 63 bytes (PostgreSQL's
-/// identifier limit).
+/// A schema name safe to write into SQL as an identifier (the rule `check` applies:
+/// [`crate::config::schema_name`]).
 pub fn valid_schema(name: &str) -> Result<(), HaError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit();
-    if ok {
-        Ok(())
-    } else {
-        Err(HaError::Settings(format!(
-            "schema {name:?} must be 1 to 63 lower-case letters, digits or '_', not starting \
-             with a digit"
-        )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_schema;
-
-    #[test]
-    fn schema_names_are_plain_identifiers() {
-        for good in ["genesys_closer", "_x", "a1"] {
-            assert!(valid_schema(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            "1a",
-            "Genesys",
-            "a-b",
-            "a;drop",
-            "a\"b",
-            &"a".repeat(64),
-        ] {
-            assert!(valid_schema(bad).is_err(), "{bad}");
-        }
-    }
+    crate::config::schema_name(name).map_err(HaError::Settings)
 }
