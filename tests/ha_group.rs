@@ -102,6 +102,19 @@ fn disconnects(sim: &genesys_sim::SimHandle, id: &str) -> usize {
         .count()
 }
 
+/// Who sent the disconnects of `id`, as their User-Agents name it ("host-a; epoch 1").
+fn senders(sim: &genesys_sim::SimHandle, id: &str) -> Vec<String> {
+    sim.requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.ends_with(id))
+        .map(|r| {
+            let ua = r.user_agent.clone().unwrap_or_default();
+            ua.split_once('(')
+                .map_or(ua.clone(), |(_, who)| who.trim_end_matches(')').to_owned())
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_two_closes_and_a_stop_signal_hands_over_with_no_double_close() {
     let schema = format!("t_group_{}", std::process::id());
@@ -150,6 +163,13 @@ async fn one_of_two_closes_and_a_stop_signal_hands_over_with_no_double_close() {
 
     for id in before.iter().chain(&after) {
         assert_eq!(disconnects(&sim, id), 1, "{id}: one accepted disconnect");
+    }
+    // Each sent by the instance that held the lease then, under its epoch.
+    for id in &before {
+        assert_eq!(senders(&sim, id), [format!("host-a; epoch {epoch}")]);
+    }
+    for id in &after {
+        assert_eq!(senders(&sim, id), [format!("host-b; epoch {next}")]);
     }
     assert_eq!(sim.is_closed(&keep), Some(false), "no rule matched it");
     assert_eq!(disconnects(&sim, &keep), 0);
@@ -293,6 +313,9 @@ async fn a_leader_killed_mid_stream_is_replaced_and_nothing_is_closed_twice() {
     for id in before.iter().chain(&after) {
         assert_eq!(disconnects(&sim, id), 1, "{id}: one accepted disconnect");
     }
+    for id in &after {
+        assert_eq!(senders(&sim, id), [format!("host-b; epoch {next}")]);
+    }
     assert_eq!(disconnects(&sim, &keep), 0, "no rule matched it");
 
     let ok = std::process::Command::new("kill")
@@ -310,6 +333,107 @@ async fn a_leader_killed_mid_stream_is_replaced_and_nothing_is_closed_twice() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "B exits 0: {status:?}");
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_past_its_lease_sends_nothing_when_it_wakes() {
+    let schema = format!("t_pause_{}", std::process::id());
+    let db = db().await;
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    let sim = start_sim(genesys_sim::SimConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = spawn_process(dir.path(), &sim.base_url(), &schema, "host-a");
+    let (_, epoch) = lease_until(&db, &schema, |h| h.is_some_and(|h| h.0 == "host-a"))
+        .await
+        .unwrap();
+    let mut b = spawn_process(dir.path(), &sim.base_url(), &schema, "host-b");
+    wait_for(Duration::from_secs(30), || sim.connected_sockets() >= 2).await;
+
+    // SIGSTOP (a GC pause, a VM migration): A's lease runs out, B takes over and closes
+    // what comes meanwhile. A's socket keeps those frames for when it wakes.
+    signal(&a, "-STOP");
+    let paused: Vec<String> = (0..5)
+        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
+        .collect();
+    let (_, next) = lease_until(&db, &schema, |h| h.is_some_and(|h| h.0 == "host-b"))
+        .await
+        .unwrap();
+    assert_eq!(next, epoch + 1);
+    wait_for(Duration::from_secs(30), || {
+        paused.iter().all(|id| sim.is_closed(id) == Some(true))
+    })
+    .await;
+
+    // A wakes up believing it leads (its role still says epoch 1), reads the frames it
+    // missed and decides on them: every step is refused by the journal (its trust
+    // window is over, and epoch 1 is no longer the lease's), so nothing goes out.
+    let woke = std::time::Instant::now();
+    signal(&a, "-CONT");
+    let a_log = dir.path().join("host-a.log");
+    let says = |what: &str| {
+        std::fs::read_to_string(&a_log)
+            .unwrap_or_default()
+            .contains(what)
+    };
+    wait_for(Duration::from_secs(30), || {
+        says("lease lost") || says("trust window ended")
+    })
+    .await;
+    // And after it knows, a new conversation is closed by B alone.
+    let later = sim.create_conversation(conversation(Some("Goodbye")));
+    wait_for(Duration::from_secs(30), || {
+        sim.is_closed(&later) == Some(true)
+    })
+    .await;
+
+    let stale: Vec<String> = sim
+        .requests_timed()
+        .into_iter()
+        .filter(|(at, r)| {
+            *at >= woke
+                && r.user_agent
+                    .as_deref()
+                    .is_some_and(|ua| ua.contains(&format!("host-a; epoch {epoch}")))
+                && (r.method == "PATCH"
+                    || r.path.ends_with("/disconnect")
+                    || r.path.contains("/messages"))
+        })
+        .map(|(_, r)| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        stale,
+        Vec::<String>::new(),
+        "no close request under the lost epoch"
+    );
+    let log = std::fs::read_to_string(&a_log).unwrap_or_default();
+    eprintln!(
+        "after waking, A matched {} rule(s) and the lease refused {} step(s)",
+        log.matches("rule matched").count(),
+        log.matches("no longer acts").count()
+    );
+    for id in paused.iter().chain([&later]) {
+        assert_eq!(disconnects(&sim, id), 1, "{id}: one accepted disconnect");
+        assert_eq!(senders(&sim, id), [format!("host-b; epoch {next}")]);
+    }
+
+    for p in [&mut a, &mut b] {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
     db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await
         .unwrap();

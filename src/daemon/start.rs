@@ -51,11 +51,14 @@ pub(super) async fn start(
         config.genesys.client_id.clone(),
         secret,
     );
-    let api = Arc::new(
+    let mut client =
         ApiClient::new(http, config.genesys.api_url.clone(), tokens).with_budget(Arc::new(
             crate::genesys::budget::Budget::new(config.genesys.requests_per_minute),
-        )),
-    );
+        ));
+    if let Some(g) = &group {
+        client = client.in_group(&g.settings.instance, g.role.clone());
+    }
+    let api = Arc::new(client);
     let login = async {
         match api.token().await {
             Ok(_) => {}

@@ -371,6 +371,9 @@ pub struct RecordedRequest {
     pub auth_scheme: Option<String>,
     /// The body as text (lossy UTF-8; a form `client_secret` is masked).
     pub body: String,
+    /// The `User-Agent` as sent (bounded to 200 characters): a daemon in a group names
+    /// its instance and epoch there, so a test can tell who sent what.
+    pub user_agent: Option<String>,
     /// The status answered; 0 while the request is still being handled (or held,
     /// see `SimHandle::delay_requests`); 499 for a held request dropped unserved
     /// because its client went away (`RequestDelay::completes_without_client`).

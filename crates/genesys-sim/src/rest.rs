@@ -283,6 +283,12 @@ async fn record(State(world): State<Arc<World>>, req: Request, next: Next) -> Re
         query: parts.uri.query().map(str::to_owned),
         auth_scheme: auth_scheme(&parts.headers),
         body: String::new(),
+        user_agent: parts.headers.get(axum::http::header::USER_AGENT).map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(200)
+                .collect()
+        }),
         status: 0,
     });
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {

@@ -117,6 +117,16 @@ pub struct ApiClient {
     /// Since when, and why, Genesys has been unreachable (transport errors, 5xx, login
     /// down): the outage and the recovery each get one log line.
     outage: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+    /// `[ha]`: every request's User-Agent names this instance and the epoch it acts
+    /// under (or `standby`), so Genesys-side logs and the tests tell who sent what.
+    agent: Option<Agent>,
+}
+
+/// This instance in a group, for the User-Agent.
+#[derive(Debug)]
+struct Agent {
+    instance: String,
+    role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
 }
 
 /// The budget of a client built without [`ApiClient::with_budget`]: the config default.
@@ -131,6 +141,7 @@ impl ApiClient {
             tokens,
             budget: Arc::new(Budget::new(DEFAULT_REQUESTS_PER_MINUTE)),
             outage: std::sync::Mutex::new(None),
+            agent: None,
         }
     }
 
@@ -165,6 +176,34 @@ impl ApiClient {
     pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
         self.budget = budget;
         self
+    }
+
+    /// `[ha]`: name `instance` and the epoch `role` holds in every request's
+    /// User-Agent (`genesys-closer/VERSION (host-a; epoch 3)`, or `standby`).
+    pub fn in_group(
+        mut self,
+        instance: &str,
+        role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
+    ) -> Self {
+        self.agent = Some(Agent {
+            instance: instance.to_owned(),
+            role,
+        });
+        self
+    }
+
+    /// The User-Agent of a request now, when in a group.
+    pub(super) fn group_agent(&self) -> Option<String> {
+        let a = self.agent.as_ref()?;
+        let epoch = match *a.role.borrow() {
+            crate::ha::leader::Role::Leader { epoch, .. } => format!("epoch {epoch}"),
+            crate::ha::leader::Role::Standby => "standby".into(),
+        };
+        Some(format!(
+            "genesys-closer/{} ({}; {epoch})",
+            env!("CARGO_PKG_VERSION"),
+            a.instance
+        ))
     }
 
     /// The rate budget every call of this client waits on.

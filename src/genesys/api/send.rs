@@ -131,6 +131,9 @@ impl ApiClient {
             .http
             .request(call.method.clone(), call.url.clone())
             .bearer_auth(token.expose_secret());
+        if let Some(agent) = self.group_agent() {
+            req = req.header(reqwest::header::USER_AGENT, agent);
+        }
         if let Some(b) = call.body {
             req = req.json(b);
         }
