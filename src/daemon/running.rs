@@ -400,6 +400,7 @@ impl Running {
             }
             Role::Standby if self.lp.acting => {
                 self.lp.acting = false;
+                self.probes.set_standby(true);
                 tracing::warn!(
                     in_flight = self.closes.len(),
                     "standing by: no new decisions; closes in flight stop at their next step"
@@ -434,6 +435,7 @@ impl Running {
         self.lp.hold(&unfinished);
         let resumed = unfinished.len();
         let decided = self.lp.take_over();
+        self.probes.set_standby(false);
         self.lp.resume(unfinished);
         tracing::info!(
             epoch,

@@ -171,6 +171,8 @@ async fn assemble(
     let forward = forward_reports(reports_rx, opts.reports.take(), notice_tx.clone());
     // Metrics and health (`[metrics]`), until `run` returns.
     let probes = crate::metrics::Probes::new(journal.writable());
+    // In a group, standing by until the lease is taken (`/readyz` says so).
+    probes.set_standby(group.is_some());
     let ends = endpoints(
         config,
         probes.clone(),

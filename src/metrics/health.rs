@@ -98,6 +98,9 @@ pub struct Probes {
     pub ready: Arc<AtomicBool>,
     /// Whether journal writes are failing.
     pub journal: Arc<JournalHealth>,
+    /// `[ha]`: this instance stands by (it takes no intake call, so a load balancer
+    /// routing by `/readyz` sends calls to the acting one).
+    pub standby: Arc<AtomicBool>,
 }
 
 impl Probes {
@@ -107,6 +110,7 @@ impl Probes {
             last_tick: Arc::new(AtomicU64::new(mono_ms())),
             ready: Arc::new(AtomicBool::new(false)),
             journal,
+            standby: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -118,6 +122,11 @@ impl Probes {
     /// Whether every configured stream is live.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// `[ha]`: whether this instance stands by.
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
     }
 
     /// Milliseconds since the event loop last turned.
@@ -145,6 +154,11 @@ impl Probes {
         let mut not = Vec::new();
         if !self.ready.load(Ordering::Relaxed) {
             not.push("streams: not every configured stream is live".to_string());
+        }
+        if self.standby.load(Ordering::Relaxed) {
+            not.push(
+                "standby: another instance of the group acts and takes intake calls".to_string(),
+            );
         }
         if let Some(since) = self.journal.failing_since() {
             let at = std::time::UNIX_EPOCH + Duration::from_millis(since);
@@ -206,6 +220,20 @@ impl Probes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_standby_is_healthy_but_not_ready() {
+        let p = Probes::new(JournalHealth::new());
+        p.set_ready(true);
+        p.journal.success();
+        p.set_standby(true);
+        assert_eq!(p.health().0, StatusCode::OK);
+        let (status, body) = p.readiness();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("standby: another instance"), "{body}");
+        p.set_standby(false);
+        assert_eq!(p.readiness().0, StatusCode::OK);
+    }
 
     #[test]
     fn health_and_readiness_follow_the_probes() {
