@@ -211,6 +211,10 @@ fn describe_families() {
         "systemd's WatchdogSec: the event loop must turn within it or systemd restarts the daemon (0: no watchdog)"
     );
     describe_gauge!(
+        WATCH_CAPACITY,
+        "How many bot-phase conversations the channels left to this instance can watch at most (20 channels per OAuth client, across a group)"
+    );
+    describe_gauge!(
         LEADER,
         "[ha]: 1 while this instance holds the lease and acts, 0 while it stands by"
     );
@@ -413,6 +417,12 @@ pub fn set_watched_topics(n: usize) {
     metrics::gauge!(WATCHED_TOPICS).set(n as f64);
 }
 
+/// How many conversations' per-conversation topics the channels left to this instance
+/// hold at most.
+pub fn set_watch_capacity(n: usize) {
+    metrics::gauge!(WATCH_CAPACITY).set(n as f64);
+}
+
 /// A journal write failed.
 pub fn journal_error() {
     metrics::counter!(JOURNAL_ERRORS).increment(1);
@@ -454,6 +464,8 @@ pub fn set_watchdog_timeout(timeout: Option<Duration>) {
     metrics::gauge!(WATCHDOG_TIMEOUT).set(timeout.map_or(0.0, |t| t.as_secs_f64()));
 }
 
+/// How many watched conversations the channels left to this instance hold at most.
+pub const WATCH_CAPACITY: &str = "genesys_closer_watch_capacity_conversations";
 /// 1 while this instance holds the lease and acts (`[ha]`), else 0.
 pub const LEADER: &str = "genesys_closer_leader";
 /// The epoch of the lease this instance holds or last held.

@@ -36,6 +36,7 @@ fn start(sim_url: &str, schema: &str, instance: &str) -> Member {
         // Long: a takeover inside the test's waits can only come from the resign.
         lease_ttl: Duration::from_secs(120),
         renew_every: Duration::from_millis(500),
+        instances: 2,
     });
     genesys_closer::telemetry::init_logging(&config.log);
     let stop = CancellationToken::new();

@@ -163,6 +163,9 @@ pub struct HaConfig {
     pub lease_ttl: Duration,
     /// How often the holder renews it. Default 2 s.
     pub renew_every: Duration,
+    /// How many instances the group runs on one OAuth client (their channels count
+    /// against its 20). Default 2.
+    pub instances: usize,
 }
 
 /// Where `[ha]`'s connection string comes from.

@@ -447,7 +447,7 @@ pub(super) fn spawn_streams(config: &Config, usable: &Usable, parts: StreamParts
         Ok(()) => Manager {
             slots,
             api,
-            max_channels: MAX_CHANNELS - mirrors.len(),
+            max_channels: channels_left(config, slots_at_start, mirrors.len()),
             subscribe_window: config.stream.subscribe_window,
             unsubscribe_window: config.stream.unsubscribe_window,
             spawn: Box::new(spawn_stream),
@@ -653,5 +653,56 @@ impl Group {
             role,
             lease: super::running::LeaseTask { stop, task },
         })
+    }
+}
+
+/// The channels this instance's subscription manager may use: the OAuth client's 20,
+/// less this instance's mirrors and, in a group, the other instances' channels for the
+/// configured topics (each holds as many as this one). Never fewer than the configured
+/// topics' own.
+fn channels_left(config: &Config, slots: usize, mirrors: usize) -> usize {
+    let others = config
+        .ha
+        .as_ref()
+        .map_or(0, |ha| (ha.instances - 1) * (slots + mirrors));
+    MAX_CHANNELS.saturating_sub(mirrors + others).max(slots)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn text(extra: &str) -> String {
+        format!(
+            "[genesys]\nregion = \"us-east-1\"\nclient_id = \"0c1e0c1e-0000-4000-8000-0000000000ab\"\n\
+             [stream]\nqueues = [\"11111111-1111-4111-8111-111111111111\"]\n\
+             [[rule]]\nname = \"bye\"\nintents = [\"Goodbye\"]\n{extra}"
+        )
+    }
+
+    fn config(extra: &str) -> Config {
+        Config::parse(&text(extra), Path::new("t.toml")).expect("valid")
+    }
+
+    #[test]
+    fn the_channels_left_count_the_other_instances_of_a_group() {
+        // One instance: 20 less its mirror.
+        assert_eq!(channels_left(&config(""), 1, 1), 19);
+        // Two instances, each with a channel and its mirror: 20 - 1 - 2.
+        let two = config("[ha]\ninstance = \"a\"\n");
+        assert_eq!(channels_left(&two, 1, 1), 17);
+        let three = config("[ha]\ninstance = \"a\"\ninstances = 3\n");
+        assert_eq!(channels_left(&three, 1, 1), 15);
+        // Never fewer than the configured topics' own channels.
+        assert_eq!(channels_left(&three, 10, 0), 10);
+        let refused = Config::parse(
+            &text("[ha]\ninstance = \"a\"\ninstances = 9\n"),
+            Path::new("t.toml"),
+        )
+        .expect_err("2 to 5 instances")
+        .to_string();
+        assert!(refused.contains("`instances`"), "{refused}");
     }
 }

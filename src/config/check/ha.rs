@@ -13,6 +13,7 @@ const KEYS: &[&str] = &[
     "instance",
     "lease_ttl",
     "renew_every",
+    "instances",
 ];
 
 /// The systemd credential name holding the connection string.
@@ -66,7 +67,19 @@ impl Checker<'_> {
             self.at(span, format!("[ha] {e}"));
             return None;
         }
+        let instances = match t.get("instances").and_then(Item::as_integer) {
+            None if !t.contains_key("instances") => 2,
+            Some(n) if (2..=5).contains(&n) => n as usize,
+            _ => {
+                self.at(
+                    t.get("instances").and_then(Item::span),
+                    "[ha] `instances` is how many instances share the OAuth client: 2 to 5".into(),
+                );
+                return None;
+            }
+        };
         Some(HaConfig {
+            instances,
             database_url,
             schema,
             lease_name,

@@ -36,7 +36,7 @@ pub struct Manager {
     /// Batch window for removals.
     pub unsubscribe_window: Duration,
     /// Most channels the manager's slots may use (the OAuth client's 20, less the
-    /// mirror's).
+    /// mirrors', less the other instances' of a group).
     pub max_channels: usize,
     /// Starts the stream of a slot the manager adds.
     pub spawn: SpawnStream,
@@ -61,8 +61,12 @@ impl Manager {
         // Conversation -> slot index.
         let mut placed: HashMap<Box<str>, usize> = HashMap::new();
         let mut full_warned = false;
+        let capacity = self.capacity();
+        crate::metrics::set_watch_capacity(capacity);
+        let mut near_warned = false;
         loop {
             crate::metrics::set_watched_topics(placed.len() * WATCH_SUFFIXES.len());
+            near_warned = self.say_when_near(placed.len(), capacity, near_warned);
             let due = self
                 .slots
                 .iter()
@@ -108,6 +112,42 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// How many conversations' per-conversation topics the channels this manager may
+    /// use hold at most: the room left on the configured topics' channels, plus whole
+    /// channels up to `max_channels`.
+    fn capacity(&self) -> usize {
+        let need = WATCH_SUFFIXES.len();
+        let on_open: usize = self
+            .slots
+            .iter()
+            .map(|s| (TOPICS_PER_CHANNEL.saturating_sub(Slot::topic_count(&lock(&s.state)))) / need)
+            .sum();
+        let more = self.max_channels.saturating_sub(self.slots.len());
+        on_open + more * (TOPICS_PER_CHANNEL / need)
+    }
+
+    /// Says once, at warn, when the watched conversations reach 80% of `capacity`
+    /// (before the channels run out), and again once they fall below 70%.
+    fn say_when_near(&self, watched: usize, capacity: usize, warned: bool) -> bool {
+        let near = watched * 10 >= capacity * 8;
+        if near && !warned {
+            tracing::warn!(
+                watched,
+                capacity,
+                channels = self.max_channels,
+                "per-conversation topics at 80% of what the channels left to this instance \
+                 hold (20 per OAuth client, across every instance of a group): bot-phase \
+                 conversations beyond the capacity are not watched; give each instance its \
+                 own OAuth client or fewer configured topics"
+            );
+            return true;
+        }
+        if warned && watched * 10 < capacity * 7 {
+            return false;
+        }
+        warned
     }
 
     fn watch(
