@@ -13,6 +13,10 @@ use genesys_closer::daemon::{self, RunOptions};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
+/// Matching conversations created in each phase of a scenario (before and after the
+/// fault).
+const PER_PHASE: usize = 25;
+
 fn url() -> String {
     std::env::var("GENESYS_CLOSER_TEST_PG")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
@@ -103,6 +107,64 @@ fn disconnects(sim: &genesys_sim::SimHandle, id: &str) -> usize {
         .count()
 }
 
+/// Whether a recorded request acts on a conversation (a disconnect, a teardown, a
+/// farewell or a wrap-up), as opposed to reads, channels and subscriptions.
+fn acts(r: &genesys_sim::RecordedRequest) -> bool {
+    (r.method == "PATCH" && r.path.starts_with("/api/v2/conversations/"))
+        || (r.method == "POST"
+            && (r.path.ends_with("/disconnect") || r.path.contains("/communications/")))
+}
+
+/// Requests acting on conversations sent under `epoch` at or after `since`.
+fn stale(sim: &genesys_sim::SimHandle, epoch: i64, since: std::time::Instant) -> usize {
+    sim.requests_timed()
+        .into_iter()
+        .filter(|(at, r)| {
+            *at >= since
+                && acts(r)
+                && r.user_agent
+                    .as_deref()
+                    .is_some_and(|ua| ua.ends_with(&format!("; epoch {epoch})")))
+        })
+        .count()
+}
+
+/// One row of the chaos table (`bench/ha-chaos.sh` collects them): what matched, what
+/// was confirmed closed, what was lost, duplicates, requests under a lost epoch, and
+/// the time from the fault to the lease taken.
+fn chaos_row(
+    scenario: &str,
+    sim: &genesys_sim::SimHandle,
+    matched: &[String],
+    stale: usize,
+    takeover: Duration,
+) {
+    let confirmed = matched
+        .iter()
+        .filter(|id| sim.is_closed(id) == Some(true))
+        .count();
+    let dup = |f: &dyn Fn(&genesys_sim::RecordedRequest) -> bool| -> usize {
+        matched
+            .iter()
+            .map(|id| {
+                sim.requests()
+                    .iter()
+                    .filter(|r| r.path.contains(id.as_str()) && r.status / 100 == 2 && f(r))
+                    .count()
+                    .saturating_sub(1)
+            })
+            .sum()
+    };
+    let disconnects = dup(&|r| r.method == "PATCH");
+    let farewells = dup(&|r| r.method == "POST" && r.path.contains("/communications/"));
+    eprintln!(
+        "CHAOS|{scenario}|{}|{confirmed}|{}|{disconnects}|{farewells}|{stale}|{}",
+        matched.len(),
+        matched.len() - confirmed,
+        takeover.as_millis()
+    );
+}
+
 /// Who sent the disconnects of `id`, as their User-Agents name it ("host-a; epoch 1").
 fn senders(sim: &genesys_sim::SimHandle, id: &str) -> Vec<String> {
     sim.requests()
@@ -133,7 +195,7 @@ async fn one_of_two_closes_and_a_stop_signal_hands_over_with_no_double_close() {
     wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 2).await;
 
     // The leader closes these; the standby, watching the same queue, sends nothing.
-    let before: Vec<String> = (0..5)
+    let before: Vec<String> = (0..PER_PHASE)
         .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
         .collect();
     let keep = sim.create_conversation(conversation(Some("Hello")));
@@ -144,12 +206,14 @@ async fn one_of_two_closes_and_a_stop_signal_hands_over_with_no_double_close() {
 
     // SIGTERM to the leader: it resigns; the standby takes over at once (the TTL is
     // 120 s) and closes what comes next.
+    let signalled = tokio::time::Instant::now();
     a.stop.cancel();
     let (second, next) = lease_until(&db, &schema, |h| h.is_some_and(|h| h.0 == "host-b"))
         .await
         .unwrap();
+    let (takeover, lost_at) = (signalled.elapsed(), std::time::Instant::now());
     assert_eq!((second.as_str(), next), ("host-b", epoch + 1));
-    let after: Vec<String> = (0..5)
+    let after: Vec<String> = (0..PER_PHASE)
         .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
         .collect();
     wait_for(Duration::from_secs(30), || {
@@ -174,6 +238,16 @@ async fn one_of_two_closes_and_a_stop_signal_hands_over_with_no_double_close() {
     }
     assert_eq!(sim.is_closed(&keep), Some(false), "no rule matched it");
     assert_eq!(disconnects(&sim, &keep), 0);
+    let matched: Vec<String> = before.iter().chain(&after).cloned().collect();
+    let stale_requests = stale(&sim, epoch, lost_at);
+    assert_eq!(stale_requests, 0);
+    chaos_row(
+        "SIGTERM hand-over",
+        &sim,
+        &matched,
+        stale_requests,
+        takeover,
+    );
     // Every fenced step is in the shared journal under the epoch that sent it.
     let by_epoch: Vec<(i64, String, i64)> = db
         .query(
@@ -277,7 +351,7 @@ async fn a_leader_killed_mid_stream_is_replaced_and_nothing_is_closed_twice() {
     let mut b = spawn_process(dir.path(), &sim.base_url(), &schema, "host-b");
     wait_for(Duration::from_secs(30), || sim.connected_sockets() >= 2).await;
 
-    let before: Vec<String> = (0..5)
+    let before: Vec<String> = (0..PER_PHASE)
         .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
         .collect();
     let keep = sim.create_conversation(conversation(Some("Hello")));
@@ -291,7 +365,7 @@ async fn a_leader_killed_mid_stream_is_replaced_and_nothing_is_closed_twice() {
     a.kill().unwrap();
     let killed = tokio::time::Instant::now();
     a.wait().unwrap();
-    let after: Vec<String> = (0..5)
+    let after: Vec<String> = (0..PER_PHASE)
         .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
         .collect();
     let (second, next) = lease_until(&db, &schema, |h| h.is_some_and(|h| h.0 == "host-b"))
@@ -318,6 +392,14 @@ async fn a_leader_killed_mid_stream_is_replaced_and_nothing_is_closed_twice() {
         assert_eq!(senders(&sim, id), [format!("host-b; epoch {next}")]);
     }
     assert_eq!(disconnects(&sim, &keep), 0, "no rule matched it");
+    let matched: Vec<String> = before.iter().chain(&after).cloned().collect();
+    chaos_row(
+        "SIGKILL",
+        &sim,
+        &matched,
+        stale(&sim, epoch, killed.into_std()),
+        took_over,
+    );
 
     let ok = std::process::Command::new("kill")
         .args(["-TERM", &b.id().to_string()])
@@ -366,14 +448,16 @@ async fn a_leader_paused_past_its_lease_sends_nothing_when_it_wakes() {
 
     // SIGSTOP (a GC pause, a VM migration): A's lease runs out, B takes over and closes
     // what comes meanwhile. A's socket keeps those frames for when it wakes.
+    let stopped = tokio::time::Instant::now();
     signal(&a, "-STOP");
-    let paused: Vec<String> = (0..5)
+    let paused: Vec<String> = (0..PER_PHASE)
         .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
         .collect();
     let (_, next) = lease_until(&db, &schema, |h| h.is_some_and(|h| h.0 == "host-b"))
         .await
         .unwrap();
     assert_eq!(next, epoch + 1);
+    let takeover = stopped.elapsed();
     wait_for(Duration::from_secs(30), || {
         paused.iter().all(|id| sim.is_closed(id) == Some(true))
     })
@@ -431,6 +515,14 @@ async fn a_leader_paused_past_its_lease_sends_nothing_when_it_wakes() {
         assert_eq!(senders(&sim, id), [format!("host-b; epoch {next}")]);
     }
 
+    let matched: Vec<String> = paused.iter().chain([&later]).cloned().collect();
+    chaos_row(
+        "SIGSTOP past the lease, then SIGCONT",
+        &sim,
+        &matched,
+        stale.len(),
+        takeover,
+    );
     for p in [&mut a, &mut b] {
         let _ = p.kill();
         let _ = p.wait();
