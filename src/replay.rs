@@ -319,7 +319,9 @@ impl Replay {
         }
     }
 
-    /// Replays one line.
+    /// Replays one line. Longer than most: it reads the line's parts in the order a
+    /// recording writes them, each with its own error text for the operator, then hands
+    /// the frame to the one decision step; each part is a few lines.
     pub fn line(&mut self, file: &str, line_no: u64, bytes: &[u8]) -> Option<Item> {
         let bad = |error: String| BadLine {
             file: file.to_string(),

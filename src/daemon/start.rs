@@ -375,6 +375,10 @@ pub(super) struct Channels {
 /// One slot (and stream) per chunk of 1,000 configured topics, a mirror of each when
 /// `[stream] mirror`, and the subscription manager (or its refusal, when the
 /// per-conversation topics cannot be used).
+///
+/// Longer than most: the slots, the one closure that spawns a stream for a slot (used
+/// here and by the manager), the mirrors and the manager share locals; apart, each
+/// piece would take the others' as arguments.
 pub(super) fn spawn_streams(config: &Config, usable: &Usable, parts: StreamParts) -> Channels {
     let slots: Vec<Arc<Slot>> = {
         let chunks: Vec<Vec<String>> = usable

@@ -149,6 +149,9 @@ struct Sql {
 }
 
 impl Sql {
+    /// Every statement, written out once for the schema `s`. Long because it is the
+    /// backend's SQL in one place, one statement after another (split, a reader would
+    /// hunt for each); each is short.
     fn new(s: &str) -> Sql {
         Sql {
             // A conversation is decided once: an open decision stays as it is (the same

@@ -69,25 +69,7 @@ impl ChannelStream {
                 kind,
                 reason,
                 message,
-            } => {
-                let clip = |s: Option<String>| s.map(|s| s.chars().take(200).collect::<String>());
-                let topic: String = topic.chars().take(200).collect();
-                let (kind, reason, message) = (clip(kind), clip(reason), clip(message));
-                tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, %topic, kind = kind.as_deref(),
-                    reason = reason.as_deref(), server_message = message.as_deref(), "system message");
-                let t = topic.to_ascii_lowercase();
-                if t.starts_with("v2.system.no_longer_subscribed")
-                    || kind.as_deref() == Some("no_longer_subscribed")
-                {
-                    Action::Resubscribe
-                } else if t.starts_with("v2.system.token_revoked")
-                    || kind.as_deref() == Some("token_revoked")
-                {
-                    Action::End(Ending::Gone("token revoked"))
-                } else {
-                    Action::Continue
-                }
-            }
+            } => self.system(ch, &topic, kind, reason, message),
             Frame::Reply { result, status } => {
                 if result == "404" {
                     tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, "socket says the channel no longer exists");
@@ -105,6 +87,35 @@ impl ChannelStream {
                 }
                 Action::Continue
             }
+        }
+    }
+
+    /// A system message: logged; `no_longer_subscribed` asks for the topics again,
+    /// `token_revoked` ends the channel, anything else is only said.
+    fn system(
+        &self,
+        ch: &Channel,
+        topic: &str,
+        kind: Option<String>,
+        reason: Option<String>,
+        message: Option<String>,
+    ) -> Action {
+        let clip = |s: Option<String>| s.map(|s| s.chars().take(200).collect::<String>());
+        let topic: String = topic.chars().take(200).collect();
+        let (kind, reason, message) = (clip(kind), clip(reason), clip(message));
+        tracing::warn!(stream = %crate::genesys::StreamName(self.index), channel_id = %ch.id, %topic, kind = kind.as_deref(),
+            reason = reason.as_deref(), server_message = message.as_deref(), "system message");
+        let t = topic.to_ascii_lowercase();
+        if t.starts_with("v2.system.no_longer_subscribed")
+            || kind.as_deref() == Some("no_longer_subscribed")
+        {
+            Action::Resubscribe
+        } else if t.starts_with("v2.system.token_revoked")
+            || kind.as_deref() == Some("token_revoked")
+        {
+            Action::End(Ending::Gone("token revoked"))
+        } else {
+            Action::Continue
         }
     }
 }
