@@ -25,6 +25,11 @@
 //! [`metrics`] listen through one bounded HTTP edge (`listen`); [`findings`] is what
 //! `check` finds beyond the file. The binary's commands are thin: a file each in
 //! `src/cli`, the work here.
+//!
+//! [`ha`] lets two or three instances share one PostgreSQL: a lease row with an epoch
+//! decides which one acts, the journal's PostgreSQL backend stores every "about to
+//! send" only under the current epoch (the fence), and the daemon's loop follows the
+//! lease loop's role (stand by, take over).
 
 pub mod closer;
 pub mod config;

@@ -109,8 +109,8 @@ pub struct Summary {
     pub late_events: u64,
 }
 
-/// Runs the daemon until `opts.shutdown` is cancelled: start-up ([`start`]), then the
-/// loop and the bounded stop ([`running`]).
+/// Runs the daemon until `opts.shutdown` is cancelled: start-up (`start`), then the
+/// loop and the bounded stop (`running`).
 pub async fn run(
     config: &Config,
     secret: SecretString,

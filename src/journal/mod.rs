@@ -3,8 +3,8 @@
 //! where the last run stopped (issue 7).
 //!
 //! The daemon talks to [`Journal`]; the storage sits behind the narrow [`Backend`]
-//! trait: SQLite for one instance ([`sqlite`]), PostgreSQL for a group of instances
-//! under `[ha]` ([`postgres`], where every "about to send" is fenced on the lease).
+//! trait: SQLite for one instance (`sqlite`), PostgreSQL for a group of instances
+//! under `[ha]` (`postgres`, where every "about to send" is fenced on the lease).
 //! Nothing outside those files knows which it is.
 //!
 //! Writes go through one writer thread in submission order, so a step journalled after
