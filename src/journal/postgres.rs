@@ -521,12 +521,7 @@ fn decision_of(r: &Row) -> Result<DecisionRecord, tokio_postgres::Error> {
 }
 
 fn history_of(r: &Row) -> Result<HistoryEntry, tokio_postgres::Error> {
-    let kind = match r.try_get::<_, &str>(2)? {
-        "decision" => EntryKind::Decision,
-        "step" => EntryKind::Step,
-        "outcome" => EntryKind::Outcome,
-        _ => EntryKind::Intake,
-    };
+    let kind = EntryKind::of_column(r.try_get::<_, &str>(2)?);
     Ok(history::entry(
         kind,
         r.try_get(0)?,

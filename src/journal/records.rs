@@ -54,6 +54,17 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// The kind a history query's `kind` column names (both backends' SQL writes
+    /// `decision`, `step`, `outcome` or `intake`).
+    pub(super) fn of_column(kind: &str) -> EntryKind {
+        match kind {
+            "decision" => EntryKind::Decision,
+            "step" => EntryKind::Step,
+            "outcome" => EntryKind::Outcome,
+            _ => EntryKind::Intake,
+        }
+    }
+
     /// The name in the table and in JSON.
     pub fn as_str(self) -> &'static str {
         match self {

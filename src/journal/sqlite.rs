@@ -481,12 +481,7 @@ impl Backend for SqliteBackend {
             .query_map(
                 params![q.since_ms, q.conversation_id, q.outcome, q.unfinished],
                 |r| {
-                    let kind = match r.get_ref(2)?.as_str()? {
-                        "decision" => EntryKind::Decision,
-                        "step" => EntryKind::Step,
-                        "outcome" => EntryKind::Outcome,
-                        _ => EntryKind::Intake,
-                    };
+                    let kind = EntryKind::of_column(r.get_ref(2)?.as_str()?);
                     Ok(history::entry(
                         kind,
                         r.get(0)?,
