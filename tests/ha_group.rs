@@ -29,11 +29,15 @@ struct Member {
 }
 
 fn start(sim_url: &str, schema: &str, instance: &str) -> Member {
+    start_on(&url(), sim_url, schema, instance)
+}
+
+fn start_on(db_url: &str, sim_url: &str, schema: &str, instance: &str) -> Member {
     let mut config = config(sim_url, sim_url, "");
     let state = tempfile::tempdir().unwrap();
     config.daemon.state_dir = state.path().to_path_buf();
     config.ha = Some(HaConfig {
-        database_url: DatabaseUrl::Inline(url()),
+        database_url: DatabaseUrl::Inline(db_url.to_owned()),
         schema: schema.into(),
         lease_name: "closer".into(),
         instance: instance.into(),
@@ -526,6 +530,88 @@ async fn a_leader_paused_past_its_lease_sends_nothing_when_it_wakes() {
     for p in [&mut a, &mut b] {
         let _ = p.kill();
         let _ = p.wait();
+    }
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_terminated_under_the_leader_leave_no_request_without_its_row() {
+    let schema = format!("t_term_{}", std::process::id());
+    // Its own application_name, so only this test's connections are terminated.
+    let app = format!("gc_term_{}", std::process::id());
+    let db_url = format!("{} application_name={app}", url());
+    let db = db().await;
+    db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .await
+        .unwrap();
+    let sim = start_sim(genesys_sim::SimConfig::default()).await;
+    let sim_url = sim.base_url();
+    let a = start_on(&db_url, &sim_url, &schema, "host-a");
+    let (_, epoch) = lease_until(&db, &schema, |h| h.is_some()).await.unwrap();
+    let b = start_on(&db_url, &sim_url, &schema, "host-b");
+    wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 2).await;
+    let before: Vec<String> = (0..PER_PHASE)
+        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
+        .collect();
+    wait_for(Duration::from_secs(30), || {
+        before.iter().all(|id| sim.is_closed(id) == Some(true))
+    })
+    .await;
+
+    // Every connection of both instances is cut (the lease loops' and the journals').
+    let cut: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cut >= 4, "terminated {cut} connections");
+    let after: Vec<String> = (0..PER_PHASE)
+        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
+        .collect();
+    wait_for(Duration::from_secs(30), || {
+        after.iter().all(|id| sim.is_closed(id) == Some(true))
+    })
+    .await;
+
+    // No row, no request: every disconnect sent has its fenced "about to send".
+    let matched: Vec<String> = before.iter().chain(&after).cloned().collect();
+    for id in &matched {
+        assert_eq!(disconnects(&sim, id), 1, "{id}: one accepted disconnect");
+        let rows: i64 = db
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {schema}.steps WHERE conversation_id = $1 \
+                     AND step LIKE 'about_to_send:%' AND epoch IS NOT NULL"
+                ),
+                &[id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(rows >= 1, "{id}: a disconnect went without its fenced row");
+    }
+    let holder = holder(&db, &schema).await.map(|h| h.1);
+    chaos_row(
+        "connections terminated (pg_terminate_backend)",
+        &sim,
+        &matched,
+        stale(&sim, epoch, std::time::Instant::now()),
+        Duration::ZERO,
+    );
+    assert_eq!(holder, Some(epoch), "the leader kept its lease (TTL 120 s)");
+    for m in [a, b] {
+        m.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), m.task)
+            .await
+            .expect("stops in time")
+            .unwrap()
+            .expect("ran");
     }
     db.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .await

@@ -146,6 +146,9 @@ pub(super) struct Running {
     drain_deadline: Option<Instant>,
     /// When the process must be gone (set by the stop signal).
     stop_by: Option<Instant>,
+    /// `[ha]`: the end of the trust window last published (a renew after it lapsed
+    /// reads the journal back).
+    trusted_until: Option<Instant>,
 }
 
 /// What [`Running::new`] is built from.
@@ -198,6 +201,7 @@ impl Running {
             teardown: p.teardown,
             drain_deadline: None,
             stop_by: None,
+            trusted_until: None,
         }
     }
 
@@ -395,10 +399,30 @@ impl Running {
     async fn on_role(&mut self, role: crate::ha::leader::Role) {
         use crate::ha::leader::Role;
         match role {
-            Role::Leader { epoch, .. } if !self.lp.acting && !self.lp.draining => {
-                self.take_over(epoch).await;
+            Role::Leader {
+                epoch,
+                trusted_until,
+            } => {
+                // A renew that comes after the trust window had lapsed (the database was
+                // out of reach): steps refused meanwhile left their closes unfinished.
+                let lapsed = self.trusted_until.is_some_and(|t| t <= Instant::now());
+                self.trusted_until = Some(trusted_until);
+                if self.lp.draining {
+                    return;
+                }
+                if !self.lp.acting {
+                    self.take_over(epoch).await;
+                } else if lapsed {
+                    tracing::warn!(
+                        epoch,
+                        "the lease is trusted again after a lapse: closes refused meanwhile \
+                         are read back from the journal"
+                    );
+                    self.take_over(epoch).await;
+                }
             }
             Role::Standby if self.lp.acting => {
+                self.trusted_until = None;
                 self.lp.acting = false;
                 self.probes.set_standby(true);
                 tracing::warn!(
@@ -406,7 +430,7 @@ impl Running {
                     "standing by: no new decisions; closes in flight stop at their next step"
                 );
             }
-            _ => {}
+            Role::Standby => self.trusted_until = None,
         }
     }
 

@@ -169,6 +169,9 @@ pub fn now_ms() -> i64 {
 
 type Reply = oneshot::Sender<Result<(), JournalError>>;
 
+/// `[ha]`: how soon a fenced step whose write failed is tried again.
+const FENCED_RETRY: Duration = Duration::from_millis(250);
+
 enum Cmd {
     Decision(DecisionRecord, Option<Reply>),
     Step(String, String, i64, Option<Reply>),
@@ -496,8 +499,33 @@ impl Journal {
         let Some(epoch) = acting() else {
             return Err(JournalError::Fenced { epoch: 0 });
         };
-        self.submit_wait(|r| Cmd::StepFenced(id, step, now_ms(), epoch, r))
-            .await?;
+        // In a group no row means no request, whatever kept the row out: a failed
+        // write (the connection reset, the database restarting) is tried again while
+        // this instance acts under `epoch`, and refused once it no longer does. Unlike
+        // one instance's journal, a failed write here never lets the step go unfenced.
+        let mut said = false;
+        loop {
+            let (i, s) = (id.clone(), step.clone());
+            match self
+                .submit_wait(|r| Cmd::StepFenced(i, s, now_ms(), epoch, r))
+                .await
+            {
+                Ok(()) => break,
+                Err(e @ (JournalError::Fenced { .. } | JournalError::Stopped)) => return Err(e),
+                Err(e) => {
+                    if !said {
+                        tracing::warn!(conversation_id = %id, epoch, error = %e,
+                            "journal: the fenced step could not be stored; not sending until \
+                             it is (or this instance no longer acts)");
+                        said = true;
+                    }
+                    tokio::time::sleep(FENCED_RETRY).await;
+                    if acting() != Some(epoch) {
+                        return Err(JournalError::Fenced { epoch });
+                    }
+                }
+            }
+        }
         match acting() {
             Some(e) if e == epoch => Ok(()),
             _ => Err(JournalError::Fenced { epoch }),
