@@ -8,9 +8,9 @@
 #
 # Needs PostgreSQL on 127.0.0.1:5432 (trust, database `test`) or GENESYS_CLOSER_TEST_PG
 # (`bash .ci/run` starts a throwaway one where none runs). Scenarios so far: SIGTERM
-# hand-over (in-process daemons), SIGKILL and SIGSTOP-past-the-lease (daemon processes);
-# lease_ttl is 3 s in the process scenarios. Not yet: connections terminated, traffic
-# black-holed, the database restarted, PgBouncer, three instances, ten minutes of mixed
+# hand-over and every connection terminated (in-process daemons), SIGKILL and
+# SIGSTOP-past-the-lease (daemon processes); lease_ttl is 3 s in the process scenarios.
+# Not yet: traffic black-holed, the database restarted, PgBouncer, three instances, ten minutes of mixed
 # faults (see README, "Two or three instances").
 set -euo pipefail
 cd "$(dirname "$0")/.."
