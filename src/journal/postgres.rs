@@ -56,6 +56,9 @@ use crate::ha::lease::LeaseSettings;
 /// (`connect_timeout`): without a bound, a host that drops packets holds a start for
 /// minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a statement may take, on the server (`statement_timeout`) and here: past
+/// it the session is dropped so the writer thread is never held by a silent server.
+const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 
 /// The journal in a PostgreSQL schema.
 pub struct PostgresBackend {
@@ -325,6 +328,16 @@ impl PostgresBackend {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A peer that vanished is noticed by TCP keepalives within about 30 s instead
+        // of the kernel's two hours; a statement the server cannot finish is cut by it.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        if config.get_options().is_none() {
+            config.options(format!(
+                "-c statement_timeout={}",
+                ANSWER_WITHIN.as_millis()
+            ));
+        }
         if config.get_application_name().is_none() {
             config.application_name("genesys-closer journal");
         }
@@ -391,9 +404,31 @@ impl PostgresBackend {
             }
             self.reconnect()?;
         }
-        match (&self.rt, &self.client) {
-            (Some(rt), Some(client)) => Ok(rt.block_on(f(client, &self.ctx))),
-            _ => Err(JournalError::Stopped),
+        let answered = match (&self.rt, &self.client) {
+            (Some(rt), Some(client)) => {
+                // The timer is made inside the runtime (it needs its reactor).
+                let ctx = &self.ctx;
+                rt.block_on(async { tokio::time::timeout(ANSWER_WITHIN, f(client, ctx)).await })
+            }
+            _ => return Err(JournalError::Stopped),
+        };
+        match answered {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                // A server that does not answer (a black-holed network, a hung host) must
+                // not hold the writer thread: this session is dropped and the next write
+                // connects again (inside a group, the group is lost).
+                self.client = None;
+                if self.group != Group::None {
+                    self.group = Group::Broken;
+                }
+                Err(JournalError::Storage(format!(
+                    "the PostgreSQL server ({}) did not answer within {} s; the next write \
+                     connects again",
+                    self.at,
+                    ANSWER_WITHIN.as_secs()
+                )))
+            }
         }
     }
 
