@@ -104,6 +104,21 @@ async fn lease_until(
     }
 }
 
+/// `PER_PHASE` new conversations whose intent a rule matches.
+fn matching(sim: &genesys_sim::SimHandle) -> Vec<String> {
+    (0..PER_PHASE)
+        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
+        .collect()
+}
+
+/// Waits (bounded) until every one of `ids` is closed.
+async fn all_closed(sim: &genesys_sim::SimHandle, ids: &[String]) {
+    wait_for(Duration::from_secs(30), || {
+        ids.iter().all(|id| sim.is_closed(id) == Some(true))
+    })
+    .await;
+}
+
 fn disconnects(sim: &genesys_sim::SimHandle, id: &str) -> usize {
     sim.requests()
         .iter()
@@ -199,14 +214,9 @@ async fn one_of_two_closes_and_a_stop_signal_hands_over_with_no_double_close() {
     wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 2).await;
 
     // The leader closes these; the standby, watching the same queue, sends nothing.
-    let before: Vec<String> = (0..PER_PHASE)
-        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
-        .collect();
+    let before = matching(&sim);
     let keep = sim.create_conversation(conversation(Some("Hello")));
-    wait_for(Duration::from_secs(30), || {
-        before.iter().all(|id| sim.is_closed(id) == Some(true))
-    })
-    .await;
+    all_closed(&sim, &before).await;
 
     // SIGTERM to the leader: it resigns; the standby takes over at once (the TTL is
     // 120 s) and closes what comes next.
@@ -217,13 +227,8 @@ async fn one_of_two_closes_and_a_stop_signal_hands_over_with_no_double_close() {
         .unwrap();
     let (takeover, lost_at) = (signalled.elapsed(), std::time::Instant::now());
     assert_eq!((second.as_str(), next), ("host-b", epoch + 1));
-    let after: Vec<String> = (0..PER_PHASE)
-        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
-        .collect();
-    wait_for(Duration::from_secs(30), || {
-        after.iter().all(|id| sim.is_closed(id) == Some(true))
-    })
-    .await;
+    let after = matching(&sim);
+    all_closed(&sim, &after).await;
     tokio::time::timeout(Duration::from_secs(20), a.task)
         .await
         .expect("A stops in time")
@@ -355,32 +360,22 @@ async fn a_leader_killed_mid_stream_is_replaced_and_nothing_is_closed_twice() {
     let mut b = spawn_process(dir.path(), &sim.base_url(), &schema, "host-b");
     wait_for(Duration::from_secs(30), || sim.connected_sockets() >= 2).await;
 
-    let before: Vec<String> = (0..PER_PHASE)
-        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
-        .collect();
+    let before = matching(&sim);
     let keep = sim.create_conversation(conversation(Some("Hello")));
-    wait_for(Duration::from_secs(30), || {
-        before.iter().all(|id| sim.is_closed(id) == Some(true))
-    })
-    .await;
+    all_closed(&sim, &before).await;
 
     // SIGKILL: no resign. What comes now is seen by the standby only; it decides once
     // the lease has expired and it took it.
     a.kill().unwrap();
     let killed = tokio::time::Instant::now();
     a.wait().unwrap();
-    let after: Vec<String> = (0..PER_PHASE)
-        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
-        .collect();
+    let after = matching(&sim);
     let (second, next) = lease_until(&db, &schema, |h| h.is_some_and(|h| h.0 == "host-b"))
         .await
         .unwrap();
     let took_over = killed.elapsed();
     assert_eq!((second.as_str(), next), ("host-b", epoch + 1));
-    wait_for(Duration::from_secs(30), || {
-        after.iter().all(|id| sim.is_closed(id) == Some(true))
-    })
-    .await;
+    all_closed(&sim, &after).await;
     let all_closed = killed.elapsed();
     // Figures, not verdicts (timing is for the bench): the lease expired (3 s TTL) and
     // the standby's next ask took it.
@@ -454,18 +449,13 @@ async fn a_leader_paused_past_its_lease_sends_nothing_when_it_wakes() {
     // what comes meanwhile. A's socket keeps those frames for when it wakes.
     let stopped = tokio::time::Instant::now();
     signal(&a, "-STOP");
-    let paused: Vec<String> = (0..PER_PHASE)
-        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
-        .collect();
+    let paused = matching(&sim);
     let (_, next) = lease_until(&db, &schema, |h| h.is_some_and(|h| h.0 == "host-b"))
         .await
         .unwrap();
     assert_eq!(next, epoch + 1);
     let takeover = stopped.elapsed();
-    wait_for(Duration::from_secs(30), || {
-        paused.iter().all(|id| sim.is_closed(id) == Some(true))
-    })
-    .await;
+    all_closed(&sim, &paused).await;
 
     // A wakes up believing it leads (its role still says epoch 1), reads the frames it
     // missed and decides on them: every step is refused by the journal (its trust
@@ -552,13 +542,8 @@ async fn connections_terminated_under_the_leader_leave_no_request_without_its_ro
     let (_, epoch) = lease_until(&db, &schema, |h| h.is_some()).await.unwrap();
     let b = start_on(&db_url, &sim_url, &schema, "host-b");
     wait_for(Duration::from_secs(15), || sim.connected_sockets() >= 2).await;
-    let before: Vec<String> = (0..PER_PHASE)
-        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
-        .collect();
-    wait_for(Duration::from_secs(30), || {
-        before.iter().all(|id| sim.is_closed(id) == Some(true))
-    })
-    .await;
+    let before = matching(&sim);
+    all_closed(&sim, &before).await;
 
     // Every connection of both instances is cut (the lease loops' and the journals').
     let cut: i64 = db
@@ -571,13 +556,8 @@ async fn connections_terminated_under_the_leader_leave_no_request_without_its_ro
         .unwrap()
         .get(0);
     assert!(cut >= 4, "terminated {cut} connections");
-    let after: Vec<String> = (0..PER_PHASE)
-        .map(|_| sim.create_conversation(conversation(Some("Goodbye"))))
-        .collect();
-    wait_for(Duration::from_secs(30), || {
-        after.iter().all(|id| sim.is_closed(id) == Some(true))
-    })
-    .await;
+    let after = matching(&sim);
+    all_closed(&sim, &after).await;
 
     // No row, no request: every disconnect sent has its fenced "about to send".
     let matched: Vec<String> = before.iter().chain(&after).cloned().collect();

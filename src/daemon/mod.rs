@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::genesys::api::ApiError;
 
 mod event_loop;
+mod group;
 mod health;
 mod notify;
 mod read;

@@ -454,8 +454,9 @@ impl Running {
             .store
             .bury_decided(finished.iter().map(String::as_str));
         // A close still running here (a lease lost and taken back) is not started twice.
-        let running = self.lp.waiters.ids();
-        unfinished.retain(|u| !running.iter().any(|id| **id == *u.decision.conversation_id));
+        let running: std::collections::HashSet<Box<str>> =
+            self.lp.waiters.ids().into_iter().collect();
+        unfinished.retain(|u| !running.contains(u.decision.conversation_id.as_str()));
         self.lp.hold(&unfinished);
         let resumed = unfinished.len();
         let decided = self.lp.take_over();
@@ -465,7 +466,9 @@ impl Running {
             epoch,
             resumed,
             decided,
-            "acting: earlier epochs' unfinished closes resumed, decisions from the map kept warm"
+            "took over the lease: acting now; `resumed` closes earlier leaders left \
+             unfinished are carried on, `decided` conversations seen while standing by matched \
+             a rule"
         );
         self.lp.recovery.trigger("takeover", None);
     }

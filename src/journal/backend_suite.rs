@@ -173,7 +173,8 @@ impl Fixture for PgFx {
     }
 }
 
-fn decision(id: &str, at: i64) -> DecisionRecord {
+/// A decision record for `id` at `at` (also used by the journal handle's tests).
+pub(super) fn decision(id: &str, at: i64) -> DecisionRecord {
     DecisionRecord {
         conversation_id: id.into(),
         rule: "goodbye".into(),

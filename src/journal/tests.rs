@@ -1,19 +1,6 @@
+use super::backend_suite::decision;
 use super::*;
 use crate::step::{Call, Step};
-
-fn decision(id: &str, at: i64) -> DecisionRecord {
-    DecisionRecord {
-        conversation_id: id.into(),
-        rule: "goodbye".into(),
-        intent: "Goodbye".into(),
-        queue_id: Some("q1".into()),
-        customer_id: Some("p-cust".into()),
-        source: "queue".into(),
-        watch: false,
-        deferred: false,
-        decided_ms: at,
-    }
-}
 
 fn outcome(id: &str) -> OutcomeRecord {
     OutcomeRecord {
