@@ -71,6 +71,9 @@ pub(crate) struct EventLoop {
     pub draining: bool,
     /// Asks the rules (always, unless `[ha]` and this instance stands by).
     pub acting: bool,
+    /// `[ha]`: where a standby relays intake calls to the acting instance (through the
+    /// group's database, `crate::ha::relay`).
+    pub relay: Option<mpsc::Sender<IntakeCall>>,
     /// Watched conversations whose topics are not live yet, with what decides whether
     /// they are read once the topics are (those not here: when we first heard of them).
     pub owed_catchup: HashMap<Box<str>, Catchup>,

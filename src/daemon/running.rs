@@ -111,6 +111,8 @@ pub(super) struct Teardown {
     pub stop_timeout: Duration,
     /// `[ha]`: the lease loop, resigned at the stop signal.
     pub lease: Option<LeaseTask>,
+    /// `[ha]`: the intake relay (what stops it, its task), stopped at the end.
+    pub relay: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 /// `[ha]`: the lease loop's task and what stops it (it resigns the lease as it ends).
@@ -514,6 +516,11 @@ impl Running {
             if tokio::time::timeout_at(stop_by, l.task).await.is_err() {
                 tracing::warn!("lease: not resigned within the stop bound; it expires on its own");
             }
+        }
+        if let Some((stop, task)) = t.relay {
+            // Whoever still waits for a relayed call's answer is told it is stored.
+            stop.cancel();
+            let _ = tokio::time::timeout_at(stop_by, task).await;
         }
         // Nobody reads events any more: a stream blocked on a full queue must not wait.
         drop(self.inputs.events);

@@ -183,6 +183,21 @@ async fn assemble(
     )
     .await?;
     log_started(config, &usable, &ch);
+    // [ha]: intake calls on a standby go to the acting instance through the database;
+    // the acting one takes them into its own queue.
+    let relay = group.as_ref().map(|g| {
+        use secrecy::ExposeSecret;
+        crate::ha::relay::spawn(
+            crate::ha::relay::RelaySettings {
+                schema: g.settings.schema.clone(),
+                lease_name: g.settings.name.clone(),
+                instance: g.settings.instance.clone(),
+            },
+            g.url.expose_secret().to_owned(),
+            g.role.clone(),
+            ends.calls.clone(),
+        )
+    });
     // After every blind window (this start included) the watched queues and flows are
     // listed, so what started meanwhile is found (see `recovery`).
     let recovery = recovery(config, &usable, &api, &wanted, ch.subs.enabled(), ask_tx);
@@ -202,6 +217,7 @@ async fn assemble(
         draining: false,
         // In a group, nothing is decided until the lease is taken.
         acting: group.is_none(),
+        relay: relay.as_ref().map(|r| r.forward.clone()),
         owed_catchup: Default::default(),
         verifying: Default::default(),
         resyncing: Default::default(),
@@ -258,6 +274,7 @@ async fn assemble(
             metrics: ends.metrics,
             stop_timeout: opts.drain_timeout,
             lease,
+            relay: relay.map(|r| (r.stop, r.task)),
         },
     }))
 }
@@ -521,6 +538,8 @@ pub(super) struct Endpoints {
     pub intake: mpsc::Receiver<crate::intake::IntakeCall>,
     /// Stops the intake (at the stop signal: no new call is taken while draining).
     pub stop_intake: CancellationToken,
+    /// The event loop's intake queue, for `[ha]`'s relay (calls standbys stored).
+    pub calls: mpsc::Sender<crate::intake::IntakeCall>,
 }
 
 /// Starts metrics, then the intake, which listens only once everything it feeds
@@ -552,7 +571,7 @@ pub(super) async fn endpoints(
             None => crate::intake::load_token(&icfg.token)
                 .map_err(|e| DaemonError::Setup(e.to_string()))?,
         };
-        let bound = crate::intake::start(icfg, token, intake_tx, stop_intake.clone())
+        let bound = crate::intake::start(icfg, token, intake_tx.clone(), stop_intake.clone())
             .await
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
         if let Some(tell) = intake_bound {
@@ -563,6 +582,7 @@ pub(super) async fn endpoints(
         metrics,
         intake,
         stop_intake,
+        calls: intake_tx,
     })
 }
 

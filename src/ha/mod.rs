@@ -1,6 +1,6 @@
-//! Two or three instances on one PostgreSQL, exactly one acting (issue 16): the
-//! building blocks. Nothing here is wired into the daemon yet: `[ha]` is not read by
-//! `run`, and one instance with the embedded SQLite journal is the only mode.
+//! Two or three instances on one PostgreSQL, exactly one acting (`[ha]`): the lease,
+//! the fence, the schema and the intake relay; `crate::daemon` wires them (its `group`
+//! and `running` modules) and `crate::journal::postgres` is the group's journal.
 //!
 //! - [`schema`]: versioned migrations embedded in the binary, applied at start under a
 //!   transaction-scoped lock, so two instances starting together do not race them.
@@ -14,6 +14,7 @@
 //!   epoch is the lease's current one, in the same statement, holding the lease row
 //!   for share so a concurrent takeover waits for it (and a takeover that committed
 //!   first makes the insert find no row). No row, no request.
+//! - [`relay`]: intake calls that reach a standby, carried out by the acting instance.
 //!
 //! Why not advisory locks for leadership: a transaction-mode pooler breaks session
 //! locks, a vanished host keeps one until TCP keepalive gives up, a stopped process
@@ -23,6 +24,7 @@
 pub mod connect;
 pub mod leader;
 pub mod lease;
+pub mod relay;
 pub mod schema;
 
 /// What can go wrong talking to the coordination database.

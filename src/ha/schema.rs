@@ -23,9 +23,10 @@ const MIGRATION_LOCK: i64 = 0x0067_636c_6f73_6572; // "gcloser"
 /// epoch, written by the instance as in SQLite) and counts, `bigserial` for ids,
 /// `boolean` for flags (SQLite's 0/1 integers). Steps carry the lease epoch and the
 /// instance that wrote them under the fence (`NULL` for a step written unfenced).
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE {schema}.lease (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE {schema}.lease (
         name text PRIMARY KEY,
         holder text NOT NULL,
         epoch bigint NOT NULL,
@@ -79,7 +80,27 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         last_error text
     );
     CREATE INDEX outbox_due ON {schema}.outbox (next_ms) WHERE http_pending OR file_pending;",
-)];
+    ),
+    // Intake calls a standby relays to the acting instance (`super::relay`): stored by
+    // the standby, answered by the leader.
+    (
+        2,
+        "CREATE TABLE {schema}.relayed (
+        id bigserial PRIMARY KEY,
+        conversation_id text NOT NULL,
+        intent text,
+        attributes text NOT NULL,
+        event_ms bigint,
+        received_by text NOT NULL,
+        received_at timestamptz NOT NULL DEFAULT now(),
+        answer text,
+        answered_by text,
+        answered_epoch bigint,
+        answered_at timestamptz
+    );
+    CREATE INDEX relayed_open ON {schema}.relayed (id) WHERE answer IS NULL;",
+    ),
+];
 
 /// The newest version this binary knows.
 pub fn latest() -> i32 {
@@ -125,6 +146,32 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<usize, HaError
         }
     }
     Ok(applied)
+}
+
+/// The migration version the database's `schema` is at, without changing anything:
+/// `None` when the schema or its migrations table does not exist (no instance has
+/// started on it yet). Single statements, unnamed (a transaction-mode pooler keeps them).
+pub async fn applied(client: &Client, schema: &str) -> Result<Option<i32>, HaError> {
+    super::valid_schema(schema)?;
+    let table = format!("{schema}.migrations");
+    let exists: bool = client
+        .query_typed(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[(&table, tokio_postgres::types::Type::TEXT)],
+        )
+        .await?
+        .first()
+        .map_or(Ok(false), |r| r.try_get(0))?;
+    if !exists {
+        return Ok(None);
+    }
+    let version: Option<i32> = client
+        .query_typed(&format!("SELECT max(version) FROM {table}"), &[])
+        .await?
+        .first()
+        .map_or(Ok(None), |r| r.try_get(0))?;
+    // A migrations table without a row has no migration applied: version 0.
+    Ok(Some(version.unwrap_or(0)))
 }
 
 /// What [`apply`] found.

@@ -105,8 +105,13 @@ pub enum IntakeAnswer {
     Verifying,
     /// The daemon is shutting down and takes no new work.
     ShuttingDown,
-    /// `[ha]`: this instance stands by; the acting one takes calls (503, retry there).
+    /// `[ha]`: this instance stands by and could not relay the call to the acting one
+    /// (the group's database out of reach): 503, retry.
     Standby,
+    /// `[ha]`: a standby stored the call in the group's database, and the acting
+    /// instance did not answer in time (a takeover under way, say): whoever acts carries
+    /// it out.
+    Queued,
 }
 
 impl IntakeAnswer {
@@ -121,7 +126,25 @@ impl IntakeAnswer {
             IntakeAnswer::Verifying => "verifying",
             IntakeAnswer::ShuttingDown => "shutting_down",
             IntakeAnswer::Standby => "standby",
+            IntakeAnswer::Queued => "queued",
         }
+    }
+
+    /// The answer an `as_str` value names (the group's relay stores answers as text).
+    pub fn parse(text: &str) -> Option<IntakeAnswer> {
+        [
+            IntakeAnswer::Close,
+            IntakeAnswer::NoRule,
+            IntakeAnswer::Duplicate,
+            IntakeAnswer::AlreadyClosed,
+            IntakeAnswer::Watching,
+            IntakeAnswer::Verifying,
+            IntakeAnswer::ShuttingDown,
+            IntakeAnswer::Standby,
+            IntakeAnswer::Queued,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == text)
     }
 }
 
@@ -386,8 +409,8 @@ async fn respond(answer: oneshot::Receiver<IntakeAnswer>, conversation_id: &str)
         Ok(Ok(IntakeAnswer::Standby)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             None,
-            "standby: this instance does not act now; send the call to the acting one \
-             (behind a load balancer, route by /readyz)",
+            "standby: this instance does not act now and cannot reach the group's \
+             database to relay the call; retry (another instance, or later)",
         ),
         Ok(Ok(a)) => {
             let body =

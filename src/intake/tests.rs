@@ -153,3 +153,23 @@ fn credentials_are_checked_by_digest() {
     );
     assert!(!c.admits(&h));
 }
+
+#[test]
+fn every_answer_reads_back_from_its_text() {
+    use super::IntakeAnswer::*;
+    for a in [
+        Close,
+        NoRule,
+        Duplicate,
+        AlreadyClosed,
+        Watching,
+        Verifying,
+        ShuttingDown,
+        Standby,
+        Queued,
+    ] {
+        assert_eq!(super::IntakeAnswer::parse(a.as_str()), Some(a));
+    }
+    assert_eq!(super::IntakeAnswer::parse("closed"), None);
+    assert_eq!(super::IntakeAnswer::parse(""), None);
+}

@@ -157,7 +157,8 @@ impl Probes {
         }
         if self.standby.load(Ordering::Relaxed) {
             not.push(
-                "standby: another instance of the group acts and takes intake calls".to_string(),
+                "standby: another instance of the group acts (intake calls here are relayed to it)"
+                    .to_string(),
             );
         }
         if let Some(since) = self.journal.failing_since() {

@@ -7,6 +7,9 @@ impl EventLoop {
     /// An intake call: decide, watch, or verify, and answer at once.
     pub fn on_intake(&mut self, call: IntakeCall) {
         self.stats.intake_calls.inc();
+        let Some(call) = self.relayed(call) else {
+            return;
+        };
         let answer = self.intake_answer(&call);
         tracing::info!(
             conversation_id = &*call.conversation_id,
@@ -23,6 +26,30 @@ impl EventLoop {
             );
         }
         let _ = call.reply.send(answer);
+    }
+
+    /// `[ha]`, standing by: every call goes to the relay, which stores it for the
+    /// acting instance and answers with that instance's answer (a standby's own map
+    /// does not know what was decided: only the acting instance can say `duplicate`);
+    /// `Some` gives the call back to be answered here.
+    fn relayed(&mut self, call: IntakeCall) -> Option<IntakeCall> {
+        if self.acting || self.draining {
+            return Some(call);
+        }
+        let relay = self.relay.as_ref()?;
+        match relay.try_send(call) {
+            Ok(()) => None,
+            Err(
+                tokio::sync::mpsc::error::TrySendError::Full(call)
+                | tokio::sync::mpsc::error::TrySendError::Closed(call),
+            ) => {
+                tracing::warn!(
+                    conversation_id = &*call.conversation_id,
+                    "intake call on a standby: the relay is busy or stopped; answered 503"
+                );
+                Some(call)
+            }
+        }
     }
 
     /// The answer to an intake call, acting on it: already seen, shutting down, being

@@ -1,0 +1,563 @@
+//! Intake calls on every instance of a group (issue 16): the data action's URL may
+//! point at a load balancer over all instances, so a call may reach a standby. The
+//! standby stores it in the group's database (`{schema}.relayed`) and tells the group
+//! (`NOTIFY`); the acting instance takes it, hands it to its own event loop as if it
+//! had been called itself, and writes the answer back; the standby answers the caller
+//! with it. The answer keeps its meaning (`close`, `duplicate`, `no_rule`, ...), and a
+//! duplicate across instances is still a duplicate: every call ends up in the one
+//! acting event loop, which remembers what it decided.
+//!
+//! - A standby waits up to [`ANSWER_WITHIN`] for the answer (a notification, or its
+//!   own poll of the row every [`POLL_ANSWERS`] where `LISTEN` does not work, as through
+//!   a transaction-mode pooler). No answer by then (a takeover under way, the leader
+//!   busy): it answers `queued`: the call is stored and the acting instance carries it
+//!   out when it can, a new leader included.
+//! - The acting instance takes calls when told, and polls every [`POLL_CALLS`] as a
+//!   backstop (a lost notification, a pooler). A call its event loop refuses (it stopped
+//!   acting, or it is stopping) stays unanswered for the next leader.
+//! - The database out of reach: the standby answers 503 `standby` at once (the caller
+//!   retries; nothing is lost because nothing was accepted).
+//!
+//! One connection of its own (never the journal's or the lease's), every statement
+//! bounded by [`STATEMENT`]; a failure drops the connection, and the next need connects
+//! again (at most every [`RECONNECT`]).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::HaError;
+use super::leader::Role;
+use crate::intake::{IntakeAnswer, IntakeCall};
+
+/// The channel calls and answers are announced on; the payload names the schema, so
+/// groups on other schemas of one database ignore each other.
+pub const CHANNEL: &str = "genesys_closer_intake";
+/// How long a standby waits for the acting instance's answer before answering `queued`
+/// (the intake answers within 2 s).
+pub const ANSWER_WITHIN: Duration = Duration::from_millis(1500);
+/// A standby's poll of the answers it waits for.
+pub const POLL_ANSWERS: Duration = Duration::from_millis(100);
+/// The acting instance's poll of calls not taken yet.
+pub const POLL_CALLS: Duration = Duration::from_millis(250);
+/// The bound on every statement.
+pub const STATEMENT: Duration = Duration::from_secs(1);
+/// The least time between two connection attempts.
+pub const RECONNECT: Duration = Duration::from_secs(1);
+/// Calls relayed at once before new ones get 503.
+pub const QUEUE: usize = 1024;
+/// Most calls taken by one poll.
+const BATCH: i64 = 200;
+/// How long an answered call is kept (for `history`-style questions and a late
+/// standby's poll); older ones are deleted by the acting instance.
+const KEEP_ANSWERED: &str = "1 hour";
+
+/// Where the relay works and who this instance is.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// The group's schema (checked as an identifier).
+    pub schema: String,
+    /// The lease's name (the acting instance's epoch is checked against it).
+    pub lease_name: String,
+    /// This instance's name, written with what it relays and answers.
+    pub instance: String,
+}
+
+/// The relay's task: started with [`spawn`]; the event loop of a standby hands it calls
+/// through `forward`.
+pub struct Relay {
+    /// Calls a standby relays (full or closed: answer 503 `standby`).
+    pub forward: mpsc::Sender<IntakeCall>,
+    /// Stops the task.
+    pub stop: CancellationToken,
+    /// The task.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the relay. `calls` is the event loop's intake queue: what the acting instance
+/// takes from the database goes there, as the intake's own calls do.
+pub fn spawn(
+    settings: RelaySettings,
+    conn_str: String,
+    role: watch::Receiver<Role>,
+    calls: mpsc::Sender<IntakeCall>,
+) -> Relay {
+    let (forward, forwarded) = mpsc::channel(QUEUE);
+    let stop = CancellationToken::new();
+    let (done_tx, done) = mpsc::unbounded_channel();
+    let worker = Worker {
+        sql: Sql::new(&settings.schema),
+        settings,
+        conn_str,
+        link: None,
+        last_attempt: None,
+        outage_said: false,
+        role,
+        calls,
+        pending: HashMap::new(),
+        taken: HashSet::new(),
+        done_tx,
+        last_prune: None,
+    };
+    let task = tokio::spawn(worker.run(forwarded, done, stop.clone()));
+    Relay {
+        forward,
+        stop,
+        task,
+    }
+}
+
+/// The statements, with the schema written in.
+struct Sql {
+    insert: String,
+    answers: String,
+    take: String,
+    answer: String,
+    prune: String,
+}
+
+impl Sql {
+    fn new(s: &str) -> Sql {
+        Sql {
+            insert: format!(
+                "WITH i AS (INSERT INTO {s}.relayed \
+                   (conversation_id, intent, attributes, event_ms, received_by) \
+                   VALUES ($1, $2, $3, $4, $5) RETURNING id) \
+                 SELECT i.id, pg_notify('{CHANNEL}', '{s} call ' || i.id) FROM i"
+            ),
+            answers: format!(
+                "SELECT id, answer FROM {s}.relayed WHERE id = ANY($1) AND answer IS NOT NULL"
+            ),
+            // Only while this instance's epoch is the lease's current one: a leader that
+            // lost the lease takes nothing more.
+            take: format!(
+                "SELECT r.id, r.conversation_id, r.intent, r.attributes, r.event_ms, \
+                        r.received_by \
+                 FROM {s}.relayed r \
+                 WHERE r.answer IS NULL AND r.id <> ALL($1) \
+                   AND EXISTS (SELECT 1 FROM {s}.lease l \
+                               WHERE l.name = $2 AND l.epoch = $3 AND l.holder = $4) \
+                 ORDER BY r.id LIMIT {BATCH}"
+            ),
+            answer: format!(
+                "WITH u AS (UPDATE {s}.relayed \
+                   SET answer = $2, answered_by = $3, answered_epoch = $4, answered_at = now() \
+                   WHERE id = $1 AND answer IS NULL RETURNING id) \
+                 SELECT pg_notify('{CHANNEL}', '{s} answer ' || u.id || ' ' || $2) FROM u"
+            ),
+            prune: format!(
+                "DELETE FROM {s}.relayed WHERE answer IS NOT NULL \
+                 AND answered_at < now() - interval '{KEEP_ANSWERED}'"
+            ),
+        }
+    }
+}
+
+/// The relay's connection and what it hears.
+struct Link {
+    client: Client,
+    heard: mpsc::UnboundedReceiver<String>,
+}
+
+async fn link(conn_str: &str) -> Result<Link, HaError> {
+    let (client, mut conn) = tokio_postgres::connect(conn_str, NoTls).await?;
+    let (tx, heard) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok(Link { client, heard })
+}
+
+/// A call a standby relayed and waits to answer.
+struct Pending {
+    conversation_id: Box<str>,
+    reply: oneshot::Sender<IntakeAnswer>,
+    until: Instant,
+}
+
+/// What a notification says, for this schema.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    /// A standby stored a call.
+    Call,
+    /// The acting instance answered call `id`.
+    Answer(i64, IntakeAnswer),
+}
+
+/// Reads a payload (`"{schema} call {id}"` or `"{schema} answer {id} {result}"`);
+/// `None` for another schema's or anything unreadable.
+fn heard(schema: &str, payload: &str) -> Option<Heard> {
+    let mut words = payload.split(' ');
+    if words.next()? != schema {
+        return None;
+    }
+    match words.next()? {
+        "call" => Some(Heard::Call),
+        "answer" => {
+            let id = words.next()?.parse().ok()?;
+            let answer = IntakeAnswer::parse(words.next()?)?;
+            Some(Heard::Answer(id, answer))
+        }
+        _ => None,
+    }
+}
+
+struct Worker {
+    settings: RelaySettings,
+    sql: Sql,
+    conn_str: String,
+    link: Option<Link>,
+    last_attempt: Option<Instant>,
+    /// Said once per outage.
+    outage_said: bool,
+    role: watch::Receiver<Role>,
+    calls: mpsc::Sender<IntakeCall>,
+    /// A standby's calls waiting for their answer, by row id.
+    pending: HashMap<i64, Pending>,
+    /// The acting instance's calls handed to its event loop, not answered yet.
+    taken: HashSet<i64>,
+    done_tx: mpsc::UnboundedSender<(i64, IntakeAnswer)>,
+    last_prune: Option<Instant>,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut forwarded: mpsc::Receiver<IntakeCall>,
+        mut done: mpsc::UnboundedReceiver<(i64, IntakeAnswer)>,
+        stop: CancellationToken,
+    ) {
+        let mut answers_tick = tokio::time::interval(POLL_ANSWERS);
+        answers_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut calls_tick = tokio::time::interval(POLL_CALLS);
+        calls_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let heard_next = async {
+                match self.link.as_mut() {
+                    Some(l) => l.heard.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = stop.cancelled() => break,
+                Some(call) = forwarded.recv() => self.relay(call).await,
+                Some((id, answer)) = done.recv() => self.answered(id, answer).await,
+                note = heard_next => match note {
+                    Some(p) => self.on_heard(&p).await,
+                    // The connection ended: the next need connects again.
+                    None => self.link = None,
+                },
+                _ = answers_tick.tick() => self.poll_answers().await,
+                _ = calls_tick.tick() => self.take_calls().await,
+                Ok(()) = self.role.changed() => self.take_calls().await,
+            }
+        }
+        // Stopping: whoever still waits is told the call is stored (it is; the acting
+        // instance carries it out).
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(IntakeAnswer::Queued);
+        }
+    }
+
+    /// The epoch this instance acts under now, if it does.
+    fn acting(&self) -> Option<i64> {
+        self.role.borrow().acting(Instant::now())
+    }
+
+    /// The connection, connecting if none (at most every [`RECONNECT`]).
+    async fn client(&mut self) -> Option<&Client> {
+        if self.link.is_none() {
+            if self.last_attempt.is_some_and(|t| t.elapsed() < RECONNECT) {
+                return None;
+            }
+            self.last_attempt = Some(Instant::now());
+            match tokio::time::timeout(STATEMENT * 2, link(&self.conn_str)).await {
+                Ok(Ok(l)) => {
+                    if self.outage_said {
+                        tracing::info!("intake relay: the coordination database answers again");
+                    }
+                    self.outage_said = false;
+                    self.link = Some(l);
+                }
+                Ok(Err(e)) => self.outage(&e.to_string()),
+                Err(_) => self.outage("connecting timed out"),
+            }
+        }
+        self.link.as_ref().map(|l| &l.client)
+    }
+
+    fn outage(&mut self, error: &str) {
+        self.link = None;
+        if !self.outage_said {
+            tracing::warn!(
+                error,
+                "intake relay: the coordination database cannot be reached; \
+                a standby answers intake calls 503 until it can"
+            );
+            self.outage_said = true;
+        }
+    }
+
+    /// A standby's call: stored and announced, then waited for; 503 `standby` when it
+    /// cannot be stored.
+    async fn relay(&mut self, call: IntakeCall) {
+        let attributes = serde_json::to_string(
+            &call
+                .attributes
+                .iter()
+                .map(|(k, v)| [&**k, &**v])
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_else(|_| "[]".into());
+        let event_ms: Option<i64> = call.started_ago.map(|ago| {
+            crate::journal::now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)
+        });
+        let id = &*call.conversation_id;
+        let intent = call.intent.as_deref();
+        let instance = self.settings.instance.clone();
+        let insert = self.sql.insert.clone();
+        let stored = match self.client().await {
+            Some(c) => tokio::time::timeout(
+                STATEMENT,
+                c.query_one(&insert, &[&id, &intent, &attributes, &event_ms, &instance]),
+            )
+            .await
+            .map_err(|_| "no answer in time".to_owned())
+            .and_then(|r| r.map_err(|e| HaError::from(e).to_string()))
+            .map(|row| row.get::<_, i64>(0)),
+            None => Err("not connected".to_owned()),
+        };
+        match stored {
+            Ok(row) => {
+                tracing::info!(
+                    conversation_id = id,
+                    relayed = row,
+                    "intake call relayed to the acting instance"
+                );
+                self.pending.insert(
+                    row,
+                    Pending {
+                        conversation_id: call.conversation_id,
+                        reply: call.reply,
+                        until: Instant::now() + ANSWER_WITHIN,
+                    },
+                );
+            }
+            Err(e) => {
+                if self.link.is_some() {
+                    self.outage(&e);
+                }
+                tracing::warn!(conversation_id = id, error = %e,
+                    "intake call on a standby could not be relayed: answered 503 (retry)");
+                let _ = call.reply.send(IntakeAnswer::Standby);
+            }
+        }
+    }
+
+    async fn on_heard(&mut self, payload: &str) {
+        match heard(&self.settings.schema, payload) {
+            Some(Heard::Call) => self.take_calls().await,
+            Some(Heard::Answer(id, answer)) => self.reply(id, answer),
+            None => {}
+        }
+    }
+
+    /// Answers the caller waiting for `id`, if any still does.
+    fn reply(&mut self, id: i64, answer: IntakeAnswer) {
+        if let Some(p) = self.pending.remove(&id) {
+            tracing::info!(
+                conversation_id = &*p.conversation_id,
+                relayed = id,
+                result = answer.as_str(),
+                "intake call relayed: the acting instance answered"
+            );
+            let _ = p.reply.send(answer);
+        }
+    }
+
+    /// A standby's backstop: the answers of the calls it waits for, from the table; a
+    /// call past its wait is answered `queued`.
+    async fn poll_answers(&mut self) {
+        let now = Instant::now();
+        let late: Vec<i64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.until <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(p) = self.pending.remove(&id) {
+                tracing::info!(
+                    conversation_id = &*p.conversation_id,
+                    relayed = id,
+                    "intake call relayed: no answer yet; answered `queued` (the acting \
+                     instance carries it out)"
+                );
+                let _ = p.reply.send(IntakeAnswer::Queued);
+            }
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = self.pending.keys().copied().collect();
+        let sql = self.sql.answers.clone();
+        let Some(c) = self.client().await else {
+            return;
+        };
+        match tokio::time::timeout(STATEMENT, c.query(&sql, &[&ids])).await {
+            Ok(Ok(rows)) => {
+                for row in rows {
+                    let id: i64 = row.get(0);
+                    let text: String = row.get(1);
+                    if let Some(a) = IntakeAnswer::parse(&text) {
+                        self.reply(id, a);
+                    }
+                }
+            }
+            Ok(Err(e)) => self.outage(&HaError::from(e).to_string()),
+            Err(_) => self.outage("no answer in time"),
+        }
+    }
+
+    /// The acting instance: the calls standbys stored, handed to this event loop.
+    async fn take_calls(&mut self) {
+        let Some(epoch) = self.acting() else {
+            return;
+        };
+        self.prune().await;
+        let taken: Vec<i64> = self.taken.iter().copied().collect();
+        let sql = self.sql.take.clone();
+        let (name, instance) = (
+            self.settings.lease_name.clone(),
+            self.settings.instance.clone(),
+        );
+        let Some(c) = self.client().await else {
+            return;
+        };
+        let rows = match tokio::time::timeout(
+            STATEMENT,
+            c.query(&sql, &[&taken, &name, &epoch, &instance]),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => return self.outage(&HaError::from(e).to_string()),
+            Err(_) => return self.outage("no answer in time"),
+        };
+        for row in rows {
+            let id: i64 = row.get(0);
+            let conversation_id: String = row.get(1);
+            let intent: Option<String> = row.get(2);
+            let attributes: String = row.get(3);
+            let event_ms: Option<i64> = row.get(4);
+            let from: String = row.get(5);
+            let attributes: Vec<(Box<str>, Box<str>)> =
+                serde_json::from_str::<Vec<[String; 2]>>(&attributes)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|[k, v]| (k.into(), v.into()))
+                    .collect();
+            let started_ago = event_ms.map(|ms| {
+                Duration::from_millis(
+                    u64::try_from(crate::journal::now_ms().saturating_sub(ms)).unwrap_or(0),
+                )
+            });
+            let (reply, answer) = oneshot::channel();
+            let call = IntakeCall {
+                conversation_id: conversation_id.clone().into(),
+                intent: intent.map(Into::into),
+                attributes,
+                received: Instant::now(),
+                started_ago,
+                reply,
+            };
+            if self.calls.try_send(call).is_err() {
+                // The event loop's queue is full: the next poll tries again.
+                break;
+            }
+            tracing::debug!(
+                conversation_id,
+                relayed = id,
+                from,
+                "intake call taken from a standby"
+            );
+            self.taken.insert(id);
+            let done = self.done_tx.clone();
+            tokio::spawn(async move {
+                // No answer (the loop stopped): the call stays for the next leader.
+                let answer = answer.await.unwrap_or(IntakeAnswer::ShuttingDown);
+                let _ = done.send((id, answer));
+            });
+        }
+    }
+
+    /// The event loop answered a taken call: written back (and announced) unless it
+    /// refused it, which leaves the call to whoever acts next.
+    async fn answered(&mut self, id: i64, answer: IntakeAnswer) {
+        self.taken.remove(&id);
+        if matches!(answer, IntakeAnswer::ShuttingDown | IntakeAnswer::Standby) {
+            return;
+        }
+        let epoch = self.acting().unwrap_or(0);
+        let sql = self.sql.answer.clone();
+        let instance = self.settings.instance.clone();
+        let text = answer.as_str();
+        let Some(c) = self.client().await else {
+            return;
+        };
+        match tokio::time::timeout(STATEMENT, c.query(&sql, &[&id, &text, &instance, &epoch])).await
+        {
+            Ok(Ok(_)) => {}
+            // Not written: the standby answers `queued` and the call is carried out
+            // again by whoever acts next (answered `duplicate` then, if it was decided).
+            Ok(Err(e)) => self.outage(&HaError::from(e).to_string()),
+            Err(_) => self.outage("no answer in time"),
+        }
+    }
+
+    /// Deletes calls answered long ago, at most once a minute.
+    async fn prune(&mut self) {
+        if self
+            .last_prune
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.last_prune = Some(Instant::now());
+        let sql = self.sql.prune.clone();
+        if let Some(c) = self.client().await
+            && let Ok(Err(e)) = tokio::time::timeout(STATEMENT, c.execute(&sql, &[])).await
+        {
+            tracing::debug!(error = %HaError::from(e), "intake relay: pruning answered calls failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_are_read_for_this_schema_only() {
+        assert_eq!(heard("g", "g call 7"), Some(Heard::Call));
+        assert_eq!(
+            heard("g", "g answer 7 duplicate"),
+            Some(Heard::Answer(7, IntakeAnswer::Duplicate))
+        );
+        assert_eq!(heard("g", "other answer 7 close"), None);
+        assert_eq!(heard("g", "g answer x close"), None);
+        assert_eq!(heard("g", "g answer 7 nonsense"), None);
+        assert_eq!(heard("g", ""), None);
+    }
+}
