@@ -557,3 +557,168 @@ fn the_simulators_printed_config_is_one_to_paste() {
         genesys_closer::config::DaemonConfig::default().state_dir
     );
 }
+
+/// `history` with `[ha]` reads the group's journal on PostgreSQL (127.0.0.1:5432, or
+/// GENESYS_CLOSER_TEST_PG), each fenced step with the epoch and instance it was written
+/// under; a schema without a journal and an unreachable database are clear errors (exit
+/// 1) that never show the password.
+#[test]
+fn history_reads_the_groups_journal_with_epochs_and_instances() {
+    use genesys_closer::ha::lease::{Lease, LeaseSettings};
+    use genesys_closer::journal::{Backend, DecisionRecord, PostgresBackend};
+    use std::time::Duration;
+    let url = std::env::var("GENESYS_CLOSER_TEST_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    let schema = format!("t_cli_history_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = rt.block_on(async {
+        let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("the test PostgreSQL on 127.0.0.1:5432 (bash .ci/run starts one)");
+        tokio::spawn(conn);
+        c
+    });
+    let drop_schema = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+    rt.block_on(admin.batch_execute(&drop_schema)).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let history = |database_url: &str, schema: &str, args: &[&str]| {
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[genesys]
+region = "us-east-1"
+client_id = "0c1e0c1e-0000-4000-8000-0000000000ab"
+
+[stream]
+queues = ["{QUEUE}"]
+
+[daemon]
+state_dir = "{state}"
+
+[ha]
+database_url = "{database_url}"
+schema = "{schema}"
+instance = "cli"
+
+[[rule]]
+name = "goodbye"
+intents = ["Goodbye"]
+"#,
+                state = dir.path().join("state").display()
+            ),
+        )
+        .unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_genesys-closer"))
+            .arg("history")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("binary runs");
+        let (out, err) = text(&o);
+        (o.status.code(), out, err)
+    };
+
+    // No instance has started on the schema yet: said, and nothing is created.
+    let (code, _, err) = history(&url, &schema, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("no journal in schema") && err.contains(&schema),
+        "{err}"
+    );
+
+    let now = genesys_closer::journal::now_ms();
+    let settings = LeaseSettings::new(
+        &schema,
+        "closer",
+        "host-a",
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let mut journal = PostgresBackend::connect(&url, &schema, Some(settings.clone()))
+        .expect("the journal connects");
+    let epoch = rt
+        .block_on(Lease::new(settings).try_take(&admin))
+        .unwrap()
+        .expect("nobody held the lease")
+        .epoch;
+    journal
+        .decision(&DecisionRecord {
+            conversation_id: "c1".into(),
+            rule: "goodbye".into(),
+            intent: "Goodbye".into(),
+            queue_id: None,
+            customer_id: None,
+            source: "queue".into(),
+            watch: false,
+            deferred: false,
+            decided_ms: now - 2_000,
+        })
+        .unwrap();
+    journal
+        .step_fenced("c1", "about_to_send:patch_conversation", now - 1_900, epoch)
+        .unwrap();
+    journal
+        .step("c1", "sent:patch_conversation", now - 1_800)
+        .unwrap();
+    drop(journal);
+
+    let (code, out, err) = history(&url, &schema, &["--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let fences: Vec<(&str, Option<i64>, Option<&str>)> = lines
+        .iter()
+        .filter(|l| l["type"] == "entry")
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap_or("?"),
+                l["epoch"].as_i64(),
+                l["instance"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        fences,
+        [
+            ("decision", None, None),
+            ("step", Some(epoch), Some("host-a")),
+            ("step", None, None),
+        ],
+        "{out}"
+    );
+    let (code, out, err) = history(&url, &schema, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!(
+            "step      {epoch}/host-a  about_to_send:patch_conversation\n"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("1 decision, 1 unfinished"), "{out}");
+
+    // Nothing listens on port 1: a clear error naming where, never the password.
+    let (code, out, err) = history(
+        "host=127.0.0.1 port=1 user=postgres password=s3cret-pw dbname=nowhere",
+        &schema,
+        &[],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(
+        err.contains("127.0.0.1 port 1 database nowhere") && err.contains("cannot connect"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret-pw"), "{err}");
+
+    rt.block_on(admin.batch_execute(&drop_schema)).unwrap();
+}

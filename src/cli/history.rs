@@ -1,20 +1,24 @@
 //! `history`: the journal's decisions, steps and outcomes, read-only (the daemon may be
-//! running).
+//! running): the SQLite journal under the state directory, or, when the config has
+//! `[ha]`, the group's journal on PostgreSQL, whose steps show the lease epoch and the
+//! instance they were written under.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use genesys_closer::config::Exit;
-use genesys_closer::journal::{self, history};
+use genesys_closer::config::{Config, Exit, HaConfig};
+use genesys_closer::journal::{self, JournalError, PostgresBackend, history};
+use secrecy::ExposeSecret as _;
 
 use super::{load, print_out};
 
 /// `history`'s options.
 #[derive(clap::Args)]
 pub struct HistoryArgs {
-    /// Path to the TOML config (for `[daemon] state_dir`).
+    /// Path to the TOML config (for `[daemon] state_dir`, or `[ha]`'s database: a
+    /// group's journal is on PostgreSQL).
     #[arg(long, default_value = "/etc/genesys-closer/config.toml")]
     config: PathBuf,
-    /// Read this state directory instead of the config's.
+    /// Read the SQLite journal in this state directory instead of the config's journal.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Start of the period: a duration back from now (90m, 1h, 7d), today or
@@ -43,16 +47,9 @@ pub struct HistoryArgs {
     json: bool,
 }
 
-/// The report for the period and filters asked, from the state directory given or the
-/// config's.
+/// The report for the period and filters asked, from the state directory given, or
+/// the config's journal (`[ha]`: the group's, on PostgreSQL).
 pub fn history(args: HistoryArgs) -> Exit {
-    let dir = match args.state_dir {
-        Some(d) => d,
-        None => match load(&args.config) {
-            Ok(c) => c.daemon.state_dir,
-            Err(exit) => return exit,
-        },
-    };
     let options = history::Options {
         since: args.since,
         conversation: args.conversation,
@@ -60,15 +57,60 @@ pub fn history(args: HistoryArgs) -> Exit {
         unfinished: args.unfinished,
         json: args.json,
     };
+    let dir = match args.state_dir {
+        Some(d) => d,
+        None => match load(&args.config) {
+            Ok(Config { ha: Some(ha), .. }) => return group(&ha, &args.config, &options),
+            Ok(c) => c.daemon.state_dir,
+            Err(exit) => return exit,
+        },
+    };
     let report = journal::open_read(&dir)
         .and_then(|mut j| history::report(&mut j, &options, journal::now_ms()));
+    finish(report, "")
+}
+
+/// `[ha]`: the report from the group's journal on PostgreSQL, read on a thread of its
+/// own (the backend blocks on a runtime of its own, which must not run inside the
+/// command's). Nothing is changed in the database: no migration is applied.
+fn group(ha: &HaConfig, path: &Path, options: &history::Options) -> Exit {
+    let url = match genesys_closer::ha::connect::database_url(ha) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return Exit::BadConfig;
+        }
+    };
+    let at = format!(
+        "the group's journal on {}, schema {}: ",
+        genesys_closer::ha::connect::describe(&url),
+        ha.schema
+    );
+    let read = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut b = PostgresBackend::open_read(url.expose_secret(), &ha.schema)?;
+            history::report(&mut b, options, journal::now_ms())
+        })
+        .join()
+    });
+    match read {
+        Ok(report) => finish(report, &at),
+        Err(_) => {
+            eprintln!("error: {at}the reading thread stopped unexpectedly");
+            Exit::Failure
+        }
+    }
+}
+
+/// Prints the report, or the error (after `at`, where it was read) and [`Exit::Failure`].
+fn finish(report: Result<String, JournalError>, at: &str) -> Exit {
     match report {
         Ok(text) => {
             print_out(&text);
             Exit::Ok
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {at}{e}");
             Exit::Failure
         }
     }

@@ -83,3 +83,28 @@ pub fn describe(url: &SecretString) -> String {
         Err(_) => "(unreadable connection string)".into(),
     }
 }
+
+/// A driver error in words safe to show, with its causes (`error connecting to server:
+/// Connection refused (os error 111)`, `error performing TLS handshake: server does not
+/// support TLS`): the server's message and SQLSTATE for a statement the server refused.
+/// A connection string that does not parse is named without its cause, which may quote
+/// the string (and so a password).
+pub fn error_words(e: &tokio_postgres::Error) -> String {
+    use std::fmt::Write as _;
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut words = e.to_string();
+    if words == "invalid connection string" {
+        return words;
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !words.ends_with(&text) {
+            let _ = write!(words, ": {text}");
+        }
+        cause = c.source();
+    }
+    words
+}

@@ -24,6 +24,9 @@ trait Fixture {
     /// An instance holding the lease as `instance`, and the lease's epoch (SQLite has
     /// no lease: any epoch).
     fn leased(&self, instance: &str) -> (Box<dyn Backend>, i64);
+    /// Whether a fenced step keeps its epoch and instance (PostgreSQL; SQLite has no
+    /// lease and stores none).
+    fn fences(&self) -> bool;
 }
 
 struct SqliteFx {
@@ -52,6 +55,10 @@ impl Fixture for SqliteFx {
 
     fn leased(&self, _instance: &str) -> (Box<dyn Backend>, i64) {
         (self.open(), 1)
+    }
+
+    fn fences(&self) -> bool {
+        false
     }
 }
 
@@ -171,6 +178,10 @@ impl Fixture for PgFx {
         let epoch = self.take(instance).expect("nobody held the lease");
         (Box::new(b), epoch)
     }
+
+    fn fences(&self) -> bool {
+        true
+    }
 }
 
 /// A decision record for `id` at `at` (also used by the journal handle's tests).
@@ -253,6 +264,7 @@ suite!(
     prune_forgets_only_finished_closes_older_than_the_cut,
     a_group_is_stored_whole_at_its_end_and_not_before,
     a_fenced_step_under_the_current_epoch_is_stored,
+    history_shows_a_fenced_steps_epoch_and_instance,
 );
 
 fn decisions_and_steps_make_unfinished_closes(fx: &dyn Fixture) {
@@ -659,6 +671,43 @@ fn a_fenced_step_under_the_current_epoch_is_stored(fx: &dyn Fixture) {
     );
 }
 
+fn history_shows_a_fenced_steps_epoch_and_instance(fx: &dyn Fixture) {
+    let (mut b, epoch) = fx.leased("host-a");
+    b.decision(&decision("c1", 1_000)).unwrap();
+    b.step_fenced("c1", "about_to_send:patch_conversation", 1_001, epoch)
+        .unwrap();
+    b.step("c1", "sent:patch_conversation", 1_002).unwrap();
+    b.outcome(&outcome("c1", "confirmed"), 1_003, Sinks::default())
+        .unwrap();
+    b.intake("c1", None, "close", 1_004).unwrap();
+    let h = fx.reader().history(0, None).unwrap();
+    let fences: Vec<(&str, Option<i64>, Option<&str>)> = h
+        .iter()
+        .map(|e| (e.kind.as_str(), e.epoch, e.instance.as_deref()))
+        .collect();
+    let fenced = if fx.fences() {
+        (Some(epoch), Some("host-a"))
+    } else {
+        (None, None)
+    };
+    assert_eq!(
+        fences,
+        [
+            ("decision", None, None),
+            ("step", fenced.0, fenced.1),
+            ("step", None, None),
+            ("outcome", None, None),
+            ("intake", None, None),
+        ],
+        "only the fenced step carries an epoch and instance, and only where there is a lease"
+    );
+    let json = serde_json::to_value(&h[1]).unwrap();
+    assert_eq!(json.get("epoch").and_then(|v| v.as_i64()), fenced.0);
+    assert_eq!(json.get("instance").and_then(|v| v.as_str()), fenced.1);
+    let plain = serde_json::to_value(&h[2]).unwrap();
+    assert!(plain.get("epoch").is_none() && plain.get("instance").is_none());
+}
+
 /// `(conversation, step, epoch, instance)` of every step row.
 fn step_rows(fx: &PgFx) -> Vec<(String, String, Option<i64>, Option<String>)> {
     fx.query(&format!(
@@ -808,6 +857,35 @@ fn postgres_errors_never_show_the_connection_string() {
         .err()
         .expect("not an identifier");
     assert!(bad_schema.to_string().contains("schema"), "{bad_schema}");
+}
+
+#[test]
+fn postgres_open_read_changes_nothing_and_says_when_there_is_no_journal() {
+    let fx = PgFx::new("open_read");
+    let absent = PostgresBackend::open_read(&pg_url(), &fx.schema)
+        .err()
+        .expect("no tables yet");
+    assert!(
+        absent.to_string().contains("no journal in schema"),
+        "{absent}"
+    );
+    assert!(
+        fx.query(&format!(
+            "SELECT 1 FROM pg_namespace WHERE nspname = '{}'",
+            fx.schema
+        ))
+        .is_empty(),
+        "reading created nothing"
+    );
+    let (mut w, epoch) = fx.leased("host-a");
+    w.step_fenced("c1", "about_to_send:farewell", 1_000, epoch)
+        .unwrap();
+    let mut r = PostgresBackend::open_read(&pg_url(), &fx.schema).expect("the journal");
+    let h = r.history(0, None).unwrap();
+    assert_eq!(
+        (h[0].epoch, h[0].instance.as_deref()),
+        (Some(epoch), Some("host-a"))
+    );
 }
 
 #[test]

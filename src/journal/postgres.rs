@@ -125,11 +125,12 @@ fn pg(e: tokio_postgres::Error) -> JournalError {
     JournalError::Storage(format!("PostgreSQL: {}", words(&e)))
 }
 
-/// The words of [`pg`].
+/// The words of [`pg`]: the server's message, or the driver's with its cause (`error
+/// connecting to server: Connection refused`; an I/O or TLS error, never the string).
 fn words(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => crate::ha::connect::error_words(e),
     }
 }
 
@@ -234,29 +235,32 @@ impl Sql {
             ),
             // One row shape for the four kinds; a column that does not apply is NULL (typed
             // in the first branch: PostgreSQL types a union's columns branch by branch).
+            // Steps carry the lease epoch and instance they were fenced under.
             history: format!(
                 "SELECT at, conversation_id, kind, rule, intent, source, queue_id, deferred,
-                        step, outcome, requests, latency_ms, reason, correlation_id, answer
+                        step, outcome, requests, latency_ms, reason, correlation_id, answer,
+                        epoch, instance
                  FROM (
                    SELECT decided_ms AS at, conversation_id, text 'decision' AS kind, rule,
                           intent, source, queue_id, deferred, NULL::text AS step,
                           NULL::text AS outcome, NULL::bigint AS requests,
                           NULL::bigint AS latency_ms, NULL::text AS reason,
-                          NULL::text AS correlation_id, NULL::text AS answer, 0 AS ord,
+                          NULL::text AS correlation_id, NULL::text AS answer,
+                          NULL::bigint AS epoch, NULL::text AS instance, 0 AS ord,
                           0::bigint AS id
                    FROM {s}.decisions
                    UNION ALL
                    SELECT at_ms, conversation_id, 'step', NULL, NULL, NULL, NULL, NULL, step,
-                          NULL, NULL, NULL, NULL, NULL, NULL, 1, id
+                          NULL, NULL, NULL, NULL, NULL, NULL, epoch, instance, 1, id
                    FROM {s}.steps
                    UNION ALL
                    SELECT outcome_ms, conversation_id, 'outcome', rule, intent, NULL, NULL,
                           NULL, NULL, outcome, requests, latency_ms, reason, correlation_id,
-                          NULL, 2, 0
+                          NULL, NULL, NULL, 2, 0
                    FROM {s}.decisions WHERE outcome IS NOT NULL
                    UNION ALL
                    SELECT at_ms, conversation_id, 'intake', NULL, intent, NULL, NULL, NULL,
-                          NULL, NULL, NULL, NULL, NULL, NULL, answer, 1, id
+                          NULL, NULL, NULL, NULL, NULL, NULL, answer, NULL, NULL, 1, id
                    FROM {s}.intake
                  ) AS h
                  WHERE at >= $1 AND ($2 IS NULL OR conversation_id = $2)
@@ -297,6 +301,55 @@ impl PostgresBackend {
     /// With `lease`, [`Backend::step_fenced`] checks its epoch; its schema must be
     /// `schema`. Call from a thread outside any async runtime.
     pub fn connect(
+        conn_str: &str,
+        schema: &str,
+        lease: Option<LeaseSettings>,
+    ) -> Result<Self, JournalError> {
+        let mut b = Self::new(conn_str, schema, lease)?;
+        b.reconnect()?;
+        if let (Some(rt), Some(client)) = (&b.rt, &mut b.client) {
+            rt.block_on(crate::ha::schema::migrate(client, schema))
+                .map_err(|e| JournalError::Storage(format!("{}: {e}", b.at)))?;
+        }
+        Ok(b)
+    }
+
+    /// Connects to the journal the group's instances keep in `schema`, changing nothing
+    /// (for `history`, while they run): no migration is applied, and a schema without
+    /// the journal's tables is an error that says so. Call from a thread outside any
+    /// async runtime.
+    pub fn open_read(conn_str: &str, schema: &str) -> Result<Self, JournalError> {
+        let mut b = Self::new(conn_str, schema, None)?;
+        b.reconnect()?;
+        let version = match (&b.rt, &b.client) {
+            (Some(rt), Some(client)) => rt
+                .block_on(async {
+                    tokio::time::timeout(ANSWER_WITHIN, crate::ha::schema::applied(client, schema))
+                        .await
+                })
+                .map_err(|_| {
+                    JournalError::Storage(format!(
+                        "the PostgreSQL server ({}) did not answer within {} s",
+                        b.at,
+                        ANSWER_WITHIN.as_secs()
+                    ))
+                })?
+                .map_err(|e| JournalError::Storage(format!("{}: {e}", b.at)))?,
+            _ => return Err(JournalError::Stopped),
+        };
+        if version.is_none_or(|v| v < 1) {
+            return Err(JournalError::Storage(format!(
+                "no journal in schema {schema} ({}): no instance of the group has started on \
+                 it yet (the first one creates its tables)",
+                b.at
+            )));
+        }
+        Ok(b)
+    }
+
+    /// The backend, not connected yet: the connection string parsed and bounded, the
+    /// statements written for `schema`, the runtime made.
+    fn new(
         conn_str: &str,
         schema: &str,
         lease: Option<LeaseSettings>,
@@ -349,7 +402,7 @@ impl PostgresBackend {
                     "cannot start the PostgreSQL journal's runtime: {e}"
                 ))
             })?;
-        let mut b = PostgresBackend {
+        Ok(PostgresBackend {
             rt: Some(rt),
             at: place(&config),
             config,
@@ -360,13 +413,7 @@ impl PostgresBackend {
                 lease,
             },
             group: Group::None,
-        };
-        b.reconnect()?;
-        if let (Some(rt), Some(client)) = (&b.rt, &mut b.client) {
-            rt.block_on(crate::ha::schema::migrate(client, schema))
-                .map_err(|e| bad(format!("{}: {e}", b.at)))?;
-        }
-        Ok(b)
+        })
     }
 
     /// Opens a session (replacing a broken one).
@@ -574,6 +621,8 @@ fn history_of(r: &Row) -> Result<HistoryEntry, tokio_postgres::Error> {
             reason: r.try_get(12)?,
             correlation_id: r.try_get(13)?,
             answer: r.try_get(14)?,
+            epoch: r.try_get(15)?,
+            instance: r.try_get(16)?,
         },
     ))
 }

@@ -132,6 +132,13 @@ pub struct HistoryEntry {
     /// What the intake endpoint answered (`close`, `no_rule`, `duplicate`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// `[ha]`: the lease epoch a fenced step was written under (steps in the group's
+    /// journal on PostgreSQL; `None` for other lines, unfenced steps and SQLite).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// `[ha]`: the instance that wrote a fenced step (as [`epoch`](Self::epoch)).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
 }
 
 pub(super) fn serialize_rfc3339_ms<S: serde::Serializer>(

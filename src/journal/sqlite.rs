@@ -499,6 +499,9 @@ impl Backend for SqliteBackend {
                             reason: r.get(12)?,
                             correlation_id: r.get(13)?,
                             answer: r.get(14)?,
+                            // One instance: no lease, no epoch.
+                            epoch: None,
+                            instance: None,
                         },
                     ))
                 },

@@ -151,6 +151,10 @@ pub struct Fields {
     pub correlation_id: Option<String>,
     /// Intake answer.
     pub answer: Option<String>,
+    /// `[ha]`: the lease epoch of a fenced step.
+    pub epoch: Option<i64>,
+    /// `[ha]`: the instance that wrote a fenced step.
+    pub instance: Option<String>,
 }
 
 /// A `history` line from a journal row: a step's detail (`failed:farewell: 503 ...`)
@@ -206,6 +210,8 @@ pub fn entry(kind: EntryKind, at_ms: i64, conversation_id: String, f: Fields) ->
         reason,
         correlation_id: f.correlation_id,
         answer: f.answer,
+        epoch: f.epoch,
+        instance: f.instance,
     }
 }
 
@@ -362,7 +368,9 @@ pub fn report(b: &mut dyn Backend, o: &Options, now_ms: i64) -> Result<String, J
 
 /// The entries as a table grouped by conversation (time, kind, what, detail; each
 /// conversation's lines in time order, conversations in order of their first line),
-/// then the summary.
+/// then the summary. When a line carries a lease epoch or instance (`[ha]`: a fenced
+/// step in the group's journal), a column `epoch/instance` follows the kind (`7/host-a`),
+/// `-` on the lines without.
 pub fn table(entries: &[HistoryEntry], summary: &Summary) -> String {
     let mut out = String::new();
     if entries.is_empty() {
@@ -385,16 +393,20 @@ pub fn table(entries: &[HistoryEntry], summary: &Summary) -> String {
         });
         groups[i].1.push(e);
     }
+    let width = entries
+        .iter()
+        .filter_map(fence)
+        .map(|f| f.chars().count())
+        .max();
     for (id, lines) in groups {
         let _ = writeln!(out, "conversation {id}");
         for e in lines {
-            let _ = write!(
-                out,
-                "  {}  {:<8}  {}",
-                rfc3339_ms(e.at_ms),
-                e.kind.as_str(),
-                e.what
-            );
+            let _ = write!(out, "  {}  {:<8}  ", rfc3339_ms(e.at_ms), e.kind.as_str());
+            if let Some(width) = width {
+                let f = fence(e).unwrap_or_else(|| "-".into());
+                let _ = write!(out, "{f:<width$}  ");
+            }
+            out.push_str(&e.what);
             if let Some(d) = detail(e) {
                 let _ = write!(out, "  ({d})");
             }
@@ -403,6 +415,19 @@ pub fn table(entries: &[HistoryEntry], summary: &Summary) -> String {
     }
     let _ = writeln!(out, "{}", summary.text());
     out
+}
+
+/// `epoch/instance` of a line written under the lease (`-` for a part it lacks), or
+/// `None` when it has neither.
+fn fence(e: &HistoryEntry) -> Option<String> {
+    match (e.epoch, e.instance.as_deref()) {
+        (None, None) => None,
+        (epoch, instance) => Some(format!(
+            "{}/{}",
+            epoch.map_or_else(|| "-".into(), |n| n.to_string()),
+            instance.unwrap_or("-")
+        )),
+    }
 }
 
 /// The parenthesised detail of a table line.

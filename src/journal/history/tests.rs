@@ -366,3 +366,48 @@ fn the_table_groups_by_conversation_and_ends_with_the_counts() {
     let none = Summary::of(&[], &open, None);
     assert!(table(&[], &none).contains("no journal entries in the whole journal"));
 }
+
+/// A group's journal: a column `epoch/instance` after the kind, `-` on the lines
+/// without; a journal with none (SQLite) keeps the table as it was.
+#[test]
+fn the_table_shows_the_epoch_and_instance_of_fenced_steps() {
+    let fenced = |at, step: &str, epoch, instance: &str| {
+        e(
+            at,
+            "c1",
+            EntryKind::Step,
+            Fields {
+                step: Some(step.into()),
+                epoch: Some(epoch),
+                instance: Some(instance.into()),
+                ..Fields::default()
+            },
+        )
+    };
+    let es = vec![
+        decided(1_000, "c1"),
+        fenced(1_001, "about_to_send:patch_conversation", 7, "host-a"),
+        stepped(1_002, "c1", "sent:patch_conversation"),
+        fenced(1_003, "about_to_send:farewell", 12, "host-b"),
+        ended(1_050, "c1", "confirmed"),
+    ];
+    let summary = Summary::of(&es, &HashSet::new(), Some(0));
+    let t = table(&es, &summary);
+    for line in [
+        "  1970-01-01T00:00:01.000Z  decision  -          rule goodbye, intent Goodbye",
+        "  1970-01-01T00:00:01.001Z  step      7/host-a   about_to_send:patch_conversation\n",
+        "  1970-01-01T00:00:01.002Z  step      -          sent:patch_conversation\n",
+        "  1970-01-01T00:00:01.003Z  step      12/host-b  about_to_send:farewell\n",
+        "  1970-01-01T00:00:01.050Z  outcome   -          confirmed  (requests 1; 20 ms)\n",
+    ] {
+        assert!(t.contains(line), "want {line:?} in\n{t}");
+    }
+    let j = serde_json::to_value(JsonLine::Entry(&es[1])).unwrap();
+    assert_eq!(j["epoch"], 7);
+    assert_eq!(j["instance"], "host-a");
+    let plain = table(&es[2..3], &summary);
+    assert!(
+        plain.contains("  1970-01-01T00:00:01.002Z  step      sent:patch_conversation\n"),
+        "no column without a fenced line: {plain}"
+    );
+}
