@@ -160,8 +160,17 @@ impl Lease {
         let ttl_ms = s.ttl.as_millis() as f64;
         let sent = Instant::now();
         let row = self
-            .bounded(db.query_opt(&sql, &[&s.name, &s.instance, &ttl_ms]))
-            .await?;
+            .bounded(db.query_typed(
+                &sql,
+                &[
+                    (&s.name, Type::TEXT),
+                    (&s.instance, Type::TEXT),
+                    (&ttl_ms, Type::FLOAT8),
+                ],
+            ))
+            .await?
+            .into_iter()
+            .next();
         let held = row.map(|r| Held {
             epoch: r.get(0),
             trusted_until: sent + s.trust(),
@@ -187,7 +196,15 @@ impl Lease {
         let ttl_ms = s.ttl.as_millis() as f64;
         let sent = Instant::now();
         let n = self
-            .bounded(db.execute(&sql, &[&s.name, &s.instance, &h.epoch, &ttl_ms]))
+            .bounded(db.execute_typed(
+                &sql,
+                &[
+                    (&s.name, Type::TEXT),
+                    (&s.instance, Type::TEXT),
+                    (&h.epoch, Type::INT8),
+                    (&ttl_ms, Type::FLOAT8),
+                ],
+            ))
             .await?;
         if n == 0 {
             self.held = None;
@@ -217,7 +234,14 @@ impl Lease {
             schema = s.schema
         );
         let rows = self
-            .bounded(db.query(&sql, &[&s.name, &s.instance, &h.epoch]))
+            .bounded(db.query_typed(
+                &sql,
+                &[
+                    (&s.name, Type::TEXT),
+                    (&s.instance, Type::TEXT),
+                    (&h.epoch, Type::INT8),
+                ],
+            ))
             .await?;
         Ok(!rows.is_empty())
     }

@@ -19,7 +19,8 @@
 //!   retries; nothing is lost because nothing was accepted).
 //!
 //! One connection of its own (never the journal's or the lease's), every statement
-//! bounded by [`STATEMENT`]; a failure drops the connection, and the next need connects
+//! bounded by [`STATEMENT`] and sent with typed parameters as an unnamed statement (one
+//! round trip; nothing prepared that a transaction-mode pooler could lose); a failure drops the connection, and the next need connects
 //! again (at most every [`RECONNECT`]).
 
 use std::collections::{HashMap, HashSet};
@@ -28,6 +29,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_postgres::types::Type;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 use tokio_util::sync::CancellationToken;
 
@@ -330,12 +332,25 @@ impl Worker {
         let stored = match self.client().await {
             Some(c) => tokio::time::timeout(
                 STATEMENT,
-                c.query_one(&insert, &[&id, &intent, &attributes, &event_ms, &instance]),
+                c.query_typed(
+                    &insert,
+                    &[
+                        (&id, Type::TEXT),
+                        (&intent, Type::TEXT),
+                        (&attributes, Type::TEXT),
+                        (&event_ms, Type::INT8),
+                        (&instance, Type::TEXT),
+                    ],
+                ),
             )
             .await
             .map_err(|_| "no answer in time".to_owned())
             .and_then(|r| r.map_err(|e| HaError::from(e).to_string()))
-            .map(|row| row.get::<_, i64>(0)),
+            .and_then(|rows| {
+                rows.first()
+                    .map(|row| row.get::<_, i64>(0))
+                    .ok_or_else(|| "no row stored".to_owned())
+            }),
             None => Err("not connected".to_owned()),
         };
         match stored {
@@ -415,7 +430,9 @@ impl Worker {
         let Some(c) = self.client().await else {
             return;
         };
-        match tokio::time::timeout(STATEMENT, c.query(&sql, &[&ids])).await {
+        match tokio::time::timeout(STATEMENT, c.query_typed(&sql, &[(&ids, Type::INT8_ARRAY)]))
+            .await
+        {
             Ok(Ok(rows)) => {
                 for row in rows {
                     let id: i64 = row.get(0);
@@ -447,7 +464,15 @@ impl Worker {
         };
         let rows = match tokio::time::timeout(
             STATEMENT,
-            c.query(&sql, &[&taken, &name, &epoch, &instance]),
+            c.query_typed(
+                &sql,
+                &[
+                    (&taken, Type::INT8_ARRAY),
+                    (&name, Type::TEXT),
+                    (&epoch, Type::INT8),
+                    (&instance, Type::TEXT),
+                ],
+            ),
         )
         .await
         {
@@ -516,7 +541,19 @@ impl Worker {
         let Some(c) = self.client().await else {
             return;
         };
-        match tokio::time::timeout(STATEMENT, c.query(&sql, &[&id, &text, &instance, &epoch])).await
+        match tokio::time::timeout(
+            STATEMENT,
+            c.query_typed(
+                &sql,
+                &[
+                    (&id, Type::INT8),
+                    (&text, Type::TEXT),
+                    (&instance, Type::TEXT),
+                    (&epoch, Type::INT8),
+                ],
+            ),
+        )
+        .await
         {
             Ok(Ok(_)) => {}
             // Not written: the standby answers `queued` and the call is carried out
@@ -537,7 +574,7 @@ impl Worker {
         self.last_prune = Some(Instant::now());
         let sql = self.sql.prune.clone();
         if let Some(c) = self.client().await
-            && let Ok(Err(e)) = tokio::time::timeout(STATEMENT, c.execute(&sql, &[])).await
+            && let Ok(Err(e)) = tokio::time::timeout(STATEMENT, c.execute_typed(&sql, &[])).await
         {
             tracing::debug!(error = %HaError::from(e), "intake relay: pruning answered calls failed");
         }
