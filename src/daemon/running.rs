@@ -464,13 +464,25 @@ impl Running {
         let decided = self.lp.take_over();
         self.probes.set_standby(false);
         self.lp.resume(unfinished);
+        let since = crate::journal::now_ms() - WATCHED_REMEMBERED.as_millis() as i64;
+        let watched = match self.journal.watched(since).await {
+            Ok(ids) => self.lp.rewatch(&ids),
+            Err(e) => {
+                tracing::warn!(epoch, error = %e,
+                    "takeover: cannot read which conversations earlier leaders watched; \
+                     they are found by the recovery listing only");
+                0
+            }
+        };
         tracing::info!(
             epoch,
             resumed,
             decided,
+            watched,
             "took over the lease: acting now; `resumed` closes earlier leaders left \
              unfinished are carried on, `decided` conversations seen while standing by matched \
-             a rule"
+             a rule, `watched` conversations earlier leaders watched for their intent are \
+             watched here"
         );
         self.lp.recovery.trigger("takeover", None);
     }
@@ -543,6 +555,11 @@ impl Running {
         summary
     }
 }
+
+/// `[ha]`: how far back a takeover looks for conversations earlier leaders watched for
+/// their intent (a bot phase lasts minutes; one still without an intent after this is
+/// left to the recovery listing).
+const WATCHED_REMEMBERED: Duration = Duration::from_secs(3600);
 
 /// The part of the stop bound kept for the streams, the journal and the feed after the
 /// drain: a quarter, at most 3 s.

@@ -124,6 +124,26 @@ pub trait Backend: Send {
     /// Forgets finished closes (and intake calls) older than `before_ms`; returns how
     /// many decisions went.
     fn prune(&mut self, before_ms: i64) -> Result<usize, JournalError>;
+    /// Conversations an intake call left watched for their intent (answered
+    /// `watching`) at or after `since_ms` and not decided since, oldest first: a new
+    /// leader watches them again (their per-conversation topics were the old leader's).
+    /// Read from the history, so both backends answer alike.
+    fn watched_since(&mut self, since_ms: i64) -> Result<Vec<String>, JournalError> {
+        let lines = self.history(since_ms, None)?;
+        let decided: std::collections::HashSet<&str> = lines
+            .iter()
+            .filter(|l| matches!(l.kind, EntryKind::Decision | EntryKind::Outcome))
+            .map(|l| l.conversation_id.as_str())
+            .collect();
+        let mut seen = std::collections::HashSet::new();
+        Ok(lines
+            .iter()
+            .filter(|l| l.kind == EntryKind::Intake && l.answer.as_deref() == Some("watching"))
+            .map(|l| l.conversation_id.as_str())
+            .filter(|id| !decided.contains(id) && seen.insert(*id))
+            .map(str::to_owned)
+            .collect())
+    }
 }
 
 /// What can go wrong with the journal.
@@ -179,6 +199,8 @@ enum Cmd {
     StepFenced(String, String, i64, i64, Reply),
     /// The unfinished closes, and those finished since the time given (a takeover).
     Reread(i64, oneshot::Sender<Result<Reread, JournalError>>),
+    /// What intake calls left watched since the time given (a takeover).
+    Watched(i64, oneshot::Sender<Result<Vec<String>, JournalError>>),
     Outcome(OutcomeRecord, i64, Option<Reply>),
     Intake(String, Option<String>, String, i64),
     Prune(i64),
@@ -550,6 +572,16 @@ impl Journal {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Reread(since_ms, tx))
+            .map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// What intake calls left watched for their intent since `since_ms`, not decided
+    /// since (see [`Backend::watched_since`]).
+    pub async fn watched(&self, since_ms: i64) -> Result<Vec<String>, JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Watched(since_ms, tx))
             .map_err(|_| JournalError::Stopped)?;
         rx.await.map_err(|_| JournalError::Stopped)?
     }

@@ -142,6 +142,9 @@ impl Writer<'_> {
                     .and_then(|u| Ok((u, b.finished_since(since)?)));
                 let _ = reply.send(r);
             }
+            Cmd::Watched(since, reply) => {
+                let _ = reply.send(b.watched_since(since));
+            }
             Cmd::Flush(reply) => {
                 let _ = reply.send(Ok(()));
             }

@@ -118,6 +118,41 @@ impl EventLoop {
         }
     }
 
+    /// `[ha]` takeover: conversations an earlier leader watched for their intent (an
+    /// id-only intake call answered `watching`; their per-conversation topics were that
+    /// leader's) are watched here now, each read once its topics are live, since what
+    /// was pushed meanwhile went to nobody. Returns how many are watched again.
+    pub fn rewatch(&mut self, ids: &[String]) -> usize {
+        if !self.subs.enabled() {
+            if !ids.is_empty() {
+                tracing::warn!(
+                    conversations = ids.len(),
+                    reason = self.subs.disabled_reason(),
+                    "takeover: conversations an earlier leader watched cannot be watched here"
+                );
+            }
+            return 0;
+        }
+        let now = tokio::time::Instant::now();
+        let mut n = 0;
+        for id in ids {
+            let id: Box<str> = id.as_str().into();
+            if self.store.with(&id, |c| c.is_decided() || c.is_closed()) == Some(true) {
+                continue;
+            }
+            // Known to the map from here on, as an intake call makes it known.
+            self.on_event(&ConversationEvent::empty(id.clone(), Source::Recovery), now);
+            if self.watch(&id) {
+                self.owed_catchup.insert(
+                    id,
+                    Catchup::Owed("takeover: watched by an earlier leader, events went to it"),
+                );
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// An id-only call no rule decided on: its conversation is watched for its intent
     /// (with a catch-up read owed once its topics are live), when per-conversation
     /// topics can be used.
