@@ -94,14 +94,28 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let every = settings.renew_every;
+    let schema = settings.schema.clone();
     let mut lease = Lease::new(settings);
     let mut link: Option<Link> = None;
     let mut trust_ended_said = false;
+    let mut migrated = false;
     loop {
         let Some(l) = connected(&mut link, &conn_str, every, &stop).await else {
             break;
         };
-        let step = if lease.held().is_some() {
+        // The lease's table first (on a fresh database the journal, opening meanwhile,
+        // may not have created it yet); applied once, under the migrations' lock.
+        let step = if !migrated {
+            let r = tokio::time::timeout(every, super::schema::migrate(&mut l.client, &schema))
+                .await
+                .unwrap_or(Err(HaError::Timeout(every.as_millis())));
+            migrated = r.is_ok();
+            match r {
+                // Asked at once, not a renew later.
+                Ok(_) => take(&mut lease, &l.client, &role).await,
+                Err(e) => Err(e),
+            }
+        } else if lease.held().is_some() {
             renew(&mut lease, &l.client, &role).await
         } else {
             take(&mut lease, &l.client, &role).await
