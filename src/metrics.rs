@@ -55,6 +55,9 @@ pub const WATCHED_TOPICS: &str = "genesys_closer_watched_topics";
 pub const JOURNAL_ERRORS: &str = "genesys_closer_journal_errors_total";
 /// Intake answers, by HTTP `status`.
 pub const INTAKE_REQUESTS: &str = "genesys_closer_intake_requests_total";
+/// `[ha]`: intake calls a standby relayed to the acting instance, by the `result` it
+/// answered (the acting instance's answer, `queued`, or `standby` when not stored).
+pub const INTAKE_RELAYED: &str = "genesys_closer_intake_relayed_total";
 /// Streams with a live socket now.
 pub const STREAMS_LIVE: &str = "genesys_closer_streams_live";
 /// Blind windows recovered (start-up, gaps no mirror covered).
@@ -175,6 +178,10 @@ fn describe_families() {
     describe_gauge!(WATCHED_TOPICS, "Per-conversation topics in use");
     describe_counter!(JOURNAL_ERRORS, "Journal writes that failed");
     describe_counter!(INTAKE_REQUESTS, "Intake answers, by HTTP status");
+    describe_counter!(
+        INTAKE_RELAYED,
+        "Intake calls a standby relayed to the acting instance, by the result it answered"
+    );
     describe_gauge!(STREAMS_LIVE, "Notification streams with a live socket");
     describe_counter!(
         RECOVERY_WINDOWS,
@@ -431,6 +438,11 @@ pub fn journal_error() {
 /// The intake answered with `status`.
 pub fn intake_request(status: u16) {
     metrics::counter!(INTAKE_REQUESTS, "status" => status.to_string()).increment(1);
+}
+
+/// `[ha]`: a standby answered a relayed intake call with `result`.
+pub fn intake_relayed(result: &'static str) {
+    metrics::counter!(INTAKE_RELAYED, "result" => result).increment(1);
 }
 
 /// A blind window was recovered: `read` conversations read, `decided` of them matched a

@@ -375,6 +375,7 @@ impl Worker {
                 }
                 tracing::warn!(conversation_id = id, error = %e,
                     "intake call on a standby could not be relayed: answered 503 (retry)");
+                crate::metrics::intake_relayed(IntakeAnswer::Standby.as_str());
                 let _ = call.reply.send(IntakeAnswer::Standby);
             }
         }
@@ -397,6 +398,7 @@ impl Worker {
                 result = answer.as_str(),
                 "intake call relayed: the acting instance answered"
             );
+            crate::metrics::intake_relayed(answer.as_str());
             let _ = p.reply.send(answer);
         }
     }
@@ -419,6 +421,7 @@ impl Worker {
                     "intake call relayed: no answer yet; answered `queued` (the acting \
                      instance carries it out)"
                 );
+                crate::metrics::intake_relayed(IntakeAnswer::Queued.as_str());
                 let _ = p.reply.send(IntakeAnswer::Queued);
             }
         }
