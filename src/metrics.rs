@@ -226,6 +226,10 @@ fn describe_families() {
         "[ha]: 1 while this instance holds the lease and acts, 0 while it stands by"
     );
     describe_gauge!(
+        GROUP_SEEN,
+        "[ha]: instances of the group seen alive within one lease TTL, this one included"
+    );
+    describe_gauge!(
         LEASE_EPOCH,
         "[ha]: the epoch of the lease this instance holds or last held"
     );
@@ -486,6 +490,14 @@ pub const LEASE_EPOCH: &str = "genesys_closer_lease_epoch";
 pub const LEASE_RENEW: &str = "genesys_closer_lease_renew_seconds";
 /// When the lease was last renewed (Unix time): `time() - this` is the time since.
 pub const LEASE_LAST_RENEW: &str = "genesys_closer_lease_last_renew_timestamp_seconds";
+
+/// `[ha]`: instances of the group seen alive within one lease TTL, this one included.
+pub const GROUP_SEEN: &str = "genesys_closer_group_instances_seen";
+
+/// `[ha]`: `n` instances of the group were seen alive.
+pub fn group_seen(n: i64) {
+    metrics::gauge!(GROUP_SEEN).set(n as f64);
+}
 
 /// The lease was taken (`leader`) or lost or resigned, under `epoch`.
 pub fn lease(leader: bool, epoch: i64) {

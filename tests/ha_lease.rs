@@ -253,3 +253,44 @@ async fn a_fenced_insert_in_flight_holds_a_takeover_until_it_is_stored() {
     assert_eq!(earlier, 1, "the new holder sees the old epoch's step");
     drop_schema(&db, &schema).await;
 }
+
+#[tokio::test]
+async fn the_group_counts_the_instances_alive_within_one_ttl() {
+    let schema = schema_name("members");
+    let (mut db, _) = connect().await;
+    drop_schema(&db, &schema).await;
+    schema::migrate(&mut db, &schema).await.unwrap();
+    let a = Lease::new(settings(&schema, "host-a"));
+    let b = Lease::new(settings(&schema, "host-b"));
+    let c = Lease::new(settings(&schema, "host-c"));
+    assert_eq!(a.heartbeat(&db).await.unwrap(), 1, "A alone");
+    assert_eq!(b.heartbeat(&db).await.unwrap(), 2);
+    assert_eq!(c.heartbeat(&db).await.unwrap(), 3);
+    assert_eq!(a.heartbeat(&db).await.unwrap(), 3, "again: not counted twice");
+    // C stops: it leaves. B goes silent past the TTL: no longer counted.
+    c.leave(&db).await.unwrap();
+    db.execute(
+        &format!(
+            "UPDATE {schema}.members SET seen_at = now() - interval '11 seconds' \
+             WHERE instance = 'host-b'"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.heartbeat(&db).await.unwrap(), 1);
+    // Another group's instances in the same schema are not this group's.
+    let other = Lease::new(
+        LeaseSettings::new(
+            &schema,
+            "other",
+            "host-x",
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    );
+    assert_eq!(other.heartbeat(&db).await.unwrap(), 1);
+    assert_eq!(a.heartbeat(&db).await.unwrap(), 1);
+    drop_schema(&db, &schema).await;
+}

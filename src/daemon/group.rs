@@ -23,8 +23,9 @@ impl Group {
     pub(super) fn start(ha: &crate::config::HaConfig) -> Result<Group, DaemonError> {
         use secrecy::ExposeSecret;
         let url = crate::ha::connect::database_url(ha).map_err(DaemonError::Setup)?;
-        let settings = crate::ha::connect::lease_settings(ha)
+        let mut settings = crate::ha::connect::lease_settings(ha)
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
+        settings.instances = ha.instances;
         let (tx, role) = tokio::sync::watch::channel(crate::ha::leader::Role::Standby);
         let stop = CancellationToken::new();
         let task = tokio::spawn(crate::ha::leader::run(

@@ -99,6 +99,7 @@ pub async fn run(
     let mut link: Option<Link> = None;
     let mut trust_ended_said = false;
     let mut migrated = false;
+    let mut seen_said = 0;
     loop {
         let Some(l) = connected(&mut link, &conn_str, every, &stop).await else {
             break;
@@ -120,10 +121,13 @@ pub async fn run(
         } else {
             take(&mut lease, &l.client, &role).await
         };
-        if let Err(e) = step {
-            tracing::warn!(error = %e, held = lease.held().is_some(),
-                "lease: the coordination database did not answer; trying again");
-            link = None;
+        match step {
+            Ok(()) => seen_said = members(&lease, &l.client, seen_said).await,
+            Err(e) => {
+                tracing::warn!(error = %e, held = lease.held().is_some(),
+                    "lease: the coordination database did not answer; trying again");
+                link = None;
+            }
         }
         // Said once per window: a leader past its window acts on nothing.
         if let Some(h) = lease.held() {
@@ -153,6 +157,36 @@ pub async fn run(
         }
     }
     resign(&mut lease, link.as_ref(), &role, every).await;
+    if let Some(l) = link.as_ref() {
+        let _ = lease.leave(&l.client).await;
+    }
+}
+
+/// Says this instance is alive and checks the group's size against `[ha] instances`:
+/// more instances seen than told means the channels each instance leaves the others
+/// are counted short (20 per OAuth client), said once per size (`said`, returned).
+async fn members(lease: &Lease, db: &Client, said: i64) -> i64 {
+    let told = lease.settings().instances;
+    match lease.heartbeat(db).await {
+        Ok(seen) => {
+            crate::metrics::group_seen(seen);
+            if seen > told as i64 && seen != said {
+                tracing::warn!(
+                    seen,
+                    instances = told,
+                    "[ha]: more instances of the group are alive than `instances` says; the \
+                     channels left for per-conversation topics are counted short: set \
+                     `instances` to the group's size on every instance"
+                );
+                return seen;
+            }
+            said
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "lease: the members heartbeat failed");
+            said
+        }
+    }
 }
 
 /// The link, (re)connecting while the lease loop runs; `None` once stopped.

@@ -43,6 +43,9 @@ pub struct LeaseSettings {
     pub ttl: Duration,
     /// How often the holder renews.
     pub renew_every: Duration,
+    /// How many instances the group was told it has (`[ha] instances`); checked
+    /// against the instances seen (see [`Lease::heartbeat`]).
+    pub instances: usize,
 }
 
 impl LeaseSettings {
@@ -74,6 +77,7 @@ impl LeaseSettings {
             instance: instance.to_owned(),
             ttl,
             renew_every,
+            instances: 2,
         })
     }
 
@@ -244,6 +248,49 @@ impl Lease {
             ))
             .await?;
         Ok(!rows.is_empty())
+    }
+
+    /// Says this instance is alive (`{schema}.members`, one row per instance of the
+    /// lease) and returns how many instances of the group were seen within one TTL,
+    /// this one included, in one statement.
+    pub async fn heartbeat(&self, db: &Client) -> Result<i64, HaError> {
+        let s = &self.settings;
+        let sql = format!(
+            "WITH up AS (
+                INSERT INTO {schema}.members AS m (lease_name, instance, seen_at)
+                VALUES ($1, $2, now())
+                ON CONFLICT (lease_name, instance) DO UPDATE SET seen_at = now()
+             )
+             SELECT 1 + count(*) FROM {schema}.members
+             WHERE lease_name = $1 AND instance <> $2
+               AND seen_at > now() - $3 * interval '1 millisecond'",
+            schema = s.schema
+        );
+        let ttl_ms = s.ttl.as_millis() as f64;
+        let rows = self
+            .bounded(db.query_typed(
+                &sql,
+                &[
+                    (&s.name, Type::TEXT),
+                    (&s.instance, Type::TEXT),
+                    (&ttl_ms, Type::FLOAT8),
+                ],
+            ))
+            .await?;
+        Ok(rows.first().map_or(1, |r| r.get(0)))
+    }
+
+    /// Takes this instance out of the members at the stop, so a stopped instance is
+    /// not counted.
+    pub async fn leave(&self, db: &Client) -> Result<(), HaError> {
+        let s = &self.settings;
+        let sql = format!(
+            "DELETE FROM {schema}.members WHERE lease_name = $1 AND instance = $2",
+            schema = s.schema
+        );
+        self.bounded(db.execute_typed(&sql, &[(&s.name, Type::TEXT), (&s.instance, Type::TEXT)]))
+            .await?;
+        Ok(())
     }
 }
 

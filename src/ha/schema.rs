@@ -100,6 +100,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     CREATE INDEX relayed_open ON {schema}.relayed (id) WHERE answer IS NULL;",
     ),
+    // The instances of each lease's group and when each last said it was alive
+    // (`super::lease::Lease::heartbeat`): the group's size, seen rather than told.
+    (
+        3,
+        "CREATE TABLE {schema}.members (
+        lease_name text NOT NULL,
+        instance text NOT NULL,
+        seen_at timestamptz NOT NULL,
+        PRIMARY KEY (lease_name, instance)
+    );",
+    ),
 ];
 
 /// The newest version this binary knows.
