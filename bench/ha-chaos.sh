@@ -1,28 +1,65 @@
 #!/usr/bin/env bash
-# The group's fault scenarios (tests/ha_group.rs) on the real PostgreSQL and the built-in
-# simulator, as a table: scenario, matched, confirmed, lost, duplicate disconnects,
-# duplicate farewells, stale-epoch requests (acting on a conversation under an epoch
-# after its lease was lost), takeover time (the fault to the lease taken).
+# The group's fault scenarios on real PostgreSQL and the built-in simulator, as a table:
+# scenario, matched, confirmed, lost, duplicate disconnects, duplicate farewells,
+# stale-epoch requests (acting on a conversation under an epoch after its lease was
+# lost), takeover time (the fault to the lease taken; SIGTERM: the resign to the lease
+# taken; "kept its lease": the time to the leader's next renew).
 #
-#   bash bench/ha-chaos.sh [ROUNDS]       # default 1 round of every scenario
+#   bash bench/ha-chaos.sh [--long] [ROUNDS]   # default 1 round of every scenario
 #
-# Needs PostgreSQL on 127.0.0.1:5432 (trust, database `test`) or GENESYS_CLOSER_TEST_PG
-# (`bash .ci/run` starts a throwaway one where none runs). Scenarios so far: SIGTERM
-# hand-over and every connection terminated (in-process daemons), SIGKILL and
-# SIGSTOP-past-the-lease (daemon processes); lease_ttl is 3 s in the process scenarios.
-# Not yet: traffic black-holed, the database restarted, PgBouncer, three instances, ten minutes of mixed
-# faults (see README, "Two or three instances").
+# tests/ha_group.rs: two instances, 25+25 queue conversations (SIGTERM hand-over and
+# every connection terminated in-process; SIGKILL and SIGSTOP past the lease as
+# processes). tests/ha_chaos.rs: three daemon processes, CONVERSATIONS matching
+# conversations (default here 500; queue, flow-discovered and intake-only bot-phase
+# ones) and a third as many that match no rule, intake calls round-robin over the
+# three; the leader SIGKILLed mid-close, SIGSTOPped 25 s, its connections terminated,
+# its database traffic black-holed, SIGTERM, the database restarted (a cluster of the
+# test's own), PgBouncer in transaction mode. --long adds ten minutes
+# (GENESYS_CLOSER_CHAOS_MINUTES) of random faults of all these kinds.
+#
+# Scenarios marked #[ignore] because they fail on a known daemon defect run here too:
+# their rows show it, and the script exits 1 after the table, naming the failures.
+#
+# Needs PostgreSQL on 127.0.0.1:5432 (trust, database `test`) or GENESYS_CLOSER_TEST_PG,
+# Debian's PostgreSQL server binaries and pgbouncer (`bash .ci/run` installs them and
+# starts a throwaway server where none runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+long=false
+if [ "${1:-}" = "--long" ]; then
+  long=true
+  shift
+fi
 rounds=${1:-1}
+export GENESYS_CLOSER_CHAOS_CONVERSATIONS=${GENESYS_CLOSER_CHAOS_CONVERSATIONS:-500}
+filter='not test(ten_minutes)'
+if [ "$long" = true ]; then filter='all()'; fi
 out=$(mktemp)
+log=$(mktemp)
+failed=()
 for _ in $(seq 1 "$rounds"); do
-  cargo nextest run --locked --test ha_group --no-capture 2>&1 | grep '^CHAOS|' >>"$out" || {
-    echo "error: the group scenarios failed; run: cargo nextest run --test ha_group --no-capture" >&2
-    exit 1
-  }
+  # One test at a time: the takeover times are measured, not only the invariants.
+  if ! cargo nextest run --locked --test ha_group --test ha_chaos --run-ignored all \
+    --test-threads 1 --no-fail-fast --no-capture -E "$filter" >"$log" 2>&1; then
+    mapfile -t f < <(grep -E '^\s+FAIL \[' "$log" | sed -E 's/.* (genesys-closer::[^ ]+ [^ ]+).*/\1/' | sort -u)
+    if [ "${#f[@]}" -eq 0 ]; then
+      tail -n 40 "$log" >&2
+      echo "error: the scenarios did not run" >&2
+      exit 1
+    fi
+    failed+=("${f[@]}")
+  fi
+  grep '^CHAOS|' "$log" >>"$out" || true
 done
 echo "| scenario | matched | confirmed | lost | duplicate disconnects | duplicate farewells | stale-epoch requests | takeover ms |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 sort "$out" | awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $2, $3, $4, $5, $6, $7, $8, $9 }'
 rm -f "$out"
+if [ "${#failed[@]}" -gt 0 ]; then
+  echo >&2
+  echo "error: failed (invariants or targets; details: cargo nextest run --test ha_chaos --run-ignored all --no-capture <name>):" >&2
+  printf '  %s\n' "${failed[@]}" | sort -u >&2
+  rm -f "$log"
+  exit 1
+fi
+rm -f "$log"

@@ -356,14 +356,33 @@ async fn three_instances_ten_minutes_of_random_faults() {
     let mut faults: Vec<&str> = Vec::new();
     let mut worst_takeover = Duration::ZERO;
     while Instant::now() < end {
-        w.batch(&g.sim, &targets, 6, 2);
         // Someone holds the lease before the next fault (bounded: a fault may still be
         // settling).
         let now = Instant::now();
+        g.watch
+            .until(now, Duration::from_secs(60), |s| s.valid())
+            .await;
+        // Half the time the platform is slow: the next disconnects are held 1.5 s, and
+        // the fault comes once one is in flight.
+        let slow = rng.below(2) == 0;
+        if slow {
+            g.sim.delay_requests(
+                "/api/v2/conversations/",
+                Some("PATCH"),
+                Duration::from_millis(1500),
+                2,
+            );
+        }
+        w.batch(&g.sim, &targets, 6, 2);
+        if slow {
+            let sim = g.sim.clone();
+            common::wait_for(Duration::from_secs(30), || held_patches(&sim) > 0).await;
+        }
         let held = g
             .watch
             .until(now, Duration::from_secs(60), |s| s.valid())
             .await;
+        let held = g.watch.now().unwrap_or(held);
         let leader = NAMES.iter().position(|n| *n == held.holder).unwrap();
         let epoch = held.epoch;
         let kind = rng.below(6);
@@ -400,6 +419,7 @@ async fn three_instances_ten_minutes_of_random_faults() {
                 cluster.start_again().await;
             }
         }
+        g.sim.clear_request_delays();
         w.batch(&g.sim, &targets, 3, 1);
         if matches!(kind, 0 | 4) {
             // Replaced by another before the process comes back.
