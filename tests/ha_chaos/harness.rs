@@ -1304,6 +1304,19 @@ pub fn who(r: &RecordedRequest) -> Option<(String, Option<i64>)> {
     Some((instance.to_owned(), epoch))
 }
 
+/// The most of `times` (sorted) that fall in any window of length `window`.
+pub fn busiest_window(times: &[Instant], window: Duration) -> usize {
+    let mut busiest = 0;
+    let mut lo = 0;
+    for hi in 0..times.len() {
+        while times[hi] - times[lo] >= window {
+            lo += 1;
+        }
+        busiest = busiest.max(hi - lo + 1);
+    }
+    busiest
+}
+
 /// What the invariants found, and the chaos table's row.
 #[derive(Debug, Default)]
 pub struct Verdict {
@@ -1450,13 +1463,7 @@ impl Verdict {
                     .copied()
                     .filter(|t| t >= start && end.is_none_or(|e| *t <= e))
                     .collect();
-                let mut lo = 0;
-                for hi in 0..times.len() {
-                    while times[hi] - times[lo] >= Duration::from_secs(60) {
-                        lo += 1;
-                    }
-                    busiest = busiest.max(hi - lo + 1);
-                }
+                busiest = busiest.max(busiest_window(&times, Duration::from_secs(60)));
             }
             if busiest > allowance {
                 v.over_budget.push(format!(
