@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use genesys_closer::config::{Config, Exit, HaConfig};
+use genesys_closer::config::{Config, Exit};
+use genesys_closer::ha::connect::Database;
 use genesys_closer::journal::{self, JournalError, PostgresBackend, history};
-use secrecy::ExposeSecret as _;
 
 use super::{load, print_out};
 
@@ -60,7 +60,7 @@ pub fn history(args: HistoryArgs) -> Exit {
     let dir = match args.state_dir {
         Some(d) => d,
         None => match load(&args.config) {
-            Ok(Config { ha: Some(ha), .. }) => return group(&ha, &args.config, &options),
+            Ok(c) if c.ha.is_some() => return group(&c, &args.config, &options),
             Ok(c) => c.daemon.state_dir,
             Err(exit) => return exit,
         },
@@ -72,10 +72,18 @@ pub fn history(args: HistoryArgs) -> Exit {
 
 /// `[ha]`: the report from the group's journal on PostgreSQL, read on a thread of its
 /// own (the backend blocks on a runtime of its own, which must not run inside the
-/// command's). Nothing is changed in the database: no migration is applied.
-fn group(ha: &HaConfig, path: &Path, options: &history::Options) -> Exit {
-    let url = match genesys_closer::ha::connect::database_url(ha) {
-        Ok(u) => u,
+/// command's). Nothing is changed in the database: no migration is applied. A
+/// connection string or `ca_file` that cannot be used is [`Exit::BadConfig`], as for
+/// `run`.
+fn group(config: &Config, path: &Path, options: &history::Options) -> Exit {
+    let (Some(ha), Some(database)) = (&config.ha, Database::of(config)) else {
+        return Exit::BadConfig;
+    };
+    let database = match database.and_then(|d| match d.connector() {
+        Ok(_) => Ok(d),
+        Err(e) => Err(e.to_string()),
+    }) {
+        Ok(d) => d,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
             return Exit::BadConfig;
@@ -83,12 +91,12 @@ fn group(ha: &HaConfig, path: &Path, options: &history::Options) -> Exit {
     };
     let at = format!(
         "the group's journal on {}, schema {}: ",
-        genesys_closer::ha::connect::describe(&url),
+        database.describe(),
         ha.schema
     );
     let read = std::thread::scope(|s| {
         s.spawn(|| {
-            let mut b = PostgresBackend::open_read(url.expose_secret(), &ha.schema)?;
+            let mut b = PostgresBackend::open_read(&database, &ha.schema)?;
             history::report(&mut b, options, journal::now_ms())
         })
         .join()

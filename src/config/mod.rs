@@ -82,6 +82,11 @@ pub struct Config {
     /// `[ha]`: several instances on one PostgreSQL, exactly one acting; `None`: off
     /// (one instance, the SQLite journal under `state_dir`).
     pub ha: Option<HaConfig>,
+    /// `[ha] ca_file`: PEM certificates the coordination database's certificate is
+    /// checked against besides the system's roots (`sslmode=verify-ca`, `verify-full`,
+    /// or `require`, which it makes check the chain). Kept here rather than in
+    /// [`HaConfig`], which tests build field by field.
+    pub ha_ca_file: Option<PathBuf>,
     /// Rules in file order; the first that matches decides.
     pub rules: Vec<RuleConfig>,
 }

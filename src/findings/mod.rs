@@ -33,8 +33,8 @@ pub struct Findings<'a> {
     /// The outcome feed's bearer token, `None` when there is no feed URL: whether there is
     /// one, or why it cannot be used.
     pub feed_token: Option<Result<bool, String>>,
-    /// `[ha]`'s connection string, `None` when off: where it points (no password), or
-    /// why it cannot be used.
+    /// `[ha]`'s connection string and `ca_file`, `None` when off: where it points (no
+    /// password), the schema and how TLS checks the server, or why it cannot be used.
     pub database: Option<Result<String, String>>,
     /// What would run but is probably not meant; `check` still exits 0 on these.
     pub warnings: Vec<Warning>,
@@ -114,8 +114,14 @@ pub fn inspect<'a>(config: &'a Config, path: &'a Path) -> Findings<'a> {
         .as_ref()
         .filter(|f| f.url.is_some())
         .map(|f| feed::load_token(f).map(|token| token.is_some()));
-    let database = config.ha.as_ref().map(|ha| {
-        crate::ha::connect::database_url(ha).map(|url| crate::ha::connect::describe(&url))
+    // Read as `run` reads them: the connection string, its sslmode, the CA file and,
+    // when the certificate is checked, the system's roots.
+    let database = crate::ha::connect::Database::of(config).map(|d| {
+        let d = d?;
+        let schema = config.ha.as_ref().map_or("", |ha| ha.schema.as_str());
+        d.connector()
+            .map(|c| format!("{}, schema {schema}; {}", d.describe(), c.check().describe()))
+            .map_err(|e| e.to_string())
     });
     let mut warnings = secret_mode_warning(&config.genesys.secret);
     warnings.extend(host_warnings(config));
@@ -247,7 +253,7 @@ impl Findings<'_> {
             );
         };
         let db = match db {
-            Ok(at) => format!("{at}, schema {}", ha.schema),
+            Ok(at) => at.clone(),
             Err(e) => format!("NOT USABLE ({e}): `run` would refuse to start"),
         };
         writeln!(

@@ -258,7 +258,8 @@ fn a_group_names_its_lease_and_database_and_refuses_an_unusable_connection_strin
     assert!(
         text.contains(
             "group: lease \"genesys-closer\" as instance \"host-a\", TTL 10s renewed every 2s; \
-             journal and lease on db.example.com port 6432 database gc, schema genesys_closer\n"
+             journal and lease on db.example.com port 6432 database gc, schema genesys_closer; \
+             TLS when the server offers it, certificate not checked (sslmode=prefer)\n"
         ),
         "{text}"
     );
@@ -279,5 +280,56 @@ fn a_group_names_its_lease_and_database_and_refuses_an_unusable_connection_strin
         matches!(&findings.refusals()[..], [Refusal::DatabaseUrl(why)] if why.contains("database_url_file")),
         "{:?}",
         findings.refusals()
+    );
+}
+
+/// `[ha] ca_file` is read as `run` reads it: a file that cannot be used is refused, a
+/// usable one is named with how TLS checks the server.
+#[test]
+fn a_group_reads_its_ca_file_as_run_does() {
+    let (dir, secret, state) = dir();
+    let group = |url: &str, ca: &Path| {
+        config(
+            &secret,
+            &state,
+            &format!(
+                "[ha]\ninstance = \"host-a\"\ndatabase_url = \"{url}\"\nca_file = \"{}\"\n",
+                ca.display()
+            ),
+        )
+    };
+    let missing = dir.path().join("no-ca.pem");
+    let config = group("host=db.example.com sslmode=verify-full", &missing);
+    assert_eq!(config.ha_ca_file.as_deref(), Some(missing.as_path()));
+    let findings = inspect(&config, Path::new("t.toml"));
+    assert!(
+        matches!(&findings.refusals()[..], [Refusal::DatabaseUrl(why)]
+            if why.contains("ca_file") && why.contains("no-ca.pem")),
+        "{:?}",
+        findings.refusals()
+    );
+    assert_eq!(findings.exit(), Exit::BadConfig);
+    assert!(findings.to_string().contains("NOT USABLE ([ha] ca_file"));
+
+    let ca = dir.path().join("ca.pem");
+    let cert = rcgen::generate_simple_self_signed(vec!["db.example.com".into()]).unwrap();
+    std::fs::write(&ca, cert.cert.pem()).unwrap();
+    let config = group("host=db.example.com sslmode=verify-full", &ca);
+    let findings = inspect(&config, Path::new("t.toml"));
+    assert_eq!(findings.refusals(), []);
+    assert!(
+        findings.to_string().contains(
+            "schema genesys_closer; TLS required, certificate chain and host name checked \
+             (verify-full)\n"
+        ),
+        "{findings}"
+    );
+    let config = group("host=db.example.com sslmode=require", &ca);
+    let findings = inspect(&config, Path::new("t.toml"));
+    assert!(
+        findings
+            .to_string()
+            .contains("certificate chain checked (verify-ca)"),
+        "{findings}"
     );
 }

@@ -862,7 +862,7 @@ fn postgres_errors_never_show_the_connection_string() {
 #[test]
 fn postgres_open_read_changes_nothing_and_says_when_there_is_no_journal() {
     let fx = PgFx::new("open_read");
-    let absent = PostgresBackend::open_read(&pg_url(), &fx.schema)
+    let absent = PostgresBackend::open_read(&pg_url().as_str().into(), &fx.schema)
         .err()
         .expect("no tables yet");
     assert!(
@@ -880,7 +880,8 @@ fn postgres_open_read_changes_nothing_and_says_when_there_is_no_journal() {
     let (mut w, epoch) = fx.leased("host-a");
     w.step_fenced("c1", "about_to_send:farewell", 1_000, epoch)
         .unwrap();
-    let mut r = PostgresBackend::open_read(&pg_url(), &fx.schema).expect("the journal");
+    let mut r =
+        PostgresBackend::open_read(&pg_url().as_str().into(), &fx.schema).expect("the journal");
     let h = r.history(0, None).unwrap();
     assert_eq!(
         (h[0].epoch, h[0].instance.as_deref()),

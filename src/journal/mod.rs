@@ -357,17 +357,20 @@ pub fn open_with(
     })
 }
 
-/// Opens the shared journal on PostgreSQL (`[ha]`): the writer thread connects and
-/// applies the migrations, then reads what is unfinished and what finished since
-/// `finished_since_ms`. Every "about to send" is fenced on the lease `role` follows.
+/// Opens the shared journal on PostgreSQL (`[ha]`): the writer thread connects (TLS as
+/// the connection string's `sslmode` says; a bare connection string checks a certificate
+/// against the system's roots only, a [`Database`](crate::ha::connect::Database) against
+/// `[ha] ca_file` too) and applies the migrations, then reads what is unfinished and what
+/// finished since `finished_since_ms`. Every "about to send" is fenced on the lease
+/// `role` follows.
 pub fn open_postgres(
-    conn_str: secrecy::SecretString,
+    database: impl Into<crate::ha::connect::Database>,
     lease: crate::ha::lease::LeaseSettings,
     role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
     finished_since_ms: i64,
     sinks: Sinks,
 ) -> Result<Opened, JournalError> {
-    use secrecy::ExposeSecret;
+    let database = database.into();
     let (tx, rx) = std_mpsc::channel::<Cmd>();
     let writable = crate::metrics::JournalHealth::new();
     let outbox_ready = Arc::new(tokio::sync::Notify::new());
@@ -379,17 +382,13 @@ pub fn open_postgres(
             let ready = Arc::clone(&outbox_ready);
             move || {
                 let schema = lease.schema.clone();
-                let first = postgres::PostgresBackend::connect(
-                    conn_str.expose_secret(),
-                    &schema,
-                    Some(lease),
-                )
-                .and_then(|mut b| {
-                    let read = b
-                        .unfinished()
-                        .and_then(|u| Ok((u, b.finished_since(finished_since_ms)?)));
-                    read.map(|r| (b, r))
-                });
+                let first = postgres::PostgresBackend::connect_to(&database, &schema, Some(lease))
+                    .and_then(|mut b| {
+                        let read = b
+                            .unfinished()
+                            .and_then(|u| Ok((u, b.finished_since(finished_since_ms)?)));
+                        read.map(|r| (b, r))
+                    });
                 match first {
                     Ok((b, read)) => {
                         let _ = opened_tx.send(Ok(read));

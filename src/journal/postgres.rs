@@ -1,4 +1,5 @@
-//! The PostgreSQL backend of the journal (tokio-postgres, no TLS yet), for two or three
+//! The PostgreSQL backend of the journal (tokio-postgres; TLS as the connection string's
+//! `sslmode` asks, through [`crate::ha::connect::Connector`]), for two or three
 //! instances on one database with exactly one acting (issue 16).
 //!
 //! [`Backend`] is synchronous (the writer is a thread of its own), tokio-postgres is
@@ -43,13 +44,14 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, Row};
 
 use super::{
     Backend, DecisionRecord, EntryKind, HistoryEntry, HistoryQuery, JournalError, OutboxItem,
     OutcomeRecord, Sinks, Unfinished, history,
 };
 use crate::ha::HaError;
+use crate::ha::connect::{Connector, Database};
 use crate::ha::lease::LeaseSettings;
 
 /// How long connecting may take when the connection string does not say
@@ -64,8 +66,8 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(15);
 pub struct PostgresBackend {
     /// Runs the connection's task and every statement; `None` only while dropping.
     rt: Option<Runtime>,
-    /// Where to connect (again); never shown.
-    config: Config,
+    /// Where to connect (again) and with which TLS; never shown.
+    connector: Connector,
     /// The session; `None` until connected again after it broke.
     client: Option<Client>,
     /// The connection's task, awaited on drop so the session ends cleanly.
@@ -296,16 +298,27 @@ impl Sql {
 type Params<'a> = [(&'a (dyn ToSql + Sync), Type)];
 
 impl PostgresBackend {
-    /// Connects (`conn_str`: a libpq key=value string or a `postgresql://` URL), applies
-    /// the migrations not applied yet to `schema`, and answers a backend on that schema.
-    /// With `lease`, [`Backend::step_fenced`] checks its epoch; its schema must be
-    /// `schema`. Call from a thread outside any async runtime.
+    /// Connects (`conn_str`: a libpq key=value string or a `postgresql://` URL; its
+    /// certificate, if checked, against the system's roots), applies the migrations not
+    /// applied yet to `schema`, and answers a backend on that schema. With `lease`,
+    /// [`Backend::step_fenced`] checks its epoch; its schema must be `schema`. Call from
+    /// a thread outside any async runtime.
     pub fn connect(
         conn_str: &str,
         schema: &str,
         lease: Option<LeaseSettings>,
     ) -> Result<Self, JournalError> {
-        let mut b = Self::new(conn_str, schema, lease)?;
+        Self::connect_to(&Database::from(conn_str), schema, lease)
+    }
+
+    /// [`connect`](Self::connect) to `database` (`[ha]`'s connection string and
+    /// `ca_file`).
+    pub fn connect_to(
+        database: &Database,
+        schema: &str,
+        lease: Option<LeaseSettings>,
+    ) -> Result<Self, JournalError> {
+        let mut b = Self::new(database, schema, lease)?;
         b.reconnect()?;
         if let (Some(rt), Some(client)) = (&b.rt, &mut b.client) {
             rt.block_on(crate::ha::schema::migrate(client, schema))
@@ -318,8 +331,8 @@ impl PostgresBackend {
     /// (for `history`, while they run): no migration is applied, and a schema without
     /// the journal's tables is an error that says so. Call from a thread outside any
     /// async runtime.
-    pub fn open_read(conn_str: &str, schema: &str) -> Result<Self, JournalError> {
-        let mut b = Self::new(conn_str, schema, None)?;
+    pub fn open_read(database: &Database, schema: &str) -> Result<Self, JournalError> {
+        let mut b = Self::new(database, schema, None)?;
         b.reconnect()?;
         let version = match (&b.rt, &b.client) {
             (Some(rt), Some(client)) => rt
@@ -347,10 +360,10 @@ impl PostgresBackend {
         Ok(b)
     }
 
-    /// The backend, not connected yet: the connection string parsed and bounded, the
-    /// statements written for `schema`, the runtime made.
+    /// The backend, not connected yet: the connection string parsed and bounded, its
+    /// TLS set up, the statements written for `schema`, the runtime made.
     fn new(
-        conn_str: &str,
+        database: &Database,
         schema: &str,
         lease: Option<LeaseSettings>,
     ) -> Result<Self, JournalError> {
@@ -366,18 +379,11 @@ impl PostgresBackend {
             )));
         }
         not_in_runtime()?;
-        let mut config: Config = conn_str.parse().map_err(|e: tokio_postgres::Error| {
-            // The parser's words may quote a character of the string; an option's name
-            // is safe to show.
-            let why = e.to_string();
-            bad(if why.contains("option `") {
-                format!("the PostgreSQL connection string: {why}")
-            } else {
-                "the PostgreSQL connection string does not parse (it is not shown: it may \
-                 hold a password)"
-                    .into()
-            })
-        })?;
+        // The string's errors name the option at fault, never its text.
+        let mut connector = database
+            .connector()
+            .map_err(|e| bad(format!("PostgreSQL: {e}")))?;
+        let config = connector.config_mut();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -404,8 +410,8 @@ impl PostgresBackend {
             })?;
         Ok(PostgresBackend {
             rt: Some(rt),
-            at: place(&config),
-            config,
+            at: place(connector.config()),
+            connector,
             client: None,
             conn_task: None,
             ctx: Ctx {
@@ -421,12 +427,12 @@ impl PostgresBackend {
         let Some(rt) = &self.rt else {
             return Err(JournalError::Stopped);
         };
-        let (client, conn) = rt.block_on(self.config.connect(NoTls)).map_err(|e| {
-            JournalError::Storage(format!(
-                "cannot connect to PostgreSQL ({}): {}",
-                self.at,
-                words(&e)
-            ))
+        let (client, conn) = rt.block_on(self.connector.connect()).map_err(|e| {
+            let why = match e {
+                HaError::Db(why) => why,
+                other => other.to_string(),
+            };
+            JournalError::Storage(format!("cannot connect to PostgreSQL ({}): {why}", self.at))
         })?;
         self.conn_task = Some(rt.spawn(async move {
             if let Err(e) = conn.await {

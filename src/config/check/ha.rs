@@ -14,6 +14,7 @@ const KEYS: &[&str] = &[
     "lease_ttl",
     "renew_every",
     "instances",
+    "ca_file",
 ];
 
 /// The systemd credential name holding the connection string.
@@ -87,6 +88,13 @@ impl Checker<'_> {
             lease_ttl,
             renew_every,
         })
+    }
+
+    /// `[ha] ca_file`: a path (its certificates are read by `check`'s findings and by
+    /// `run` through one function, `ha::connect::load_ca_file`).
+    pub(super) fn ha_ca_file(&mut self, root: &dyn TableLike) -> Option<PathBuf> {
+        let t = root.get("ha")?.as_table_like()?;
+        self.nonempty_string(t, "ca_file").map(PathBuf::from)
     }
 
     /// `database_url`, `database_url_file`, the credential, or the environment (at most
