@@ -42,7 +42,8 @@ fn start(schema: &str, name: &str) -> Instance {
     .unwrap();
     let (tx, role) = watch::channel(Role::Standby);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(leader::run(settings, url(), tx, stop.clone()));
+    let gate = std::sync::Arc::new(genesys_closer::ha::gate::SendGate::default());
+    let task = tokio::spawn(leader::run(settings, url(), tx, gate, stop.clone()));
     Instance { role, stop, task }
 }
 

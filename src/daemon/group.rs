@@ -16,6 +16,8 @@ pub(super) struct Group {
     pub database: String,
     pub settings: crate::ha::lease::LeaseSettings,
     pub role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
+    /// Every acting request passes it; the lease loop drains it before resigning.
+    pub gate: std::sync::Arc<crate::ha::gate::SendGate>,
     pub lease: super::running::LeaseTask,
 }
 
@@ -28,10 +30,12 @@ impl Group {
         settings.instances = ha.instances;
         let (tx, role) = tokio::sync::watch::channel(crate::ha::leader::Role::Standby);
         let stop = CancellationToken::new();
+        let gate = std::sync::Arc::new(crate::ha::gate::SendGate::default());
         let task = tokio::spawn(crate::ha::leader::run(
             settings.clone(),
             url.expose_secret().to_owned(),
             tx,
+            std::sync::Arc::clone(&gate),
             stop.clone(),
         ));
         tracing::info!(instance = %settings.instance, lease = %settings.name,
@@ -43,6 +47,7 @@ impl Group {
             url,
             settings,
             role,
+            gate,
             lease: super::running::LeaseTask { stop, task },
         })
     }

@@ -57,7 +57,11 @@ pub(super) async fn start(
             crate::genesys::budget::Budget::new(config.genesys.requests_per_minute),
         ));
     if let Some(g) = &group {
-        client = client.in_group(&g.settings.instance, g.role.clone());
+        client = client.in_group(
+            &g.settings.instance,
+            g.role.clone(),
+            std::sync::Arc::clone(&g.gate),
+        );
     }
     let api = Arc::new(client);
     let login = async {

@@ -91,6 +91,7 @@ pub async fn run(
     settings: LeaseSettings,
     conn_str: String,
     role: watch::Sender<Role>,
+    gate: std::sync::Arc<super::gate::SendGate>,
     stop: CancellationToken,
 ) {
     let every = settings.renew_every;
@@ -156,7 +157,7 @@ pub async fn run(
             _ = resigned => tracing::info!("lease: the holder resigned; asking for it now"),
         }
     }
-    resign(&mut lease, link.as_ref(), &role, every).await;
+    resign(&mut lease, link.as_ref(), &role, &gate, every).await;
     if let Some(l) = link.as_ref() {
         let _ = lease.leave(&l.client).await;
     }
@@ -247,18 +248,38 @@ async fn renew(lease: &mut Lease, db: &Client, role: &watch::Sender<Role>) -> Re
     Ok(())
 }
 
-/// At the stop: trust ends first (nothing is sent from now on), then the lease is
-/// expired and the standbys told, within `every`.
+/// At the stop: trust ends first and the gate closes (nothing is sent from now on),
+/// the acting requests already on their way are waited for (at most what is left of
+/// the trust window: past it another instance may take over anyway), then the lease is
+/// expired and the standbys told, within `every`. Resigning with a disconnect still on
+/// its way would let the next leader, finding the conversation open, send a second.
 async fn resign(
     lease: &mut Lease,
     link: Option<&Link>,
     role: &watch::Sender<Role>,
+    gate: &super::gate::SendGate,
     every: Duration,
 ) {
     let Some(h) = lease.held() else {
         return;
     };
     role.send_replace(Role::Standby);
+    gate.close();
+    let left = h.trusted_until.saturating_duration_since(Instant::now());
+    let in_flight = gate.in_flight();
+    if !gate.drained(left).await {
+        tracing::warn!(
+            epoch = h.epoch,
+            in_flight = gate.in_flight(),
+            "lease: requests still on their way at the end of the trust window; resigning"
+        );
+    } else if in_flight > 0 {
+        tracing::info!(
+            epoch = h.epoch,
+            in_flight,
+            "lease: waited for the requests on their way before resigning"
+        );
+    }
     let outcome = match link {
         Some(l) => tokio::time::timeout(every, lease.resign(&l.client)).await,
         None => Ok(Err(HaError::Db("not connected".into()))),

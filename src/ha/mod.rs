@@ -22,6 +22,7 @@
 //! The migrations' lock is transaction-scoped, which a pooler keeps.
 
 pub mod connect;
+pub mod gate;
 pub mod leader;
 pub mod lease;
 pub mod relay;

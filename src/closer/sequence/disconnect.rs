@@ -114,6 +114,9 @@ impl Closer {
                 return Err(End::by_event(at));
             }
         };
+        if let Err(e) = &sent {
+            super::not_acting(id, e)?;
+        }
         // Only requests Genesys answered count as sent.
         if sent.as_ref().err().is_none_or(ApiError::was_answered) {
             c.r.sent.push(call.name());

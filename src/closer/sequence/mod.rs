@@ -334,6 +334,7 @@ impl Closer {
                 Raced::Done(Err(e @ ApiError::Auth(_))) => {
                     self.login_or_end(c, Call::Teardown, &e).await?;
                 }
+                Raced::Done(Err(e @ ApiError::NotActing { .. })) => not_acting(id, &e)?,
                 Raced::Done(Err(e)) => {
                     if !matches!(&e, ApiError::Transport { .. }) {
                         c.r.sent.push("teardown");
@@ -417,6 +418,22 @@ impl Closer {
             }
         }
     }
+}
+
+/// `[ha]`: a request the send gate held back at the last moment (this instance stopped
+/// acting after its step was stored): not sent, no outcome; the acting instance
+/// carries the close on from the journal, reading the conversation first.
+fn not_acting(id: &str, e: &ApiError) -> Stepped<()> {
+    if let ApiError::NotActing { .. } = e {
+        tracing::warn!(
+            conversation_id = id,
+            error = %e,
+            "not sent: this instance no longer acts (lease); the acting instance carries \
+             this close on from the journal"
+        );
+        return Err(End::Unfinished);
+    }
+    Ok(())
 }
 
 /// `[ha]`: a step the lease refused (another instance acts now, or this one's trust

@@ -47,6 +47,15 @@ pub enum ApiError {
     /// No token could be obtained.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// `[ha]`: an acting request held back at the last moment: this instance no longer
+    /// acts (the lease is another's, its trust window ended, or it is stopping).
+    #[error("{method} {path}: not sent: this instance no longer acts (lease)")]
+    NotActing {
+        /// HTTP method.
+        method: Method,
+        /// Path without host.
+        path: String,
+    },
 }
 
 impl ApiError {
@@ -61,7 +70,7 @@ impl ApiError {
         match self {
             ApiError::Status { status, .. } => *status == 429 || *status >= 500,
             ApiError::Transport { .. } => true,
-            ApiError::Decode { .. } => false,
+            ApiError::Decode { .. } | ApiError::NotActing { .. } => false,
             ApiError::Auth(e) => e.is_retryable(),
         }
     }

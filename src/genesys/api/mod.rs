@@ -127,6 +127,8 @@ pub struct ApiClient {
 struct Agent {
     instance: String,
     role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
+    /// Every acting request passes it right before it leaves (see `crate::ha::gate`).
+    gate: Arc<crate::ha::gate::SendGate>,
 }
 
 /// The budget of a client built without [`ApiClient::with_budget`]: the config default.
@@ -151,7 +153,7 @@ impl ApiClient {
             ApiError::Transport { .. } => true,
             ApiError::Status { status, .. } => *status >= 500,
             ApiError::Auth(e) => e.is_retryable(),
-            ApiError::Decode { .. } => false,
+            ApiError::Decode { .. } | ApiError::NotActing { .. } => false,
         };
         if !down {
             return;
@@ -179,17 +181,44 @@ impl ApiClient {
     }
 
     /// `[ha]`: name `instance` and the epoch `role` holds in every request's
-    /// User-Agent (`genesys-closer/VERSION (host-a; epoch 3)`, or `standby`).
+    /// User-Agent (`genesys-closer/VERSION (host-a; epoch 3)`, or `standby`), and send
+    /// a request that acts on a conversation only through `gate`, while `role` acts.
     pub fn in_group(
         mut self,
         instance: &str,
         role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
+        gate: Arc<crate::ha::gate::SendGate>,
     ) -> Self {
         self.agent = Some(Agent {
             instance: instance.to_owned(),
             role,
+            gate,
         });
         self
+    }
+
+    /// `[ha]`: a request that acts on a conversation (anything but a read under
+    /// `/api/v2/conversations/`) passes the gate right before it leaves: `Err` when
+    /// this instance no longer acts; the guard counts it in flight until dropped. Out
+    /// of a group, and for other requests, `Ok(None)`.
+    pub(super) fn gate(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Result<Option<crate::ha::gate::InFlight>, ApiError> {
+        let Some(a) = self.agent.as_ref() else {
+            return Ok(None);
+        };
+        if *method == Method::GET || !path.starts_with("/api/v2/conversations/") {
+            return Ok(None);
+        }
+        a.gate
+            .enter(&a.role)
+            .map(Some)
+            .ok_or_else(|| ApiError::NotActing {
+                method: method.clone(),
+                path: path.to_owned(),
+            })
     }
 
     /// The User-Agent of a request now, when in a group.

@@ -137,6 +137,8 @@ impl ApiClient {
         if let Some(b) = call.body {
             req = req.json(b);
         }
+        // The last check, as close to the socket as it can be: held until answered.
+        let _in_flight = self.gate(call.method, call.path)?;
         Ok(match req.send().await {
             Err(e) => {
                 crate::metrics::api_failure(call.operation, "transport");
