@@ -55,8 +55,9 @@ pub const WATCHED_TOPICS: &str = "genesys_closer_watched_topics";
 pub const JOURNAL_ERRORS: &str = "genesys_closer_journal_errors_total";
 /// Intake answers, by HTTP `status`.
 pub const INTAKE_REQUESTS: &str = "genesys_closer_intake_requests_total";
-/// `[ha]`: intake calls a standby relayed to the acting instance, by the `result` it
-/// answered (the acting instance's answer, `queued`, or `standby` when not stored).
+/// `[ha]`: intake calls stored in the group's database (every call in a group), by the
+/// `result` answered (the acting instance's answer, `queued`, or `standby` when the
+/// call could not be stored).
 pub const INTAKE_RELAYED: &str = "genesys_closer_intake_relayed_total";
 /// Streams with a live socket now.
 pub const STREAMS_LIVE: &str = "genesys_closer_streams_live";
@@ -180,7 +181,7 @@ fn describe_families() {
     describe_counter!(INTAKE_REQUESTS, "Intake answers, by HTTP status");
     describe_counter!(
         INTAKE_RELAYED,
-        "Intake calls a standby relayed to the acting instance, by the result it answered"
+        "[ha]: intake calls stored in the group's database for the acting instance, by the result answered"
     );
     describe_gauge!(STREAMS_LIVE, "Notification streams with a live socket");
     describe_counter!(
@@ -444,7 +445,7 @@ pub fn intake_request(status: u16) {
     metrics::counter!(INTAKE_REQUESTS, "status" => status.to_string()).increment(1);
 }
 
-/// `[ha]`: a standby answered a relayed intake call with `result`.
+/// `[ha]`: an intake call stored in the group's database was answered `result`.
 pub fn intake_relayed(result: &'static str) {
     metrics::counter!(INTAKE_RELAYED, "result" => result).increment(1);
 }

@@ -38,6 +38,25 @@ fn settings(schema: &str, instance: &str) -> RelaySettings {
     }
 }
 
+/// Stores an intake call with its answer in the journal's table, as the acting
+/// instance's event loop does before its answer may be written back.
+fn journal_of<'c>(
+    c: &'c tokio_postgres::Client,
+    schema: &str,
+) -> impl Fn(&'static str, &'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'c>>
+{
+    let sql = format!(
+        "INSERT INTO {schema}.intake (conversation_id, at_ms, intent, answer) \
+         VALUES ($1, (extract(epoch from now()) * 1000)::bigint, NULL, $2)"
+    );
+    move |id, answer| {
+        let sql = sql.clone();
+        Box::pin(async move {
+            c.execute(&sql, &[&id, &answer]).await.unwrap();
+        })
+    }
+}
+
 fn leader(epoch: i64) -> Role {
     Role::Leader {
         epoch,
@@ -56,6 +75,7 @@ fn call(id: &str, intent: Option<&str>) -> (IntakeCall, oneshot::Receiver<Intake
             received: Instant::now(),
             started_ago: Some(Duration::from_secs(3)),
             reply,
+            stored: false,
         },
         answer,
     )
@@ -133,7 +153,18 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
         ago >= Duration::from_secs(3) && ago < Duration::from_secs(60),
         "{ago:?}"
     );
+    // The answer is written back only once the journal holds the call with it (the
+    // event loop journals each call after deciding): until then the standby waits.
+    let journal = journal_of(&c, &schema);
     got.reply.send(IntakeAnswer::Close).unwrap();
+    let mut a1 = a1;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), &mut a1)
+            .await
+            .is_err(),
+        "answered before the journal held the call"
+    );
+    journal(A, "close").await;
     assert_eq!(answer_of(a1).await, IntakeAnswer::Close);
 
     // A call the leader's loop refuses (it is stopping) is not answered with that: it
@@ -147,6 +178,7 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
         .unwrap();
     let again = handed(&mut leader_rx).await;
     assert_eq!(&*again.conversation_id, B);
+    journal(B, "duplicate").await;
     again.reply.send(IntakeAnswer::Duplicate).unwrap();
     assert_eq!(answer_of(a2).await, IntakeAnswer::Duplicate);
 
@@ -159,6 +191,7 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
     leader_role_tx.send_replace(leader(5));
     let late = handed(&mut leader_rx).await;
     assert_eq!(&*late.conversation_id, C);
+    journal(C, "close").await;
     late.reply.send(IntakeAnswer::Close).unwrap();
     let row = async {
         loop {

@@ -1,9 +1,11 @@
 //! Intake calls on every instance of a group (issue 16): the data action's URL may
-//! point at a load balancer over all instances, so a call may reach a standby. The
-//! standby stores it in the group's database (`{schema}.relayed`) and tells the group
-//! (`NOTIFY`); the acting instance takes it, hands it to its own event loop as if it
-//! had been called itself, and writes the answer back; the standby answers the caller
-//! with it. The answer keeps its meaning (`close`, `duplicate`, `no_rule`, ...), and a
+//! point at a load balancer over all instances, so a call may reach a standby. Every
+//! call an instance's intake reads is first stored in the group's database
+//! (`{schema}.relayed`) and the group told (`NOTIFY`); the acting instance takes it,
+//! hands it to its own event loop, and writes the answer back; the instance the call
+//! reached answers the caller with it. The acting instance stores its own calls too: a
+//! call is accepted only once stored, so an acting instance cut off from the database
+//! answers 503 instead of `close` for a decision no other instance would ever see. The answer keeps its meaning (`close`, `duplicate`, `no_rule`, ...), and a
 //! duplicate across instances is still a duplicate: every call ends up in the one
 //! acting event loop, which remembers what it decided.
 //!
@@ -104,6 +106,7 @@ pub fn spawn(
         pending: HashMap::new(),
         taken: HashSet::new(),
         done_tx,
+        unwritten: Vec::new(),
         last_prune: None,
     };
     let task = tokio::spawn(worker.run(forwarded, done, stop.clone()));
@@ -146,10 +149,18 @@ impl Sql {
                                WHERE l.name = $2 AND l.epoch = $3 AND l.holder = $4) \
                  ORDER BY r.id LIMIT {BATCH}"
             ),
+            // Only once the journal holds what the answer promises: the event loop
+            // journals each call with its answer (after the decision a `close` made, in
+            // the same ordered writer), so that row stored means the decision is too.
+            // Until then the answer is not written: an acting instance cut off now
+            // leaves the call unanswered, and the next one decides it.
             answer: format!(
                 "WITH u AS (UPDATE {s}.relayed \
                    SET answer = $2, answered_by = $3, answered_epoch = $4, answered_at = now() \
-                   WHERE id = $1 AND answer IS NULL RETURNING id) \
+                   WHERE id = $1 AND answer IS NULL \
+                     AND EXISTS (SELECT 1 FROM {s}.intake i WHERE i.conversation_id = $5 \
+                                 AND i.answer = $2 AND i.at_ms >= $6) \
+                   RETURNING id) \
                  SELECT pg_notify('{CHANNEL}', '{s} answer ' || u.id || ' ' || $2) FROM u"
             ),
             prune: format!(
@@ -158,6 +169,20 @@ impl Sql {
             ),
         }
     }
+}
+
+/// How long an answer waits for the journal to hold what it promises.
+const UNWRITTEN_FOR: Duration = Duration::from_secs(10);
+/// How far this host's wall clock may step back between taking a call and journalling
+/// it (the journal's `at_ms` is compared with the time it was taken).
+const CLOCK_SLACK_MS: i64 = 1000;
+
+/// An answer of the acting instance's event loop to a call it was handed.
+struct Answered {
+    id: i64,
+    answer: IntakeAnswer,
+    conversation_id: String,
+    taken_ms: i64,
 }
 
 /// The relay's connection and what it hears.
@@ -186,6 +211,8 @@ struct Pending {
     conversation_id: Box<str>,
     reply: oneshot::Sender<IntakeAnswer>,
     until: Instant,
+    /// Stored while this instance acted (its own intake's call).
+    own: bool,
 }
 
 /// What a notification says, for this schema.
@@ -227,9 +254,13 @@ struct Worker {
     calls: mpsc::Sender<IntakeCall>,
     /// A standby's calls waiting for their answer, by row id.
     pending: HashMap<i64, Pending>,
-    /// The acting instance's calls handed to its event loop, not answered yet.
+    /// The acting instance's calls handed to its event loop, their answers not written
+    /// yet (never taken again meanwhile).
     taken: HashSet<i64>,
-    done_tx: mpsc::UnboundedSender<(i64, IntakeAnswer)>,
+    done_tx: mpsc::UnboundedSender<Answered>,
+    /// Answers waiting for the journal to hold what they promise (tried again every
+    /// [`POLL_CALLS`], for at most [`UNWRITTEN_FOR`]).
+    unwritten: Vec<(Answered, Instant)>,
     last_prune: Option<Instant>,
 }
 
@@ -237,7 +268,7 @@ impl Worker {
     async fn run(
         mut self,
         mut forwarded: mpsc::Receiver<IntakeCall>,
-        mut done: mpsc::UnboundedReceiver<(i64, IntakeAnswer)>,
+        mut done: mpsc::UnboundedReceiver<Answered>,
         stop: CancellationToken,
     ) {
         let mut answers_tick = tokio::time::interval(POLL_ANSWERS);
@@ -254,14 +285,17 @@ impl Worker {
             tokio::select! {
                 () = stop.cancelled() => break,
                 Some(call) = forwarded.recv() => self.relay(call).await,
-                Some((id, answer)) = done.recv() => self.answered(id, answer).await,
+                Some(a) = done.recv() => self.answered(a, Instant::now()).await,
                 note = heard_next => match note {
                     Some(p) => self.on_heard(&p).await,
                     // The connection ended: the next need connects again.
                     None => self.link = None,
                 },
                 _ = answers_tick.tick() => self.poll_answers().await,
-                _ = calls_tick.tick() => self.take_calls().await,
+                _ = calls_tick.tick() => {
+                    self.write_unwritten().await;
+                    self.take_calls().await;
+                }
                 Ok(()) = self.role.changed() => self.take_calls().await,
             }
         }
@@ -305,7 +339,7 @@ impl Worker {
             tracing::warn!(
                 error,
                 "intake relay: the coordination database cannot be reached; \
-                a standby answers intake calls 503 until it can"
+                intake calls are answered 503 until it can (not stored, not accepted)"
             );
             self.outage_said = true;
         }
@@ -355,26 +389,32 @@ impl Worker {
         };
         match stored {
             Ok(row) => {
-                tracing::info!(
-                    conversation_id = id,
-                    relayed = row,
-                    "intake call relayed to the acting instance"
-                );
+                let own = self.acting().is_some();
+                if !own {
+                    tracing::info!(
+                        conversation_id = id,
+                        relayed = row,
+                        "intake call relayed to the acting instance"
+                    );
+                }
                 self.pending.insert(
                     row,
                     Pending {
                         conversation_id: call.conversation_id,
                         reply: call.reply,
                         until: Instant::now() + ANSWER_WITHIN,
+                        own,
                     },
                 );
+                // The acting instance's own call: taken at once, not at the notice.
+                self.take_calls().await;
             }
             Err(e) => {
                 if self.link.is_some() {
                     self.outage(&e);
                 }
                 tracing::warn!(conversation_id = id, error = %e,
-                    "intake call on a standby could not be relayed: answered 503 (retry)");
+                    "intake call not stored in the group's database: answered 503 (retry)");
                 crate::metrics::intake_relayed(IntakeAnswer::Standby.as_str());
                 let _ = call.reply.send(IntakeAnswer::Standby);
             }
@@ -392,12 +432,15 @@ impl Worker {
     /// Answers the caller waiting for `id`, if any still does.
     fn reply(&mut self, id: i64, answer: IntakeAnswer) {
         if let Some(p) = self.pending.remove(&id) {
-            tracing::info!(
-                conversation_id = &*p.conversation_id,
-                relayed = id,
-                result = answer.as_str(),
-                "intake call relayed: the acting instance answered"
-            );
+            // The acting instance's own calls are logged by its event loop.
+            if !p.own {
+                tracing::info!(
+                    conversation_id = &*p.conversation_id,
+                    relayed = id,
+                    result = answer.as_str(),
+                    "intake call relayed: the acting instance answered"
+                );
+            }
             crate::metrics::intake_relayed(answer.as_str());
             let _ = p.reply.send(answer);
         }
@@ -509,6 +552,7 @@ impl Worker {
                 received: Instant::now(),
                 started_ago,
                 reply,
+                stored: true,
             };
             if self.calls.try_send(call).is_err() {
                 // The event loop's queue is full: the next poll tries again.
@@ -522,47 +566,87 @@ impl Worker {
             );
             self.taken.insert(id);
             let done = self.done_tx.clone();
+            let taken_ms = crate::journal::now_ms() - CLOCK_SLACK_MS;
             tokio::spawn(async move {
                 // No answer (the loop stopped): the call stays for the next leader.
                 let answer = answer.await.unwrap_or(IntakeAnswer::ShuttingDown);
-                let _ = done.send((id, answer));
+                let _ = done.send(Answered {
+                    id,
+                    answer,
+                    conversation_id,
+                    taken_ms,
+                });
             });
         }
     }
 
-    /// The event loop answered a taken call: written back (and announced) unless it
-    /// refused it, which leaves the call to whoever acts next.
-    async fn answered(&mut self, id: i64, answer: IntakeAnswer) {
-        self.taken.remove(&id);
-        if matches!(answer, IntakeAnswer::ShuttingDown | IntakeAnswer::Standby) {
+    /// The event loop answered a taken call: written back (and announced) once the
+    /// journal holds it, unless the loop refused it, which leaves the call to whoever
+    /// acts next.
+    async fn answered(&mut self, a: Answered, since: Instant) {
+        if matches!(a.answer, IntakeAnswer::ShuttingDown | IntakeAnswer::Standby) {
+            self.taken.remove(&a.id);
             return;
         }
+        match self.write_answer(&a).await {
+            Some(true) => {
+                self.taken.remove(&a.id);
+            }
+            // The journal's row not there yet (or the database out of reach): again at
+            // the next tick.
+            Some(false) | None if since.elapsed() < UNWRITTEN_FOR => {
+                self.unwritten.push((a, since));
+            }
+            // Given up: taken again, the loop answers from what it decided
+            // (`duplicate`), which it journals; or the next leader decides it.
+            _ => {
+                tracing::debug!(relayed = a.id, "intake relay: answer not written in time");
+                self.taken.remove(&a.id);
+            }
+        }
+    }
+
+    /// The answers the journal could not vouch for yet, tried again.
+    async fn write_unwritten(&mut self) {
+        for (a, since) in std::mem::take(&mut self.unwritten) {
+            self.answered(a, since).await;
+        }
+    }
+
+    /// Writes an answer: `Some(true)` written, `Some(false)` not written (the journal's
+    /// row not stored yet, or the call answered already), `None` when the database
+    /// could not be asked.
+    async fn write_answer(&mut self, a: &Answered) -> Option<bool> {
         let epoch = self.acting().unwrap_or(0);
         let sql = self.sql.answer.clone();
         let instance = self.settings.instance.clone();
-        let text = answer.as_str();
-        let Some(c) = self.client().await else {
-            return;
-        };
+        let text = a.answer.as_str();
+        let c = self.client().await?;
         match tokio::time::timeout(
             STATEMENT,
             c.query_typed(
                 &sql,
                 &[
-                    (&id, Type::INT8),
+                    (&a.id, Type::INT8),
                     (&text, Type::TEXT),
                     (&instance, Type::TEXT),
                     (&epoch, Type::INT8),
+                    (&a.conversation_id, Type::TEXT),
+                    (&a.taken_ms, Type::INT8),
                 ],
             ),
         )
         .await
         {
-            Ok(Ok(_)) => {}
-            // Not written: the standby answers `queued` and the call is carried out
-            // again by whoever acts next (answered `duplicate` then, if it was decided).
-            Ok(Err(e)) => self.outage(&HaError::from(e).to_string()),
-            Err(_) => self.outage("no answer in time"),
+            Ok(Ok(rows)) => Some(!rows.is_empty()),
+            Ok(Err(e)) => {
+                self.outage(&HaError::from(e).to_string());
+                None
+            }
+            Err(_) => {
+                self.outage("no answer in time");
+                None
+            }
         }
     }
 

@@ -86,6 +86,9 @@ pub struct IntakeCall {
     pub started_ago: Option<Duration>,
     /// Where the event loop answers.
     pub reply: oneshot::Sender<IntakeAnswer>,
+    /// `[ha]`: taken from the group's table of stored calls (`crate::ha::relay`), to be
+    /// decided here; `false` for a call this instance's own intake read.
+    pub stored: bool,
 }
 
 /// What the event loop made of an intake call.
@@ -105,8 +108,8 @@ pub enum IntakeAnswer {
     Verifying,
     /// The daemon is shutting down and takes no new work.
     ShuttingDown,
-    /// `[ha]`: this instance stands by and could not relay the call to the acting one
-    /// (the group's database out of reach): 503, retry.
+    /// `[ha]`: the call could not be stored in the group's database (out of reach), so
+    /// it was not accepted: 503, retry.
     Standby,
     /// `[ha]`: a standby stored the call in the group's database, and the acting
     /// instance did not answer in time (a takeover under way, say): whoever acts carries
@@ -355,6 +358,7 @@ async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         received,
         started_ago,
         reply,
+        stored: false,
     };
     if shared.calls.try_send(call).is_err() {
         return error(
@@ -409,8 +413,8 @@ async fn respond(answer: oneshot::Receiver<IntakeAnswer>, conversation_id: &str)
         Ok(Ok(IntakeAnswer::Standby)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             None,
-            "standby: this instance does not act now and cannot reach the group's \
-             database to relay the call; retry (another instance, or later)",
+            "this instance cannot store the call in the group's database (out of reach); \
+             retry (another instance, or later)",
         ),
         Ok(Ok(a)) => {
             let body =

@@ -265,6 +265,7 @@ suite!(
     a_group_is_stored_whole_at_its_end_and_not_before,
     a_fenced_step_under_the_current_epoch_is_stored,
     history_shows_a_fenced_steps_epoch_and_instance,
+    the_conversations_intake_calls_left_watched_and_undecided_are_listed,
 );
 
 fn decisions_and_steps_make_unfinished_closes(fx: &dyn Fixture) {
@@ -462,6 +463,22 @@ fn intake_calls_are_recorded_and_shown(fx: &dyn Fixture) {
         b.unfinished().unwrap().is_empty(),
         "an intake call is no close"
     );
+}
+
+fn the_conversations_intake_calls_left_watched_and_undecided_are_listed(fx: &dyn Fixture) {
+    let mut b = fx.open();
+    b.intake("old", None, "watching", 5).unwrap();
+    b.intake("w1", None, "watching", 10).unwrap();
+    b.intake("w1", None, "watching", 11).unwrap();
+    b.intake("decided", None, "watching", 12).unwrap();
+    b.decision(&decision("decided", 13)).unwrap();
+    b.intake("n", Some("Hello"), "no_rule", 14).unwrap();
+    b.intake("w2", None, "watching", 15).unwrap();
+    // `verify`: waiting for Genesys's own attribute, watched too.
+    b.intake("v", Some("Goodbye"), "verifying", 16).unwrap();
+    // Listed once each, oldest first; not the decided one, not before the cut.
+    assert_eq!(b.watched_since(10).unwrap(), ["w1", "w2", "v"]);
+    assert_eq!(b.watched_since(17).unwrap(), Vec::<String>::new());
 }
 
 fn history_selects_by_conversation_time_outcome_and_unfinished(fx: &dyn Fixture) {

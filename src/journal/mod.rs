@@ -125,8 +125,9 @@ pub trait Backend: Send {
     /// many decisions went.
     fn prune(&mut self, before_ms: i64) -> Result<usize, JournalError>;
     /// Conversations an intake call left watched for their intent (answered
-    /// `watching`) at or after `since_ms` and not decided since, oldest first: a new
-    /// leader watches them again (their per-conversation topics were the old leader's).
+    /// `watching`, or `verifying`: waiting for Genesys's own attribute) at or after
+    /// `since_ms` and not decided since, oldest first: a new leader watches them again
+    /// (their per-conversation topics, and the verify read, were the old leader's).
     /// Read from the history, so both backends answer alike.
     fn watched_since(&mut self, since_ms: i64) -> Result<Vec<String>, JournalError> {
         let lines = self.history(since_ms, None)?;
@@ -138,7 +139,10 @@ pub trait Backend: Send {
         let mut seen = std::collections::HashSet::new();
         Ok(lines
             .iter()
-            .filter(|l| l.kind == EntryKind::Intake && l.answer.as_deref() == Some("watching"))
+            .filter(|l| {
+                l.kind == EntryKind::Intake
+                    && matches!(l.answer.as_deref(), Some("watching" | "verifying"))
+            })
             .map(|l| l.conversation_id.as_str())
             .filter(|id| !decided.contains(id) && seen.insert(*id))
             .map(str::to_owned)

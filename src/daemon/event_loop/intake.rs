@@ -28,12 +28,15 @@ impl EventLoop {
         let _ = call.reply.send(answer);
     }
 
-    /// `[ha]`, standing by: every call goes to the relay, which stores it for the
-    /// acting instance and answers with that instance's answer (a standby's own map
-    /// does not know what was decided: only the acting instance can say `duplicate`);
-    /// `Some` gives the call back to be answered here.
+    /// `[ha]`: every call this instance's intake reads goes to the relay first, which
+    /// stores it in the group's database and answers with the acting instance's answer
+    /// (this one's, when it acts: the relay hands it back `stored`). A call is accepted
+    /// only once stored: an acting instance cut off from the database could otherwise
+    /// answer `close` for a decision no other instance will ever see. A standby's own
+    /// map does not know what was decided either: only the acting instance can say
+    /// `duplicate`. `Some` gives the call back to be answered here.
     fn relayed(&mut self, call: IntakeCall) -> Option<IntakeCall> {
-        if self.acting || self.draining {
+        if call.stored || self.draining {
             return Some(call);
         }
         let relay = self.relay.as_ref()?;
