@@ -43,7 +43,10 @@ fn start(schema: &str, name: &str) -> Instance {
     let (tx, role) = watch::channel(Role::Standby);
     let stop = CancellationToken::new();
     let gate = std::sync::Arc::new(genesys_closer::ha::gate::SendGate::default());
-    let task = tokio::spawn(leader::run(settings, url(), tx, gate, stop.clone()));
+    let db = genesys_closer::ha::connect::Database::from(url().as_str())
+        .connector()
+        .expect("a connection string");
+    let task = tokio::spawn(leader::run(settings, db, tx, gate, stop.clone()));
     Instance { role, stop, task }
 }
 

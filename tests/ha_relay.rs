@@ -40,21 +40,22 @@ fn settings(schema: &str, instance: &str) -> RelaySettings {
 
 /// Stores an intake call with its answer in the journal's table, as the acting
 /// instance's event loop does before its answer may be written back.
-fn journal_of<'c>(
-    c: &'c tokio_postgres::Client,
-    schema: &str,
-) -> impl Fn(&'static str, &'static str) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + 'c>>
-{
-    let sql = format!(
-        "INSERT INTO {schema}.intake (conversation_id, at_ms, intent, answer) \
-         VALUES ($1, (extract(epoch from now()) * 1000)::bigint, NULL, $2)"
-    );
-    move |id, answer| {
-        let sql = sql.clone();
-        Box::pin(async move {
-            c.execute(&sql, &[&id, &answer]).await.unwrap();
-        })
-    }
+async fn journal(c: &tokio_postgres::Client, schema: &str, id: &str, answer: &str) {
+    c.execute(
+        &format!(
+            "INSERT INTO {schema}.intake (conversation_id, at_ms, intent, answer) \
+             VALUES ($1, (extract(epoch from now()) * 1000)::bigint, NULL, $2)"
+        ),
+        &[&id, &answer],
+    )
+    .await
+    .unwrap();
+}
+
+fn connector(url: &str) -> genesys_closer::ha::connect::Connector {
+    genesys_closer::ha::connect::Database::from(url)
+        .connector()
+        .expect("a connection string")
 }
 
 fn leader(epoch: i64) -> Role {
@@ -122,7 +123,7 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
     let (standby_calls, mut standby_rx) = mpsc::channel(16);
     let standby = relay::spawn(
         settings(&schema, "host-s"),
-        url(),
+        connector(&url()),
         standby_role,
         standby_calls,
     );
@@ -130,7 +131,7 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
     let (leader_calls, mut leader_rx) = mpsc::channel(16);
     let acting = relay::spawn(
         settings(&schema, "host-l"),
-        url(),
+        connector(&url()),
         leader_role,
         leader_calls,
     );
@@ -155,7 +156,6 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
     );
     // The answer is written back only once the journal holds the call with it (the
     // event loop journals each call after deciding): until then the standby waits.
-    let journal = journal_of(&c, &schema);
     got.reply.send(IntakeAnswer::Close).unwrap();
     let mut a1 = a1;
     assert!(
@@ -164,7 +164,7 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
             .is_err(),
         "answered before the journal held the call"
     );
-    journal(A, "close").await;
+    journal(&c, &schema, A, "close").await;
     assert_eq!(answer_of(a1).await, IntakeAnswer::Close);
 
     // A call the leader's loop refuses (it is stopping) is not answered with that: it
@@ -178,7 +178,7 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
         .unwrap();
     let again = handed(&mut leader_rx).await;
     assert_eq!(&*again.conversation_id, B);
-    journal(B, "duplicate").await;
+    journal(&c, &schema, B, "duplicate").await;
     again.reply.send(IntakeAnswer::Duplicate).unwrap();
     assert_eq!(answer_of(a2).await, IntakeAnswer::Duplicate);
 
@@ -191,7 +191,7 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
     leader_role_tx.send_replace(leader(5));
     let late = handed(&mut leader_rx).await;
     assert_eq!(&*late.conversation_id, C);
-    journal(C, "close").await;
+    journal(&c, &schema, C, "close").await;
     late.reply.send(IntakeAnswer::Close).unwrap();
     let row = async {
         loop {
@@ -256,7 +256,7 @@ async fn a_standby_that_cannot_reach_the_database_answers_503_at_once() {
     // Nothing listens on port 9 of loopback: refused at once.
     let r = relay::spawn(
         settings("t_relay_none", "host-s"),
-        "host=127.0.0.1 port=9 user=postgres dbname=test connect_timeout=2".into(),
+        connector("host=127.0.0.1 port=9 user=postgres dbname=test connect_timeout=2"),
         role,
         calls,
     );

@@ -2,7 +2,6 @@
 //! connection string, the role every part follows), and the channels the other
 //! instances leave it.
 
-use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
@@ -11,9 +10,12 @@ use crate::config::{Config, MAX_CHANNELS};
 /// `[ha]`: this instance in a group on PostgreSQL. The lease loop starts at once (as a
 /// standby: it acts once it holds the lease); the journal is the group's.
 pub(super) struct Group {
-    pub url: SecretString,
+    /// The connection string and `[ha] ca_file`.
+    pub database: crate::ha::connect::Database,
+    /// Connects with the TLS `sslmode` asks for (the lease loop's and the relay's).
+    pub connector: crate::ha::connect::Connector,
     /// Where the database is, for logs (no password).
-    pub database: String,
+    pub at: String,
     pub settings: crate::ha::lease::LeaseSettings,
     pub role: tokio::sync::watch::Receiver<crate::ha::leader::Role>,
     /// Every acting request passes it; the lease loop drains it before resigning.
@@ -22,9 +24,17 @@ pub(super) struct Group {
 }
 
 impl Group {
-    pub(super) fn start(ha: &crate::config::HaConfig) -> Result<Group, DaemonError> {
-        use secrecy::ExposeSecret;
-        let url = crate::ha::connect::database_url(ha).map_err(DaemonError::Setup)?;
+    pub(super) fn start(
+        config: &Config,
+        ha: &crate::config::HaConfig,
+    ) -> Result<Group, DaemonError> {
+        let database = match crate::ha::connect::Database::of(config) {
+            Some(d) => d.map_err(DaemonError::Setup)?,
+            None => return Err(DaemonError::Setup("[ha] is not set".into())),
+        };
+        let connector = database
+            .connector()
+            .map_err(|e| DaemonError::Setup(e.to_string()))?;
         let mut settings = crate::ha::connect::lease_settings(ha)
             .map_err(|e| DaemonError::Setup(e.to_string()))?;
         settings.instances = ha.instances;
@@ -33,7 +43,7 @@ impl Group {
         let gate = std::sync::Arc::new(crate::ha::gate::SendGate::default());
         let task = tokio::spawn(crate::ha::leader::run(
             settings.clone(),
-            url.expose_secret().to_owned(),
+            connector.clone(),
             tx,
             std::sync::Arc::clone(&gate),
             stop.clone(),
@@ -43,8 +53,9 @@ impl Group {
             renew_every_ms = settings.renew_every.as_millis() as u64,
             "[ha]: standing by until this instance holds the lease");
         Ok(Group {
-            database: crate::ha::connect::describe(&url),
-            url,
+            at: database.describe(),
+            database,
+            connector,
             settings,
             role,
             gate,

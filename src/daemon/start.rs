@@ -40,7 +40,7 @@ pub(super) async fn start(
     started: Instant,
 ) -> Result<Option<Running>, DaemonError> {
     let group = match &config.ha {
-        Some(ha) => Some(Group::start(ha)?),
+        Some(ha) => Some(Group::start(config, ha)?),
         None => None,
     };
     let (opened, feed_token) = open_journal(config, group.as_ref())?;
@@ -190,14 +190,13 @@ async fn assemble(
     // [ha]: intake calls on a standby go to the acting instance through the database;
     // the acting one takes them into its own queue.
     let relay = group.as_ref().map(|g| {
-        use secrecy::ExposeSecret;
         crate::ha::relay::spawn(
             crate::ha::relay::RelaySettings {
                 schema: g.settings.schema.clone(),
                 lease_name: g.settings.name.clone(),
                 instance: g.settings.instance.clone(),
             },
-            g.url.expose_secret().to_owned(),
+            g.connector.clone(),
             g.role.clone(),
             ends.calls.clone(),
         )
@@ -513,10 +512,10 @@ pub(super) fn open_journal(
     let opened = match group {
         None => crate::journal::open_with(&config.daemon.state_dir, since, sinks)?,
         Some(g) => {
-            tracing::info!(database = %g.database, schema = %g.settings.schema,
+            tracing::info!(database = %g.at, schema = %g.settings.schema,
                 instance = %g.settings.instance, "journal: the group's, on PostgreSQL");
             crate::journal::open_postgres(
-                g.url.clone(),
+                g.database.clone(),
                 g.settings.clone(),
                 g.role.clone(),
                 since,

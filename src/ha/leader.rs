@@ -17,10 +17,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::HaError;
+use super::connect::Connector;
 use super::lease::{Held, Lease, LeaseSettings, NOTIFY_CHANNEL, Renewed};
 
 /// What this instance is now.
@@ -68,8 +69,8 @@ struct Link {
     resigned: mpsc::UnboundedReceiver<()>,
 }
 
-async fn link(conn_str: &str) -> Result<Link, HaError> {
-    let (client, mut conn) = tokio_postgres::connect(conn_str, NoTls).await?;
+async fn link(db: &Connector) -> Result<Link, HaError> {
+    let (client, mut conn) = db.connect().await?;
     let (tx, resigned) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -89,7 +90,7 @@ async fn link(conn_str: &str) -> Result<Link, HaError> {
 /// `renew_every`). Every change of role is sent on `role`.
 pub async fn run(
     settings: LeaseSettings,
-    conn_str: String,
+    db: Connector,
     role: watch::Sender<Role>,
     gate: std::sync::Arc<super::gate::SendGate>,
     stop: CancellationToken,
@@ -102,7 +103,7 @@ pub async fn run(
     let mut migrated = false;
     let mut seen_said = 0;
     loop {
-        let Some(l) = connected(&mut link, &conn_str, every, &stop).await else {
+        let Some(l) = connected(&mut link, &db, every, &stop).await else {
             break;
         };
         // The lease's table first (on a fresh database the journal, opening meanwhile,
@@ -193,12 +194,12 @@ async fn members(lease: &Lease, db: &Client, said: i64) -> i64 {
 /// The link, (re)connecting while the lease loop runs; `None` once stopped.
 async fn connected<'l>(
     link: &'l mut Option<Link>,
-    conn_str: &str,
+    db: &Connector,
     every: Duration,
     stop: &CancellationToken,
 ) -> Option<&'l mut Link> {
     while link.is_none() {
-        let attempt = tokio::time::timeout(every, self::link(conn_str));
+        let attempt = tokio::time::timeout(every, self::link(db));
         tokio::select! {
             () = stop.cancelled() => return None,
             r = attempt => match r {

@@ -32,10 +32,11 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_postgres::types::Type;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use super::HaError;
+use super::connect::Connector;
 use super::leader::Role;
 use crate::intake::{IntakeAnswer, IntakeCall};
 
@@ -87,7 +88,7 @@ pub struct Relay {
 /// takes from the database goes there, as the intake's own calls do.
 pub fn spawn(
     settings: RelaySettings,
-    conn_str: String,
+    db: Connector,
     role: watch::Receiver<Role>,
     calls: mpsc::Sender<IntakeCall>,
 ) -> Relay {
@@ -97,7 +98,7 @@ pub fn spawn(
     let worker = Worker {
         sql: Sql::new(&settings.schema),
         settings,
-        conn_str,
+        db,
         link: None,
         last_attempt: None,
         outage_said: false,
@@ -191,8 +192,8 @@ struct Link {
     heard: mpsc::UnboundedReceiver<String>,
 }
 
-async fn link(conn_str: &str) -> Result<Link, HaError> {
-    let (client, mut conn) = tokio_postgres::connect(conn_str, NoTls).await?;
+async fn link(db: &Connector) -> Result<Link, HaError> {
+    let (client, mut conn) = db.connect().await?;
     let (tx, heard) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -245,7 +246,7 @@ fn heard(schema: &str, payload: &str) -> Option<Heard> {
 struct Worker {
     settings: RelaySettings,
     sql: Sql,
-    conn_str: String,
+    db: Connector,
     link: Option<Link>,
     last_attempt: Option<Instant>,
     /// Said once per outage.
@@ -318,7 +319,7 @@ impl Worker {
                 return None;
             }
             self.last_attempt = Some(Instant::now());
-            match tokio::time::timeout(STATEMENT * 2, link(&self.conn_str)).await {
+            match tokio::time::timeout(STATEMENT * 2, link(&self.db)).await {
                 Ok(Ok(l)) => {
                     if self.outage_said {
                         tracing::info!("intake relay: the coordination database answers again");
