@@ -712,17 +712,17 @@ fn history_shows_a_fenced_steps_epoch_and_instance(fx: &dyn Fixture) {
         [
             ("decision", None, None),
             ("step", fenced.0, fenced.1),
-            ("step", None, None),
+            ("step", fenced.0, fenced.1),
             ("outcome", None, None),
             ("intake", None, None),
         ],
-        "only the fenced step carries an epoch and instance, and only where there is a lease"
+        "every step carries the epoch and instance that wrote it, where there is a lease"
     );
     let json = serde_json::to_value(&h[1]).unwrap();
     assert_eq!(json.get("epoch").and_then(|v| v.as_i64()), fenced.0);
     assert_eq!(json.get("instance").and_then(|v| v.as_str()), fenced.1);
-    let plain = serde_json::to_value(&h[2]).unwrap();
-    assert!(plain.get("epoch").is_none() && plain.get("instance").is_none());
+    let decision = serde_json::to_value(&h[0]).unwrap();
+    assert!(decision.get("epoch").is_none() && decision.get("instance").is_none());
 }
 
 /// `(conversation, step, epoch, instance)` of every step row.
@@ -783,7 +783,13 @@ fn postgres_refuses_a_fenced_step_under_a_stale_epoch() {
                 Some(first),
                 Some("host-a".to_owned())
             ),
-            ("c2".to_owned(), "noted".to_owned(), None, None),
+            // Written by A after it lost the lease: its instance, no epoch.
+            (
+                "c2".to_owned(),
+                "noted".to_owned(),
+                None,
+                Some("host-a".to_owned())
+            ),
             (
                 "c2".to_owned(),
                 "about_to_send:patch_conversation".to_owned(),

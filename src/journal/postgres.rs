@@ -182,8 +182,14 @@ impl Sql {
                     reason = NULL, correlation_id = NULL, requests = NULL, latency_ms = NULL
                  WHERE d.outcome IS NOT NULL"
             ),
+            // In a group every step names the instance that wrote it and the epoch it
+            // held then (none once it lost the lease); one instance on PostgreSQL
+            // (no lease) writes neither.
             step: format!(
-                "INSERT INTO {s}.steps (conversation_id, at_ms, step) VALUES ($1, $2, $3)"
+                "INSERT INTO {s}.steps (conversation_id, at_ms, step, epoch, instance)
+                 SELECT $1, $2, $3,
+                        (SELECT l.epoch FROM {s}.lease l WHERE l.name = $4 AND l.holder = $5),
+                        $5"
             ),
             outcome: format!(
                 "UPDATE {s}.decisions SET outcome = $2, outcome_ms = $3, reason = $4,
@@ -686,10 +692,14 @@ impl Backend for PostgresBackend {
 
     fn step(&mut self, conversation_id: &str, step: &str, at_ms: i64) -> Result<(), JournalError> {
         self.exec(Shape::One, async |c, x| {
+            let name = x.lease.as_ref().map(|l| l.name.as_str());
+            let instance = x.lease.as_ref().map(|l| l.instance.as_str());
             let p: &Params = &[
                 (&conversation_id, Type::TEXT),
                 (&at_ms, Type::INT8),
                 (&step, Type::TEXT),
+                (&name, Type::TEXT),
+                (&instance, Type::TEXT),
             ];
             c.execute_typed(&x.sql.step, p).await?;
             Ok(())
