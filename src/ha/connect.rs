@@ -24,6 +24,7 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -684,3 +685,61 @@ impl ServerCertVerifier for ChainOnly {
 #[cfg(test)]
 #[path = "connect_tests.rs"]
 mod tests;
+
+/// What `check --online` learns of the coordination database, changing nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The server's `server_version` (`15.20 (Debian 15.20-0+deb12u1)`).
+    pub server_version: String,
+    /// The schema's migration version; `None`: the schema holds no migrations table (no
+    /// instance has started on it yet).
+    pub schema_version: Option<i32>,
+    /// How TLS checks the server (from `sslmode` and `ca_file`).
+    pub check: Check,
+}
+
+/// Connects to `database` once and reads its server version and `schema`'s migration
+/// version, all within `within` (connecting included); nothing is written. Call inside
+/// a tokio runtime.
+pub async fn probe(database: &Database, schema: &str, within: Duration) -> Result<Probe, HaError> {
+    super::valid_schema(schema)?;
+    let mut connector = database.connector()?;
+    let config = connector.config_mut();
+    if config.get_connect_timeout().is_none_or(|t| *t > within) {
+        config.connect_timeout(within);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("genesys-closer check");
+    }
+    let check = connector.check();
+    let asked = async {
+        let (client, conn) = connector.connect().await?;
+        let session = tokio::spawn(conn);
+        let read = async {
+            let version = client
+                .simple_query("SHOW server_version")
+                .await
+                .map_err(|e| HaError::Db(explain(&e)))?
+                .into_iter()
+                .find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            let schema_version = super::schema::applied(&client, schema).await?;
+            Ok::<_, HaError>((version, schema_version))
+        }
+        .await;
+        drop(client);
+        let _ = session.await;
+        read
+    };
+    let (server_version, schema_version) = tokio::time::timeout(within, asked)
+        .await
+        .map_err(|_| HaError::Timeout(within.as_millis()))??;
+    Ok(Probe {
+        server_version,
+        schema_version,
+        check,
+    })
+}
