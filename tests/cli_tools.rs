@@ -559,8 +559,8 @@ fn the_simulators_printed_config_is_one_to_paste() {
 }
 
 /// `history` with `[ha]` reads the group's journal on PostgreSQL (127.0.0.1:5432, or
-/// GENESYS_CLOSER_TEST_PG), each fenced step with the epoch and instance it was written
-/// under; a schema without a journal and an unreachable database are clear errors (exit
+/// GENESYS_CLOSER_TEST_PG), each step with the epoch and instance it was written under
+/// (`-` for one written without a lease); a schema without a journal and an unreachable database are clear errors (exit
 /// 1) that never show the password.
 #[test]
 fn history_reads_the_groups_journal_with_epochs_and_instances() {
@@ -669,6 +669,10 @@ intents = ["Goodbye"]
         .step("c1", "sent:patch_conversation", now - 1_800)
         .unwrap();
     drop(journal);
+    // One instance on PostgreSQL (no lease) writes neither epoch nor instance.
+    let mut alone = PostgresBackend::connect(&url, &schema, None).expect("the journal connects");
+    alone.step("c1", "read:closed", now - 1_700).unwrap();
+    drop(alone);
 
     let (code, out, err) = history(&url, &schema, &["--json"]);
     assert_eq!(code, Some(0), "{err}");
@@ -692,6 +696,7 @@ intents = ["Goodbye"]
         [
             ("decision", None, None),
             ("step", Some(epoch), Some("host-a")),
+            ("step", Some(epoch), Some("host-a")),
             ("step", None, None),
         ],
         "{out}"
@@ -701,7 +706,7 @@ intents = ["Goodbye"]
     assert!(
         out.contains(&format!(
             "step      {epoch}/host-a  about_to_send:patch_conversation\n"
-        )),
+        )) && out.contains("step      -         read:closed\n"),
         "{out}"
     );
     assert!(out.contains("1 decision, 1 unfinished"), "{out}");
