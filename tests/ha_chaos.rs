@@ -259,9 +259,6 @@ async fn three_instances_leader_connections_terminated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "daemon defect (issue 16): intake calls the cut-off leader answers 202 `close` \
-            within its trust window are journalled nowhere the next leader reads, and are \
-            never closed; bench/ha-chaos.sh runs it"]
 async fn three_instances_leader_database_traffic_black_holed() {
     scenario(
         "3 instances: leader's database traffic black-holed",
@@ -273,9 +270,6 @@ async fn three_instances_leader_database_traffic_black_holed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "daemon defect (issue 16): the leader resigns with a disconnect still in flight, \
-            the next leader resumes that close and sends a second accepted disconnect (3 runs \
-            in 4); bench/ha-chaos.sh runs it"]
 async fn three_instances_sigterm_hands_over() {
     scenario(
         "3 instances: SIGTERM hand-over",
