@@ -45,6 +45,7 @@ fn start_on(db_url: &str, sim_url: &str, schema: &str, instance: &str) -> Member
         lease_ttl: Duration::from_secs(120),
         renew_every: Duration::from_millis(500),
         instances: 2,
+        ca_file: None,
     });
     genesys_closer::telemetry::init_logging(&config.log);
     let stop = CancellationToken::new();

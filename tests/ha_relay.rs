@@ -282,6 +282,7 @@ fn member(
         lease_ttl: Duration::from_secs(120),
         renew_every: Duration::from_millis(500),
         instances: 2,
+        ca_file: None,
     });
     config
 }

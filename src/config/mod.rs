@@ -82,11 +82,6 @@ pub struct Config {
     /// `[ha]`: several instances on one PostgreSQL, exactly one acting; `None`: off
     /// (one instance, the SQLite journal under `state_dir`).
     pub ha: Option<HaConfig>,
-    /// `[ha] ca_file`: PEM certificates the coordination database's certificate is
-    /// checked against besides the system's roots (`sslmode=verify-ca`, `verify-full`,
-    /// or `require`, which it makes check the chain). Kept here rather than in
-    /// [`HaConfig`], which tests build field by field.
-    pub ha_ca_file: Option<PathBuf>,
     /// Rules in file order; the first that matches decides.
     pub rules: Vec<RuleConfig>,
 }
@@ -171,6 +166,10 @@ pub struct HaConfig {
     /// How many instances the group runs on one OAuth client (their channels count
     /// against its 20). Default 2.
     pub instances: usize,
+    /// `ca_file`: PEM certificates the coordination database's certificate is checked
+    /// against besides the system's roots (`sslmode=verify-ca`, `verify-full`, or
+    /// `require`, which it makes check the chain).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where `[ha]`'s connection string comes from.

@@ -300,7 +300,10 @@ fn a_group_reads_its_ca_file_as_run_does() {
     };
     let missing = dir.path().join("no-ca.pem");
     let config = group("host=db.example.com sslmode=verify-full", &missing);
-    assert_eq!(config.ha_ca_file.as_deref(), Some(missing.as_path()));
+    assert_eq!(
+        config.ha.as_ref().and_then(|h| h.ca_file.as_deref()),
+        Some(missing.as_path())
+    );
     let findings = inspect(&config, Path::new("t.toml"));
     assert!(
         matches!(&findings.refusals()[..], [Refusal::DatabaseUrl(why)]

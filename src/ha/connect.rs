@@ -167,7 +167,7 @@ impl Database {
     /// it holds).
     pub fn of(config: &Config) -> Option<Result<Database, String>> {
         let ha = config.ha.as_ref()?;
-        Some(database_url(ha).map(|url| Database::new(url, config.ha_ca_file.clone())))
+        Some(database_url(ha).map(|url| Database::new(url, ha.ca_file.clone())))
     }
 
     /// The connection string (it may hold a password: never log it).

@@ -189,6 +189,7 @@ fn parse_errors_name_the_option_never_the_string() {
             lease_ttl: std::time::Duration::from_secs(10),
             renew_every: std::time::Duration::from_secs(2),
             instances: 2,
+            ca_file: None,
         })
         .expect_err("refused at start too");
         assert!(!e.contains(secret) && e.contains(want), "{e}");

@@ -79,8 +79,10 @@ impl Checker<'_> {
                 return None;
             }
         };
+        let ca_file = self.nonempty_string(t, "ca_file").map(PathBuf::from);
         Some(HaConfig {
             instances,
+            ca_file,
             database_url,
             schema,
             lease_name,
@@ -88,13 +90,6 @@ impl Checker<'_> {
             lease_ttl,
             renew_every,
         })
-    }
-
-    /// `[ha] ca_file`: a path (its certificates are read by `check`'s findings and by
-    /// `run` through one function, `ha::connect::load_ca_file`).
-    pub(super) fn ha_ca_file(&mut self, root: &dyn TableLike) -> Option<PathBuf> {
-        let t = root.get("ha")?.as_table_like()?;
-        self.nonempty_string(t, "ca_file").map(PathBuf::from)
     }
 
     /// `database_url`, `database_url_file`, the credential, or the environment (at most

@@ -190,7 +190,6 @@ impl Checker<'_> {
         let metrics = self.metrics(root);
         let feed = self.feed(root);
         let ha = self.ha(root);
-        let ha_ca_file = self.ha_ca_file(root);
         Some(Config {
             daemon,
             source: self.file.to_path_buf(),
@@ -203,7 +202,6 @@ impl Checker<'_> {
             metrics,
             feed,
             ha,
-            ha_ca_file,
             rules,
         })
     }
