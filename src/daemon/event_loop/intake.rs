@@ -6,10 +6,11 @@ use crate::genesys::frames::{ConversationEvent, Source};
 impl EventLoop {
     /// An intake call: decide, watch, or verify, and answer at once.
     pub fn on_intake(&mut self, call: IntakeCall) {
-        self.stats.intake_calls.inc();
         let Some(call) = self.relayed(call) else {
             return;
         };
+        // Counted once, where it is decided (in a group, when it comes back stored).
+        self.stats.intake_calls.inc();
         let answer = self.intake_answer(&call);
         tracing::info!(
             conversation_id = &*call.conversation_id,
@@ -24,6 +25,17 @@ impl EventLoop {
                 call.intent.as_deref(),
                 answer.as_str(),
             );
+            if call.stored {
+                // `[ha]`: the relay writes the answer back only once the journal holds
+                // the call (and the decision before it): answered after they are
+                // stored, its first try finds them.
+                let journal = self.closer.journal.clone();
+                tokio::spawn(async move {
+                    let _ = journal.flush().await;
+                    let _ = call.reply.send(answer);
+                });
+                return;
+            }
         }
         let _ = call.reply.send(answer);
     }
