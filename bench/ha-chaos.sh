@@ -53,8 +53,8 @@ for _ in $(seq 1 "$rounds"); do
     fi
     failed+=("${f[@]}")
   fi
-  grep '^CHAOS|' "$log" >>"$out" || true
 done
+grep '^CHAOS|' "$log" >>"$out" || true
 echo "| scenario | matched | confirmed | lost | duplicate disconnects | duplicate farewells | stale-epoch requests | takeover ms |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 sort "$out" | awk -F'|' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $2, $3, $4, $5, $6, $7, $8, $9 }'
