@@ -133,21 +133,22 @@ impl IntakeAnswer {
         }
     }
 
+    /// Every answer.
+    pub const ALL: [IntakeAnswer; 9] = [
+        IntakeAnswer::Close,
+        IntakeAnswer::NoRule,
+        IntakeAnswer::Duplicate,
+        IntakeAnswer::AlreadyClosed,
+        IntakeAnswer::Watching,
+        IntakeAnswer::Verifying,
+        IntakeAnswer::ShuttingDown,
+        IntakeAnswer::Standby,
+        IntakeAnswer::Queued,
+    ];
+
     /// The answer an `as_str` value names (the group's relay stores answers as text).
     pub fn parse(text: &str) -> Option<IntakeAnswer> {
-        [
-            IntakeAnswer::Close,
-            IntakeAnswer::NoRule,
-            IntakeAnswer::Duplicate,
-            IntakeAnswer::AlreadyClosed,
-            IntakeAnswer::Watching,
-            IntakeAnswer::Verifying,
-            IntakeAnswer::ShuttingDown,
-            IntakeAnswer::Standby,
-            IntakeAnswer::Queued,
-        ]
-        .into_iter()
-        .find(|a| a.as_str() == text)
+        Self::ALL.into_iter().find(|a| a.as_str() == text)
     }
 }
 

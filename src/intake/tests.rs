@@ -156,18 +156,16 @@ fn credentials_are_checked_by_digest() {
 
 #[test]
 fn every_answer_reads_back_from_its_text() {
-    use super::IntakeAnswer::*;
-    for a in [
-        Close,
-        NoRule,
-        Duplicate,
-        AlreadyClosed,
-        Watching,
-        Verifying,
-        ShuttingDown,
-        Standby,
-        Queued,
-    ] {
+    let texts: std::collections::HashSet<&str> = super::IntakeAnswer::ALL
+        .iter()
+        .map(|a| a.as_str())
+        .collect();
+    assert_eq!(
+        texts.len(),
+        super::IntakeAnswer::ALL.len(),
+        "each has its own text"
+    );
+    for a in super::IntakeAnswer::ALL {
         assert_eq!(super::IntakeAnswer::parse(a.as_str()), Some(a));
     }
     assert_eq!(super::IntakeAnswer::parse("closed"), None);
