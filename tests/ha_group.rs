@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::ha::acts;
 use common::*;
 use genesys_closer::config::{DatabaseUrl, HaConfig};
 use genesys_closer::daemon::{self, RunOptions};
@@ -125,14 +126,6 @@ fn disconnects(sim: &genesys_sim::SimHandle, id: &str) -> usize {
         .iter()
         .filter(|r| r.method == "PATCH" && r.path.ends_with(id) && r.status / 100 == 2)
         .count()
-}
-
-/// Whether a recorded request acts on a conversation (a disconnect, a teardown, a
-/// farewell or a wrap-up), as opposed to reads, channels and subscriptions.
-fn acts(r: &genesys_sim::RecordedRequest) -> bool {
-    (r.method == "PATCH" && r.path.starts_with("/api/v2/conversations/"))
-        || (r.method == "POST"
-            && (r.path.ends_with("/disconnect") || r.path.contains("/communications/")))
 }
 
 /// Requests acting on conversations sent under `epoch` at or after `since`.

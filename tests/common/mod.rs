@@ -1,6 +1,7 @@
 //! Shared harness: the simulator plus the daemon on loopback, driven through the library.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod ha;
 mod ids;
 
 use std::path::Path;

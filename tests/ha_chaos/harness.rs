@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+pub use crate::common::ha::{acts, who};
 use crate::common::{FLOW, INTAKE_TOKEN, QUEUE, bot, conversation};
 
 /// The group's lease: short, so a takeover after a kill comes within seconds.
@@ -1277,31 +1278,12 @@ async fn one_intake_call(
 // ---------------------------------------------------------------------------------
 // The invariants, from the simulator's request log.
 
-/// Whether a recorded request acts on a conversation (a disconnect, a teardown, a
-/// farewell or a wrap-up), as opposed to reads, channels and subscriptions.
-pub fn acts(r: &RecordedRequest) -> bool {
-    (r.method == "PATCH" && r.path.starts_with("/api/v2/conversations/"))
-        || (r.method == "POST"
-            && (r.path.ends_with("/disconnect") || r.path.contains("/communications/")))
-}
-
 fn is_disconnect(r: &RecordedRequest) -> bool {
     r.method == "PATCH" && r.path.starts_with("/api/v2/conversations/")
 }
 
 fn is_farewell(r: &RecordedRequest) -> bool {
     r.method == "POST" && r.path.contains("/communications/") && r.path.ends_with("/messages")
-}
-
-/// (instance, epoch) from a User-Agent `genesys-closer/V (host-a; epoch 3)`; epoch
-/// `None` for `standby`.
-pub fn who(r: &RecordedRequest) -> Option<(String, Option<i64>)> {
-    let ua = r.user_agent.as_deref()?;
-    let (_, inside) = ua.split_once('(')?;
-    let inside = inside.trim_end_matches(')');
-    let (instance, role) = inside.split_once("; ")?;
-    let epoch = role.strip_prefix("epoch ").and_then(|e| e.parse().ok());
-    Some((instance.to_owned(), epoch))
 }
 
 /// The most of `times` (sorted) that fall in any window of length `window`.
