@@ -380,6 +380,7 @@ async fn the_wrapup_runs_when_the_close_is_seen_while_a_503_is_retried() {
         subs: Subscriptions::disabled("not needed here"),
         journal: opened.journal.clone(),
         running: Arc::new(Semaphore::new(4)),
+        in_progress: Default::default(),
     };
 
     let id = sim.create_conversation(with_agent(Some("Goodbye")));

@@ -77,6 +77,7 @@ fn call(id: &str, intent: Option<&str>) -> (IntakeCall, oneshot::Receiver<Intake
             started_ago: Some(Duration::from_secs(3)),
             reply,
             stored: false,
+            earlier_steps: None,
         },
         answer,
     )
@@ -101,6 +102,7 @@ const A: &str = "0a0a0a0a-0000-4000-8000-00000000000a";
 const B: &str = "0b0b0b0b-0000-4000-8000-00000000000b";
 const C: &str = "0c0c0c0c-0000-4000-8000-00000000000c";
 const D: &str = "0d0d0d0d-0000-4000-8000-00000000000d";
+const E: &str = "0e0e0e0e-0000-4000-8000-00000000000e";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_answers_with_what_the_acting_instance_decided() {
@@ -221,6 +223,25 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
         .expect("the answer is written back");
     assert_eq!(row, ("close".into(), "host-l".into(), 5, "host-s".into()));
 
+    // A leader takes E, stores a step of its close, and is cut off before its
+    // decision or answer reach the database (it stops acting, the call unanswered).
+    let (c5, _a5) = call(E, Some("Goodbye"));
+    standby.forward.send(c5).await.unwrap();
+    let cut_off = handed(&mut leader_rx).await;
+    assert_eq!(&*cut_off.conversation_id, E);
+    assert_eq!(cut_off.earlier_steps, None, "first taken: nothing earlier");
+    c.execute(
+        &format!(
+            "INSERT INTO {schema}.steps (conversation_id, at_ms, step, epoch, instance) \
+             VALUES ($1, 1, 'about_to_send:patch_conversation', 5, 'host-l')"
+        ),
+        &[&E],
+    )
+    .await
+    .unwrap();
+    leader_role_tx.send_replace(Role::Standby);
+    drop(cut_off);
+
     // A leader whose epoch is no longer the lease's takes nothing.
     c.execute(
         &format!("UPDATE {schema}.lease SET epoch = 6, holder = 'host-n'"),
@@ -240,7 +261,27 @@ async fn a_standby_answers_with_what_the_acting_instance_decided() {
         "the standby handed itself nothing"
     );
 
-    for r in [standby, acting] {
+    // The next leader takes both: E with the steps the earlier one stored (it may
+    // have acted: the close is resumed, not started afresh), D with none.
+    let (_, next_role) = watch::channel(leader(6));
+    let (next_calls, mut next_rx) = mpsc::channel(16);
+    let next = relay::spawn(
+        settings(&schema, "host-n"),
+        connector(&url()),
+        next_role,
+        next_calls,
+    );
+    let again = handed(&mut next_rx).await;
+    assert_eq!(&*again.conversation_id, E, "oldest first");
+    assert_eq!(
+        again.earlier_steps.as_deref(),
+        Some(&["about_to_send:patch_conversation".to_owned()][..])
+    );
+    let fresh = handed(&mut next_rx).await;
+    assert_eq!(&*fresh.conversation_id, D);
+    assert_eq!(fresh.earlier_steps, None);
+
+    for r in [standby, acting, next] {
         r.stop.cancel();
         r.task.await.unwrap();
     }

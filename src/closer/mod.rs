@@ -81,6 +81,10 @@ pub struct Resume {
     pub steps: Vec<Step>,
     /// Stored steps that are no [`Step`] this version knows, as stored.
     pub unreadable: Vec<String>,
+    /// `[ha]`: steps an earlier leader stored for a close whose decision never reached
+    /// the journal (its write failed as it was cut off): the decision is journalled
+    /// now, as a new one's is.
+    pub orphan: bool,
 }
 
 /// Whether an unreadable journalled step was said at warn already (once per process).
@@ -112,6 +116,16 @@ impl Resume {
             }
         }
         r
+    }
+
+    /// `[ha]`: the steps an earlier leader stored for `conversation_id` with no
+    /// decision in the journal: resumed like any unfinished close (read first, no
+    /// second farewell), its decision journalled now.
+    pub fn orphan(conversation_id: &str, stored: Vec<String>) -> Resume {
+        Resume {
+            orphan: true,
+            ..Resume::from_journal(conversation_id, stored)
+        }
     }
 
     /// Whether the step was journalled.
@@ -257,6 +271,18 @@ pub struct Closer {
     /// Bounds the sequences running at once (`[daemon] max_concurrent_closes`); the
     /// others wait their turn in decision order.
     pub running: Arc<Semaphore>,
+    /// Conversations whose close sequence runs now (from its start to its end, whatever
+    /// step it is at): a takeover after a trust lapse must not start a second one.
+    pub in_progress: Arc<dashmap::DashSet<Box<str>>>,
+}
+
+/// Keeps a conversation in [`Closer::in_progress`] while its sequence runs.
+struct InProgress(Arc<dashmap::DashSet<Box<str>>>, Box<str>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.remove(&self.1);
+    }
 }
 
 /// The journal's record of a decision.
@@ -278,11 +304,17 @@ impl Closer {
     /// Starts the close sequence for `decision` in the background. A new decision is
     /// journalled first (queued ahead of its steps); a resumed one already is.
     pub fn start(&self, decision: Decision) {
-        if decision.resume.is_none() {
+        if decision.resume.as_ref().is_none_or(|r| r.orphan) {
             self.journal.decision(decision_record(&decision, false));
         }
         let this = self.clone();
+        self.in_progress.insert(decision.conversation_id.clone());
+        let running = InProgress(
+            Arc::clone(&self.in_progress),
+            decision.conversation_id.clone(),
+        );
         self.tracker.spawn(async move {
+            let _running = running;
             // Left unfinished (stopping while no token could be had): no outcome, so
             // the journal keeps the close and the next start resumes it.
             let Some(report) = this.sequence(decision).await else {

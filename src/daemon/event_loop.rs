@@ -74,6 +74,9 @@ pub(crate) struct EventLoop {
     /// `[ha]`: where a standby relays intake calls to the acting instance (through the
     /// group's database, `crate::ha::relay`).
     pub relay: Option<mpsc::Sender<IntakeCall>>,
+    /// `[ha]`: what an earlier leader stored of a close whose decision never reached
+    /// the journal, for the decision the call being decided now makes.
+    pub orphans: HashMap<Box<str>, crate::closer::Resume>,
     /// Watched conversations whose topics are not live yet, with what decides whether
     /// they are read once the topics are (those not here: when we first heard of them).
     pub owed_catchup: HashMap<Box<str>, Catchup>,
@@ -140,7 +143,7 @@ impl EventLoop {
             decided_at: received,
             source: ev.source,
             watch: !m.seen_on_topic,
-            resume: None,
+            resume: self.orphans.remove(&ev.conversation_id),
             event_correlation_id: ev.correlation_id.clone(),
         });
         if matches!(ev.source, Source::Read | Source::Recovery) {

@@ -455,9 +455,9 @@ impl Running {
         self.lp
             .store
             .bury_decided(finished.iter().map(String::as_str));
-        // A close still running here (a lease lost and taken back) is not started twice.
-        let running: std::collections::HashSet<Box<str>> =
-            self.lp.waiters.ids().into_iter().collect();
+        // A close still running here (a lease lost and taken back, a trust window that
+        // lapsed and came back), at whatever step, is not started twice.
+        let running = &self.lp.closer.in_progress;
         unfinished.retain(|u| !running.contains(u.decision.conversation_id.as_str()));
         self.lp.hold(&unfinished);
         let resumed = unfinished.len();

@@ -172,6 +172,7 @@ async fn assemble(
         running: Arc::new(tokio::sync::Semaphore::new(
             config.daemon.max_concurrent_closes,
         )),
+        in_progress: Default::default(),
     };
     let forward = forward_reports(reports_rx, opts.reports.take(), notice_tx.clone());
     // Metrics and health (`[metrics]`), until `run` returns.
@@ -221,6 +222,7 @@ async fn assemble(
         // In a group, nothing is decided until the lease is taken.
         acting: group.is_none(),
         relay: relay.as_ref().map(|r| r.forward.clone()),
+        orphans: Default::default(),
         owed_catchup: Default::default(),
         verifying: Default::default(),
         resyncing: Default::default(),

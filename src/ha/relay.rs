@@ -120,6 +120,7 @@ pub fn spawn(
 
 /// The statements, with the schema written in.
 struct Sql {
+    steps: String,
     insert: String,
     answers: String,
     take: String,
@@ -141,15 +142,22 @@ impl Sql {
             ),
             // Only while this instance's epoch is the lease's current one: a leader that
             // lost the lease takes nothing more.
+            // Claimed under this epoch, with the epoch that took it before (if any):
+            // a call an earlier leader took may have been acted on.
+            // Claimed under this epoch; the epoch that first took it comes back: a
+            // call an earlier leader took may have been acted on.
             take: format!(
-                "SELECT r.id, r.conversation_id, r.intent, r.attributes, r.event_ms, \
-                        r.received_by \
-                 FROM {s}.relayed r \
-                 WHERE r.answer IS NULL AND r.id <> ALL($1) \
-                   AND EXISTS (SELECT 1 FROM {s}.lease l \
-                               WHERE l.name = $2 AND l.epoch = $3 AND l.holder = $4) \
-                 ORDER BY r.id LIMIT {BATCH}"
+                "UPDATE {s}.relayed r SET first_taken_epoch = coalesce(r.first_taken_epoch, $3) \
+                 FROM (SELECT id FROM {s}.relayed \
+                       WHERE answer IS NULL AND id <> ALL($1) \
+                         AND EXISTS (SELECT 1 FROM {s}.lease l \
+                                     WHERE l.name = $2 AND l.epoch = $3 AND l.holder = $4) \
+                       ORDER BY id LIMIT {BATCH} FOR UPDATE SKIP LOCKED) t \
+                 WHERE r.id = t.id \
+                 RETURNING r.id, r.conversation_id, r.intent, r.attributes, r.event_ms, \
+                           r.received_by, r.first_taken_epoch"
             ),
+            steps: format!("SELECT step FROM {s}.steps WHERE conversation_id = $1 ORDER BY id"),
             // Only once the journal holds what the answer promises: the event loop
             // journals each call with its answer (after the decision a `close` made, in
             // the same ordered writer), so that row stored means the decision is too.
@@ -509,7 +517,7 @@ impl Worker {
         let Some(c) = self.client().await else {
             return;
         };
-        let rows = match tokio::time::timeout(
+        let mut rows = match tokio::time::timeout(
             STATEMENT,
             c.query_typed(
                 &sql,
@@ -527,7 +535,18 @@ impl Worker {
             Ok(Err(e)) => return self.outage(&HaError::from(e).to_string()),
             Err(_) => return self.outage("no answer in time"),
         };
+        rows.sort_by_key(|r| r.get::<_, i64>(0));
         for row in rows {
+            let first: Option<i64> = row.get(6);
+            let conversation: String = row.get(1);
+            let earlier_steps = match first {
+                Some(e) if e < epoch => match self.earlier_steps(&conversation).await {
+                    Some(steps) => Some(steps),
+                    // Not knowing what an earlier leader did, nothing is decided now.
+                    None => return,
+                },
+                _ => None,
+            };
             let id: i64 = row.get(0);
             let conversation_id: String = row.get(1);
             let intent: Option<String> = row.get(2);
@@ -554,6 +573,7 @@ impl Worker {
                 started_ago,
                 reply,
                 stored: true,
+                earlier_steps,
             };
             if self.calls.try_send(call).is_err() {
                 // The event loop's queue is full: the next poll tries again.
@@ -578,6 +598,29 @@ impl Worker {
                     taken_ms,
                 });
             });
+        }
+    }
+
+    /// The steps the journal holds for `conversation_id` (a call an earlier leader
+    /// took); `None` when they cannot be read.
+    async fn earlier_steps(&mut self, conversation_id: &str) -> Option<Vec<String>> {
+        let sql = self.sql.steps.clone();
+        let c = self.client().await?;
+        match tokio::time::timeout(
+            STATEMENT,
+            c.query_typed(&sql, &[(&conversation_id, Type::TEXT)]),
+        )
+        .await
+        {
+            Ok(Ok(rows)) => Some(rows.iter().map(|r| r.get::<_, String>(0)).collect()),
+            Ok(Err(e)) => {
+                self.outage(&HaError::from(e).to_string());
+                None
+            }
+            Err(_) => {
+                self.outage("no answer in time");
+                None
+            }
         }
     }
 

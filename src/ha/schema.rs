@@ -111,6 +111,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
         PRIMARY KEY (lease_name, instance)
     );",
     ),
+    // The epoch that first took each relayed call (`super::relay`): a call taken again
+    // by a later leader may have been acted on by the earlier one.
+    (
+        4,
+        "ALTER TABLE {schema}.relayed ADD COLUMN first_taken_epoch bigint;",
+    ),
 ];
 
 /// The newest version this binary knows.

@@ -89,6 +89,10 @@ pub struct IntakeCall {
     /// `[ha]`: taken from the group's table of stored calls (`crate::ha::relay`), to be
     /// decided here; `false` for a call this instance's own intake read.
     pub stored: bool,
+    /// `[ha]`: the call was taken before by an earlier leader, which may have acted on
+    /// it without its decision reaching the journal: the steps the journal holds for
+    /// the conversation (a close they show is resumed, not started afresh).
+    pub earlier_steps: Option<Vec<String>>,
 }
 
 /// What the event loop made of an intake call.
@@ -360,6 +364,7 @@ async fn intents(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         started_ago,
         reply,
         stored: false,
+        earlier_steps: None,
     };
     if shared.calls.try_send(call).is_err() {
         return error(

@@ -74,6 +74,20 @@ impl EventLoop {
         if let Some(answer) = self.seen_answer(id) {
             return answer;
         }
+        match &call.earlier_steps {
+            Some(steps) if !steps.is_empty() && self.acting => {
+                tracing::warn!(
+                    conversation_id = &**id,
+                    steps = steps.len(),
+                    "intake call taken again from an earlier leader, which stored steps of a \
+                     close the journal has no decision for: a match resumes that close (read \
+                     first, no second farewell)"
+                );
+                self.orphans
+                    .insert(id.clone(), crate::closer::Resume::orphan(id, steps.clone()));
+            }
+            _ => {}
+        }
         if self.draining {
             return IntakeAnswer::ShuttingDown;
         }
@@ -106,7 +120,10 @@ impl EventLoop {
         let mut ev = ConversationEvent::empty(id.clone(), Source::Intake);
         ev.intent.clone_from(&call.intent);
         ev.attributes = attributes;
-        if self.on_event(&ev, call.received) {
+        let decided = self.on_event(&ev, call.received);
+        // Used by this decision or by none.
+        self.orphans.remove(id);
+        if decided {
             return IntakeAnswer::Close;
         }
         if has_intent {
