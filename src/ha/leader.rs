@@ -99,11 +99,11 @@ pub async fn run(
     let schema = settings.schema.clone();
     let mut lease = Lease::new(settings);
     let mut link: Option<Link> = None;
-    let mut trust_ended_said = false;
+    let mut trust = TrustEnd::default();
     let mut migrated = false;
     let mut seen_said = 0;
     loop {
-        let Some(l) = connected(&mut link, &db, every, &stop).await else {
+        let Some(l) = connected(&mut link, &db, every, &stop, (&lease, &mut trust)).await else {
             break;
         };
         // The lease's table first (on a fresh database the journal, opening meanwhile,
@@ -131,19 +131,7 @@ pub async fn run(
                 link = None;
             }
         }
-        // Said once per window: a leader past its window acts on nothing.
-        if let Some(h) = lease.held() {
-            if Instant::now() >= h.trusted_until && !trust_ended_said {
-                tracing::error!(
-                    epoch = h.epoch,
-                    "lease: trust window ended without a renew; sending nothing until the lease \
-                     is renewed or lost"
-                );
-                trust_ended_said = true;
-            } else if Instant::now() < h.trusted_until {
-                trust_ended_said = false;
-            }
-        }
+        trust.check(&lease);
         let wake = tokio::time::sleep(every);
         tokio::pin!(wake);
         let resigned = async {
@@ -191,12 +179,39 @@ async fn members(lease: &Lease, db: &Client, said: i64) -> i64 {
     }
 }
 
-/// The link, (re)connecting while the lease loop runs; `None` once stopped.
+/// Says, once per window, that the trust window ended without a renew: from then on
+/// this instance acts on nothing until the lease is renewed or lost.
+#[derive(Default)]
+struct TrustEnd {
+    said: bool,
+}
+
+impl TrustEnd {
+    fn check(&mut self, lease: &Lease) {
+        let Some(h) = lease.held() else {
+            return;
+        };
+        if Instant::now() < h.trusted_until {
+            self.said = false;
+        } else if !self.said {
+            tracing::error!(
+                epoch = h.epoch,
+                "lease: trust window ended without a renew; sending nothing until the lease \
+                 is renewed or lost"
+            );
+            self.said = true;
+        }
+    }
+}
+
+/// The link, (re)connecting while the lease loop runs; `None` once stopped. While it
+/// cannot connect, the end of the trust window is said as it comes.
 async fn connected<'l>(
     link: &'l mut Option<Link>,
     db: &Connector,
     every: Duration,
     stop: &CancellationToken,
+    (lease, trust): (&Lease, &mut TrustEnd),
 ) -> Option<&'l mut Link> {
     while link.is_none() {
         let attempt = tokio::time::timeout(every, self::link(db));
@@ -212,6 +227,7 @@ async fn connected<'l>(
             },
         }
         if link.is_none() {
+            trust.check(lease);
             tokio::select! {
                 () = stop.cancelled() => return None,
                 () = tokio::time::sleep(every) => {}
