@@ -2,8 +2,8 @@
 # The group's fault scenarios on real PostgreSQL and the built-in simulator, as a table:
 # scenario, matched, confirmed, lost, duplicate disconnects, duplicate farewells,
 # stale-epoch requests (acting on a conversation under an epoch after its lease was
-# lost), takeover time (the fault to the lease taken; SIGTERM: the resign to the lease
-# taken; "kept its lease": the time to the leader's next renew).
+# lost), takeover time (the fault, SIGTERM included, to the lease taken; "kept its
+# lease": the time to the leader's next renew).
 #
 #   bash bench/ha-chaos.sh [--long] [ROUNDS]   # default 1 round of every scenario
 #

@@ -22,7 +22,7 @@ use crate::common::{FLOW, INTAKE_TOKEN, QUEUE, bot, conversation};
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
 /// The targets: acting again within this of a leader killed or cut off...
 pub const KILL_TARGET: Duration = Duration::from_secs(LEASE_TTL.as_secs() + 3);
-/// ...and within this of a leader stopped with SIGTERM (its resign to the lease taken).
+/// ...and within this of a leader stopped with SIGTERM (the signal to the lease taken).
 pub const TERM_TARGET: Duration = Duration::from_secs(2);
 /// The lease's name in the configs.
 const LEASE_NAME: &str = "closer";
