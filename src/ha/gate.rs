@@ -13,10 +13,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio::time::Instant;
-
-use super::leader::Role;
 
 /// Counts acting requests in flight and refuses new ones once closed or not acting.
 #[derive(Debug, Default)]
@@ -51,11 +49,13 @@ impl SendGate {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Lets one acting request go, if the gate is open and `role` acts now (inside its
-    /// trust window); `None`: send nothing.
-    pub fn enter(self: &Arc<Self>, role: &watch::Receiver<Role>) -> Option<InFlight> {
+    /// Lets one acting request go if the gate is open; `None`: send nothing. The caller
+    /// has checked that this instance acts now (inside its trust window): the lease loop
+    /// ends that before it closes the gate, so a request either sees it ended or is
+    /// counted before the gate closes and waited for.
+    pub fn enter(self: &Arc<Self>) -> Option<InFlight> {
         let mut s = self.lock();
-        if s.closed || role.borrow().acting(Instant::now()).is_none() {
+        if s.closed {
             return None;
         }
         s.in_flight += 1;
@@ -94,22 +94,14 @@ impl SendGate {
 mod tests {
     use super::*;
 
-    fn leader() -> Role {
-        Role::Leader {
-            epoch: 1,
-            trusted_until: Instant::now() + Duration::from_secs(60),
-        }
-    }
-
     #[tokio::test]
     async fn a_closed_gate_lets_nothing_new_go_and_drains_what_went() {
         let gate = Arc::new(SendGate::default());
-        let (tx, role) = watch::channel(leader());
-        let first = gate.enter(&role).expect("acting: it goes");
-        let second = gate.enter(&role).expect("acting: it goes");
+        let first = gate.enter().expect("open: it goes");
+        let second = gate.enter().expect("open: it goes");
         assert_eq!(gate.in_flight(), 2);
         gate.close();
-        assert!(gate.enter(&role).is_none(), "closed: nothing new");
+        assert!(gate.enter().is_none(), "closed: nothing new");
         assert!(
             !gate.drained(Duration::from_millis(20)).await,
             "two in flight"
@@ -121,14 +113,5 @@ mod tests {
         });
         drop(second);
         assert!(waiting.await.unwrap(), "the last answer drains it");
-        // Not acting (a standby, or past the trust window): nothing goes either.
-        let open = Arc::new(SendGate::default());
-        tx.send_replace(Role::Standby);
-        assert!(open.enter(&role).is_none());
-        tx.send_replace(Role::Leader {
-            epoch: 1,
-            trusted_until: Instant::now(),
-        });
-        assert!(open.enter(&role).is_none(), "the trust window ended");
     }
 }

@@ -194,6 +194,14 @@ struct Answered {
     taken_ms: i64,
 }
 
+/// Milliseconds since the Unix epoch on this host's clock (as the journal writes its
+/// `at_ms`).
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The relay's connection and what it hears.
 struct Link {
     client: Client,
@@ -366,7 +374,7 @@ impl Worker {
         )
         .unwrap_or_else(|_| "[]".into());
         let event_ms: Option<i64> = call.started_ago.map(|ago| {
-            crate::journal::now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)
+            now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)
         });
         let id = &*call.conversation_id;
         let intent = call.intent.as_deref();
@@ -561,7 +569,7 @@ impl Worker {
                     .collect();
             let started_ago = event_ms.map(|ms| {
                 Duration::from_millis(
-                    u64::try_from(crate::journal::now_ms().saturating_sub(ms)).unwrap_or(0),
+                    u64::try_from(now_ms().saturating_sub(ms)).unwrap_or(0),
                 )
             });
             let (reply, answer) = oneshot::channel();
@@ -587,7 +595,7 @@ impl Worker {
             );
             self.taken.insert(id);
             let done = self.done_tx.clone();
-            let taken_ms = crate::journal::now_ms() - CLOCK_SLACK_MS;
+            let taken_ms = now_ms() - CLOCK_SLACK_MS;
             tokio::spawn(async move {
                 // No answer (the loop stopped): the call stays for the next leader.
                 let answer = answer.await.unwrap_or(IntakeAnswer::ShuttingDown);

@@ -212,8 +212,14 @@ impl ApiClient {
         if *method == Method::GET || !path.starts_with("/api/v2/conversations/") {
             return Ok(None);
         }
-        a.gate
-            .enter(&a.role)
+        let acting = a
+            .role
+            .borrow()
+            .acting(tokio::time::Instant::now())
+            .is_some();
+        acting
+            .then(|| a.gate.enter())
+            .flatten()
             .map(Some)
             .ok_or_else(|| ApiError::NotActing {
                 method: method.clone(),
