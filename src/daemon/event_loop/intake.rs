@@ -51,7 +51,10 @@ impl EventLoop {
         if call.stored || self.draining {
             return Some(call);
         }
-        let relay = self.relay.as_ref()?;
+        // One instance: nothing to relay through.
+        let Some(relay) = self.relay.as_ref() else {
+            return Some(call);
+        };
         match relay.try_send(call) {
             Ok(()) => None,
             Err(
