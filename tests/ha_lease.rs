@@ -266,7 +266,11 @@ async fn the_group_counts_the_instances_alive_within_one_ttl() {
     assert_eq!(a.heartbeat(&db).await.unwrap(), 1, "A alone");
     assert_eq!(b.heartbeat(&db).await.unwrap(), 2);
     assert_eq!(c.heartbeat(&db).await.unwrap(), 3);
-    assert_eq!(a.heartbeat(&db).await.unwrap(), 3, "again: not counted twice");
+    assert_eq!(
+        a.heartbeat(&db).await.unwrap(),
+        3,
+        "again: not counted twice"
+    );
     // C stops: it leaves. B goes silent past the TTL: no longer counted.
     c.leave(&db).await.unwrap();
     db.execute(

@@ -120,7 +120,13 @@ pub fn inspect<'a>(config: &'a Config, path: &'a Path) -> Findings<'a> {
         let d = d?;
         let schema = config.ha.as_ref().map_or("", |ha| ha.schema.as_str());
         d.connector()
-            .map(|c| format!("{}, schema {schema}; {}", d.describe(), c.check().describe()))
+            .map(|c| {
+                format!(
+                    "{}, schema {schema}; {}",
+                    d.describe(),
+                    c.check().describe()
+                )
+            })
             .map_err(|e| e.to_string())
     });
     let mut warnings = secret_mode_warning(&config.genesys.secret);

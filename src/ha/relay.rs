@@ -373,9 +373,9 @@ impl Worker {
                 .collect::<Vec<_>>(),
         )
         .unwrap_or_else(|_| "[]".into());
-        let event_ms: Option<i64> = call.started_ago.map(|ago| {
-            now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)
-        });
+        let event_ms: Option<i64> = call
+            .started_ago
+            .map(|ago| now_ms() - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX));
         let id = &*call.conversation_id;
         let intent = call.intent.as_deref();
         let instance = self.settings.instance.clone();
@@ -568,9 +568,7 @@ impl Worker {
                     .map(|[k, v]| (k.into(), v.into()))
                     .collect();
             let started_ago = event_ms.map(|ms| {
-                Duration::from_millis(
-                    u64::try_from(now_ms().saturating_sub(ms)).unwrap_or(0),
-                )
+                Duration::from_millis(u64::try_from(now_ms().saturating_sub(ms)).unwrap_or(0))
             });
             let (reply, answer) = oneshot::channel();
             let call = IntakeCall {
