@@ -31,8 +31,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::types::Type;
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::{AsyncMessage, Client, Row};
 use tokio_util::sync::CancellationToken;
 
 use super::HaError;
@@ -328,11 +329,35 @@ impl Worker {
         self.role.borrow().acting(Instant::now())
     }
 
-    /// The connection, connecting if none (at most every [`RECONNECT`]).
-    async fn client(&mut self) -> Option<&Client> {
+    /// Runs one statement (`pick` chooses it) on the connection, connecting if none;
+    /// `None` when the database cannot be asked: not connected, an error, or no answer
+    /// within [`STATEMENT`] (the connection is dropped and the outage said once).
+    async fn query(
+        &mut self,
+        pick: fn(&Sql) -> &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Option<Vec<Row>> {
+        self.connect().await;
+        let client = &self.link.as_ref()?.client;
+        let done = tokio::time::timeout(STATEMENT, client.query_typed(pick(&self.sql), params));
+        match done.await {
+            Ok(Ok(rows)) => Some(rows),
+            Ok(Err(e)) => {
+                self.outage(&HaError::from(e).to_string());
+                None
+            }
+            Err(_) => {
+                self.outage("no answer in time");
+                None
+            }
+        }
+    }
+
+    /// Connects if not connected (at most every [`RECONNECT`]).
+    async fn connect(&mut self) {
         if self.link.is_none() {
             if self.last_attempt.is_some_and(|t| t.elapsed() < RECONNECT) {
-                return None;
+                return;
             }
             self.last_attempt = Some(Instant::now());
             match tokio::time::timeout(STATEMENT * 2, link(&self.db)).await {
@@ -347,7 +372,6 @@ impl Worker {
                 Err(_) => self.outage("connecting timed out"),
             }
         }
-        self.link.as_ref().map(|l| &l.client)
     }
 
     fn outage(&mut self, error: &str) {
@@ -379,33 +403,21 @@ impl Worker {
         let id = &*call.conversation_id;
         let intent = call.intent.as_deref();
         let instance = self.settings.instance.clone();
-        let insert = self.sql.insert.clone();
-        let stored = match self.client().await {
-            Some(c) => tokio::time::timeout(
-                STATEMENT,
-                c.query_typed(
-                    &insert,
-                    &[
-                        (&id, Type::TEXT),
-                        (&intent, Type::TEXT),
-                        (&attributes, Type::TEXT),
-                        (&event_ms, Type::INT8),
-                        (&instance, Type::TEXT),
-                    ],
-                ),
+        let stored = self
+            .query(
+                |s| &s.insert,
+                &[
+                    (&id, Type::TEXT),
+                    (&intent, Type::TEXT),
+                    (&attributes, Type::TEXT),
+                    (&event_ms, Type::INT8),
+                    (&instance, Type::TEXT),
+                ],
             )
             .await
-            .map_err(|_| "no answer in time".to_owned())
-            .and_then(|r| r.map_err(|e| HaError::from(e).to_string()))
-            .and_then(|rows| {
-                rows.first()
-                    .map(|row| row.get::<_, i64>(0))
-                    .ok_or_else(|| "no row stored".to_owned())
-            }),
-            None => Err("not connected".to_owned()),
-        };
+            .and_then(|rows| rows.first().map(|row| row.get::<_, i64>(0)));
         match stored {
-            Ok(row) => {
+            Some(row) => {
                 let own = self.acting().is_some();
                 if !own {
                     tracing::info!(
@@ -426,12 +438,12 @@ impl Worker {
                 // The acting instance's own call: taken at once, not at the notice.
                 self.take_calls().await;
             }
-            Err(e) => {
-                if self.link.is_some() {
-                    self.outage(&e);
-                }
-                tracing::warn!(conversation_id = id, error = %e,
-                    "intake call not stored in the group's database: answered 503 (retry)");
+            None => {
+                tracing::warn!(
+                    conversation_id = id,
+                    "intake call not stored: the group's database is out of reach (see the \
+                     relay's outage line); answered 503, the caller retries"
+                );
                 crate::metrics::intake_relayed(IntakeAnswer::Standby.as_str());
                 let _ = call.reply.send(IntakeAnswer::Standby);
             }
@@ -489,24 +501,16 @@ impl Worker {
             return;
         }
         let ids: Vec<i64> = self.pending.keys().copied().collect();
-        let sql = self.sql.answers.clone();
-        let Some(c) = self.client().await else {
-            return;
-        };
-        match tokio::time::timeout(STATEMENT, c.query_typed(&sql, &[(&ids, Type::INT8_ARRAY)]))
+        let rows = self
+            .query(|s| &s.answers, &[(&ids, Type::INT8_ARRAY)])
             .await
-        {
-            Ok(Ok(rows)) => {
-                for row in rows {
-                    let id: i64 = row.get(0);
-                    let text: String = row.get(1);
-                    if let Some(a) = IntakeAnswer::parse(&text) {
-                        self.reply(id, a);
-                    }
-                }
+            .unwrap_or_default();
+        for row in rows {
+            let id: i64 = row.get(0);
+            let text: String = row.get(1);
+            if let Some(a) = IntakeAnswer::parse(&text) {
+                self.reply(id, a);
             }
-            Ok(Err(e)) => self.outage(&HaError::from(e).to_string()),
-            Err(_) => self.outage("no answer in time"),
         }
     }
 
@@ -517,31 +521,23 @@ impl Worker {
         };
         self.prune().await;
         let taken: Vec<i64> = self.taken.iter().copied().collect();
-        let sql = self.sql.take.clone();
         let (name, instance) = (
             self.settings.lease_name.clone(),
             self.settings.instance.clone(),
         );
-        let Some(c) = self.client().await else {
-            return;
-        };
-        let mut rows = match tokio::time::timeout(
-            STATEMENT,
-            c.query_typed(
-                &sql,
+        let Some(mut rows) = self
+            .query(
+                |s| &s.take,
                 &[
                     (&taken, Type::INT8_ARRAY),
                     (&name, Type::TEXT),
                     (&epoch, Type::INT8),
                     (&instance, Type::TEXT),
                 ],
-            ),
-        )
-        .await
-        {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => return self.outage(&HaError::from(e).to_string()),
-            Err(_) => return self.outage("no answer in time"),
+            )
+            .await
+        else {
+            return;
         };
         rows.sort_by_key(|r| r.get::<_, i64>(0));
         for row in rows {
@@ -610,24 +606,10 @@ impl Worker {
     /// The steps the journal holds for `conversation_id` (a call an earlier leader
     /// took); `None` when they cannot be read.
     async fn earlier_steps(&mut self, conversation_id: &str) -> Option<Vec<String>> {
-        let sql = self.sql.steps.clone();
-        let c = self.client().await?;
-        match tokio::time::timeout(
-            STATEMENT,
-            c.query_typed(&sql, &[(&conversation_id, Type::TEXT)]),
-        )
-        .await
-        {
-            Ok(Ok(rows)) => Some(rows.iter().map(|r| r.get::<_, String>(0)).collect()),
-            Ok(Err(e)) => {
-                self.outage(&HaError::from(e).to_string());
-                None
-            }
-            Err(_) => {
-                self.outage("no answer in time");
-                None
-            }
-        }
+        let rows = self
+            .query(|s| &s.steps, &[(&conversation_id, Type::TEXT)])
+            .await?;
+        Some(rows.iter().map(|r| r.get::<_, String>(0)).collect())
     }
 
     /// The event loop answered a taken call: written back (and announced) once the
@@ -668,14 +650,11 @@ impl Worker {
     /// could not be asked.
     async fn write_answer(&mut self, a: &Answered) -> Option<bool> {
         let epoch = self.acting().unwrap_or(0);
-        let sql = self.sql.answer.clone();
         let instance = self.settings.instance.clone();
         let text = a.answer.as_str();
-        let c = self.client().await?;
-        match tokio::time::timeout(
-            STATEMENT,
-            c.query_typed(
-                &sql,
+        let rows = self
+            .query(
+                |s| &s.answer,
                 &[
                     (&a.id, Type::INT8),
                     (&text, Type::TEXT),
@@ -684,20 +663,9 @@ impl Worker {
                     (&a.conversation_id, Type::TEXT),
                     (&a.taken_ms, Type::INT8),
                 ],
-            ),
-        )
-        .await
-        {
-            Ok(Ok(rows)) => Some(!rows.is_empty()),
-            Ok(Err(e)) => {
-                self.outage(&HaError::from(e).to_string());
-                None
-            }
-            Err(_) => {
-                self.outage("no answer in time");
-                None
-            }
-        }
+            )
+            .await?;
+        Some(!rows.is_empty())
     }
 
     /// Deletes calls answered long ago, at most once a minute.
@@ -709,12 +677,8 @@ impl Worker {
             return;
         }
         self.last_prune = Some(Instant::now());
-        let sql = self.sql.prune.clone();
-        if let Some(c) = self.client().await
-            && let Ok(Err(e)) = tokio::time::timeout(STATEMENT, c.execute_typed(&sql, &[])).await
-        {
-            tracing::debug!(error = %HaError::from(e), "intake relay: pruning answered calls failed");
-        }
+        // A failure is the outage's (said once); the next minute tries again.
+        self.query(|s| &s.prune, &[]).await;
     }
 }
 
