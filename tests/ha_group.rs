@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::ha::acts;
+use common::ha::{acts, db, url};
 use common::*;
-use genesys_closer::config::{DatabaseUrl, HaConfig};
+
 use genesys_closer::daemon::{self, RunOptions};
 use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
@@ -17,11 +17,6 @@ use tokio_util::sync::CancellationToken;
 /// Matching conversations created in each phase of a scenario (before and after the
 /// fault).
 const PER_PHASE: usize = 25;
-
-fn url() -> String {
-    std::env::var("GENESYS_CLOSER_TEST_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
-}
 
 struct Member {
     stop: CancellationToken,
@@ -37,17 +32,7 @@ fn start_on(db_url: &str, sim_url: &str, schema: &str, instance: &str) -> Member
     let mut config = config(sim_url, sim_url, "");
     let state = tempfile::tempdir().unwrap();
     config.daemon.state_dir = state.path().to_path_buf();
-    config.ha = Some(HaConfig {
-        database_url: DatabaseUrl::Inline(db_url.to_owned()),
-        schema: schema.into(),
-        lease_name: "closer".into(),
-        instance: instance.into(),
-        // Long: a takeover inside the test's waits can only come from the resign.
-        lease_ttl: Duration::from_secs(120),
-        renew_every: Duration::from_millis(500),
-        instances: 2,
-        ca_file: None,
-    });
+    config.ha = Some(common::ha::member_ha(db_url, schema, instance));
     genesys_closer::telemetry::init_logging(&config.log);
     let stop = CancellationToken::new();
     let opts = RunOptions {
@@ -68,14 +53,6 @@ fn start_on(db_url: &str, sim_url: &str, schema: &str, instance: &str) -> Member
         task,
         _state: state,
     }
-}
-
-async fn db() -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-        .await
-        .expect("the test PostgreSQL on 127.0.0.1:5432 (bash .ci/run starts one)");
-    tokio::spawn(conn);
-    c
 }
 
 async fn holder(db: &tokio_postgres::Client, schema: &str) -> Option<(String, i64)> {

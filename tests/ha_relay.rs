@@ -7,8 +7,8 @@ mod common;
 
 use std::time::Duration;
 
+use common::ha::{db, member_ha, url};
 use common::*;
-use genesys_closer::config::{DatabaseUrl, HaConfig};
 use genesys_closer::ha::leader::Role;
 use genesys_closer::ha::relay::{self, RelaySettings};
 use genesys_closer::ha::schema;
@@ -16,19 +16,6 @@ use genesys_closer::intake::{IntakeAnswer, IntakeCall};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-
-fn url() -> String {
-    std::env::var("GENESYS_CLOSER_TEST_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
-}
-
-async fn db() -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-        .await
-        .expect("the test PostgreSQL on 127.0.0.1:5432 (bash .ci/run starts one)");
-    tokio::spawn(conn);
-    c
-}
 
 fn settings(schema: &str, instance: &str) -> RelaySettings {
     RelaySettings {
@@ -315,16 +302,7 @@ fn member(
     instance: &str,
 ) -> genesys_closer::config::Config {
     let mut config = bot_config(&sim.base_url(), "");
-    config.ha = Some(HaConfig {
-        database_url: DatabaseUrl::Inline(url()),
-        schema: schema.into(),
-        lease_name: "closer".into(),
-        instance: instance.into(),
-        lease_ttl: Duration::from_secs(120),
-        renew_every: Duration::from_millis(500),
-        instances: 2,
-        ca_file: None,
-    });
+    config.ha = Some(member_ha(&url(), schema, instance));
     config
 }
 
